@@ -1,0 +1,73 @@
+"""Reading a recipe file: YAML in, a validated :class:`Recipe` out, or one line per problem."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import yaml
+from pydantic import ValidationError
+
+from eo_etl.recipe.models import Recipe
+
+FIELD_PREFIX = re.compile(r"^[a-z_]+(\[\d+\])?(\.[a-z_]+(\[\d+\])?)*: ")
+
+
+class RecipeError(ValueError):
+    """An invalid recipe. ``problems`` holds one line per problem, each naming the field."""
+
+    def __init__(self, path: Path | str, problems: list[str]):
+        self.path = str(path)
+        self.problems = problems
+        super().__init__("\n".join(f"{self.path}: {problem}" for problem in problems))
+
+
+def load_recipe(path: Path | str) -> Recipe:
+    """Read and validate the recipe at ``path``; raises :class:`RecipeError`."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as error:
+        raise RecipeError(path, [f"cannot read the recipe: {error.strerror}"]) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        problem = getattr(error, "problem", None) or str(error)
+        raise RecipeError(path, [f"{where}not valid YAML: {problem}"]) from None
+    return parse_recipe(data, path, base_dir=path.parent)
+
+
+def parse_recipe(data: object, source: Path | str = "<recipe>", base_dir: Path | None = None) -> Recipe:
+    """Validate recipe data already read (a mapping); raises :class:`RecipeError`."""
+    if not isinstance(data, dict):
+        raise RecipeError(source, ["a recipe is a YAML mapping of fields (name, aoi, time, sources, …)"])
+    try:
+        return Recipe.model_validate(data, context={"base_dir": base_dir})
+    except ValidationError as error:
+        raise RecipeError(source, [_describe(e) for e in error.errors(include_url=False)]) from None
+
+
+def _describe(error: dict) -> str:
+    """One line for one pydantic error: ``field.path[0]: what is wrong (got …)``."""
+    if error["type"] == "value_error":
+        message = str(error["ctx"]["error"])
+    elif error["type"] == "missing":
+        message = "required field is missing"
+    else:
+        message = error["msg"][0].lower() + error["msg"][1:]
+        if not isinstance(error.get("input"), (dict, list)):
+            message += f" (got {error['input']!r})"
+    field = _field_path(error["loc"])
+    if not field and FIELD_PREFIX.match(message):  # a whole-recipe check that names its own field
+        return message
+    return f"{field or 'recipe'}: {message}"
+
+
+def _field_path(loc: tuple) -> str:
+    """('sources', 0, 'bands') -> 'sources[0].bands'."""
+    path = ""
+    for part in loc:
+        path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
+    return path

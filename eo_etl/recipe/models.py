@@ -1,0 +1,371 @@
+"""The dataset recipe: one validated description of a dataset, from area and time to publication.
+
+Every model forbids unknown fields, so a typo fails validation with the field named and the allowed
+ones listed. Relative input paths (``aoi.file``) are resolved against the recipe file's folder when
+the recipe is loaded; ``outputs.path`` is relative to where the command runs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from datetime import UTC, date, datetime, time, timedelta
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+from eo_etl.grid import CellNameError, get_grid, grid_definition
+from eo_etl.sources.profile import CollectionProfile, collection_profiles, find_profile
+
+Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
+
+
+def _instant(value: Any) -> date | datetime:
+    """A date or datetime from YAML (which parses ISO timestamps itself) or from an ISO string."""
+    if isinstance(value, date):
+        return value
+    if isinstance(value, str):
+        try:
+            return date.fromisoformat(value) if len(value) == 10 else datetime.fromisoformat(value)
+        except ValueError:
+            pass
+    raise ValueError(f"expected a date (2023-06-01) or a datetime (2023-06-01T10:00:00Z), got {value!r}")
+
+
+Instant = Annotated[datetime | date, BeforeValidator(_instant)]
+
+
+class Section(BaseModel):
+    """Base of every recipe section: unknown fields are an error that lists the allowed ones."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_unknown_fields(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            unknown = [key for key in data if key not in cls.model_fields]
+            if unknown:
+                allowed = ", ".join(cls.model_fields)
+                raise ValueError(f"unknown field {unknown[0]!r}; allowed: {allowed}")
+        return data
+
+
+# ------------------------------------------------------------------------------------------- where
+
+
+class Aoi(Section):
+    """The area of interest: exactly one of a bounding box, a vector file, or a list of grid cells."""
+
+    bbox: list[float] | None = Field(
+        None,
+        min_length=4,
+        max_length=4,
+        description="[west, south, east, north] in degrees (EPSG:4326); west > east crosses the antimeridian.",
+    )
+    file: Path | None = Field(
+        None, description="GeoJSON, GeoPackage or any OGR vector file, relative to the recipe file."
+    )
+    layer: str | None = Field(None, description="Layer of a multi-layer vector file (GeoPackage).")
+    cells: list[str] | None = Field(None, description="Grid cell names, e.g. ['454U_120R'].", min_length=1)
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> Aoi:
+        given = [name for name in ("bbox", "file", "cells") if getattr(self, name) is not None]
+        if len(given) != 1:
+            raise ValueError(f"give exactly one of bbox, file or cells (got {', '.join(given) or 'none'})")
+        if self.layer is not None and self.file is None:
+            raise ValueError("layer is only for file")
+        return self
+
+    @field_validator("bbox")
+    @classmethod
+    def _valid_bbox(cls, bbox: list[float] | None):
+        if bbox is None:
+            return bbox
+        west, south, east, north = bbox
+        if not (-180 <= west <= 180 and -180 <= east <= 180):
+            raise ValueError(f"longitudes must be within [-180, 180] (got west={west}, east={east})")
+        if not (-90 <= south <= 90 and -90 <= north <= 90):
+            raise ValueError(f"latitudes must be within [-90, 90] (got south={south}, north={north})")
+        if south >= north:
+            raise ValueError(f"south ({south}) must be below north ({north}); expected [west, south, east, north]")
+        if west == east:
+            raise ValueError(f"west and east are equal ({west}): the box has no width")
+        if west > east and not (west > 0 > east):
+            raise ValueError(
+                f"west ({west}) is east of east ({east}) but the box does not cross the antimeridian "
+                "(a box across it has west > 0 > east); expected [west, south, east, north]"
+            )
+        return bbox
+
+    @field_validator("file")
+    @classmethod
+    def _file_exists(cls, path: Path | None, info: ValidationInfo):
+        if path is None:
+            return path
+        base = (info.context or {}).get("base_dir")
+        resolved = path if path.is_absolute() or base is None else Path(base) / path
+        if not resolved.is_file():
+            raise ValueError(f"no such file: {resolved}")
+        return resolved
+
+
+class GridSpec(Section):
+    """The grid of cells that drives the build."""
+
+    kind: str = Field("majortom", description="A grid defined in grids/ (majortom).")
+    distance_km: float = Field(10.0, gt=0, description="Grid spacing in km (Major TOM Core: 10).")
+
+    @field_validator("kind")
+    @classmethod
+    def _known_grid(cls, kind: str) -> str:
+        grid_definition(kind)
+        return kind
+
+
+class TimeRange(Section):
+    """Acquisition window. Dates are whole UTC days, both ends included; datetimes are exact."""
+
+    start: Instant
+    end: Instant
+
+    @property
+    def start_utc(self) -> datetime:
+        return _utc(self.start)
+
+    @property
+    def end_exclusive_utc(self) -> datetime:
+        """The first instant after the window."""
+        if isinstance(self.end, datetime):
+            return _utc(self.end)
+        return _utc(self.end) + timedelta(days=1)
+
+    @model_validator(mode="after")
+    def _not_empty(self) -> TimeRange:
+        if self.end_exclusive_utc <= self.start_utc:
+            raise ValueError(f"empty time range: end ({self.end}) is before start ({self.start})")
+        return self
+
+
+def _utc(value: datetime | date) -> datetime:
+    if not isinstance(value, datetime):
+        return datetime.combine(value, time(0), tzinfo=UTC)
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+# ------------------------------------------------------------------------------------------- what
+
+
+class Source(Section):
+    """One imagery source: a collection at a STAC API, in Earth Engine, or in a static catalog on disk."""
+
+    name: str | None = Field(None, description="Key of this source in the dataset; defaults to the collection.")
+    kind: Literal["stac", "gee", "local"] = "stac"
+    url: str | None = Field(None, description="STAC API root (stac) or path/URL of a catalog.json (local).")
+    profile: str | None = Field(
+        None, description="Collection profile (bands, resolutions); found from the collection id if unset."
+    )
+    collection: str = Field(description="Collection id at the provider (an Earth Engine asset id for gee).")
+    bands: list[str] | None = Field(None, min_length=1, description="Bands to keep; the profile's defaults if unset.")
+    resolution_m: float | None = Field(None, gt=0, description="Output pixel size; the profile's default if unset.")
+    resampling: Literal["nearest", "bilinear", "cubic", "average", "mode"] = "nearest"
+    max_cloud: float = Field(100.0, ge=0, le=100, description="Largest scene cloud cover to accept, in percent.")
+    patch_size: int | None = Field(
+        None, gt=0, description="Pixels per side; the grid's sample footprint at resolution_m if unset (1068)."
+    )
+
+    @field_validator("profile")
+    @classmethod
+    def _known_profile(cls, profile: str | None) -> str | None:
+        if profile is not None and find_profile(profile) is None:
+            raise ValueError(f"unknown profile {profile!r}; allowed: {', '.join(collection_profiles())}")
+        return profile
+
+    @field_validator("collection")
+    @classmethod
+    def _known_collection(cls, collection: str, info: ValidationInfo) -> str:
+        profile_unset = "profile" in info.data and info.data["profile"] is None  # absent: it failed already
+        if profile_unset and find_profile(collection) is None:
+            raise ValueError(
+                f"no profile for collection {collection!r}; set profile: to one of {', '.join(collection_profiles())}"
+            )
+        return collection
+
+    @field_validator("bands")
+    @classmethod
+    def _known_bands(cls, bands: list[str] | None, info: ValidationInfo) -> list[str] | None:
+        profile = find_profile(info.data.get("profile") or info.data.get("collection") or "")
+        unknown = [band for band in bands or [] if profile is not None and band not in profile.bands]
+        if unknown:
+            raise ValueError(f"unknown band {unknown[0]!r} for {profile.name}; allowed: {', '.join(profile.bands)}")
+        return bands
+
+    @model_validator(mode="after")
+    def _resolve(self) -> Source:
+        if self.kind in ("stac", "local") and not self.url:
+            raise ValueError(f"url is required for a {self.kind} source")
+        profile = find_profile(self.profile or self.collection)
+        self.name = self.name or self.collection
+        self.profile = profile.name
+        self.bands = self.bands or list(profile.default_bands)
+        self.resolution_m = self.resolution_m or profile.default_resolution_m
+        return self
+
+    @property
+    def collection_profile(self) -> CollectionProfile:
+        return collection_profiles()[self.profile]
+
+
+class OsmLabels(Section):
+    """OpenStreetMap features joined to each sample."""
+
+    source: Literal["pbf", "overpass"] = "pbf"
+    path: str | None = Field(None, description="PBF extract (path or URL) when source is pbf.")
+    url: str | None = Field(None, description="Overpass API endpoint when source is overpass.")
+    tags: list[str] = Field(
+        default_factory=lambda: ["landuse", "natural", "building", "highway", "waterway"],
+        description="OSM keys whose features are kept.",
+    )
+
+    @model_validator(mode="after")
+    def _where(self) -> OsmLabels:
+        if self.source == "pbf" and not self.path:
+            raise ValueError("path is required when source is pbf")
+        if self.source == "overpass" and not self.url:
+            raise ValueError("url is required when source is overpass")
+        return self
+
+
+class LandcoverLabels(Section):
+    """A land-cover raster summarised per sample (class histogram, mask)."""
+
+    product: Literal["esa-worldcover", "modis-mcd12c1", "esri-lulc", "dynamic-world"]
+    path: str | None = Field(None, description="Local raster or URL; the product's usual source if unset.")
+
+
+class Labels(Section):
+    osm: OsmLabels | None = None
+    landcover: LandcoverLabels | None = None
+
+
+class Captions(Section):
+    """How each sample gets a caption: a template over its labels, or an LLM behind an OpenAI-compatible API."""
+
+    kind: Literal["template", "llm"] = "template"
+    template: str | None = Field(None, description="Caption template (template kind); a built-in one if unset.")
+    url: str | None = Field(None, description="OpenAI-compatible base URL (llama.cpp, vLLM, …) for the llm kind.")
+    model: str | None = None
+    prompt_version: str = "v1"
+    max_tokens: int = Field(160, gt=0)
+    temperature: float = Field(0.0, ge=0)
+
+    @model_validator(mode="after")
+    def _llm_needs_server(self) -> Captions:
+        if self.kind == "llm" and not (self.url and self.model):
+            raise ValueError("url and model are required when kind is llm")
+        return self
+
+
+class Embedding(Section):
+    model: str = Field("efficientnet-lite0", description="Patch embedding model.")
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    batch_size: int = Field(64, gt=0)
+
+
+class Dedup(Section):
+    method: Literal["exact", "embedding"] = "embedding"
+    threshold: float = Field(0.95, gt=0, le=1, description="Cosine similarity above which samples are duplicates.")
+
+
+class Curation(Section):
+    """Quality limits, embeddings, deduplication. Curation flags samples; it never deletes them."""
+
+    max_cloud_fraction: Fraction = 1.0
+    max_nodata_fraction: Fraction = 1.0
+    embed: Embedding | None = None
+    dedup: Dedup | None = None
+
+
+# ------------------------------------------------------------------------------------- where to
+
+
+class Outputs(Section):
+    path: Path | None = Field(None, description="Dataset folder, relative to where eo-etl runs; out/<name> if unset.")
+    formats: list[Literal["zarr", "taco", "video"]] = Field(default_factory=lambda: ["zarr"], min_length=1)
+    shard_size: int = Field(64, gt=0, description="Samples per shard.")
+
+
+class Publish(Section):
+    repo_id: str = Field(pattern=r"^[\w.-]+/[\w.-]+$", description="Hugging Face dataset repo, owner/name.")
+    private: bool = False
+    license: str = "cc-by-4.0"
+
+
+class Runner(Section):
+    kind: Literal["direct", "dataflow", "spark", "flink"] = "direct"
+    workers: int = Field(2, ge=1)
+    options: dict[str, str | int | float | bool] = Field(
+        default_factory=dict, description="Extra pipeline options, passed to the runner as --key=value."
+    )
+
+
+# ----------------------------------------------------------------------------------------- recipe
+
+
+class Recipe(Section):
+    """A dataset recipe."""
+
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9._-]*$", description="Dataset name: lowercase, digits, . _ -")
+    description: str = ""
+    aoi: Aoi
+    grid: GridSpec = GridSpec()
+    time: TimeRange
+    sources: list[Source] = Field(default_factory=list)
+    labels: Labels | None = None
+    captions: Captions | None = None
+    curation: Curation | None = None
+    outputs: Outputs = Outputs()
+    publish: Publish | None = None
+    runner: Runner = Runner()
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Recipe:
+        names = [source.name for source in self.sources]
+        duplicates = sorted({name for name in names if names.count(name) > 1})
+        if duplicates:
+            raise ValueError(f"sources: duplicate name {duplicates[0]!r}; give each source a distinct name")
+        grid = get_grid(self.grid.kind, self.grid.distance_km)
+        for source in self.sources:
+            if source.patch_size is None:
+                source.patch_size = round(grid.footprint_m / source.resolution_m)
+        if self.aoi.cells:
+            for i, cell in enumerate(self.aoi.cells):
+                try:
+                    grid.parse([cell])
+                except CellNameError as error:
+                    raise ValueError(f"aoi.cells[{i}]: {error}") from None
+        return self
+
+    @property
+    def output_path(self) -> Path:
+        return self.outputs.path or Path("out") / self.name
+
+    def fingerprint(self) -> str:
+        """Hash of the validated recipe, recorded as provenance on every sample.
+
+        An AOI file counts by its content, not its path, so the same recipe hashes the same anywhere.
+        """
+        content = self.model_dump(mode="json")
+        if self.aoi.file is not None:
+            content["aoi"]["file"] = hashlib.sha256(self.aoi.file.read_bytes()).hexdigest()
+        return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()[:16]

@@ -1,0 +1,52 @@
+"""Collection profiles: what the pipeline knows of a collection (bands, native resolutions), as data.
+
+One YAML file per collection in ``profiles/``; a recipe names a profile by its name or by any of its
+aliases (the collection id at a provider, an Earth Engine asset id).
+"""
+
+from __future__ import annotations
+
+from functools import cache
+from importlib.resources import files
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class Band(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    resolution_m: float = Field(gt=0)
+    common_name: str | None = None
+    role: Literal["data", "mask", "auxiliary"] = "data"
+
+
+class CollectionProfile(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str
+    title: str
+    aliases: tuple[str, ...] = ()
+    default_bands: tuple[str, ...]
+    default_resolution_m: float = Field(gt=0)
+    bands: dict[str, Band]
+
+
+@cache
+def collection_profiles() -> dict[str, CollectionProfile]:
+    """All profiles by name."""
+    profiles = {}
+    for path in sorted(files("eo_etl.sources").joinpath("profiles").iterdir(), key=lambda p: p.name):
+        if path.name.endswith(".yaml"):
+            profile = CollectionProfile.model_validate(yaml.safe_load(path.read_text()))
+            profiles[profile.name] = profile
+    return profiles
+
+
+def find_profile(name: str) -> CollectionProfile | None:
+    """The profile called ``name`` or aliased so; None when there is none."""
+    profiles = collection_profiles()
+    if name in profiles:
+        return profiles[name]
+    return next((p for p in profiles.values() if name in p.aliases), None)
