@@ -1,0 +1,213 @@
+"""The ``eo-etl`` command line: validate, plan and build recipes; map points onto the grid."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Optional
+
+import pandas as pd
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from eo_etl import __version__
+from eo_etl.grid import CellNameError, get_grid
+from eo_etl.grid.points import PointsError, locate_points, read_points, write_points
+from eo_etl.recipe import Recipe, RecipeError, load_recipe
+
+app = typer.Typer(
+    help="Build and curate ML-ready Earth observation datasets from a recipe.",
+    epilog="Start with: eo-etl validate pipelines/demo.yaml, then eo-etl build pipelines/demo.yaml",
+    no_args_is_help=True,
+    add_completion=False,
+    rich_markup_mode="rich",
+    pretty_exceptions_enable=False,
+)
+grid_app = typer.Typer(help="The Major TOM grid: map points to cells, describe a cell.", no_args_is_help=True)
+app.add_typer(grid_app, name="grid")
+
+out = Console()
+err = Console(stderr=True)
+
+RecipePath = Annotated[Path, typer.Argument(help="Recipe YAML file, e.g. pipelines/demo.yaml.", show_default=False)]
+
+
+@contextmanager
+def user_errors() -> Iterator[None]:
+    """Bad input ends the command with one line per problem on stderr and exit code 2, no traceback."""
+    try:
+        yield
+    except RecipeError as error:
+        for problem in error.problems:
+            err.print(f"[red]error:[/red] {error.path}: {problem}", highlight=False, soft_wrap=True)
+        raise typer.Exit(2) from None
+    except (PointsError, CellNameError, ValueError) as error:
+        err.print(f"[red]error:[/red] {error}", highlight=False, soft_wrap=True)
+        raise typer.Exit(2) from None
+
+
+def _version(value: bool) -> None:
+    if value:
+        out.print(f"eo-etl {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Show the version and exit.")
+    ] = False,
+) -> None:
+    """eo-etl turns a recipe (area, time, sources, labels, captions, curation, outputs) into a dataset."""
+
+
+@app.command()
+def validate(recipe: RecipePath) -> None:
+    """Check a recipe; print a summary, or each problem with the field it is in."""
+    with user_errors():
+        parsed = load_recipe(recipe)
+    out.print(f"[green]✓[/green] {recipe} is a valid recipe: [bold]{parsed.name}[/bold]", highlight=False)
+    out.print(_summary(parsed), highlight=False)
+
+
+@app.command()
+def plan(
+    recipe: RecipePath,
+    out_file: Annotated[
+        Optional[Path], typer.Option("--out", help="GeoParquet to write; <outputs.path>/plan.parquet by default.")
+    ] = None,
+) -> None:
+    """List the grid cells of the recipe's AOI into a GeoParquet file (Major TOM columns + geometry)."""
+    from eo_etl.plan import plan as plan_cells
+
+    with user_errors():
+        parsed = load_recipe(recipe)
+        cells = plan_cells(parsed)
+    target = out_file or parsed.output_path / "plan.parquet"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    cells.to_parquet(target, index=False)
+    out.print(f"{len(cells)} cells of the {parsed.grid.distance_km:g} km {parsed.grid.kind} grid → {target}")
+    _print_cells(cells)
+
+
+@app.command()
+def build(
+    recipe: RecipePath,
+    output: Annotated[
+        Optional[Path], typer.Option("--out", help="Dataset folder; the recipe's outputs.path by default.")
+    ] = None,
+) -> None:
+    """Build the dataset: runs every stage this version has and says which stages did not run."""
+    from eo_etl.build import build as run_build
+
+    with user_errors():
+        parsed = load_recipe(recipe)
+        report = run_build(parsed, output)
+    out.print(f"[bold]{parsed.name}[/bold] → {report.output}", highlight=False)
+    marks = {"done": "[green]✓[/green]", "not configured": "[dim]–[/dim]", "not available": "[yellow]![/yellow]"}
+    for stage in report.stages:
+        line = f"{marks[stage.status]} {stage.name:<9} {stage.status:<15} [dim]{stage.detail}[/dim]"
+        out.print(line, highlight=False, soft_wrap=True)
+    _print_cells(report.cells)
+
+
+@grid_app.command("locate")
+def grid_locate(
+    points: Annotated[
+        Optional[Path], typer.Argument(help="CSV or (Geo)Parquet with lat/lon columns (or point geometries).")
+    ] = None,
+    lat: Annotated[Optional[float], typer.Option(help="Latitude of a single point.")] = None,
+    lon: Annotated[Optional[float], typer.Option(help="Longitude of a single point.")] = None,
+    dist: Annotated[float, typer.Option(help="Grid distance in km.")] = 10.0,
+    grid: Annotated[str, typer.Option(help="Grid definition (see grids/).")] = "majortom",
+    out_file: Annotated[
+        Optional[Path], typer.Option("--out", help="Write here (.csv or .parquet) instead of CSV on stdout.")
+    ] = None,
+) -> None:
+    """Add grid_cell, grid_row_u, grid_col_r to a table of points, e.g. to map your samples onto Major TOM."""
+    with user_errors():
+        if (points is None) == (lat is None or lon is None):
+            raise ValueError("give a POINTS file, or both --lat and --lon")
+        table = read_points(points) if points is not None else pd.DataFrame({"lat": [lat], "lon": [lon]})
+        located, outside = locate_points(get_grid(grid, dist), table)
+        write_points(located, out_file)
+    if outside:
+        err.print(f"[yellow]warning:[/yellow] {outside} of {len(located)} points are outside the grid (empty cell)")
+    if out_file is not None:
+        err.print(f"{len(located)} points → {out_file}")
+
+
+@grid_app.command("cell")
+def grid_cell(
+    name: Annotated[str, typer.Argument(help="Cell name, e.g. 454U_120R.", show_default=False)],
+    dist: Annotated[float, typer.Option(help="Grid distance in km.")] = 10.0,
+    grid: Annotated[str, typer.Option(help="Grid definition (see grids/).")] = "majortom",
+) -> None:
+    """Describe a cell: its bounds, centre, UTM zone and sample footprint."""
+    with user_errors():
+        the_grid = get_grid(grid, dist)
+        row, col = the_grid.parse([name])
+    west, south, east, north = (float(v[0]) for v in the_grid.bounds(row, col))
+    lat, lon = (float(v[0]) for v in the_grid.centre(row, col))
+    fp = the_grid.footprints(row, col)
+    table = Table(box=None, show_header=False, pad_edge=False)
+    table.add_row("cell", f"{name}  (row {int(row[0])}, col {int(col[0])}, {dist:g} km {grid})")
+    table.add_row("bounds", f"west {west:.6f}, south {south:.6f}, east {east:.6f}, north {north:.6f}")
+    table.add_row("centre", f"lat {lat:.6f}, lon {lon:.6f}")
+    table.add_row("crs", f"EPSG:{int(fp.epsg[0])}")
+    table.add_row(
+        "footprint",
+        f"x {fp.xmin[0]:.2f} – {fp.xmax[0]:.2f}, y {fp.ymin[0]:.2f} – {fp.ymax[0]:.2f} "
+        f"({the_grid.footprint_m:g} m square)",
+    )
+    out.print(table, highlight=False)
+
+
+@app.command()
+def schema(
+    out_dir: Annotated[Path, typer.Option("--out", help="Folder for the JSON Schemas.")] = Path("schemas"),
+    check: Annotated[bool, typer.Option(help="Only check the files are current; exit 1 if not.")] = False,
+) -> None:
+    """Write the JSON Schemas generated from the pydantic models (recipe, …) into schemas/."""
+    from eo_etl.schemas import stale_schemas, write_schemas
+
+    if check:
+        stale = stale_schemas(out_dir)
+        for path in stale:
+            err.print(f"[red]stale:[/red] {path} (run eo-etl schema)")
+        raise typer.Exit(1 if stale else 0)
+    for path in write_schemas(out_dir):
+        out.print(f"wrote {path}")
+
+
+def _summary(recipe: Recipe) -> str:
+    aoi = recipe.aoi
+    where = f"bbox {list(aoi.bbox)}" if aoi.bbox else f"file {aoi.file}" if aoi.file else f"{len(aoi.cells)} cells"
+    sources = ", ".join(f"{s.name} ({s.kind}, {len(s.bands)} bands @ {s.resolution_m:g} m)" for s in recipe.sources)
+    lines = [
+        f"  aoi      {where}",
+        f"  grid     {recipe.grid.kind}, {recipe.grid.distance_km:g} km",
+        f"  time     {recipe.time.start} → {recipe.time.end}",
+        f"  sources  {sources or 'none'}",
+        f"  output   {recipe.output_path} ({', '.join(recipe.outputs.formats)})",
+        f"  runner   {recipe.runner.kind}, {recipe.runner.workers} workers",
+    ]
+    return "\n".join(lines)
+
+
+def _print_cells(cells: pd.DataFrame, limit: int = 8) -> None:
+    if cells.empty:
+        out.print("[yellow]no cells: the AOI overlaps no grid cell[/yellow]")
+        return
+    table = Table("grid_cell", "centre_lat", "centre_lon", "crs", box=None, header_style="bold")
+    for row in cells.head(limit).itertuples():
+        table.add_row(row.grid_cell, f"{row.centre_lat:.5f}", f"{row.centre_lon:.5f}", row.crs)
+    out.print(table)
+    if len(cells) > limit:
+        out.print(f"[dim]… and {len(cells) - limit} more[/dim]")
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,140 @@
+"""The eo-etl command as users run it: exit codes, files written, messages, and no tracebacks."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import geopandas as gpd
+import pandas as pd
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+EO_ETL = shutil.which("eo-etl", path=str(Path(sys.executable).parent)) or "eo-etl"
+
+
+def run(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
+    return subprocess.run([EO_ETL, *args], cwd=cwd, capture_output=True, text=True, timeout=120)
+
+
+def test_validate_accepts_the_demo_and_summarises_it():
+    result = run("validate", "pipelines/demo.yaml")
+    assert result.returncode == 0, result.stderr
+    assert "valid recipe: demo" in result.stdout
+    assert "majortom, 10 km" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"aoi": {"bbox": [10, 0, 5, 1]}}, "aoi.bbox"),
+        ({"time": {"start": "2023-02-01", "end": "2023-01-01"}}, "time"),
+        ({"grid": {"kind": "s2-tiles"}}, "grid.kind"),
+        ({"sources": [{"collection": "sentinel-2-l2a", "url": "http://x", "bands": ["B99"]}]}, "sources[0].bands"),
+    ],
+)
+def test_a_bad_recipe_gets_one_line_naming_the_field_and_exit_2(tmp_path, change, field):
+    data = yaml.safe_load((ROOT / "pipelines" / "demo.yaml").read_text()) | change
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(data))
+    for command in ("validate", "plan", "build"):
+        result = run(command, str(bad), cwd=tmp_path)
+        assert result.returncode == 2
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and f"bad.yaml: {field}: " in lines[0], result.stderr
+        assert "Traceback" not in result.stderr + result.stdout
+
+
+def test_plan_writes_geoparquet_with_the_major_tom_columns(tmp_path):
+    target = tmp_path / "cells.parquet"
+    result = run("plan", "pipelines/demo.yaml", "--out", str(target))
+    assert result.returncode == 0, result.stderr
+    cells = gpd.read_parquet(target)
+    assert {"grid_cell", "grid_row_u", "grid_col_r", "centre_lat", "centre_lon", "crs"} <= set(cells.columns)
+    assert cells.crs.to_epsg() == 4326 and len(cells) > 0
+    assert f"{len(cells)} cells of the 10 km majortom grid" in result.stdout
+    # readers that know nothing of geopandas see the same table
+    assert pd.read_parquet(target).grid_cell.tolist() == cells.grid_cell.tolist()
+
+
+def test_build_runs_the_plan_and_says_which_stages_did_not_run(tmp_path):
+    result = run("build", "pipelines/demo.yaml", "--out", str(tmp_path / "demo"))
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "demo" / "plan.parquet").is_file()
+    assert (tmp_path / "demo" / "recipe.json").is_file()
+    assert not list((tmp_path / "demo").glob("*.partial"))
+    assert "plan" in result.stdout and "done" in result.stdout
+    assert "acquire" in result.stdout and "not configured" in result.stdout
+
+
+def test_build_of_a_recipe_with_sources_says_acquisition_is_not_available_yet(tmp_path):
+    data = yaml.safe_load((ROOT / "pipelines" / "demo.yaml").read_text())
+    data["sources"] = [{"collection": "sentinel-2-l2a", "url": "http://127.0.0.1:9"}]
+    data["outputs"] = {"path": str(tmp_path / "out")}
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump(data))
+    result = run("build", str(tmp_path / "r.yaml"), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "not available" in result.stdout and "cannot run acquire yet" in result.stdout
+
+
+def test_grid_locate_a_single_point():
+    result = run("grid", "locate", "--lat", "40.8518", "--lon", "14.2681")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [
+        "lat,lon,grid_cell,grid_row_u,grid_col_r",
+        "40.8518,14.2681,454U_120R,454,120",
+    ]
+
+
+def test_grid_locate_a_csv_keeps_the_users_columns_and_flags_points_outside(tmp_path):
+    (tmp_path / "points.csv").write_text("id,lat,lon\nnaples,40.8518,14.2681\nsydney,-33.8688,151.2093\npole,89.9,0\n")
+    result = run("grid", "locate", "points.csv", "--out", "cells.csv", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    table = pd.read_csv(tmp_path / "cells.csv", dtype={"grid_row_u": "Int64", "grid_col_r": "Int64"})
+    assert table.id.tolist() == ["naples", "sydney", "pole"]
+    assert table.grid_cell.tolist()[:2] == ["454U_120R", "378D_1396R"] and pd.isna(table.grid_cell[2])
+    assert table.grid_row_u.tolist()[:2] == [454, -378] and table.grid_col_r.tolist()[:2] == [120, 1396]
+    assert "1 of 3 points are outside the grid" in result.stderr
+
+
+def test_grid_locate_a_geoparquet_of_points_at_50km(tmp_path):
+    points = gpd.GeoDataFrame({"id": [1]}, geometry=gpd.points_from_xy([0.0], [0.0]), crs=4326)
+    points.to_parquet(tmp_path / "points.parquet")
+    result = run("grid", "locate", "points.parquet", "--dist", "50", "--out", "out.parquet", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    located = gpd.read_parquet(tmp_path / "out.parquet")
+    assert located.grid_cell.tolist() == ["1D_1L"] and located.crs.to_epsg() == 4326
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["grid", "locate", "missing.csv"], "no such file: missing.csv"),
+        (["grid", "locate"], "give a POINTS file, or both --lat and --lon"),
+        (["grid", "locate", "--lat", "95", "--lon", "0"], "lat must be within [-90, 90]"),
+        (["grid", "locate", "--lat", "1", "--lon", "1", "--grid", "h3"], "unknown grid 'h3'; allowed: majortom"),
+        (["grid", "locate", "--lat", "1", "--lon", "1", "--dist", "0"], "grid distance must be positive"),
+        (["grid", "cell", "0D_1R"], "'0D_1R' is not a cell name"),
+    ],
+)
+def test_grid_commands_refuse_bad_input_in_one_line(tmp_path, args, message):
+    result = run(*args, cwd=tmp_path)
+    assert result.returncode == 2
+    assert message in result.stderr and "Traceback" not in result.stderr
+
+
+def test_grid_cell_describes_bounds_zone_and_footprint():
+    result = run("grid", "cell", "454U_120R")
+    assert result.returncode == 0, result.stderr
+    assert "EPSG:32633" in result.stdout and "10680 m square" in result.stdout
+
+
+def test_help_and_version_read_well():
+    result = run("--help")
+    assert result.returncode == 0
+    for command in ("validate", "plan", "build", "grid", "schema"):
+        assert command in result.stdout
+    assert run("--version").stdout.startswith("eo-etl ")
