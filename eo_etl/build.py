@@ -7,7 +7,7 @@ from pathlib import Path
 
 import geopandas as gpd
 
-from eo_etl.plan import plan
+from eo_etl.plan import plan, write_plan
 from eo_etl.recipe import Recipe
 
 
@@ -40,9 +40,7 @@ def build(recipe: Recipe, output: Path | None = None) -> BuildReport:
     output = Path(output or recipe.output_path)
     output.mkdir(parents=True, exist_ok=True)
     cells = plan(recipe)
-    partial = output / "plan.parquet.partial"  # renamed into place, so a killed build leaves no half file
-    cells.to_parquet(partial, index=False)
-    partial.replace(output / "plan.parquet")
+    write_plan(cells, output / "plan.parquet")
     (output / "recipe.json").write_text(recipe.model_dump_json(indent=2) + "\n")
     report = BuildReport(output, cells)
     report.stages.append(StageReport("plan", "done", f"{len(cells)} cells → {output / 'plan.parquet'}"))

@@ -81,13 +81,12 @@ def plan(
 ) -> None:
     """List the grid cells of the recipe's AOI into a GeoParquet file (Major TOM columns + geometry)."""
     from eo_etl.plan import plan as plan_cells
+    from eo_etl.plan import write_plan
 
     with user_errors():
         parsed = load_recipe(recipe)
         cells = plan_cells(parsed)
-    target = out_file or parsed.output_path / "plan.parquet"
-    target.parent.mkdir(parents=True, exist_ok=True)
-    cells.to_parquet(target, index=False)
+    target = write_plan(cells, out_file or parsed.output_path / "plan.parquet")
     out.print(f"{len(cells)} cells of the {parsed.grid.distance_km:g} km {parsed.grid.kind} grid → {target}")
     _print_cells(cells)
 

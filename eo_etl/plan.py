@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import geopandas as gpd
 import numpy as np
 import shapely
@@ -18,6 +20,14 @@ def plan(recipe: Recipe) -> gpd.GeoDataFrame:
     grid = get_grid(recipe.grid.kind, recipe.grid.distance_km)
     rows, cols = aoi_cells(grid, recipe.aoi)
     return cells_frame(grid, rows, cols)
+
+
+def write_plan(cells: gpd.GeoDataFrame, path: Path) -> Path:
+    """Write the plan as GeoParquet, renamed into place so a killed run never leaves half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    cells.to_parquet(partial, index=False)
+    return partial.replace(path)
 
 
 def aoi_cells(grid: MajorTomGrid, aoi: Aoi) -> tuple[np.ndarray, np.ndarray]:

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from eo_etl.grid import MajorTomGrid
 from tests.reference_grid import ReferenceGrid
 
 DISTANCES = [10.0, 50.0, 100.0, 7.3, 333.0]
+GRID_10KM, REFERENCE_10KM = MajorTomGrid(10), ReferenceGrid(10)
 
 
 @pytest.fixture(scope="module", params=DISTANCES, ids=lambda d: f"{d:g}km")
@@ -74,3 +77,14 @@ def test_bounds_and_utm_zones_are_the_references(grids):
     for i, name in enumerate(grid.names(rows[pick], cols[pick])):
         assert (west[i], south[i], east[i], north[i]) == ref.bounds(name), name
         assert epsg[i] == ref.utm_epsg(name), name
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    lat=st.floats(min_value=-84.9, max_value=85.0, allow_nan=False),
+    lon=st.floats(min_value=-180.0, max_value=180.0, allow_nan=False),
+)
+def test_any_point_falls_in_the_references_cell(lat, lon):
+    rows, cols, inside = GRID_10KM.locate([lat], [lon])
+    assert inside[0]
+    assert GRID_10KM.names(rows, cols)[0] == REFERENCE_10KM.locate(lat, lon)
