@@ -12,8 +12,6 @@ import pyarrow.parquet as pq
 
 from eo_etl.grid.majortom import MajorTomGrid
 
-CELL_COLUMNS = ["grid_cell", "grid_row_u", "grid_col_r"]
-
 
 class PointsError(ValueError):
     """A points table that cannot be read or has no usable coordinates."""
