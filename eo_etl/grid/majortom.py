@@ -42,6 +42,10 @@ class Footprints:
     xmax: NDArray[np.float64]
     ymax: NDArray[np.float64]
 
+    def centre_lonlat(self) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+        """(lon, lat) of the footprints' centres: the centre of the image a sample holds."""
+        return transform_by_zone(self.epsg, (self.xmin + self.xmax) / 2, (self.ymin + self.ymax) / 2, to_utm=False)
+
 
 class MajorTomGrid:
     """Major TOM grid at any spacing.
@@ -287,18 +291,25 @@ class MajorTomGrid:
         This is how Major TOM Core cut its samples (1068 × 1068 px at 10 m for the 10 km grid); the
         corner is not snapped to any pixel grid here, readers align it to their source's pixels.
         """
-        from pyproj import Transformer
-
         lat, lon = self.grid_point(row_u, col_r)
         epsg = utm_epsg(lat, lon)
-        x = np.empty_like(lat)
-        y = np.empty_like(lat)
-        for code in np.unique(epsg):
-            sel = epsg == code
-            transformer = Transformer.from_crs(4326, int(code), always_xy=True)
-            x[sel], y[sel] = transformer.transform(lon[sel], lat[sel])
+        x, y = transform_by_zone(epsg, lon, lat, to_utm=True)
         xmin, ymin = x - self.margin_m, y - self.margin_m
         return Footprints(epsg, xmin, ymin, xmin + self.footprint_m, ymin + self.footprint_m)
+
+
+def transform_by_zone(
+    epsg: NDArray[np.int64], a: NDArray[np.float64], b: NDArray[np.float64], *, to_utm: bool
+) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    """Coordinates moved between lon/lat and each point's own UTM zone ``epsg``, one transformer per zone."""
+    from pyproj import Transformer
+
+    x, y = np.empty_like(a, dtype=np.float64), np.empty_like(b, dtype=np.float64)
+    for code in np.unique(epsg):
+        sel = epsg == code
+        src, dst = (4326, int(code)) if to_utm else (int(code), 4326)
+        x[sel], y[sel] = Transformer.from_crs(src, dst, always_xy=True).transform(a[sel], b[sel])
+    return x, y
 
 
 def utm_epsg(lat: ArrayLike, lon: ArrayLike) -> NDArray[np.int64]:

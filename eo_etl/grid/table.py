@@ -6,7 +6,6 @@ import geopandas as gpd
 import numpy as np
 import shapely
 from numpy.typing import ArrayLike
-from pyproj import Transformer
 
 from eo_etl.grid.majortom import MajorTomGrid
 
@@ -22,14 +21,7 @@ def cells_frame(grid: MajorTomGrid, row_u: ArrayLike, col_r: ArrayLike) -> gpd.G
     row_u = np.asarray(row_u, dtype=np.int64)
     col_r = np.asarray(col_r, dtype=np.int64)
     footprints = grid.footprints(row_u, col_r)
-    centre_lat = np.empty(row_u.shape)
-    centre_lon = np.empty(row_u.shape)
-    for code in np.unique(footprints.epsg):
-        sel = footprints.epsg == code
-        to_lonlat = Transformer.from_crs(int(code), 4326, always_xy=True)
-        centre_lon[sel], centre_lat[sel] = to_lonlat.transform(
-            (footprints.xmin[sel] + footprints.xmax[sel]) / 2, (footprints.ymin[sel] + footprints.ymax[sel]) / 2
-        )
+    centre_lon, centre_lat = footprints.centre_lonlat()
     west, south, east, north = grid.bounds(row_u, col_r)
     return gpd.GeoDataFrame(
         {

@@ -24,7 +24,7 @@ from pydantic import (
 )
 
 from eo_etl.grid import CellNameError, get_grid, grid_definition
-from eo_etl.sources.profile import CollectionProfile, collection_profiles, find_profile
+from eo_etl.sources.profile import collection_profiles, find_profile
 
 Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
 
@@ -220,10 +220,6 @@ class Source(Section):
         self.bands = self.bands or list(profile.default_bands)
         self.resolution_m = self.resolution_m or profile.default_resolution_m
         return self
-
-    @property
-    def collection_profile(self) -> CollectionProfile:
-        return collection_profiles()[self.profile]
 
 
 class OsmLabels(Section):
