@@ -6,7 +6,8 @@ STAMP := $(VENV)/.installed
 
 .PHONY: demo test lint bench schemas clean
 
-demo: $(STAMP)  ## set up, then build the offline demo recipe
+demo: $(STAMP)  ## set up, write the demo scene as a static STAC catalog, build the offline demo recipe
+	$(BIN)/python -m eo_etl.demo out/demo-catalog
 	$(BIN)/eo-etl build pipelines/demo.yaml
 
 test: $(STAMP)  ## set up, then run the whole test suite
@@ -18,6 +19,7 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/grid.py
+	$(BIN)/python bench/acquire.py
 
 schemas: $(STAMP)
 	$(BIN)/eo-etl schema

@@ -9,6 +9,10 @@ import geopandas as gpd
 
 from eo_etl.plan import plan, write_plan
 from eo_etl.recipe import Recipe
+from eo_etl.sample import FAILED, OK, REJECTED
+from eo_etl.sources.acquire import acquire_source, cells_of
+from eo_etl.store.geotiff import write_sample
+from eo_etl.store.index import write_index
 
 
 @dataclass
@@ -23,11 +27,11 @@ class BuildReport:
     output: Path
     cells: gpd.GeoDataFrame
     stages: list[StageReport] = field(default_factory=list)
+    samples: list[dict] = field(default_factory=list)  # index records, one per (cell, source)
 
 
 # Stages after planning, in pipeline order: which recipe section configures each.
 LATER_STAGES = [
-    ("acquire", "sources"),
     ("labels", "labels"),
     ("captions", "captions"),
     ("curate", "curation"),
@@ -44,6 +48,7 @@ def build(recipe: Recipe, output: Path | None = None) -> BuildReport:
     (output / "recipe.json").write_text(recipe.model_dump_json(indent=2) + "\n")
     report = BuildReport(output, cells)
     report.stages.append(StageReport("plan", "done", f"{len(cells)} cells → {output / 'plan.parquet'}"))
+    report.stages.append(acquire(recipe, cells, output, report.samples))
     for stage, section in LATER_STAGES:
         if not getattr(recipe, section):
             report.stages.append(StageReport(stage, "not configured", f"the recipe has no {section}"))
@@ -52,3 +57,19 @@ def build(recipe: Recipe, output: Path | None = None) -> BuildReport:
                 StageReport(stage, "not available", f"{section} is set, but this eo-etl cannot run {stage} yet")
             )
     return report
+
+
+def acquire(recipe: Recipe, cells: gpd.GeoDataFrame, output: Path, records: list[dict]) -> StageReport:
+    """Cut every source's patch for every cell; write the pixels and an index that records every outcome."""
+    if not recipe.sources:
+        return StageReport("acquire", "not configured", "the recipe has no sources")
+    targets = cells_of(recipe, cells)
+    for source in recipe.sources:
+        for sample in acquire_source(recipe, source, targets, workers=recipe.runner.workers):
+            if sample.status == OK:
+                write_sample(output, sample)
+            records.append(sample.record())  # the pixels are on disk now; keep only the record
+    write_index(records, output / "samples.parquet")
+    counts = {status: sum(r["status"] == status for r in records) for status in (OK, REJECTED, FAILED)}
+    detail = ", ".join(f"{n} {status}" for status, n in counts.items()) + f" → {output / 'samples.parquet'}"
+    return StageReport("acquire", "done", detail)

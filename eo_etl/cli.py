@@ -109,7 +109,10 @@ def build(
     for stage in report.stages:
         line = f"{marks[stage.status]} {stage.name:<9} {stage.status:<15} [dim]{stage.detail}[/dim]"
         out.print(line, highlight=False, soft_wrap=True)
-    _print_cells(report.cells)
+    if report.samples:
+        _print_samples(report.samples, report.output)
+    else:
+        _print_cells(report.cells)
 
 
 @grid_app.command("locate")
@@ -206,6 +209,26 @@ def _print_cells(cells: pd.DataFrame, limit: int = 8) -> None:
     out.print(table)
     if len(cells) > limit:
         out.print(f"[dim]… and {len(cells) - limit} more[/dim]")
+
+
+def _print_samples(records: list[dict], output: Path, limit: int = 8) -> None:
+    made = [r for r in records if r["status"] == "ok"]
+    table = Table("grid_cell", "source", "product_id", "time", "cloud %", "nodata %", box=None, header_style="bold")
+    for r in made[:limit]:
+        when = r["timestamp"].strftime("%Y-%m-%d %H:%M") if r["timestamp"] else ""
+        cloud = "" if r["cloud_cover"] is None else f"{r['cloud_cover']:.1f}"
+        table.add_row(r["grid_cell"], r["source"], r["product_id"], when, cloud, f"{100 * r['nodata']:.1f}")
+    out.print(table)
+    if len(made) > limit:
+        out.print(f"[dim]… and {len(made) - limit} more[/dim]")
+    if made:
+        first = made[0]
+        out.print(
+            f"open one: rasterio.open('{output / 'samples' / first['source'] / (first['grid_cell'] + '.tif')}'); "
+            f"the index: pandas.read_parquet('{output / 'samples.parquet'}')",
+            highlight=False,
+            soft_wrap=True,
+        )
 
 
 if __name__ == "__main__":

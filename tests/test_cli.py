@@ -10,7 +10,10 @@ from pathlib import Path
 import geopandas as gpd
 import pandas as pd
 import pytest
+import rasterio
 import yaml
+
+from eo_etl.demo import write_demo_catalog
 
 ROOT = Path(__file__).resolve().parents[1]
 EO_ETL = shutil.which("eo-etl", path=str(Path(sys.executable).parent)) or "eo-etl"
@@ -24,7 +27,7 @@ def test_validate_accepts_the_demo_and_summarises_it():
     result = run("validate", "pipelines/demo.yaml")
     assert result.returncode == 0, result.stderr
     assert "valid recipe: demo" in result.stdout
-    assert "majortom, 10 km" in result.stdout
+    assert "majortom, 1 km" in result.stdout
 
 
 @pytest.mark.parametrize(
@@ -55,29 +58,54 @@ def test_plan_writes_geoparquet_with_the_major_tom_columns(tmp_path):
     cells = gpd.read_parquet(target)
     assert {"grid_cell", "grid_row_u", "grid_col_r", "centre_lat", "centre_lon", "crs"} <= set(cells.columns)
     assert cells.crs.to_epsg() == 4326 and len(cells) > 0
-    assert f"{len(cells)} cells of the 10 km majortom grid" in result.stdout
+    assert f"{len(cells)} cells of the 1 km majortom grid" in result.stdout
     # readers that know nothing of geopandas see the same table
     assert pd.read_parquet(target).grid_cell.tolist() == cells.grid_cell.tolist()
 
 
-def test_build_runs_the_plan_and_says_which_stages_did_not_run(tmp_path):
-    result = run("build", "pipelines/demo.yaml", "--out", str(tmp_path / "demo"))
+def demo_recipe(tmp_path: Path, **changes) -> Path:
+    """The demo recipe reading a fresh demo catalog in ``tmp_path``, with ``changes`` applied."""
+    data = yaml.safe_load((ROOT / "pipelines" / "demo.yaml").read_text())
+    data["sources"][0]["url"] = str(write_demo_catalog(tmp_path / "catalog"))
+    data["outputs"] = {"path": str(tmp_path / "demo")}
+    data |= changes
+    (tmp_path / "demo.yaml").write_text(yaml.safe_dump(data))
+    return tmp_path / "demo.yaml"
+
+
+def test_build_of_the_demo_writes_plan_samples_and_index_and_says_which_stages_did_not_run(tmp_path):
+    result = run("build", str(demo_recipe(tmp_path)), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    out = tmp_path / "demo"
+    plan, index = pd.read_parquet(out / "plan.parquet"), pd.read_parquet(out / "samples.parquet")
+    assert (out / "recipe.json").is_file()
+    assert not list(out.rglob("*.partial"))
+    assert sorted(index.grid_cell) == sorted(plan.grid_cell)  # every cell has its row, made or not
+    made = index[index.status == "ok"]
+    assert len(made) > 0 and f"{len(made)} ok" in result.stdout
+    for row in made.itertuples():
+        with rasterio.open(out / "samples" / "s2l2a" / f"{row.grid_cell}.tif") as src:
+            assert src.descriptions == ("B02", "B03", "B04", "B08", "B11", "B12", "SCL")
+            assert src.crs.to_epsg() == 32719 and (src.width, src.height) == (64, 64)
+            pixels = src.read()
+        assert (pixels[0] == 0).mean() == pytest.approx(row.nodata)  # nodata counted, not invented
+    assert "labels" in result.stdout and "not configured" in result.stdout
+
+
+def test_build_with_no_sources_plans_only(tmp_path):
+    result = run("build", str(demo_recipe(tmp_path, sources=[])), cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "demo" / "plan.parquet").is_file()
-    assert (tmp_path / "demo" / "recipe.json").is_file()
-    assert not list((tmp_path / "demo").glob("*.partial"))
-    assert "plan" in result.stdout and "done" in result.stdout
-    assert "acquire" in result.stdout and "not configured" in result.stdout
+    assert "acquire" in result.stdout and "the recipe has no sources" in result.stdout
 
 
-def test_build_of_a_recipe_with_sources_says_acquisition_is_not_available_yet(tmp_path):
-    data = yaml.safe_load((ROOT / "pipelines" / "demo.yaml").read_text())
-    data["sources"] = [{"collection": "sentinel-2-l2a", "url": "http://127.0.0.1:9"}]
-    data["outputs"] = {"path": str(tmp_path / "out")}
-    (tmp_path / "r.yaml").write_text(yaml.safe_dump(data))
-    result = run("build", str(tmp_path / "r.yaml"), cwd=tmp_path)
+def test_build_against_a_dead_stac_api_records_every_cell_as_failed(tmp_path):
+    dead = [{"name": "s2", "collection": "sentinel-2-l2a", "url": "http://127.0.0.1:9", "patch_size": 64}]
+    result = run("build", str(demo_recipe(tmp_path, sources=dead)), cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    assert "not available" in result.stdout and "cannot run acquire yet" in result.stdout
+    index = pd.read_parquet(tmp_path / "demo" / "samples.parquet")
+    assert len(index) > 0 and set(index.status) == {"failed"}
+    assert index.reason.str.contains("search failed: APIError: HTTPConnectionPool").all()
 
 
 def test_grid_locate_a_single_point():

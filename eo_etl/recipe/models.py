@@ -184,6 +184,16 @@ class Source(Section):
         None, gt=0, description="Pixels per side; the grid's sample footprint at resolution_m if unset (1068)."
     )
 
+    @field_validator("url")
+    @classmethod
+    def _local_catalog_path(cls, url: str | None, info: ValidationInfo) -> str | None:
+        """A local catalog's relative path is relative to the recipe file, like an AOI file."""
+        base = (info.context or {}).get("base_dir")
+        if url and info.data.get("kind") == "local" and "://" not in url and base is not None:
+            path = Path(url)
+            return str(path if path.is_absolute() else (Path(base) / path).resolve())
+        return url
+
     @field_validator("profile")
     @classmethod
     def _known_profile(cls, profile: str | None) -> str | None:

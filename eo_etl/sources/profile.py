@@ -11,7 +11,7 @@ from importlib.resources import files
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 class Band(BaseModel):
@@ -20,6 +20,18 @@ class Band(BaseModel):
     resolution_m: float = Field(gt=0)
     common_name: str | None = None
     role: Literal["data", "mask", "auxiliary"] = "data"
+
+
+class QualityRule(BaseModel):
+    """How a collection's mask band marks cloud and missing pixels: by class value or by bit flag."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    band: str
+    cloud_values: tuple[int, ...] = ()
+    nodata_values: tuple[int, ...] = ()
+    cloud_bits: tuple[int, ...] = ()
+    nodata_bits: tuple[int, ...] = ()
 
 
 class CollectionProfile(BaseModel):
@@ -31,6 +43,23 @@ class CollectionProfile(BaseModel):
     default_bands: tuple[str, ...]
     default_resolution_m: float = Field(gt=0)
     bands: dict[str, Band]
+    nodata: float | None = Field(None, description="Nodata of the assets when neither the item nor the file says.")
+    quality: QualityRule | None = None
+    cloud_property: str = "eo:cloud_cover"
+    baseline_properties: tuple[str, ...] = ("processing:version",)
+
+    @model_validator(mode="after")
+    def _bands_exist(self) -> CollectionProfile:
+        named = [*self.default_bands, *([self.quality.band] if self.quality else [])]
+        unknown = [band for band in named if band not in self.bands]
+        if unknown:
+            raise ValueError(f"{self.name}: bands {unknown} are named but not listed under bands")
+        return self
+
+    def asset_keys(self, band: str) -> tuple[str, ...]:
+        """Asset keys a provider may use for ``band``: the id, in lower case, or its common name."""
+        common = self.bands[band].common_name
+        return tuple(dict.fromkeys(k for k in (band, band.lower(), common) if k))
 
 
 @cache

@@ -1,0 +1,156 @@
+"""Offline demo data: the real Sentinel-2 L2A bands that xarray-spatial ships (Patagonia, EPSG:32719), as
+cloud-optimised GeoTIFFs described by STAC items, in a static catalog that ``pipelines/demo.yaml`` reads.
+
+The package ships the 10 m bands B02/B03/B04/B08 and B11/B12 resampled to 10 m; B11/B12 are averaged
+back to their native 20 m here. It ships no scene classification, so an SCL layer is derived from the
+real pixels (vegetation where NDVI > 0.2, bare soil elsewhere; cloud only where asked, for tests).
+
+    python -m eo_etl.demo out/demo-catalog
+"""
+
+from __future__ import annotations
+
+import sys
+from datetime import UTC, datetime
+from importlib.resources import files
+from pathlib import Path
+
+import numpy as np
+import pystac
+import rasterio
+from affine import Affine
+from rasterio.transform import array_bounds
+from rasterio.warp import transform_bounds
+
+S2_FILES = {"B02": "blue", "B03": "green", "B04": "red", "B08": "nir", "B11": "swir1", "B12": "swir2"}
+S2_EPSG = 32719
+S2_SCALE, S2_OFFSET = 0.0001, -0.1  # L2A digital numbers to reflectance (processing baseline ≥ 04.00)
+DEMO_ITEM = "S2B_MSIL2A_20190315_T19GCP_demo"
+DEMO_TIME = datetime(2019, 3, 15, 14, 17, 29, tzinfo=UTC)
+
+
+def write_cog(path: Path, array: np.ndarray, transform: Affine, epsg: int, nodata: float | None) -> Path:
+    """A single-band cloud-optimised GeoTIFF (tiled, deflate)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with rasterio.open(
+        path, "w", driver="COG", width=array.shape[1], height=array.shape[0], count=1, dtype=array.dtype,
+        crs=f"EPSG:{epsg}", transform=transform, nodata=nodata, compress="deflate", blocksize=256,
+    ) as dst:  # fmt: skip
+        dst.write(array, 1)
+    return path
+
+
+def _halve(pixels: np.ndarray) -> np.ndarray:
+    h, w = pixels.shape
+    return pixels.reshape(h // 2, 2, w // 2, 2).mean(axis=(1, 3))
+
+
+def sentinel2_bands() -> dict[str, tuple[np.ndarray, Affine]]:
+    """Band id → (uint16 digital numbers, transform) of the shipped scene, 20 m bands at 20 m."""
+    folder = files("xrspatial") / "datasets" / "sentinel-2"
+    bands = {}
+    for band, name in S2_FILES.items():
+        with rasterio.open(str(folder / f"{name}_band.nc")) as src:
+            pixels, transform = src.read(1), src.transform
+        if band in ("B11", "B12"):
+            pixels, transform = _halve(pixels), transform @ Affine.scale(2)
+        bands[band] = (np.round(pixels).astype(np.uint16), transform)
+    return bands
+
+
+def scene_classification(bands: dict, cloudy_rows: slice | None = None) -> tuple[np.ndarray, Affine]:
+    """A 20 m SCL from the real pixels: 4 (vegetation) where NDVI > 0.2, else 5 (bare soil), and 9 (cloud,
+    high probability) on ``cloudy_rows`` of the 20 m grid."""
+    red, nir = _halve(bands["B04"][0].astype(float)), _halve(bands["B08"][0].astype(float))
+    ndvi = (nir - red) / np.maximum(nir + red, 1)
+    scl = np.where(ndvi > 0.2, 4, 5).astype(np.uint8)
+    if cloudy_rows is not None:
+        scl[cloudy_rows] = 9
+    return scl, bands["B08"][1] @ Affine.scale(2)
+
+
+def raster_asset(href: str, array: np.ndarray, transform: Affine, nodata, *, scale=None, offset=None, roles=("data",)):
+    """A STAC asset with the projection and raster extension fields a reader needs."""
+    band = {"nodata": nodata, "data_type": str(array.dtype)}
+    if scale is not None:
+        band |= {"scale": scale, "offset": offset}
+    return pystac.Asset(
+        href,
+        media_type=pystac.MediaType.COG,
+        roles=list(roles),
+        extra_fields={"proj:shape": list(array.shape), "proj:transform": list(transform)[:6], "raster:bands": [band]},
+    )
+
+
+def raster_item(item_id: str, collection: str, when: datetime, epsg: int, bounds, properties: dict) -> pystac.Item:
+    """An item whose geometry is ``bounds`` (in ``epsg``) in lon/lat."""
+    west, south, east, north = transform_bounds(f"EPSG:{epsg}", "EPSG:4326", *bounds, densify_pts=21)
+    ring = [[west, south], [east, south], [east, north], [west, north], [west, south]]
+    item = pystac.Item(
+        item_id, {"type": "Polygon", "coordinates": [ring]}, [west, south, east, north], when,
+        {"proj:code": f"EPSG:{epsg}", **properties}, collection=collection,
+    )  # fmt: skip
+    item.stac_extensions = [
+        "https://stac-extensions.github.io/projection/v2.0.0/schema.json",
+        "https://stac-extensions.github.io/raster/v1.1.0/schema.json",
+        "https://stac-extensions.github.io/eo/v1.1.0/schema.json",
+    ]
+    return item
+
+
+def sentinel2_item(
+    folder: Path,
+    item_id: str = DEMO_ITEM,
+    when: datetime = DEMO_TIME,
+    *,
+    cloudy_rows: slice | None = None,
+    columns: slice = slice(None),
+    href_base: str | None = None,
+) -> pystac.Item:
+    """COGs of the shipped bands plus SCL under ``folder/item_id`` and their item. ``columns`` of the 10 m
+    grid (even bounds) cut a part of the scene, to make neighbouring tiles; hrefs are absolute paths, or
+    URLs under ``href_base`` when ``folder`` is served over HTTP."""
+    bands = sentinel2_bands()
+    bands["SCL"] = scene_classification(bands, cloudy_rows)
+    item = None
+    for band, (pixels, transform) in bands.items():
+        factor = round(transform.a / 10)
+        first = (columns.start or 0) // factor
+        last = None if columns.stop is None else columns.stop // factor
+        pixels, transform = pixels[:, first:last], transform @ Affine.translation(first, 0)
+        name = f"{item_id}/{band}.tif"
+        write_cog(folder / name, pixels, transform, S2_EPSG, 0)
+        href = f"{href_base}/{name}" if href_base else str((folder / name).absolute())
+        if item is None:
+            properties = {"s2:processing_baseline": "05.10", "platform": "sentinel-2b", "constellation": "sentinel-2"}
+            item = raster_item(
+                item_id, "sentinel-2-l2a", when, S2_EPSG, array_bounds(*pixels.shape, transform), properties
+            )
+        if band == "SCL":
+            item.properties["eo:cloud_cover"] = round(100.0 * float((pixels == 9).mean()), 4)
+            item.add_asset("scl", raster_asset(href, pixels, transform, 0, roles=("data", "cloud")))
+        else:
+            item.add_asset(band, raster_asset(href, pixels, transform, 0, scale=S2_SCALE, offset=S2_OFFSET))
+    return item
+
+
+def write_demo_catalog(root: Path) -> Path:
+    """A self-contained static STAC catalog holding the demo scene; returns its catalog.json."""
+    root = Path(root)
+    item = sentinel2_item(root / "data")
+    catalog = pystac.Catalog("eo-etl-demo", "Sentinel-2 L2A bands shipped with xarray-spatial, as COGs.")
+    collection = pystac.Collection(
+        "sentinel-2-l2a",
+        "Sentinel-2 L2A (demo subset)",
+        pystac.Extent(pystac.SpatialExtent([item.bbox]), pystac.TemporalExtent([[item.datetime, item.datetime]])),
+    )
+    collection.add_item(item)
+    catalog.add_child(collection)
+    catalog.normalize_hrefs(str(root))
+    catalog.make_all_asset_hrefs_relative()
+    catalog.save(pystac.CatalogType.SELF_CONTAINED)
+    return root / "catalog.json"
+
+
+if __name__ == "__main__":
+    print(write_demo_catalog(Path(sys.argv[1] if len(sys.argv) > 1 else "out/demo-catalog")))

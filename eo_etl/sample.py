@@ -1,0 +1,78 @@
+"""A sample: one source's pixels for one grid cell, with where they came from and how good they are.
+
+Every stage takes and returns samples. A sample that could not be made keeps its place with
+``status`` and ``reason`` set, so a failure is recorded, never a silent gap.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+
+import numpy as np
+from numpy.typing import NDArray
+
+OK, REJECTED, FAILED = "ok", "rejected", "failed"
+
+
+@dataclass
+class Sample:
+    cell: str
+    row_u: int
+    col_r: int
+    source: str
+    crs: str  # "EPSG:32719", the cell's UTM zone
+    transform: tuple[float, ...] = ()  # affine (a, b, c, d, e, f) of the pixels
+    bands: tuple[str, ...] = ()
+    pixels: NDArray | None = None  # (band, y, x), the source's own dtype and values
+    nodata: float | None = None
+    scales: tuple[float, ...] = ()  # physical value = pixel * scale + offset, per band
+    offsets: tuple[float, ...] = ()
+    timestamp: datetime | None = None
+    product_id: str | None = None
+    items: tuple[str, ...] = ()  # every item the pixels came from, best first
+    hrefs: dict[str, tuple[str, ...]] = field(default_factory=dict)  # band -> assets read
+    processing_baseline: str | None = None
+    cloud_fraction: float | None = None  # of the valid pixels; None when the source has no cloud mask
+    scene_cloud: float | None = None  # the primary item's own cloud cover, percent
+    nodata_fraction: float | None = None
+    centre_lat: float | None = None
+    centre_lon: float | None = None
+    status: str = OK
+    reason: str | None = None
+
+    @property
+    def key(self) -> str:
+        """Identity of a sample in a dataset: its cell and source."""
+        return f"{self.cell}/{self.source}"
+
+    def record(self) -> dict:
+        """One flat row for the index: the Major TOM columns, then provenance and status."""
+        return {
+            "grid_cell": self.cell,
+            "grid_row_u": self.row_u,
+            "grid_col_r": self.col_r,
+            "source": self.source,
+            "product_id": self.product_id,
+            "timestamp": self.timestamp,
+            # Over the cell when the source has a cloud mask, else the scene's: Major TOM's cloud_cover.
+            "cloud_cover": self.scene_cloud if self.cloud_fraction is None else 100.0 * self.cloud_fraction,
+            "scene_cloud_cover": self.scene_cloud,
+            "nodata": self.nodata_fraction,
+            "centre_lat": self.centre_lat,
+            "centre_lon": self.centre_lon,
+            "crs": self.crs,
+            "transform": list(self.transform),
+            "bands": list(self.bands),
+            "dtype": None if self.pixels is None else str(self.pixels.dtype),
+            "height": None if self.pixels is None else int(self.pixels.shape[1]),
+            "width": None if self.pixels is None else int(self.pixels.shape[2]),
+            "nodata_value": None if self.nodata is None or np.isnan(self.nodata) else float(self.nodata),
+            "scales": list(self.scales),
+            "offsets": list(self.offsets),
+            "items": list(self.items),
+            "hrefs": {band: list(h) for band, h in self.hrefs.items()},
+            "processing_baseline": self.processing_baseline,
+            "status": self.status,
+            "reason": self.reason,
+        }

@@ -1,0 +1,364 @@
+"""Acquisition: for each grid cell, pick the best scenes of a source and cut the cell's patch from them.
+
+The rule, in order:
+1. Candidates are the items whose footprint meets the cell's patch, inside the time window, with scene
+   cloud cover ≤ ``max_cloud`` and every requested band as an asset.
+2. With a quality band (Sentinel-2 SCL, Landsat QA_PIXEL), the mask is read on the patch for the best
+   ``MAX_RANKED`` candidates (by scene cloud, then time) and candidates whose cloud over the *cell*
+   exceeds ``max_cloud`` are dropped. Ranking: least cloud over the cell, then nearest to the middle of
+   the time window, then item id.
+3. The best candidate gives the patch; pixels it does not cover are filled from the next ranked items
+   acquired on the same UTC day (the same pass, e.g. the neighbouring tile), never from another date.
+4. Pixels no item covers stay nodata and are counted in ``nodata_fraction``.
+
+Any error left after retries makes a failed sample with the reason; one bad cell never stops a build.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import datetime
+from itertools import repeat
+
+import numpy as np
+import pystac
+import rasterio
+from numpy.typing import NDArray
+from rasterio.warp import transform_bounds
+from shapely.geometry import box, shape
+
+from eo_etl.grid import get_grid
+from eo_etl.recipe import Recipe
+from eo_etl.recipe.models import Source
+from eo_etl.sample import FAILED, REJECTED, Sample
+from eo_etl.sources import masks
+from eo_etl.sources.patch_grid import PatchGrid, patch_grid
+from eo_etl.sources.profile import CollectionProfile, find_profile
+from eo_etl.sources.raster import read_band
+from eo_etl.sources.remote import HostLimiter, RetryPolicy, gdal_env, gdal_path
+from eo_etl.sources.stac import StacCatalog, item_time, scene_cloud
+
+MAX_RANKED = 8  # candidates whose cloud mask is read per cell
+SEARCH_BATCH = 64  # cells per catalogue search
+
+
+@dataclass(frozen=True)
+class Cell:
+    name: str
+    row_u: int
+    col_r: int
+    epsg: int
+    footprint: tuple[float, float, float, float]  # UTM metres
+    centre_lat: float
+    centre_lon: float
+
+    def sample(self, source: str) -> Sample:
+        """An empty sample of this cell, to be filled, rejected or failed."""
+        return Sample(
+            self.name,
+            self.row_u,
+            self.col_r,
+            source,
+            f"EPSG:{self.epsg}",
+            centre_lat=self.centre_lat,
+            centre_lon=self.centre_lon,
+        )
+
+
+def cells_of(recipe: Recipe, frame) -> list[Cell]:
+    """The cells of a plan with their UTM footprints."""
+    grid = get_grid(recipe.grid.kind, recipe.grid.distance_km)
+    rows, cols = frame["grid_row_u"].to_numpy(), frame["grid_col_r"].to_numpy()
+    fp = grid.footprints(rows, cols)
+    return [
+        Cell(name, int(r), int(c), int(e), (float(x0), float(y0), float(x1), float(y1)), float(lat), float(lon))
+        for name, r, c, e, x0, y0, x1, y1, lat, lon in zip(
+            frame["grid_cell"],
+            rows,
+            cols,
+            fp.epsg,
+            fp.xmin,
+            fp.ymin,
+            fp.xmax,
+            fp.ymax,
+            frame["centre_lat"],
+            frame["centre_lon"],
+        )
+    ]
+
+
+@dataclass
+class _Candidate:
+    item: pystac.Item
+    when: datetime
+    cloud: float  # over the cell when the mask was read, else the scene's, as a fraction
+    quality: NDArray | None = None
+
+
+class SourceReader:
+    """Cuts patches of one recipe source; thread-safe, one per source per worker."""
+
+    def __init__(
+        self,
+        source: Source,
+        window: tuple[datetime, datetime],
+        *,
+        policy: RetryPolicy | None = None,
+        limiter: HostLimiter | None = None,
+    ):
+        self.source = source
+        self.profile: CollectionProfile = find_profile(source.profile)
+        self.start, self.end = window
+        self.target_time = self.start + (self.end - self.start) / 2
+        self.policy = policy or RetryPolicy()
+        self.limiter = limiter or HostLimiter()
+        self.bands = tuple(source.bands)
+        self.quality = self.profile.quality
+
+    # ----------------------------------------------------------------------------------------- assets
+    def asset(self, item: pystac.Item, band: str) -> pystac.Asset | None:
+        return next((item.assets[k] for k in self.profile.asset_keys(band) if k in item.assets), None)
+
+    def _band_info(self, asset: pystac.Asset) -> tuple[float | None, float, float]:
+        """(nodata, scale, offset) from the raster extension, falling back to the profile's nodata."""
+        fields = asset.extra_fields
+        raster = (fields.get("raster:bands") or fields.get("bands") or [{}])[0]
+        nodata = fields.get("nodata", raster.get("nodata", self.profile.nodata))
+        scale = fields.get("raster:scale", raster.get("scale", 1.0))
+        offset = fields.get("raster:offset", raster.get("offset", 0.0))
+        return (None if nodata is None else float(nodata)), float(scale), float(offset)
+
+    def read(self, item: pystac.Item, band: str, grid: PatchGrid) -> tuple[NDArray, float | None]:
+        asset = self.asset(item, band)
+        nodata = self._band_info(asset)[0]
+        role = self.profile.bands[band].role
+        resampling = "nearest" if role == "mask" else self.source.resampling
+        href = href_of(asset)
+        with self.limiter.slot(href):
+            result = self.policy.call(read_band, gdal_path(href), grid, resampling=resampling, nodata=nodata)
+        return result.pixels, result.nodata
+
+    # ------------------------------------------------------------------------------------------- grid
+    def _lattice(self, item: pystac.Item) -> tuple[int | None, tuple[float, float]]:
+        """EPSG and a pixel corner of the item's band at the output resolution (from proj:, else the file)."""
+        band = next(
+            (b for b in self.bands if self.profile.bands[b].resolution_m == self.source.resolution_m), self.bands[0]
+        )
+        asset = self.asset(item, band)
+        fields = {**item.properties, **asset.extra_fields}
+        code = fields.get("proj:epsg") or str(fields.get("proj:code") or "").removeprefix("EPSG:") or None
+        transform = fields.get("proj:transform")
+        if code is not None and transform is not None:
+            return int(code), (float(transform[2]), float(transform[5]))
+
+        def header():
+            with rasterio.open(gdal_path(href_of(asset))) as src:
+                return src.crs.to_epsg() if src.crs else None, (src.transform.c, src.transform.f)
+
+        with self.limiter.slot(href_of(asset)):
+            return self.policy.call(header)
+
+    def grid_for(self, cell: Cell, candidates: list[_Candidate]) -> PatchGrid:
+        """The patch grid, on the lattice of the first candidate in the cell's zone (else whole metres)."""
+        size = self.source.patch_size
+        anchor = (0.0, 0.0)
+        for candidate in candidates:
+            epsg, corner = self._lattice(candidate.item)
+            if epsg == cell.epsg:
+                anchor = corner
+                break
+        return patch_grid(cell.epsg, cell.footprint, self.source.resolution_m, size, anchor)
+
+    # ------------------------------------------------------------------------------------------ cells
+    def acquire(self, cell: Cell, items: Iterable[pystac.Item]) -> Sample:
+        """The cell's sample from ``items`` (the search results around it), or a rejected/failed one."""
+        sample = cell.sample(self.source.name)
+        try:
+            with gdal_env():
+                return self._acquire(cell, list(items), sample)
+        except Exception as error:  # recorded, not raised: the build goes on with the other cells
+            sample.status, sample.reason = FAILED, f"{type(error).__name__}: {error}"[:500]
+            return sample
+
+    def _acquire(self, cell: Cell, items: list[pystac.Item], sample: Sample) -> Sample:
+        fp_lonlat = box(*transform_bounds(f"EPSG:{cell.epsg}", "EPSG:4326", *cell.footprint, densify_pts=21))
+        over = [it for it in items if it.geometry is not None and shape(it.geometry).intersects(fp_lonlat)]
+        if not over:
+            sample.status, sample.reason = REJECTED, "no scene over the cell in the time window"
+            return sample
+        lacking = [it for it in over if any(self.asset(it, b) is None for b in self.needed_bands)]
+        usable = [it for it in over if it not in lacking]
+        if not usable:
+            missing = [b for b in self.needed_bands if self.asset(lacking[0], b) is None]
+            sample.status, sample.reason = FAILED, f"items lack assets for bands {missing}"
+            return sample
+        candidates = sorted(
+            (_Candidate(it, item_time(it), scene_cloud(it, self.profile.cloud_property) / 100) for it in usable),
+            key=self._rank,
+        )
+        grid = self.grid_for(cell, candidates)
+        if self.quality is not None:
+            seen = self._with_cell_cloud(candidates[:MAX_RANKED], grid)
+            candidates = sorted((c for c in seen if c.cloud * 100 <= self.source.max_cloud), key=self._rank)
+            if not candidates:
+                sample.status = REJECTED
+                sample.reason = (
+                    f"every scene has more than {self.source.max_cloud:g}% cloud over the cell"
+                    if seen
+                    else "no scene has valid pixels over the cell"
+                )
+                return sample
+        return self._mosaic(candidates, grid, sample)
+
+    @property
+    def needed_bands(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys([*self.bands, *([self.quality.band] if self.quality else [])]))
+
+    def _rank(self, candidate: _Candidate) -> tuple:
+        return candidate.cloud, abs((candidate.when - self.target_time).total_seconds()), candidate.item.id
+
+    def _with_cell_cloud(self, candidates: list[_Candidate], grid: PatchGrid) -> list[_Candidate]:
+        """The candidates with any valid pixel on the grid, their quality mask read and cloud over the cell."""
+        seen = []
+        for candidate in candidates:
+            quality, _ = self.read(candidate.item, self.quality.band, grid)
+            valid = ~masks.missing_pixels(self.quality, quality)
+            if valid.any():
+                candidate.quality = quality
+                candidate.cloud = masks.cloud_fraction(masks.cloud_pixels(self.quality, quality), valid)
+                seen.append(candidate)
+        return seen
+
+    def _read_item(self, candidate: _Candidate, grid: PatchGrid):
+        """All bands of one item on the grid: (stack, per-band nodata, missing pixels, quality mask)."""
+        arrays, nodatas = [], []
+        quality = candidate.quality
+        if self.quality is not None and quality is None:
+            quality, _ = self.read(candidate.item, self.quality.band, grid)
+        for band in self.bands:
+            if self.quality is not None and band == self.quality.band:
+                arrays.append(quality)
+                nodatas.append(self._band_info(self.asset(candidate.item, band))[0])
+                continue
+            pixels, nodata = self.read(candidate.item, band, grid)
+            arrays.append(pixels)
+            nodatas.append(nodata)
+        missing = np.zeros((grid.height, grid.width), dtype=bool)
+        for pixels, nodata in zip(arrays, nodatas):
+            missing |= _is_nodata(pixels, nodata)
+        if quality is not None:
+            missing |= masks.missing_pixels(self.quality, quality)
+        return arrays, nodatas, missing, quality
+
+    def _mosaic(self, candidates: list[_Candidate], grid: PatchGrid, sample: Sample) -> Sample:
+        primary = candidates[0]
+        same_pass = [c for c in candidates if c.when.date() == primary.when.date()]
+        arrays, nodatas, missing, quality = self._read_item(primary, grid)
+        used = [primary]
+        for extra in same_pass[1:]:
+            if not missing.any():
+                break
+            more, _, more_missing, more_quality = self._read_item(extra, grid)
+            take = missing & ~more_missing
+            if not take.any():
+                continue
+            for target, source in zip(arrays, more):
+                target[take] = source[take]
+            if quality is not None:
+                quality[take] = more_quality[take]
+            missing &= ~take
+            used.append(extra)
+
+        stack, nodata = _stack(arrays, nodatas)
+        sample.pixels, sample.nodata, sample.bands = stack, nodata, self.bands
+        sample.transform = tuple(grid.transform)[:6]
+        infos = [self._band_info(self.asset(primary.item, b)) for b in self.bands]
+        sample.scales = tuple(info[1] for info in infos)
+        sample.offsets = tuple(info[2] for info in infos)
+        sample.timestamp = primary.when
+        sample.product_id = primary.item.id
+        sample.items = tuple(c.item.id for c in used)
+        sample.hrefs = {b: tuple(href_of(self.asset(c.item, b)) for c in used) for b in self.bands}
+        sample.processing_baseline = _baseline(primary.item, self.profile)
+        sample.scene_cloud = scene_cloud(primary.item, self.profile.cloud_property)
+        sample.nodata_fraction = float(missing.mean())
+        if quality is not None:
+            sample.cloud_fraction = masks.cloud_fraction(masks.cloud_pixels(self.quality, quality), ~missing)
+        return sample
+
+
+def href_of(asset: pystac.Asset) -> str:
+    """The asset's absolute href (static catalogs store them relative to the item)."""
+    return asset.get_absolute_href() or asset.href
+
+
+def _is_nodata(pixels: NDArray, nodata: float | None) -> NDArray[np.bool_]:
+    if nodata is None:
+        return np.zeros(pixels.shape, dtype=bool)
+    if isinstance(nodata, float) and math.isnan(nodata):
+        return np.isnan(pixels)
+    return pixels == nodata
+
+
+def _stack(arrays: list[NDArray], nodatas: list[float | None]) -> tuple[NDArray, float | None]:
+    """One (band, y, x) array in a dtype that holds every band; nodata unified to the first band's."""
+    dtype = np.result_type(*arrays)
+    nodata = next((n for n in nodatas if n is not None), None)
+    stack = np.stack([a.astype(dtype, copy=False) for a in arrays])
+    for i, band_nodata in enumerate(nodatas):
+        if band_nodata is not None and nodata is not None and band_nodata != nodata:
+            stack[i][_is_nodata(arrays[i], band_nodata)] = nodata
+    return stack, nodata
+
+
+def _baseline(item: pystac.Item, profile: CollectionProfile) -> str | None:
+    value = next((item.properties[p] for p in profile.baseline_properties if p in item.properties), None)
+    return None if value is None else str(value)
+
+
+# ------------------------------------------------------------------------------------------- sources
+def _batches(cells: list[Cell], size: int) -> Iterator[list[Cell]]:
+    for start in range(0, len(cells), size):
+        yield cells[start : start + size]
+
+
+def acquire_source(
+    recipe: Recipe,
+    source: Source,
+    cells: list[Cell],
+    *,
+    workers: int = 2,
+    policy: RetryPolicy | None = None,
+    limiter: HostLimiter | None = None,
+) -> Iterator[Sample]:
+    """Samples of ``source`` for ``cells`` in order: one catalogue search per batch, cells cut in threads."""
+    if source.kind == "gee":
+        raise NotImplementedError("Earth Engine sources are acquired by eo_etl.sources.gee")
+    window = (recipe.time.start_utc, recipe.time.end_exclusive_utc)
+    policy = policy or RetryPolicy()
+    reader = SourceReader(source, window, policy=policy, limiter=limiter)
+    catalog = None
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        for batch in _batches(cells, SEARCH_BATCH):
+            bbox = _lonlat_bbox(batch)
+            try:
+                if catalog is None:  # opened here so that an unreachable catalogue fails cells, not the build
+                    catalog = StacCatalog(
+                        source.url, source.collection, cloud_property=reader.profile.cloud_property, policy=policy
+                    )
+                items = catalog.search(bbox, *window, max_cloud=source.max_cloud)
+            except Exception as error:
+                for cell in batch:
+                    sample = cell.sample(source.name)
+                    sample.status, sample.reason = FAILED, f"search failed: {type(error).__name__}: {error}"[:500]
+                    yield sample
+                continue
+            yield from pool.map(reader.acquire, batch, repeat(items))
+
+
+def _lonlat_bbox(cells: list[Cell]) -> tuple[float, float, float, float]:
+    boxes = np.array([transform_bounds(f"EPSG:{c.epsg}", "EPSG:4326", *c.footprint, densify_pts=21) for c in cells])
+    return float(boxes[:, 0].min()), float(boxes[:, 1].min()), float(boxes[:, 2].max()), float(boxes[:, 3].max())

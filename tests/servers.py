@@ -1,0 +1,168 @@
+"""Real servers on loopback for tests: `rustac serve` (a STAC API), a static file server with HTTP range
+requests (what GDAL reads COGs through), and a proxy that puts chosen failures in front of either.
+
+Faults are real HTTP answers (429, 503, 404) sent by a real server, so the client code under test takes
+its production path.
+"""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections import defaultdict
+from collections.abc import Iterator
+from contextlib import contextmanager
+from functools import partial
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+from RangeHTTPServer import RangeRequestHandler
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_for(url: str, process: subprocess.Popen | None = None, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"server exited with {process.returncode}: {process.stderr.read().decode()}")
+        try:
+            urllib.request.urlopen(url, timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.1)
+    raise TimeoutError(f"{url} did not answer in {timeout} s")
+
+
+@contextmanager
+def stac_api(*hrefs: Path) -> Iterator[str]:
+    """`rustac serve` (in-memory backend) loaded with item collections; yields the API root URL."""
+    port = free_port()
+    rustac = Path(sys.executable).parent / "rustac"
+    process = subprocess.Popen(
+        [str(rustac), "serve", "--addr", f"127.0.0.1:{port}", "--create-collections", *map(str, hrefs)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        _wait_for(f"http://127.0.0.1:{port}/", process)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+class Faults:
+    """Planned failures by URL path: each request to a path takes the next status from its list (then OK)."""
+
+    def __init__(self):
+        self.planned: dict[str, list[int]] = defaultdict(list)
+        self.sent: dict[str, list[int]] = defaultdict(list)
+        self.lock = threading.Lock()
+
+    def plan(self, path: str, *statuses: int) -> None:
+        with self.lock:
+            self.planned[path].extend(statuses)
+
+    def next(self, path: str) -> int | None:
+        with self.lock:
+            if self.planned.get(path):
+                status = self.planned[path].pop(0)
+                self.sent[path].append(status)
+                return status
+            return None
+
+
+def _answer_fault(handler: BaseHTTPRequestHandler, faults: Faults) -> bool:
+    status = faults.next(handler.path.split("?")[0])
+    if status is None:
+        return False
+    handler.send_response(status)
+    if status == 429:
+        handler.send_header("Retry-After", "0")
+    handler.send_header("Content-Length", "0")
+    handler.end_headers()
+    return True
+
+
+class _FileHandler(RangeRequestHandler):
+    def __init__(self, *args, faults: Faults, **kwargs):
+        self.faults = faults
+        super().__init__(*args, **kwargs)
+
+    def do_GET(self):
+        if not _answer_fault(self, self.faults):
+            super().do_GET()
+
+    def do_HEAD(self):
+        if not _answer_fault(self, self.faults):
+            super().do_HEAD()
+
+    def log_message(self, *args):
+        pass
+
+
+class _ProxyHandler(BaseHTTPRequestHandler):
+    def __init__(self, *args, upstream: str, faults: Faults, **kwargs):
+        self.upstream, self.faults = upstream, faults
+        super().__init__(*args, **kwargs)
+
+    def _forward(self, body: bytes | None = None):
+        if _answer_fault(self, self.faults):
+            return
+        request = urllib.request.Request(self.upstream + self.path, data=body, method=self.command)
+        if self.headers.get("Content-Type"):
+            request.add_header("Content-Type", self.headers["Content-Type"])
+        with urllib.request.urlopen(request, timeout=30) as response:
+            payload = response.read().replace(self.upstream.encode(), self._own_root().encode())
+            self.send_response(response.status)
+            self.send_header("Content-Type", response.headers.get("Content-Type", "application/json"))
+            self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            self.wfile.write(payload)
+
+    def _own_root(self) -> str:
+        return f"http://{self.server.server_address[0]}:{self.server.server_address[1]}"
+
+    def do_GET(self):
+        self._forward()
+
+    def do_POST(self):
+        self._forward(self.rfile.read(int(self.headers.get("Content-Length", 0))))
+
+    def log_message(self, *args):
+        pass
+
+
+@contextmanager
+def _serve(handler) -> Iterator[str]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@contextmanager
+def file_server(root: Path, faults: Faults | None = None) -> Iterator[str]:
+    """Files under ``root`` over HTTP with range requests; yields the base URL."""
+    with _serve(partial(_FileHandler, directory=str(root), faults=faults or Faults())) as url:
+        yield url
+
+
+@contextmanager
+def faulty_proxy(upstream: str, faults: Faults) -> Iterator[str]:
+    """A proxy to ``upstream`` that answers the planned faults first; links are rewritten to itself."""
+    with _serve(partial(_ProxyHandler, upstream=upstream, faults=faults)) as url:
+        yield url
