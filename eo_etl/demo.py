@@ -1,9 +1,10 @@
 """Offline demo data: the real Sentinel-2 L2A bands that xarray-spatial ships (Patagonia, EPSG:32719), as
 cloud-optimised GeoTIFFs described by STAC items, in a static catalog that ``pipelines/demo.yaml`` reads.
 
-The package ships the 10 m bands B02/B03/B04/B08 and B11/B12 resampled to 10 m; B11/B12 are averaged
-back to their native 20 m here. It ships no scene classification, so an SCL layer is derived from the
-real pixels (vegetation where NDVI > 0.2, bare soil elsewhere; cloud only where asked, for tests).
+The package ships 300 × 200 px of each band at its native resolution: B02/B03/B04/B08 at 10 m (3 × 2 km)
+and B11/B12 at 20 m (6 × 4 km, the same corner). It ships no scene classification, so an SCL layer is
+derived from the real pixels (vegetation where NDVI > 0.2, bare soil elsewhere; cloud only where asked,
+for tests) over the 10 m bands' extent.
 
     python -m eo_etl.demo out/demo-catalog
 """
@@ -46,14 +47,12 @@ def _halve(pixels: np.ndarray) -> np.ndarray:
 
 
 def sentinel2_bands() -> dict[str, tuple[np.ndarray, Affine]]:
-    """Band id → (uint16 digital numbers, transform) of the shipped scene, 20 m bands at 20 m."""
+    """Band id → (uint16 digital numbers, transform) of the shipped scene, each at its own resolution."""
     folder = files("xrspatial") / "datasets" / "sentinel-2"
     bands = {}
     for band, name in S2_FILES.items():
         with rasterio.open(str(folder / f"{name}_band.nc")) as src:
             pixels, transform = src.read(1), src.transform
-        if band in ("B11", "B12"):
-            pixels, transform = _halve(pixels), transform @ Affine.scale(2)
         bands[band] = (np.round(pixels).astype(np.uint16), transform)
     return bands
 

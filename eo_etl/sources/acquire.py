@@ -7,7 +7,7 @@ The rule, in order:
    ``MAX_RANKED`` candidates (by scene cloud, then time) and candidates whose cloud over the *cell*
    exceeds ``max_cloud`` are dropped. Ranking: least cloud over the cell, then nearest to the middle of
    the time window, then item id.
-3. The best candidate gives the patch; pixels it does not cover are filled from the next ranked items
+3. The best candidate gives the patch; pixels it does not cover are filled, band by band, from the next ranked items
    acquired on the same UTC day (the same pass, e.g. the neighbouring tile), never from another date.
 4. Pixels no item covers stay nodata and are counted in ``nodata_fraction``.
 
@@ -43,6 +43,7 @@ from eo_etl.sources.stac import StacCatalog, item_time, scene_cloud
 
 MAX_RANKED = 8  # candidates whose cloud mask is read per cell
 SEARCH_BATCH = 64  # cells per catalogue search
+FALSE_NORTHING_SOUTH = 10_000_000.0  # what sets EPSG:327zz apart from EPSG:326zz
 
 
 @dataclass(frozen=True)
@@ -162,13 +163,15 @@ class SourceReader:
             return self.policy.call(header)
 
     def grid_for(self, cell: Cell, candidates: list[_Candidate]) -> PatchGrid:
-        """The patch grid, on the lattice of the first candidate in the cell's zone (else whole metres)."""
+        """The patch grid, on the pixel lattice of the first candidate in the cell's UTM zone, so that it is cut
+        without resampling; on whole multiples of the resolution when no candidate is in that zone."""
         size = self.source.patch_size
         anchor = (0.0, 0.0)
         for candidate in candidates:
-            epsg, corner = self._lattice(candidate.item)
-            if epsg == cell.epsg:
-                anchor = corner
+            epsg, (x, y) = self._lattice(candidate.item)
+            if epsg is not None and epsg % 100 == cell.epsg % 100 and epsg // 100 in (326, 327):
+                # The same zone; USGS grids southern scenes north (326xx) with negative northings.
+                anchor = (x, y + (cell.epsg // 100 - epsg // 100) * FALSE_NORTHING_SOUTH)
                 break
         return patch_grid(cell.epsg, cell.footprint, self.source.resolution_m, size, anchor)
 
@@ -233,44 +236,48 @@ class SourceReader:
         return seen
 
     def _read_item(self, candidate: _Candidate, grid: PatchGrid):
-        """All bands of one item on the grid: (stack, per-band nodata, missing pixels, quality mask)."""
+        """All bands of one item on the grid: (arrays, per-band nodata, quality mask)."""
         arrays, nodatas = [], []
         quality = candidate.quality
         if self.quality is not None and quality is None:
             quality, _ = self.read(candidate.item, self.quality.band, grid)
         for band in self.bands:
             if self.quality is not None and band == self.quality.band:
-                arrays.append(quality)
+                arrays.append(quality.copy())
                 nodatas.append(self._band_info(self.asset(candidate.item, band))[0])
-                continue
-            pixels, nodata = self.read(candidate.item, band, grid)
-            arrays.append(pixels)
-            nodatas.append(nodata)
-        missing = np.zeros((grid.height, grid.width), dtype=bool)
-        for pixels, nodata in zip(arrays, nodatas):
-            missing |= _is_nodata(pixels, nodata)
+            else:
+                pixels, nodata = self.read(candidate.item, band, grid)
+                arrays.append(pixels)
+                nodatas.append(nodata)
+        return arrays, nodatas, quality
+
+    def _missing(self, arrays, nodatas, quality) -> NDArray[np.bool_]:
+        """Pixels where any band holds nodata or the quality band says there is none."""
+        missing = np.logical_or.reduce([_is_nodata(a, n) for a, n in zip(arrays, nodatas)])
         if quality is not None:
             missing |= masks.missing_pixels(self.quality, quality)
-        return arrays, nodatas, missing, quality
+        return missing
 
     def _mosaic(self, candidates: list[_Candidate], grid: PatchGrid, sample: Sample) -> Sample:
         primary = candidates[0]
         same_pass = [c for c in candidates if c.when.date() == primary.when.date()]
-        arrays, nodatas, missing, quality = self._read_item(primary, grid)
+        arrays, nodatas, quality = self._read_item(primary, grid)
         used = [primary]
         for extra in same_pass[1:]:
-            if not missing.any():
+            if not self._missing(arrays, nodatas, quality).any():
                 break
-            more, _, more_missing, more_quality = self._read_item(extra, grid)
-            take = missing & ~more_missing
-            if not take.any():
-                continue
-            for target, source in zip(arrays, more):
-                target[take] = source[take]
+            more, more_nodatas, more_quality = self._read_item(extra, grid)
+            filled = False
+            for target, source, nodata, source_nodata in zip(arrays, more, nodatas, more_nodatas):
+                hole = _is_nodata(target, nodata) & ~_is_nodata(source, source_nodata)
+                target[hole] = source[hole]
+                filled |= bool(hole.any())
             if quality is not None:
-                quality[take] = more_quality[take]
-            missing &= ~take
-            used.append(extra)
+                hole = masks.missing_pixels(self.quality, quality) & ~masks.missing_pixels(self.quality, more_quality)
+                quality[hole] = more_quality[hole]
+            if filled:
+                used.append(extra)
+        missing = self._missing(arrays, nodatas, quality)
 
         stack, nodata = _stack(arrays, nodatas)
         sample.pixels, sample.nodata, sample.bands = stack, nodata, self.bands
@@ -291,7 +298,10 @@ class SourceReader:
 
 
 def href_of(asset: pystac.Asset) -> str:
-    """The asset's absolute href (static catalogs store them relative to the item)."""
+    """The asset's absolute href: static catalogs store them relative to the item; a path that is already
+    absolute stays a path (pystac would put it on the API's host)."""
+    if "://" in asset.href or asset.href.startswith("/"):
+        return asset.href
     return asset.get_absolute_href() or asset.href
 
 
