@@ -345,8 +345,12 @@ def acquire_source(
     limiter: HostLimiter | None = None,
 ) -> Iterator[Sample]:
     """Samples of ``source`` for ``cells`` in order: one catalogue search per batch, cells cut in threads."""
-    if source.kind == "gee":
-        raise NotImplementedError("Earth Engine sources are acquired by eo_etl.sources.gee")
+    if source.kind == "gee":  # recorded, so that the index says plainly what is missing
+        for cell in cells:
+            sample = cell.sample(source.name)
+            sample.status, sample.reason = FAILED, "Earth Engine sources are not available in this version"
+            yield sample
+        return
     window = (recipe.time.start_utc, recipe.time.end_exclusive_utc)
     policy = policy or RetryPolicy()
     reader = SourceReader(source, window, policy=policy, limiter=limiter)
