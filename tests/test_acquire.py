@@ -232,3 +232,25 @@ def test_landsat_from_a_northern_zone_grid_and_two_scenes_of_one_pass(landsat):
                 expected = np.where(expected == 0, more, expected)
             np.testing.assert_array_equal(sample.pixels[i], expected, err_msg=f"{sample.cell} {band}")
         assert sample.nodata_fraction == pytest.approx(float((sample.pixels[0] == 0).mean()))
+
+
+def test_a_retried_read_gets_past_gdals_cached_429(tmp_path):
+    # GDAL remembers an error answer for a URL; a retry that did not bypass that memory would fail forever.
+    from eo_etl.recipe.models import Source
+    from eo_etl.sources.acquire import SourceReader
+    from eo_etl.sources.patch_grid import patch_grid
+
+    faults = Faults()
+    with file_server(tmp_path, faults) as files:
+        item = sentinel2_item(tmp_path, "cached", datetime(2019, 3, 15, tzinfo=UTC), href_base=files)
+        faults.plan("/cached/B02.tif", 429)
+        source = Source(name="s", url=files, collection="sentinel-2-l2a", bands=["B02"], patch_size=64)
+        policy = fast_policy()
+        reader = SourceReader(
+            source, (datetime(2019, 1, 1, tzinfo=UTC), datetime(2020, 1, 1, tzinfo=UTC)), policy=policy
+        )
+        grid = patch_grid(S2_EPSG, (600000.0, 4698020.0, 603000.0, 4700020.0), 10.0, 64, (600000.0, 4700020.0))
+        pixels, _ = reader.read(item, "B02", grid)
+    assert faults.sent["/cached/B02.tif"] == [429] and policy.retries == 1
+    with rasterio.open(tmp_path / "cached" / "B02.tif") as src:
+        np.testing.assert_array_equal(pixels, src.read(1, window=from_bounds(*grid.bounds, src.transform)))

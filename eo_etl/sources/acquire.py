@@ -21,7 +21,7 @@ from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
-from itertools import repeat
+from itertools import count, repeat
 
 import numpy as np
 import pystac
@@ -137,9 +137,17 @@ class SourceReader:
         nodata = self._band_info(asset)[0]
         role = self.profile.bands[band].role
         resampling = "nearest" if role == "mask" else self.source.resampling
-        href = href_of(asset)
-        with self.limiter.slot(href):
-            result = self.policy.call(read_band, gdal_path(href), grid, resampling=resampling, nodata=nodata)
+        path = gdal_path(href_of(asset))
+        tries = count()
+
+        def read_once():
+            if next(tries) == 0:
+                return read_band(path, grid, resampling=resampling, nodata=nodata)
+            with rasterio.Env(CPL_VSIL_CURL_NON_CACHED=path):  # GDAL cached the failed answer: ask again
+                return read_band(path, grid, resampling=resampling, nodata=nodata)
+
+        with self.limiter.slot(path):
+            result = self.policy.call(read_once)
         return result.pixels, result.nodata
 
     # ------------------------------------------------------------------------------------------- grid
