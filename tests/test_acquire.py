@@ -239,6 +239,7 @@ def test_a_retried_read_gets_past_gdals_cached_429(tmp_path):
     from eo_etl.recipe.models import Source
     from eo_etl.sources.acquire import SourceReader
     from eo_etl.sources.patch_grid import patch_grid
+    from eo_etl.sources.remote import gdal_env
 
     faults = Faults()
     with file_server(tmp_path, faults) as files:
@@ -250,7 +251,8 @@ def test_a_retried_read_gets_past_gdals_cached_429(tmp_path):
             source, (datetime(2019, 1, 1, tzinfo=UTC), datetime(2020, 1, 1, tzinfo=UTC)), policy=policy
         )
         grid = patch_grid(S2_EPSG, (600000.0, 4698020.0, 603000.0, 4700020.0), 10.0, 64, (600000.0, 4700020.0))
-        pixels, _ = reader.read(item, "B02", grid)
+        with gdal_env():  # as SourceReader.acquire runs it
+            pixels, _ = reader.read(item, "B02", grid)
     assert faults.sent["/cached/B02.tif"] == [429] and policy.retries == 1
     with rasterio.open(tmp_path / "cached" / "B02.tif") as src:
         np.testing.assert_array_equal(pixels, src.read(1, window=from_bounds(*grid.bounds, src.transform)))
