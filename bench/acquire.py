@@ -3,8 +3,8 @@
 
 Prints:
 - patches per second for whole samples (4 × 10 m bands + SCL at 20 m, cloud ranking, index record) cut by
-  ``SourceReader.acquire`` from a static catalog, on one thread;
-- our per-patch read (``SourceReader.read``: asset lookup, retry policy, host limit, grid alignment, window
+  ``StacReader.acquire`` from a static catalog, on one thread;
+- our per-patch read (``StacReader.read``: asset lookup, retry policy, host limit, grid alignment, window
   read) against a bare ``rasterio.open(...).read(window=...)`` of the same window, as a ratio (target ≤ 1.2×).
 Both sides open the file for every patch, as a worker does for a new cell.
 """
@@ -25,7 +25,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from eo_etl.demo import S2_EPSG, raster_asset, raster_item, scene_classification, sentinel2_bands, write_cog  # noqa: E402
 from eo_etl.recipe.models import Source  # noqa: E402
-from eo_etl.sources.acquire import Cell, SourceReader  # noqa: E402
+from eo_etl.sources.acquire import StacReader  # noqa: E402
+from eo_etl.sources.cell import Cell  # noqa: E402
 from eo_etl.sources.patch_grid import patch_grid  # noqa: E402
 
 SIZE = 1068
@@ -56,7 +57,7 @@ def main() -> None:
             name="s2", url="unused", collection="sentinel-2-l2a", bands=["B02", "B03", "B04", "B08", "SCL"],
             resolution_m=10, patch_size=SIZE,
         )  # fmt: skip
-        reader = SourceReader(source, (datetime(2019, 1, 1, tzinfo=UTC), datetime(2020, 1, 1, tzinfo=UTC)))
+        reader = StacReader(source, (datetime(2019, 1, 1, tzinfo=UTC), datetime(2020, 1, 1, tzinfo=UTC)))
         x0, y1 = 600000.0, 4700020.0
         offsets = [(0, 0), (300, 200), (600, 400), (732, 732), (100, 700)]  # whole 1068 px patches inside
         grids = [

@@ -10,7 +10,8 @@ import geopandas as gpd
 from eo_etl.plan import plan, write_plan
 from eo_etl.recipe import Recipe
 from eo_etl.sample import FAILED, OK, REJECTED
-from eo_etl.sources.acquire import acquire_source, cells_of
+from eo_etl.sources.acquire import acquire_source
+from eo_etl.sources.cell import cells_of
 from eo_etl.store.geotiff import write_sample
 from eo_etl.store.index import write_index
 

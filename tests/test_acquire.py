@@ -16,7 +16,8 @@ from eo_etl.demo import S2_EPSG, scene_classification, sentinel2_bands, sentinel
 from eo_etl.plan import plan
 from eo_etl.recipe import parse_recipe
 from eo_etl.sample import FAILED, OK, REJECTED
-from eo_etl.sources.acquire import acquire_source, cells_of
+from eo_etl.sources.acquire import acquire_source
+from eo_etl.sources.cell import cells_of
 from eo_etl.sources.remote import RetryPolicy
 from tests.imagery import LANDSAT_SCENES, landsat_item, write_item_collection
 from tests.servers import Faults, faulty_proxy, file_server, stac_api
@@ -237,7 +238,7 @@ def test_landsat_from_a_northern_zone_grid_and_two_scenes_of_one_pass(landsat):
 def test_a_retried_read_gets_past_gdals_cached_429(tmp_path):
     # GDAL remembers an error answer for a URL; a retry that did not bypass that memory would fail forever.
     from eo_etl.recipe.models import Source
-    from eo_etl.sources.acquire import SourceReader
+    from eo_etl.sources.acquire import StacReader
     from eo_etl.sources.patch_grid import patch_grid
     from eo_etl.sources.remote import gdal_env
 
@@ -247,11 +248,9 @@ def test_a_retried_read_gets_past_gdals_cached_429(tmp_path):
         faults.plan("/cached/B02.tif", 429)
         source = Source(name="s", url=files, collection="sentinel-2-l2a", bands=["B02"], patch_size=64)
         policy = fast_policy()
-        reader = SourceReader(
-            source, (datetime(2019, 1, 1, tzinfo=UTC), datetime(2020, 1, 1, tzinfo=UTC)), policy=policy
-        )
+        reader = StacReader(source, (datetime(2019, 1, 1, tzinfo=UTC), datetime(2020, 1, 1, tzinfo=UTC)), policy=policy)
         grid = patch_grid(S2_EPSG, (600000.0, 4698020.0, 603000.0, 4700020.0), 10.0, 64, (600000.0, 4700020.0))
-        with gdal_env():  # as SourceReader.acquire runs it
+        with gdal_env():  # as StacReader.acquire runs it
             pixels, _ = reader.read(item, "B02", grid)
     assert faults.sent["/cached/B02.tif"] == [429] and policy.retries == 1
     with rasterio.open(tmp_path / "cached" / "B02.tif") as src:

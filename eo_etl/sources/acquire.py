@@ -16,7 +16,6 @@ Any error left after retries makes a failed sample with the reason; one bad cell
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -30,11 +29,12 @@ from numpy.typing import NDArray
 from rasterio.warp import transform_bounds
 from shapely.geometry import box, shape
 
-from eo_etl.grid import get_grid
 from eo_etl.recipe import Recipe
 from eo_etl.recipe.models import Source
 from eo_etl.sample import FAILED, REJECTED, Sample
 from eo_etl.sources import masks
+from eo_etl.sources.cell import Cell
+from eo_etl.sources.patch import fill_pixels, is_nodata, missing_pixels, rank_key
 from eo_etl.sources.patch_grid import PatchGrid, patch_grid
 from eo_etl.sources.profile import CollectionProfile, find_profile
 from eo_etl.sources.raster import read_band
@@ -46,51 +46,6 @@ SEARCH_BATCH = 64  # cells per catalogue search
 FALSE_NORTHING_SOUTH = 10_000_000.0  # what sets EPSG:327zz apart from EPSG:326zz
 
 
-@dataclass(frozen=True)
-class Cell:
-    name: str
-    row_u: int
-    col_r: int
-    epsg: int
-    footprint: tuple[float, float, float, float]  # UTM metres
-    centre_lat: float
-    centre_lon: float
-
-    def sample(self, source: str) -> Sample:
-        """An empty sample of this cell, to be filled, rejected or failed."""
-        return Sample(
-            self.name,
-            self.row_u,
-            self.col_r,
-            source,
-            f"EPSG:{self.epsg}",
-            centre_lat=self.centre_lat,
-            centre_lon=self.centre_lon,
-        )
-
-
-def cells_of(recipe: Recipe, frame) -> list[Cell]:
-    """The cells of a plan with their UTM footprints."""
-    grid = get_grid(recipe.grid.kind, recipe.grid.distance_km)
-    rows, cols = frame["grid_row_u"].to_numpy(), frame["grid_col_r"].to_numpy()
-    fp = grid.footprints(rows, cols)
-    return [
-        Cell(name, int(r), int(c), int(e), (float(x0), float(y0), float(x1), float(y1)), float(lat), float(lon))
-        for name, r, c, e, x0, y0, x1, y1, lat, lon in zip(
-            frame["grid_cell"],
-            rows,
-            cols,
-            fp.epsg,
-            fp.xmin,
-            fp.ymin,
-            fp.xmax,
-            fp.ymax,
-            frame["centre_lat"],
-            frame["centre_lon"],
-        )
-    ]
-
-
 @dataclass
 class _Candidate:
     item: pystac.Item
@@ -99,8 +54,8 @@ class _Candidate:
     quality: NDArray | None = None
 
 
-class SourceReader:
-    """Cuts patches of one recipe source; thread-safe, one per source per worker."""
+class StacReader:
+    """Cuts patches of one STAC (or static catalog) source; thread-safe, one per source per worker."""
 
     def __init__(
         self,
@@ -229,7 +184,7 @@ class SourceReader:
         return tuple(dict.fromkeys([*self.bands, *([self.quality.band] if self.quality else [])]))
 
     def _rank(self, candidate: _Candidate) -> tuple:
-        return candidate.cloud, abs((candidate.when - self.target_time).total_seconds()), candidate.item.id
+        return rank_key(candidate.cloud, candidate.when, candidate.item.id, self.target_time)
 
     def _with_cell_cloud(self, candidates: list[_Candidate], grid: PatchGrid) -> list[_Candidate]:
         """The candidates with any valid pixel on the grid, their quality mask read and cloud over the cell."""
@@ -259,25 +214,18 @@ class SourceReader:
                 nodatas.append(nodata)
         return arrays, nodatas, quality
 
-    def _missing(self, arrays, nodatas, quality) -> NDArray[np.bool_]:
-        """Pixels where any band holds nodata or the quality band says there is none."""
-        missing = np.logical_or.reduce([_is_nodata(a, n) for a, n in zip(arrays, nodatas)])
-        if quality is not None:
-            missing |= masks.missing_pixels(self.quality, quality)
-        return missing
-
     def _mosaic(self, candidates: list[_Candidate], grid: PatchGrid, sample: Sample) -> Sample:
         primary = candidates[0]
         same_pass = [c for c in candidates if c.when.date() == primary.when.date()]
         arrays, nodatas, quality = self._read_item(primary, grid)
         used = [primary]
         for extra in same_pass[1:]:
-            if not self._missing(arrays, nodatas, quality).any():
+            if not missing_pixels(arrays, nodatas, self.quality, quality).any():
                 break
             more, more_nodatas, more_quality = self._read_item(extra, grid)
             filled = False
             for target, source, nodata, source_nodata in zip(arrays, more, nodatas, more_nodatas):
-                hole = _is_nodata(target, nodata) & ~_is_nodata(source, source_nodata)
+                hole = is_nodata(target, nodata) & ~is_nodata(source, source_nodata)
                 target[hole] = source[hole]
                 filled |= bool(hole.any())
             if quality is not None:
@@ -285,11 +233,7 @@ class SourceReader:
                 quality[hole] = more_quality[hole]
             if filled:
                 used.append(extra)
-        missing = self._missing(arrays, nodatas, quality)
-
-        stack, nodata = _stack(arrays, nodatas)
-        sample.pixels, sample.nodata, sample.bands = stack, nodata, self.bands
-        sample.transform = tuple(grid.transform)[:6]
+        fill_pixels(sample, grid, self.bands, arrays, nodatas, self.quality, quality)
         infos = [self._band_info(self.asset(primary.item, b)) for b in self.bands]
         sample.scales = tuple(info[1] for info in infos)
         sample.offsets = tuple(info[2] for info in infos)
@@ -299,9 +243,6 @@ class SourceReader:
         sample.hrefs = {b: tuple(href_of(self.asset(c.item, b)) for c in used) for b in self.bands}
         sample.processing_baseline = _baseline(primary.item, self.profile)
         sample.scene_cloud = scene_cloud(primary.item, self.profile.cloud_property)
-        sample.nodata_fraction = float(missing.mean())
-        if quality is not None:
-            sample.cloud_fraction = masks.cloud_fraction(masks.cloud_pixels(self.quality, quality), ~missing)
         return sample
 
 
@@ -311,25 +252,6 @@ def href_of(asset: pystac.Asset) -> str:
     if "://" in asset.href or asset.href.startswith("/"):
         return asset.href
     return asset.get_absolute_href() or asset.href
-
-
-def _is_nodata(pixels: NDArray, nodata: float | None) -> NDArray[np.bool_]:
-    if nodata is None:
-        return np.zeros(pixels.shape, dtype=bool)
-    if isinstance(nodata, float) and math.isnan(nodata):
-        return np.isnan(pixels)
-    return pixels == nodata
-
-
-def _stack(arrays: list[NDArray], nodatas: list[float | None]) -> tuple[NDArray, float | None]:
-    """One (band, y, x) array in a dtype that holds every band; nodata unified to the first band's."""
-    dtype = np.result_type(*arrays)
-    nodata = next((n for n in nodatas if n is not None), None)
-    stack = np.stack([a.astype(dtype, copy=False) for a in arrays])
-    for i, band_nodata in enumerate(nodatas):
-        if band_nodata is not None and nodata is not None and band_nodata != nodata:
-            stack[i][_is_nodata(arrays[i], band_nodata)] = nodata
-    return stack, nodata
 
 
 def _baseline(item: pystac.Item, profile: CollectionProfile) -> str | None:
@@ -361,7 +283,7 @@ def acquire_source(
         return
     window = (recipe.time.start_utc, recipe.time.end_exclusive_utc)
     policy = policy or RetryPolicy()
-    reader = SourceReader(source, window, policy=policy, limiter=limiter)
+    reader = StacReader(source, window, policy=policy, limiter=limiter)
     catalog = None
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         for batch in _batches(cells, SEARCH_BATCH):

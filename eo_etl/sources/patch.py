@@ -1,0 +1,69 @@
+"""Rules every source shares once it has pixels: which scene ranks first, what counts as nodata, and how a
+sample's bands, nodata and cloud fractions are put together."""
+
+from __future__ import annotations
+
+import math
+from datetime import datetime
+
+import numpy as np
+from numpy.typing import NDArray
+
+from eo_etl.sample import Sample
+from eo_etl.sources import masks
+from eo_etl.sources.patch_grid import PatchGrid
+from eo_etl.sources.profile import QualityRule
+
+
+def rank_key(cloud: float, when: datetime, scene_id: str, target: datetime) -> tuple:
+    """Least cloud first, then nearest to ``target`` (the middle of the time window), then id."""
+    return cloud, abs((when - target).total_seconds()), scene_id
+
+
+def is_nodata(pixels: NDArray, nodata: float | None) -> NDArray[np.bool_]:
+    if nodata is None:
+        return np.zeros(pixels.shape, dtype=bool)
+    if isinstance(nodata, float) and math.isnan(nodata):
+        return np.isnan(pixels)
+    return pixels == nodata
+
+
+def missing_pixels(
+    arrays: list[NDArray], nodatas: list[float | None], rule: QualityRule | None, quality: NDArray | None
+) -> NDArray[np.bool_]:
+    """Pixels where any band holds nodata or the quality band says there is none."""
+    missing = np.logical_or.reduce([is_nodata(a, n) for a, n in zip(arrays, nodatas)])
+    if quality is not None:
+        missing |= masks.missing_pixels(rule, quality)
+    return missing
+
+
+def stack_bands(arrays: list[NDArray], nodatas: list[float | None]) -> tuple[NDArray, float | None]:
+    """One (band, y, x) array in a dtype that holds every band; nodata unified to the first band's."""
+    dtype = np.result_type(*arrays)
+    nodata = next((n for n in nodatas if n is not None), None)
+    stack = np.stack([a.astype(dtype, copy=False) for a in arrays])
+    for i, band_nodata in enumerate(nodatas):
+        if band_nodata is not None and nodata is not None and band_nodata != nodata:
+            stack[i][is_nodata(arrays[i], band_nodata)] = nodata
+    return stack, nodata
+
+
+def fill_pixels(
+    sample: Sample,
+    grid: PatchGrid,
+    bands: tuple[str, ...],
+    arrays: list[NDArray],
+    nodatas: list[float | None],
+    rule: QualityRule | None,
+    quality: NDArray | None,
+) -> Sample:
+    """Put the bands into ``sample`` with its grid, nodata fraction and (with a quality band) cloud fraction."""
+    missing = missing_pixels(arrays, nodatas, rule, quality)
+    sample.pixels, sample.nodata = stack_bands(arrays, nodatas)
+    sample.bands = bands
+    sample.transform = tuple(grid.transform)[:6]
+    sample.nodata_fraction = float(missing.mean())
+    if quality is not None:
+        sample.cloud_fraction = masks.cloud_fraction(masks.cloud_pixels(rule, quality), ~missing)
+    return sample
