@@ -41,6 +41,16 @@ class Sample:
     status: str = OK
     reason: str | None = None
 
+    def fail(self, error: BaseException, context: str = "") -> Sample:
+        """Mark the sample failed by ``error``: its type and message are the reason."""
+        self.status, self.reason = FAILED, f"{context}{type(error).__name__}: {error}"[:500]
+        return self
+
+    def reject(self, reason: str) -> Sample:
+        """Mark the sample rejected (nothing failed: no scene passed the rules)."""
+        self.status, self.reason = REJECTED, reason
+        return self
+
     @property
     def key(self) -> str:
         """Identity of a sample in a dataset: its cell and source."""

@@ -1,5 +1,6 @@
-"""Real servers on loopback for tests: `rustac serve` (a STAC API), a static file server with HTTP range
-requests (what GDAL reads COGs through), and a proxy that puts chosen failures in front of either.
+"""Servers on loopback for tests: `rustac serve` (a real STAC API), a static file server with HTTP range
+requests (what GDAL reads COGs through), a proxy that puts chosen failures in front of either, and a
+stub of Earth Engine's REST API (the one service here with no offline counterpart).
 
 Faults are real HTTP answers (429, 503, 404) sent by a real server, so the client code under test takes
 its production path.
@@ -7,19 +8,24 @@ its production path.
 
 from __future__ import annotations
 
+import io
+import json
 import socket
 import subprocess
 import sys
 import threading
 import time
+import urllib.parse
 import urllib.request
 from collections import defaultdict
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import partial
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from importlib.resources import files
 from pathlib import Path
 
+import numpy as np
 from RangeHTTPServer import RangeRequestHandler
 
 
@@ -81,8 +87,9 @@ class Faults:
             return None
 
 
-def _answer_fault(handler: BaseHTTPRequestHandler, faults: Faults) -> bool:
-    status = faults.next(handler.path.split("?")[0])
+def _answer_fault(handler: BaseHTTPRequestHandler, faults: Faults, key: str | None = None) -> bool:
+    """Send the next planned fault for ``key`` (the request's path by default); False when none is planned."""
+    status = faults.next(key or handler.path.split("?")[0])
     if status is None:
         return False
     handler.send_response(status)
@@ -166,3 +173,76 @@ def faulty_proxy(upstream: str, faults: Faults) -> Iterator[str]:
     """A proxy to ``upstream`` that answers the planned faults first; links are rewritten to itself."""
     with _serve(partial(_ProxyHandler, upstream=upstream, faults=faults)) as url:
         yield url
+
+
+class _EarthEngineStubHandler(BaseHTTPRequestHandler):
+    """Earth Engine's REST protocol, as far as eo-etl uses it: the discovery document and the algorithm list
+    that earthengine-api ships for its own tests, then value:compute and image:computePixels answered by
+    the test's functions. Every request body is recorded."""
+
+    def __init__(self, *args, stub: EarthEngineStub, **kwargs):
+        self.stub = stub
+        super().__init__(*args, **kwargs)
+
+    def _send(self, status: int, payload: bytes, content_type: str = "application/json"):
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+
+    def do_GET(self):
+        path = urllib.parse.unquote(self.path.split("?")[0])
+        if path.startswith("/$discovery/rest"):
+            self._send(200, self.stub.discovery())
+        elif path.endswith("/algorithms"):
+            self._send(200, self.stub.algorithms())
+        else:
+            self._send(404, b"{}")
+
+    def do_POST(self):
+        path = urllib.parse.unquote(self.path.split("?")[0])
+        body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
+        kind = path.rsplit(":", 1)[-1]  # "compute" (value:compute) or "computePixels"
+        if _answer_fault(self, self.stub.faults, kind):
+            return
+        self.stub.requests.append((kind, body))
+        try:
+            if kind == "compute":
+                self._send(200, json.dumps({"result": self.stub.answer_value(body)}).encode())
+            elif kind == "computePixels":
+                buffer = io.BytesIO()
+                np.save(buffer, self.stub.answer_pixels(body), allow_pickle=False)
+                self._send(200, buffer.getvalue(), "application/octet-stream")
+            else:
+                self._send(404, b"{}")
+        except Exception as error:  # the test's answer failed: say so as the server would
+            message = json.dumps({"error": {"code": 400, "message": str(error), "status": "INVALID_ARGUMENT"}})
+            self._send(400, message.encode())
+
+    def log_message(self, *args):
+        pass
+
+
+class EarthEngineStub:
+    """A stand-in for Earth Engine on loopback (no Earth Engine can be reached offline). The client code
+    under test is the real earthengine-api, over HTTP."""
+
+    def __init__(self, answer_value, answer_pixels):
+        self.answer_value, self.answer_pixels = answer_value, answer_pixels
+        self.faults = Faults()
+        self.requests: list[tuple[str, dict]] = []
+        self.url = ""
+
+    def discovery(self) -> bytes:
+        text = (files("ee") / "tests" / "cloud_api_discovery_document.json").read_text()
+        return text.replace("https://earthengine.googleapis.com/", self.url + "/").encode()
+
+    def algorithms(self) -> bytes:
+        return (files("ee") / "tests" / "algorithms.json").read_bytes()
+
+    @contextmanager
+    def serve(self) -> Iterator[str]:
+        with _serve(partial(_EarthEngineStubHandler, stub=self)) as url:
+            self.url = url
+            yield url

@@ -171,7 +171,14 @@ class Source(Section):
 
     name: str | None = Field(None, description="Key of this source in the dataset; defaults to the collection.")
     kind: Literal["stac", "gee", "local"] = "stac"
-    url: str | None = Field(None, description="STAC API root (stac) or path/URL of a catalog.json (local).")
+    url: str | None = Field(
+        None,
+        description="STAC API root (stac), path/URL of a catalog.json (local), or the Earth Engine REST endpoint "
+        "(gee; the high-volume endpoint if unset).",
+    )
+    project: str | None = Field(
+        None, description="Google Cloud project for Earth Engine (gee); EE_PROJECT or GOOGLE_CLOUD_PROJECT if unset."
+    )
     profile: str | None = Field(
         None, description="Collection profile (bands, resolutions); found from the collection id if unset."
     )
@@ -225,6 +232,13 @@ class Source(Section):
         if self.kind in ("stac", "local") and not self.url:
             raise ValueError(f"url is required for a {self.kind} source")
         profile = find_profile(self.profile or self.collection)
+        if self.kind == "gee":
+            named = profile.earth_engine.bands if profile.earth_engine else {}
+            unnamed = [band for band in self.bands or profile.default_bands if band not in named]
+            if unnamed:
+                raise ValueError(
+                    f"Earth Engine has no band for {unnamed} in {profile.name}; allowed: {', '.join(named)}"
+                )
         self.name = self.name or self.collection
         self.profile = profile.name
         self.bands = self.bands or list(profile.default_bands)

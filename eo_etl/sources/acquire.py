@@ -31,10 +31,19 @@ from shapely.geometry import box, shape
 
 from eo_etl.recipe import Recipe
 from eo_etl.recipe.models import Source
-from eo_etl.sample import FAILED, REJECTED, Sample
+from eo_etl.sample import FAILED, Sample
 from eo_etl.sources import masks
 from eo_etl.sources.cell import Cell
-from eo_etl.sources.patch import fill_pixels, is_nodata, missing_pixels, rank_key
+from eo_etl.sources.patch import (
+    NO_SCENE,
+    cell_cloud,
+    fill_pixels,
+    is_nodata,
+    missing_pixels,
+    no_clear_scene,
+    rank_key,
+    with_quality_band,
+)
 from eo_etl.sources.patch_grid import PatchGrid, patch_grid
 from eo_etl.sources.profile import CollectionProfile, find_profile
 from eo_etl.sources.raster import read_band
@@ -146,15 +155,13 @@ class StacReader:
             with gdal_env():
                 return self._acquire(cell, list(items), sample)
         except Exception as error:  # recorded, not raised: the build goes on with the other cells
-            sample.status, sample.reason = FAILED, f"{type(error).__name__}: {error}"[:500]
-            return sample
+            return sample.fail(error)
 
     def _acquire(self, cell: Cell, items: list[pystac.Item], sample: Sample) -> Sample:
         fp_lonlat = box(*transform_bounds(f"EPSG:{cell.epsg}", "EPSG:4326", *cell.footprint, densify_pts=21))
         over = [it for it in items if it.geometry is not None and shape(it.geometry).intersects(fp_lonlat)]
         if not over:
-            sample.status, sample.reason = REJECTED, "no scene over the cell in the time window"
-            return sample
+            return sample.reject(NO_SCENE)
         lacking = [it for it in over if any(self.asset(it, b) is None for b in self.needed_bands)]
         usable = [it for it in over if it not in lacking]
         if not usable:
@@ -170,18 +177,12 @@ class StacReader:
             seen = self._with_cell_cloud(candidates[:MAX_RANKED], grid)
             candidates = sorted((c for c in seen if c.cloud * 100 <= self.source.max_cloud), key=self._rank)
             if not candidates:
-                sample.status = REJECTED
-                sample.reason = (
-                    f"every scene has more than {self.source.max_cloud:g}% cloud over the cell"
-                    if seen
-                    else "no scene has valid pixels over the cell"
-                )
-                return sample
+                return sample.reject(no_clear_scene(bool(seen), self.source.max_cloud))
         return self._mosaic(candidates, grid, sample)
 
     @property
     def needed_bands(self) -> tuple[str, ...]:
-        return tuple(dict.fromkeys([*self.bands, *([self.quality.band] if self.quality else [])]))
+        return with_quality_band(self.bands, self.quality)
 
     def _rank(self, candidate: _Candidate) -> tuple:
         return rank_key(candidate.cloud, candidate.when, candidate.item.id, self.target_time)
@@ -191,10 +192,9 @@ class StacReader:
         seen = []
         for candidate in candidates:
             quality, _ = self.read(candidate.item, self.quality.band, grid)
-            valid = ~masks.missing_pixels(self.quality, quality)
-            if valid.any():
-                candidate.quality = quality
-                candidate.cloud = masks.cloud_fraction(masks.cloud_pixels(self.quality, quality), valid)
+            cloud = cell_cloud(self.quality, quality)
+            if cloud is not None:
+                candidate.quality, candidate.cloud = quality, cloud
                 seen.append(candidate)
         return seen
 
@@ -274,15 +274,12 @@ def acquire_source(
     policy: RetryPolicy | None = None,
     limiter: HostLimiter | None = None,
 ) -> Iterator[Sample]:
-    """Samples of ``source`` for ``cells`` in order: one catalogue search per batch, cells cut in threads."""
-    if source.kind == "gee":  # recorded, so that the index says plainly what is missing
-        for cell in cells:
-            sample = cell.sample(source.name)
-            sample.status, sample.reason = FAILED, "Earth Engine sources are not available in this version"
-            yield sample
-        return
+    """Samples of ``source`` for ``cells`` in order, cut in threads; for STAC, one catalogue search per batch."""
     window = (recipe.time.start_utc, recipe.time.end_exclusive_utc)
     policy = policy or RetryPolicy()
+    if source.kind == "gee":
+        yield from _acquire_earth_engine(source, cells, window, workers=workers, policy=policy, limiter=limiter)
+        return
     reader = StacReader(source, window, policy=policy, limiter=limiter)
     catalog = None
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
@@ -295,12 +292,22 @@ def acquire_source(
                     )
                 items = catalog.search(bbox, *window, max_cloud=source.max_cloud)
             except Exception as error:
-                for cell in batch:
-                    sample = cell.sample(source.name)
-                    sample.status, sample.reason = FAILED, f"search failed: {type(error).__name__}: {error}"[:500]
-                    yield sample
+                yield from (cell.sample(source.name).fail(error, "search failed: ") for cell in batch)
                 continue
             yield from pool.map(reader.acquire, batch, repeat(items))
+
+
+def _acquire_earth_engine(source: Source, cells: list[Cell], window, *, workers, policy, limiter) -> Iterator[Sample]:
+    """Earth Engine needs no search: each cell asks the server. No ee credentials fail every cell, recorded."""
+    from eo_etl.sources.gee import EarthEngineReader  # the gee extra
+
+    try:
+        reader = EarthEngineReader(source, window, policy=policy, limiter=limiter)
+    except Exception as error:
+        yield from (cell.sample(source.name).fail(error, "Earth Engine unavailable: ") for cell in cells)
+        return
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        yield from pool.map(reader.acquire, cells)
 
 
 def _lonlat_bbox(cells: list[Cell]) -> tuple[float, float, float, float]:

@@ -14,6 +14,26 @@ from eo_etl.sources import masks
 from eo_etl.sources.patch_grid import PatchGrid
 from eo_etl.sources.profile import QualityRule
 
+NO_SCENE = "no scene over the cell in the time window"
+
+
+def with_quality_band(bands: tuple[str, ...], rule: QualityRule | None) -> tuple[str, ...]:
+    """The bands to fetch: the requested ones, and the quality band when the collection has one."""
+    return tuple(dict.fromkeys([*bands, *([rule.band] if rule else [])]))
+
+
+def cell_cloud(rule: QualityRule, quality: NDArray) -> float | None:
+    """Cloud over the cell from its quality band, as a fraction of the valid pixels; None if none is valid."""
+    valid = ~masks.missing_pixels(rule, quality)
+    return masks.cloud_fraction(masks.cloud_pixels(rule, quality), valid) if valid.any() else None
+
+
+def no_clear_scene(any_valid: bool, max_cloud: float) -> str:
+    """Why a cell has no sample when scenes cover it but none passes the cloud rule over the cell."""
+    if any_valid:
+        return f"every scene has more than {max_cloud:g}% cloud over the cell"
+    return "no scene has valid pixels over the cell"
+
 
 def rank_key(cloud: float, when: datetime, scene_id: str, target: datetime) -> tuple:
     """Least cloud first, then nearest to ``target`` (the middle of the time window), then id."""

@@ -34,6 +34,18 @@ class QualityRule(BaseModel):
     nodata_bits: tuple[int, ...] = ()
 
 
+class EarthEngineNames(BaseModel):
+    """How Earth Engine's catalogue names this collection's bands and properties, and scales its pixels."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    bands: dict[str, str]  # our band id -> Earth Engine band name
+    cloud_property: str | None = None
+    baseline_property: str | None = None
+    scale: float = 1.0  # of the data bands; mask bands are never scaled
+    offset: float = 0.0
+
+
 class CollectionProfile(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -47,10 +59,12 @@ class CollectionProfile(BaseModel):
     quality: QualityRule | None = None
     cloud_property: str = "eo:cloud_cover"
     baseline_properties: tuple[str, ...] = ("processing:version",)
+    earth_engine: EarthEngineNames | None = None
 
     @model_validator(mode="after")
     def _bands_exist(self) -> CollectionProfile:
         named = [*self.default_bands, *([self.quality.band] if self.quality else [])]
+        named += list(self.earth_engine.bands) if self.earth_engine else []
         unknown = [band for band in named if band not in self.bands]
         if unknown:
             raise ValueError(f"{self.name}: bands {unknown} are named but not listed under bands")
