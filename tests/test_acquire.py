@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import rasterio
-from rasterio.warp import Resampling, reproject
+from rasterio.warp import Resampling
 from rasterio.windows import from_bounds
 
 from eo_etl.demo import S2_EPSG, scene_classification, sentinel2_bands, sentinel2_item, write_cog, write_demo_catalog
@@ -19,7 +19,7 @@ from eo_etl.sample import FAILED, OK, REJECTED
 from eo_etl.sources.acquire import acquire_source
 from eo_etl.sources.cell import cells_of
 from eo_etl.sources.remote import RetryPolicy
-from tests.imagery import LANDSAT_SCENES, landsat_item, write_item_collection
+from tests.imagery import LANDSAT_SCENES, landsat_item, read_on_grid, write_item_collection
 from tests.servers import Faults, faulty_proxy, file_server, stac_api
 
 S2_BBOX = [-67.664, -47.864, -67.622, -47.845]
@@ -46,13 +46,8 @@ def acquire(r, policy=None) -> dict:
 
 def direct_read(path: Path, sample, resampling=Resampling.nearest) -> np.ndarray:
     """The same footprint read by rasterio alone: warped onto the sample's grid, nodata outside the file."""
-    out = np.zeros(sample.pixels.shape[1:], dtype=sample.pixels.dtype)
-    with rasterio.open(path) as src:
-        reproject(
-            rasterio.band(src, 1), out, dst_transform=rasterio.Affine(*sample.transform), dst_crs=sample.crs,
-            resampling=resampling, src_nodata=0, dst_nodata=0,
-        )  # fmt: skip
-    return out
+    transform = rasterio.Affine(*sample.transform)
+    return read_on_grid(path, sample.crs, transform, sample.pixels.shape[1:], sample.pixels.dtype, resampling)
 
 
 @pytest.fixture(scope="module")

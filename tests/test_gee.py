@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 import rasterio
 from google.auth.credentials import AnonymousCredentials
-from rasterio.warp import Resampling, reproject
 
 from eo_etl.demo import S2_EPSG, scene_classification, sentinel2_bands, write_cog
 from eo_etl.plan import plan
@@ -22,6 +21,7 @@ from eo_etl.sources import gee
 from eo_etl.sources.acquire import acquire_source
 from eo_etl.sources.cell import cells_of
 from eo_etl.sources.remote import RetryPolicy
+from tests.imagery import read_on_grid
 from tests.servers import EarthEngineStub
 
 COLLECTION = "COPERNICUS/S2_SR_HARMONIZED"
@@ -78,32 +78,32 @@ def cogs(tmp_path_factory):
     return root
 
 
-def served_pixels(cogs, body) -> np.ndarray:
-    """What Earth Engine would send: the requested bands of the top image, on the requested grid."""
-    names = constants(body["expression"])
-    bands = [b for b in BANDS if b in names]
-    image_ids = [c.rsplit("/", 1)[1] for c in names if isinstance(c, str) and c.startswith(COLLECTION + "/")]
-    top = image_ids[-1]  # mosaic paints the last image on top
-    grid = body["grid"]
-    t = grid["affineTransform"]
-    shape = (grid["dimensions"]["height"], grid["dimensions"]["width"])
+def served_pixels(cogs, image_id: str, bands: list[str], crs: str, transform, shape) -> np.ndarray:
+    """What Earth Engine would send: ``bands`` of one image on a grid, as a structured array."""
     out = np.zeros(shape, dtype=[(b, "u1" if b == "SCL" else "u2") for b in bands])
     for band in bands:
-        target = np.zeros(shape, dtype=out.dtype[band])
-        with rasterio.open(cogs / top / f"{band}.tif") as src:
-            reproject(
-                rasterio.band(src, 1), target, src_nodata=0, dst_nodata=0, dst_crs=grid["crsCode"],
-                dst_transform=rasterio.Affine(t["scaleX"], t["shearX"], t["translateX"], t["shearY"], t["scaleY"],
-                                              t["translateY"]),
-                resampling=Resampling.nearest,
-            )  # fmt: skip
-        out[band] = target
+        out[band] = read_on_grid(cogs / image_id / f"{band}.tif", crs, transform, shape, out.dtype[band])
     return out
+
+
+def answer_pixels(cogs, body) -> np.ndarray:
+    """The stub's answer to computePixels: the requested bands of the top image, on the requested grid."""
+    names = constants(body["expression"])
+    image_ids = [c.rsplit("/", 1)[1] for c in names if isinstance(c, str) and c.startswith(COLLECTION + "/")]
+    grid, t = body["grid"], body["grid"]["affineTransform"]
+    transform = rasterio.Affine(t["scaleX"], t["shearX"], t["translateX"], t["shearY"], t["scaleY"], t["translateY"])
+    shape = (grid["dimensions"]["height"], grid["dimensions"]["width"])
+    bands = [b for b in BANDS if b in names]
+    return served_pixels(cogs, image_ids[-1], bands, grid["crsCode"], transform, shape)  # the last is on top
+
+
+def served_for(cogs, sample, image_id: str, bands: list[str]) -> np.ndarray:
+    return served_pixels(cogs, image_id, bands, sample.crs, rasterio.Affine(*sample.transform), (64, 64))
 
 
 @contextmanager
 def stub_earth_engine(scenes, cogs):
-    stub = EarthEngineStub(lambda body: scenes, lambda body: served_pixels(cogs, body))
+    stub = EarthEngineStub(lambda body: scenes, lambda body: answer_pixels(cogs, body))
     with stub.serve() as url:
         gee.initialize(url, "stub-project", credentials=AnonymousCredentials())
         yield stub, url
@@ -154,11 +154,7 @@ def test_patches_from_a_stub_earth_engine_keep_its_pixels_bands_and_provenance(c
     assert len(made) == 12
     for sample in made:
         assert sample.bands == tuple(BANDS) and sample.pixels.dtype == np.uint16
-        served = served_pixels(cogs, {"expression": {"constantValue": [*BANDS, f"{COLLECTION}/{CLEAR}"]},
-                                      "grid": {"dimensions": {"width": 64, "height": 64}, "crsCode": sample.crs,
-                                               "affineTransform": dict(zip(["scaleX", "shearX", "translateX",
-                                                                            "shearY", "scaleY", "translateY"],
-                                                                           sample.transform))}})  # fmt: skip
+        served = served_for(cogs, sample, CLEAR, BANDS)
         for i, band in enumerate(BANDS):
             np.testing.assert_array_equal(sample.pixels[i], served[band])
         assert sample.product_id == CLEAR and sample.items == (CLEAR,) and sample.timestamp == MARCH
@@ -179,11 +175,7 @@ def test_cloud_over_the_cell_decides_between_stub_earth_engine_scenes(cogs):
     for sample in made:
         assert sample.cloud_fraction * 100 <= 20
         if sample.product_id == CLEAR:
-            june = served_pixels(cogs, {"expression": {"constantValue": ["SCL", f"{COLLECTION}/{CLOUDY}"]},
-                                        "grid": {"dimensions": {"width": 64, "height": 64}, "crsCode": sample.crs,
-                                                 "affineTransform": dict(zip(["scaleX", "shearX", "translateX",
-                                                                              "shearY", "scaleY", "translateY"],
-                                                                             sample.transform))}})["SCL"]  # fmt: skip
+            june = served_for(cogs, sample, CLOUDY, ["SCL"])["SCL"]
             assert (june == 9).any()
         else:
             assert sample.cloud_fraction == 0

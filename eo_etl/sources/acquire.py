@@ -26,7 +26,6 @@ import numpy as np
 import pystac
 import rasterio
 from numpy.typing import NDArray
-from rasterio.warp import transform_bounds
 from shapely.geometry import box, shape
 
 from eo_etl.recipe import Recipe
@@ -36,10 +35,10 @@ from eo_etl.sources import masks
 from eo_etl.sources.cell import Cell
 from eo_etl.sources.patch import (
     NO_SCENE,
+    any_band_missing,
     cell_cloud,
     fill_pixels,
     is_nodata,
-    missing_pixels,
     no_clear_scene,
     rank_key,
     with_quality_band,
@@ -158,7 +157,7 @@ class StacReader:
             return sample.fail(error)
 
     def _acquire(self, cell: Cell, items: list[pystac.Item], sample: Sample) -> Sample:
-        fp_lonlat = box(*transform_bounds(f"EPSG:{cell.epsg}", "EPSG:4326", *cell.footprint, densify_pts=21))
+        fp_lonlat = box(*cell.lonlat_bounds)
         over = [it for it in items if it.geometry is not None and shape(it.geometry).intersects(fp_lonlat)]
         if not over:
             return sample.reject(NO_SCENE)
@@ -220,7 +219,7 @@ class StacReader:
         arrays, nodatas, quality = self._read_item(primary, grid)
         used = [primary]
         for extra in same_pass[1:]:
-            if not missing_pixels(arrays, nodatas, self.quality, quality).any():
+            if not any_band_missing(arrays, nodatas, self.quality, quality).any():
                 break
             more, more_nodatas, more_quality = self._read_item(extra, grid)
             filled = False
@@ -311,5 +310,5 @@ def _acquire_earth_engine(source: Source, cells: list[Cell], window, *, workers,
 
 
 def _lonlat_bbox(cells: list[Cell]) -> tuple[float, float, float, float]:
-    boxes = np.array([transform_bounds(f"EPSG:{c.epsg}", "EPSG:4326", *c.footprint, densify_pts=21) for c in cells])
+    boxes = np.array([cell.lonlat_bounds for cell in cells])
     return float(boxes[:, 0].min()), float(boxes[:, 1].min()), float(boxes[:, 2].max()), float(boxes[:, 3].max())

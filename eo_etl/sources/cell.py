@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import geopandas as gpd
+from rasterio.warp import transform_bounds
 
 from eo_etl.grid import get_grid
 from eo_etl.recipe import Recipe
@@ -20,6 +22,12 @@ class Cell:
     footprint: tuple[float, float, float, float]  # UTM metres
     centre_lat: float
     centre_lon: float
+
+    @cached_property
+    def lonlat_bounds(self) -> tuple[float, float, float, float]:
+        """The footprint's (west, south, east, north) in degrees, edges densified: what searches and
+        scene footprints are compared with."""
+        return transform_bounds(f"EPSG:{self.epsg}", "EPSG:4326", *self.footprint, densify_pts=21)
 
     def sample(self, source: str) -> Sample:
         """An empty sample of this cell, to be filled, rejected or failed."""

@@ -91,15 +91,13 @@ class EarthEngineReader:
         self.policy.call(initialize, self.url, project)
         self.bands = tuple(source.bands)
         self.quality = self.profile.quality
+        optional = [self.names.cloud_property, self.names.baseline_property]
+        self.columns = ["system:index", "system:time_start", *[p for p in optional if p]]  # of the scene listing
 
     # -------------------------------------------------------------------------------------- requests
     def grid(self, cell: Cell) -> PatchGrid:
         """The patch grid: Earth Engine computes on any grid; whole multiples of the resolution here."""
         return patch_grid(cell.epsg, cell.footprint, self.source.resolution_m, self.source.patch_size)
-
-    def _columns(self) -> list[str]:
-        optional = [self.names.cloud_property, self.names.baseline_property]
-        return ["system:index", "system:time_start", *[p for p in optional if p]]
 
     def scenes_request(self, grid: PatchGrid):
         """The ee expression listing [id, time, cloud, baseline] of the images over the patch."""
@@ -112,8 +110,7 @@ class EarthEngineReader:
         )
         if self.names.cloud_property and self.source.max_cloud < 100:
             collection = collection.filter(ee.Filter.lte(self.names.cloud_property, self.source.max_cloud))
-        columns = self._columns()
-        return collection.reduceColumns(ee.Reducer.toList(len(columns)), columns).get("list")
+        return collection.reduceColumns(ee.Reducer.toList(len(self.columns)), self.columns).get("list")
 
     def pixels_request(self, scene_ids: list[str], bands: tuple[str, ...], grid: PatchGrid) -> dict:
         """The computePixels request: ``bands`` of the scenes (first on top) on ``grid``, as NumPy."""
@@ -194,7 +191,7 @@ class EarthEngineReader:
         return sample
 
     def _scene(self, row: list) -> Scene:
-        values = dict(zip(self._columns(), row))
+        values = dict(zip(self.columns, row))
         cloud = values.get(self.names.cloud_property) if self.names.cloud_property else None
         baseline = values.get(self.names.baseline_property) if self.names.baseline_property else None
         return Scene(

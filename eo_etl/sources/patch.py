@@ -48,7 +48,7 @@ def is_nodata(pixels: NDArray, nodata: float | None) -> NDArray[np.bool_]:
     return pixels == nodata
 
 
-def missing_pixels(
+def any_band_missing(
     arrays: list[NDArray], nodatas: list[float | None], rule: QualityRule | None, quality: NDArray | None
 ) -> NDArray[np.bool_]:
     """Pixels where any band holds nodata or the quality band says there is none."""
@@ -79,7 +79,7 @@ def fill_pixels(
     quality: NDArray | None,
 ) -> Sample:
     """Put the bands into ``sample`` with its grid, nodata fraction and (with a quality band) cloud fraction."""
-    missing = missing_pixels(arrays, nodatas, rule, quality)
+    missing = any_band_missing(arrays, nodatas, rule, quality)
     sample.pixels, sample.nodata = stack_bands(arrays, nodatas)
     sample.bands = bands
     sample.transform = tuple(grid.transform)[:6]
