@@ -172,6 +172,7 @@ class EarthEngineReader:
             if not ranked:
                 return sample.reject(no_clear_scene(bool(seen), self.source.max_cloud))
         primary = ranked[0]
+        # re-sorted: the cloud of the scenes seen is now the cloud over the cell
         same_day = [s for s in sorted(scenes, key=self._rank) if s.when.date() == primary.when.date()]
         used = [primary, *(s for s in same_day if s.id != primary.id)]
         needed = with_quality_band(self.bands, self.quality)

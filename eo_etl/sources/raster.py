@@ -22,9 +22,8 @@ from eo_etl.sources.patch_grid import PatchGrid
 
 @dataclass(frozen=True)
 class BandRead:
-    pixels: NDArray  # (height, width)
+    pixels: NDArray  # (height, width), the file's dtype
     nodata: float | None
-    dtype: str
 
 
 def fill_value(dtype: np.dtype | str, nodata: float | None) -> float | None:
@@ -65,7 +64,7 @@ def read_band(
             pixels = _window_read(src, band, offset, grid, nodata)
         else:
             pixels = _warped_read(src, band, grid, resampling, nodata)
-    return BandRead(pixels, nodata, dtype)
+    return BandRead(pixels, nodata)
 
 
 def _window_read(src, band: int, offset: tuple[int, int], grid: PatchGrid, nodata: float | None) -> NDArray:
