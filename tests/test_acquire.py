@@ -250,3 +250,21 @@ def test_a_retried_read_gets_past_gdals_cached_429(tmp_path):
     assert faults.sent["/cached/B02.tif"] == [429] and policy.retries == 1
     with rasterio.open(tmp_path / "cached" / "B02.tif") as src:
         np.testing.assert_array_equal(pixels, src.read(1, window=from_bounds(*grid.bounds, src.transform)))
+
+
+def test_a_static_catalog_is_walked_once_for_all_batches(tmp_path, monkeypatch):
+    import eo_etl.sources.acquire as acquire_module
+    from eo_etl.sources.stac import StacCatalog
+
+    walks = []
+    original = StacCatalog._static_items
+
+    def counted(self):
+        walks.append(self._walked is None)
+        return original(self)
+
+    monkeypatch.setattr(StacCatalog, "_static_items", counted)
+    monkeypatch.setattr(acquire_module, "SEARCH_BATCH", 3)  # 12 cells: four searches
+    samples = acquire(recipe(str(write_demo_catalog(tmp_path / "catalog")), kind="local"))
+    assert sum(s.status == OK for s in samples.values()) == 12
+    assert walks == [True, False, False, False]  # read on the first search, reused after

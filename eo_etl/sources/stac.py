@@ -30,6 +30,7 @@ class StacCatalog:
         with _static_is_fine():
             self.client = self.policy.call(Client.open, url, stac_io=StacApiIO(max_retries=None))
         self.searchable = self.client.conforms_to(ConformanceClasses.ITEM_SEARCH)
+        self._walked: list[pystac.Item] | None = None  # a static catalog's items, read once
 
     def search(
         self, bbox: tuple[float, float, float, float], start: datetime, end: datetime, max_cloud: float = 100.0
@@ -38,8 +39,7 @@ class StacCatalog:
         if self.searchable:
             items = self.policy.call(self._search_api, bbox, start, end, max_cloud)
         else:
-            with _static_is_fine():
-                items = self.policy.call(lambda: list(self.client.get_items(recursive=True)))
+            items = self._static_items()
         items = [
             item
             for item in items
@@ -49,6 +49,12 @@ class StacCatalog:
             and scene_cloud(item, self.cloud_property) <= max_cloud
         ]
         return sorted(items, key=lambda item: item.id)
+
+    def _static_items(self) -> list[pystac.Item]:
+        if self._walked is None:
+            with _static_is_fine():
+                self._walked = self.policy.call(lambda: list(self.client.get_items(recursive=True)))
+        return self._walked
 
     def _search_api(self, bbox, start: datetime, end: datetime, max_cloud: float) -> list[pystac.Item]:
         # STAC intervals include both ends; ours excludes the end.
