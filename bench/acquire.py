@@ -3,7 +3,7 @@
 
 Prints:
 - patches per second for whole samples (4 × 10 m bands + SCL at 20 m, cloud ranking, index record) cut by
-  ``StacReader.acquire`` from a static catalog, on one thread;
+  ``StacReader.acquire`` from one item of local COGs, on one thread;
 - our per-patch read (``StacReader.read``: asset lookup, retry policy, host limit, grid alignment, window
   read) against a bare ``rasterio.open(...).read(window=...)`` of the same window, as a ratio (target ≤ 1.2×).
 Both sides open the file for every patch, as a worker does for a new cell.
