@@ -12,8 +12,7 @@ from eo_etl.recipe import Recipe
 from eo_etl.sample import FAILED, OK, REJECTED
 from eo_etl.sources.acquire import acquire_source
 from eo_etl.sources.cell import cells_of
-from eo_etl.store.geotiff import write_sample
-from eo_etl.store.index import write_index
+from eo_etl.store.dataset import INDEX_NAME, DatasetWriter
 
 
 @dataclass
@@ -29,6 +28,10 @@ class BuildReport:
     cells: gpd.GeoDataFrame
     stages: list[StageReport] = field(default_factory=list)
     samples: list[dict] = field(default_factory=list)  # index records, one per (cell, source)
+
+    @property
+    def index(self) -> Path:
+        return self.output / INDEX_NAME
 
 
 # Stages after planning, in pipeline order: which recipe section configures each.
@@ -61,16 +64,17 @@ def build(recipe: Recipe, output: Path | None = None) -> BuildReport:
 
 
 def acquire(recipe: Recipe, cells: gpd.GeoDataFrame, output: Path, records: list[dict]) -> StageReport:
-    """Cut every source's patch for every cell; write the pixels and an index that records every outcome."""
+    """Cut every source's patch for every cell and store it; the index records every outcome."""
     if not recipe.sources:
         return StageReport("acquire", "not configured", "the recipe has no sources")
     targets = cells_of(recipe, cells)
+    dataset = DatasetWriter(output, recipe, cells)
     for source in recipe.sources:
         for sample in acquire_source(recipe, source, targets, workers=recipe.runner.workers):
-            if sample.status == OK:
-                write_sample(output, sample)
-            records.append(sample.record())  # the pixels are on disk now; keep only the record
-    write_index(records, output / "samples.parquet")
-    counts = {status: sum(r["status"] == status for r in records) for status in (OK, REJECTED, FAILED)}
-    detail = ", ".join(f"{n} {status}" for status, n in counts.items()) + f" → {output / 'samples.parquet'}"
+            dataset.add(sample)
+    index = dataset.close()
+    records.extend(index.to_dict("records"))
+    counts = {status: int((index.status == status).sum()) for status in (OK, REJECTED, FAILED)}
+    formats = ", ".join(recipe.outputs.formats)
+    detail = ", ".join(f"{n} {status}" for status, n in counts.items()) + f" → {formats}, {output / INDEX_NAME}"
     return StageReport("acquire", "done", detail)

@@ -215,17 +215,17 @@ def _print_samples(records: list[dict], output: Path, limit: int = 8) -> None:
     made = [r for r in records if r["status"] == "ok"]
     table = Table("grid_cell", "source", "product_id", "time", "cloud %", "nodata %", box=None, header_style="bold")
     for r in made[:limit]:
-        when = r["timestamp"].strftime("%Y-%m-%d %H:%M") if r["timestamp"] else ""
-        cloud = "" if r["cloud_cover"] is None else f"{r['cloud_cover']:.1f}"
+        cloud = "" if pd.isna(r["cloud_cover"]) else f"{r['cloud_cover']:.1f}"
+        when = r["timestamp"].strftime("%Y-%m-%d %H:%M")
         table.add_row(r["grid_cell"], r["source"], r["product_id"], when, cloud, f"{100 * r['nodata']:.1f}")
     out.print(table)
     if len(made) > limit:
         out.print(f"[dim]… and {len(made) - limit} more[/dim]")
     if made:
-        first = made[0]
         out.print(
-            f"open one: rasterio.open('{output / 'samples' / first['source'] / (first['grid_cell'] + '.tif')}'); "
-            f"the index: pandas.read_parquet('{output / 'samples.parquet'}')",
+            f"open it: eo_etl.open_dataset('{output}', '{made[0]['source']}') (xarray), "
+            f"xarray.open_zarr('{output / 'pixels.zarr'}', group='{made[0]['source']}'), "
+            f"or the index: geopandas.read_parquet('{output / 'index.parquet'}')",
             highlight=False,
             soft_wrap=True,
         )

@@ -106,3 +106,34 @@ def write_item_collection(path: Path, items: list[pystac.Item]) -> Path:
     features = [item.to_dict(include_self_link=False, transform_hrefs=False) for item in items]
     path.write_text(json.dumps({"type": "FeatureCollection", "features": features}))
     return path
+
+
+# ------------------------------------------------------------------------------------ stored samples
+
+
+def sentinel2_samples(count: int, size: int = 64, source: str = "s2") -> list:
+    """``count`` ok samples of real S2 pixels (B02, B03, B04, B08 at 10 m, then SCL upsampled to 10 m),
+    cut from different places of the shipped scene, as acquisition hands them to the stores."""
+    from eo_etl.demo import DEMO_ITEM, DEMO_TIME, S2_EPSG, S2_OFFSET, S2_SCALE, scene_classification, sentinel2_bands
+    from eo_etl.sample import Sample
+
+    bands = sentinel2_bands()
+    scl, _ = scene_classification(bands, cloudy_rows=slice(0, 10))
+    stack = np.stack([bands[b][0] for b in ("B02", "B03", "B04", "B08")] + [scl.repeat(2, 0).repeat(2, 1)])
+    origin: Affine = bands["B02"][1]
+    rows, cols = stack.shape[1] - size, stack.shape[2] - size
+    samples = []
+    for k in range(count):
+        row, col = (37 * k) % (rows + 1), (53 * k) % (cols + 1)  # spread over the scene, none alike
+        transform = origin @ Affine.translation(col, row)
+        samples.append(
+            Sample(
+                cell=f"{5327 + k // 8}D_{5050 + k % 8}L", row_u=-(5327 + k // 8), col_r=-(5050 + k % 8),
+                source=source, crs=f"EPSG:{S2_EPSG}", transform=tuple(transform)[:6],
+                bands=("B02", "B03", "B04", "B08", "SCL"), pixels=stack[:, row : row + size, col : col + size].copy(),
+                nodata=0.0, scales=(S2_SCALE,) * 4 + (1.0,), offsets=(S2_OFFSET,) * 4 + (0.0,),
+                timestamp=DEMO_TIME.replace(day=1 + k % 28), product_id=DEMO_ITEM, items=(DEMO_ITEM,),
+                centre_lat=-47.85 - k / 1000, centre_lon=-67.64 + k / 1000, cloud_fraction=0.0, nodata_fraction=0.0,
+            )
+        )  # fmt: skip
+    return samples

@@ -10,7 +10,8 @@ from pathlib import Path
 import geopandas as gpd
 import pandas as pd
 import pytest
-import rasterio
+import shapely
+import xarray as xr
 import yaml
 
 from eo_etl.demo import write_demo_catalog
@@ -73,23 +74,27 @@ def demo_recipe(tmp_path: Path, **changes) -> Path:
     return tmp_path / "demo.yaml"
 
 
-def test_build_of_the_demo_writes_plan_samples_and_index_and_says_which_stages_did_not_run(tmp_path):
+def test_build_of_the_demo_writes_plan_index_and_pixels_and_says_which_stages_did_not_run(tmp_path):
     result = run("build", str(demo_recipe(tmp_path)), cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     out = tmp_path / "demo"
-    plan, index = pd.read_parquet(out / "plan.parquet"), pd.read_parquet(out / "samples.parquet")
+    plan, index = pd.read_parquet(out / "plan.parquet"), gpd.read_parquet(out / "index.parquet")
     assert (out / "recipe.json").is_file()
     assert not list(out.rglob("*.partial"))
     assert sorted(index.grid_cell) == sorted(plan.grid_cell)  # every cell has its row, made or not
     made = index[index.status == "ok"]
     assert len(made) > 0 and f"{len(made)} ok" in result.stdout
+    assert sorted(made.zarr_index) == list(range(len(made)))  # each stored sample has its own place
+    pixels = xr.open_zarr(out / "pixels.zarr", group="s2l2a")
+    assert list(pixels.band.values) == ["B02", "B03", "B04", "B08", "B11", "B12", "SCL"]
+    assert pixels.pixels.shape == (len(made), 7, 64, 64) and set(pixels.epsg.values) == {32719}
     for row in made.itertuples():
-        with rasterio.open(out / "samples" / "s2l2a" / f"{row.grid_cell}.tif") as src:
-            assert src.descriptions == ("B02", "B03", "B04", "B08", "B11", "B12", "SCL")
-            assert src.crs.to_epsg() == 32719 and (src.width, src.height) == (64, 64)
-            pixels = src.read()
-        assert (pixels[0] == 0).mean() == pytest.approx(row.nodata)  # nodata counted, not invented
+        sample = pixels.pixels[row.zarr_index].values
+        assert pixels.sample[row.zarr_index] == row.grid_cell
+        assert (sample[0] == 0).mean() == pytest.approx(row.nodata)  # nodata counted, not invented
+        assert row.geometry.contains(shapely.Point(row.centre_lon, row.centre_lat))
     assert "labels" in result.stdout and "not configured" in result.stdout
+    assert "eo_etl.open_dataset(" in result.stdout
 
 
 def test_build_with_no_sources_plans_only(tmp_path):
@@ -116,7 +121,7 @@ def test_build_with_no_sources_plans_only(tmp_path):
 def test_build_with_an_unreachable_source_records_every_cell_as_failed(tmp_path, source, reason):
     result = run("build", str(demo_recipe(tmp_path, sources=[source])), cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    index = pd.read_parquet(tmp_path / "demo" / "samples.parquet")
+    index = pd.read_parquet(tmp_path / "demo" / "index.parquet")
     assert len(index) > 0 and set(index.status) == {"failed"}
     assert index.reason.str.startswith(reason).all()
 

@@ -319,10 +319,31 @@ class Curation(Section):
 # ------------------------------------------------------------------------------------- where to
 
 
+class VideoOutput(Section):
+    """Video-codec cubes: lossless (ffv1 16-bit) unless ``lossy`` asks for libx265 12-bit on data bands."""
+
+    lossy: bool = False
+    crf: int = Field(6, ge=0, le=51, description="libx265 constant rate factor when lossy: lower is better.")
+    keyframe_interval: int = Field(8, ge=1, description="Frames (samples) between keyframes: the cost of a seek.")
+
+
 class Outputs(Section):
     path: Path | None = Field(None, description="Dataset folder, relative to where eo-etl runs; out/<name> if unset.")
-    formats: list[Literal["zarr", "taco", "video"]] = Field(default_factory=lambda: ["zarr"], min_length=1)
-    shard_size: int = Field(64, gt=0, description="Samples per shard.")
+    formats: list[Literal["zarr", "taco", "video"]] = Field(
+        default_factory=lambda: ["zarr"],
+        min_length=1,
+        description="zarr is the dataset's pixel store and always written; taco and video are written beside it.",
+    )
+    # A shard is held in memory while written: 16 Major TOM-size samples of 12 bands are ~440 MB.
+    shard_size: int = Field(16, gt=0, description="Samples per shard (Zarr shard, video file).")
+    video: VideoOutput = VideoOutput()
+
+    @field_validator("formats")
+    @classmethod
+    def _zarr_first(cls, formats: list[str]) -> list[str]:
+        if "zarr" not in formats:
+            raise ValueError("zarr is the dataset's pixel store: list it too, e.g. [zarr, taco]")
+        return list(dict.fromkeys(formats))
 
 
 class Publish(Section):

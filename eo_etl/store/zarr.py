@@ -1,0 +1,229 @@
+"""Pixels as Zarr v3 with the sharding codec: one group per source in ``pixels.zarr``.
+
+    pixels.zarr/<source>/pixels   (sample, band, y, x)  one chunk per sample, ``shard_size`` samples a shard,
+                                                        blosc-zstd; nodata in the ``nodata`` attribute
+    pixels.zarr/<source>/band     (band,)               band names
+    pixels.zarr/<source>/sample   (sample,)             grid cell of each sample
+    pixels.zarr/<source>/x, y     (sample, x), (sample, y)  pixel-centre coordinates in the sample's UTM zone
+    pixels.zarr/<source>/time, epsg, grid_row_u, grid_col_r, centre_lat, centre_lon   (sample,)
+    pixels.zarr/<source>/scale, offset   (band,)        physical value = pixel * scale + offset
+
+``xarray.open_zarr(path, group=source)`` gives them as one labelled Dataset with no code of ours. Per-band
+statistics of the valid pixels (for normalisation) are in the group's ``band_statistics`` attribute.
+
+A shard is written in one put (zarr's local store writes a temporary file and renames it; an object
+store's PUT is whole), after the per-sample coordinates of its samples, so a shard that exists is
+complete; a killed writer leaves at most a stray ``*.partial`` file, removed when the store is reopened.
+Rewriting skips complete shards, and the same samples give the same bytes.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import zarr
+from zarr.codecs import BloscCodec
+from zarr.core.sync import sync  # zarr's own bridge to its async store API (there is no sync exists())
+
+from eo_etl.sample import OK, Sample
+
+STORE_NAME = "pixels.zarr"
+COMPRESSOR = BloscCodec(cname="zstd", clevel=5, shuffle="bitshuffle")
+EPOCH_UNITS = "milliseconds since 1970-01-01T00:00:00"
+FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class PixelLayout:
+    """What every sample of one source shares: bands, shape, dtype, nodata and scaling."""
+
+    bands: tuple[str, ...]
+    height: int
+    width: int
+    dtype: str
+    nodata: float | None
+    scales: tuple[float, ...]
+    offsets: tuple[float, ...]
+
+    @classmethod
+    def of(cls, sample: Sample) -> PixelLayout:
+        _, height, width = sample.pixels.shape
+        nodata = None if sample.nodata is None or np.isnan(sample.nodata) else float(sample.nodata)
+        return cls(
+            tuple(sample.bands), height, width, str(sample.pixels.dtype), nodata,
+            tuple(float(s) for s in sample.scales), tuple(float(o) for o in sample.offsets),
+        )  # fmt: skip
+
+    def check(self, sample: Sample) -> None:
+        if sample.status != OK or sample.pixels is None:
+            raise ValueError(f"{sample.key}: only ok samples with pixels are stored (status {sample.status})")
+        if PixelLayout.of(sample) != self:
+            raise ValueError(f"{sample.key}: bands, shape, dtype or nodata differ from the source's other samples")
+
+
+class BandStatistics:
+    """Count, mean, spread and range of each band's valid pixels, merged shard by shard (Chan et al.)."""
+
+    def __init__(self, bands: Sequence[str], nodata: float | None):
+        self.bands, self.nodata = tuple(bands), nodata
+        n = len(self.bands)
+        self.count, self.mean, self.m2 = np.zeros(n), np.zeros(n), np.zeros(n)
+        self.min, self.max = np.full(n, np.inf), np.full(n, -np.inf)
+
+    def add(self, pixels: np.ndarray) -> None:
+        """``pixels``: (sample, band, y, x) or (band, y, x)."""
+        values = pixels.reshape(-1, *pixels.shape[-3:]).swapaxes(0, 1).reshape(len(self.bands), -1)
+        for i, band in enumerate(values):
+            valid = band if self.nodata is None else band[band != self.nodata]
+            if valid.size == 0:
+                continue
+            valid = valid.astype(np.float64)
+            n, mean = valid.size, valid.mean()
+            m2 = ((valid - mean) ** 2).sum()
+            total = self.count[i] + n
+            delta = mean - self.mean[i]
+            self.mean[i] += delta * n / total
+            self.m2[i] += m2 + delta**2 * self.count[i] * n / total
+            self.count[i] = total
+            self.min[i], self.max[i] = min(self.min[i], valid.min()), max(self.max[i], valid.max())
+
+    def as_dict(self) -> dict[str, dict[str, float | int | None]]:
+        def number(value: float) -> float | None:
+            return None if not math.isfinite(value) else float(value)
+
+        return {
+            band: {
+                "count": int(self.count[i]),
+                "mean": number(self.mean[i]) if self.count[i] else None,
+                "std": number(math.sqrt(self.m2[i] / self.count[i])) if self.count[i] else None,
+                "min": number(self.min[i]),
+                "max": number(self.max[i]),
+            }
+            for i, band in enumerate(self.bands)
+        }
+
+
+class ZarrWriter:
+    """Writes one source's samples into ``<root>/<source>``, a shard at a time.
+
+    ``capacity`` bounds the number of samples (the planned cells will do); ``close(count)`` trims the
+    arrays to the samples written. Reopening an existing group with the same layout resumes it.
+    """
+
+    def __init__(self, root: str | Path, source: str, layout: PixelLayout, *, capacity: int, shard_size: int):
+        self.root, self.source, self.layout, self.shard_size = str(root), source, layout, shard_size
+        _remove_partial_files(self.root)
+        group = zarr.open_group(self.root, mode="a", zarr_format=3, use_consolidated=False)  # edits, not reads
+        if source in group and group[source].attrs.get("layout") == self._layout_attrs():
+            self.group = group[source]
+        else:
+            self.group = group.create_group(source, overwrite=True, attributes={"layout": self._layout_attrs()})
+            self._create_arrays(max(capacity, 1))
+        self.pixels = self.group["pixels"]
+        self.statistics = BandStatistics(layout.bands, layout.nodata)
+
+    def _layout_attrs(self) -> dict:
+        layout = self.layout
+        return {"format_version": FORMAT_VERSION, "bands": list(layout.bands), "height": layout.height,
+                "width": layout.width, "dtype": layout.dtype, "nodata": layout.nodata,
+                "shard_size": self.shard_size}  # fmt: skip
+
+    def _create_arrays(self, capacity: int) -> None:
+        layout, group, n = self.layout, self.group, self.shard_size
+        bands, height, width = len(layout.bands), layout.height, layout.width
+        group.create_array(
+            "pixels", shape=(capacity, bands, height, width), dtype=layout.dtype,
+            chunks=(1, bands, height, width), shards=(n, bands, height, width), compressors=COMPRESSOR,
+            fill_value=layout.nodata or 0, dimension_names=("sample", "band", "y", "x"),
+            attributes={"long_name": f"{self.source} pixels as delivered (digital numbers)", "nodata": layout.nodata,
+                        "coordinates": "time epsg grid_row_u grid_col_r centre_lat centre_lon x y scale offset"},
+        )  # fmt: skip
+        per_band = {"band": (str, layout.bands, {}), "scale": ("float64", layout.scales, {}),
+                    "offset": ("float64", layout.offsets, {})}  # fmt: skip
+        for name, (dtype, values, attrs) in per_band.items():
+            array = group.create_array(name, shape=(bands,), dtype=dtype, dimension_names=("band",), attributes=attrs)
+            array[:] = np.asarray(values, dtype=dtype)
+        metres = {"units": "m", "long_name": "pixel centre"}
+        per_sample = {
+            "sample": (str, (), {"long_name": "grid cell"}),
+            "time": ("int64", (), {"units": EPOCH_UNITS, "calendar": "proleptic_gregorian"}),
+            "epsg": ("int32", (), {"long_name": "EPSG code of the sample's UTM zone (x, y)"}),
+            "grid_row_u": ("int32", (), {}),
+            "grid_col_r": ("int32", (), {}),
+            "centre_lat": ("float64", (), {"units": "degrees_north"}),
+            "centre_lon": ("float64", (), {"units": "degrees_east"}),
+            "x": ("float64", (width,), {"standard_name": "projection_x_coordinate", **metres}),
+            "y": ("float64", (height,), {"standard_name": "projection_y_coordinate", **metres}),
+        }
+        for name, (dtype, extra, attrs) in per_sample.items():
+            dims = ("sample", *(name,) * len(extra))
+            group.create_array(name, shape=(capacity, *extra), dtype=dtype, chunks=(n, *extra),
+                               dimension_names=dims, attributes=attrs)  # fmt: skip
+
+    def shard_complete(self, k: int) -> bool:
+        key = self.pixels.metadata.encode_chunk_key((k, 0, 0, 0))
+        return sync(self.pixels.store_path.store.exists(f"{self.pixels.path}/{key}"))
+
+    def write_shard(self, k: int, samples: Sequence[Sample]) -> bool:
+        """Samples ``k * shard_size …`` in order; False when the shard was already complete (nothing written)."""
+        if not 0 < len(samples) <= self.shard_size:
+            raise ValueError(f"shard {k}: {len(samples)} samples; a shard holds 1 to {self.shard_size}")
+        for sample in samples:
+            self.layout.check(sample)
+        pixels = np.stack([sample.pixels for sample in samples])
+        self.statistics.add(pixels)
+        if self.shard_complete(k):
+            return False
+        start = k * self.shard_size
+        rows = slice(start, start + len(samples))
+        for name, values in _coordinates(samples).items():
+            self.group[name][rows] = values
+        self.pixels[rows] = pixels  # last: the shard's existence says the samples are all there
+        return True
+
+    def close(self, count: int) -> None:
+        """Trim to ``count`` samples, record the statistics, consolidate the metadata for quick opens."""
+        for _, array in self.group.arrays():
+            if "sample" in (array.metadata.dimension_names or ()) and array.shape[0] != count:
+                array.resize((count, *array.shape[1:]))
+        self.group.attrs.update({"band_statistics": self.statistics.as_dict(), "samples": count})
+        with quiet_consolidated():
+            zarr.consolidate_metadata(self.root)
+
+
+@contextmanager
+def quiet_consolidated() -> Iterator[None]:
+    """Consolidated metadata makes a remote open one request; zarr warns that v3 has not standardised it."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Consolidated metadata is currently not part")
+        yield
+
+
+def _coordinates(samples: Sequence[Sample]) -> dict[str, np.ndarray]:
+    """The per-sample coordinate values of a shard's samples."""
+    x = [s.transform[2] + s.transform[0] * (np.arange(s.pixels.shape[2]) + 0.5) for s in samples]
+    y = [s.transform[5] + s.transform[4] * (np.arange(s.pixels.shape[1]) + 0.5) for s in samples]
+    return {
+        "sample": np.array([s.cell for s in samples], dtype=str),
+        "time": np.array([round(s.timestamp.timestamp() * 1000) for s in samples], dtype="int64"),
+        "epsg": np.array([int(s.crs.split(":")[1]) for s in samples], dtype="int32"),
+        "grid_row_u": np.array([s.row_u for s in samples], dtype="int32"),
+        "grid_col_r": np.array([s.col_r for s in samples], dtype="int32"),
+        "centre_lat": np.array([s.centre_lat for s in samples], dtype="float64"),
+        "centre_lon": np.array([s.centre_lon for s in samples], dtype="float64"),
+        "x": np.stack(x),
+        "y": np.stack(y),
+    }
+
+
+def _remove_partial_files(root: str) -> None:
+    """Temporary files of a write that was killed (local stores only; object stores have none)."""
+    if "://" not in root and Path(root).is_dir():
+        for partial in Path(root).rglob("*.partial"):
+            partial.unlink(missing_ok=True)

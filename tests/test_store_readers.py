@@ -1,0 +1,104 @@
+"""Opening a built dataset: eo_etl.open_dataset, the PyTorch Dataset (local and over HTTP), and the index
+in GeoPandas and Hugging Face datasets."""
+
+from __future__ import annotations
+
+import json
+
+import datasets
+import geopandas as gpd
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+import zarr
+
+import eo_etl
+from eo_etl.build import build
+from eo_etl.recipe import load_recipe
+from eo_etl.store.torch_dataset import SampleDataset
+from tests.servers import file_server
+from tests.test_cli import demo_recipe
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    """The demo dataset, built once for these tests."""
+    tmp = tmp_path_factory.mktemp("demo")
+    report = build(load_recipe(demo_recipe(tmp)))
+    return report.output
+
+
+def stored(root):
+    return zarr.open_array(root / "pixels.zarr", path="s2l2a/pixels", mode="r")[:]
+
+
+def test_open_dataset_gives_the_stored_pixels_with_labels_and_the_index_columns(demo):
+    ds = eo_etl.open_dataset(demo)
+    index = gpd.read_parquet(demo / "index.parquet").set_index("grid_cell")
+    np.testing.assert_array_equal(ds.pixels.values, stored(demo))
+    assert list(ds.band.values) == ["B02", "B03", "B04", "B08", "B11", "B12", "SCL"]
+    for cell in ds.sample.values:
+        one = ds.sel(sample=cell)
+        assert float(one.nodata) == pytest.approx(index.loc[cell, "nodata"])
+        assert str(one.product_id.values) == index.loc[cell, "product_id"]
+    statistics = ds.attrs["band_statistics"]["B04"]
+    red = stored(demo)[:, 2]
+    assert statistics["mean"] == pytest.approx(red[red != 0].mean())
+
+
+def test_open_dataset_names_the_sources_when_asked_for_one_it_lacks(demo):
+    with pytest.raises(ValueError, match=r"has no source 'landsat'; it has \['s2l2a'\]"):
+        eo_etl.open_dataset(demo, "landsat")
+
+
+def test_the_index_is_geoparquet_that_hugging_face_datasets_loads(demo, tmp_path):
+    metadata = json.loads(pq.read_schema(demo / "index.parquet").metadata[b"geo"])
+    assert metadata["primary_column"] == "geometry" and "covering" in metadata["columns"]["geometry"]
+    index = gpd.read_parquet(demo / "index.parquet")
+    table = datasets.load_dataset("parquet", data_files=str(demo / "index.parquet"), cache_dir=str(tmp_path))["train"]
+    assert table.num_rows == len(index)
+    assert table["grid_cell"] == index.grid_cell.tolist()
+    assert table["cloud_cover"] == pytest.approx(index.cloud_cover.tolist())
+    assert table["zarr_index"] == index.zarr_index.tolist()
+
+
+def expected_item(demo, i, bands=("B04", "B03", "B02")):
+    group = zarr.open_group(demo / "pixels.zarr", path="s2l2a", mode="r")
+    names = list(group["band"][:])
+    raw = group["pixels"][i][[names.index(b) for b in bands]].astype(np.float32)
+    stats = group.attrs["band_statistics"]
+    mean = np.array([stats[b]["mean"] for b in bands], np.float32)[:, None, None]
+    std = np.array([stats[b]["std"] for b in bands], np.float32)[:, None, None]
+    valid = (raw != 0).all(axis=0)
+    return np.where(valid, (raw - mean) / std, 0), valid
+
+
+def test_the_torch_dataset_streams_normalised_band_subsets_through_a_multiprocess_loader(demo):
+    data = SampleDataset(demo, bands=["B04", "B03", "B02"])
+    assert len(data) == len(stored(demo))
+    loader = torch.utils.data.DataLoader(data, batch_size=5, num_workers=2)
+    seen = []
+    for batch in loader:
+        assert batch["pixels"].dtype == torch.float32 and batch["pixels"].shape[1:] == (3, 64, 64)
+        for pixels, valid, i in zip(batch["pixels"], batch["valid"], batch["index"]):
+            want, want_valid = expected_item(demo, int(i))
+            np.testing.assert_allclose(pixels.numpy(), want, rtol=1e-6, atol=1e-6)
+            np.testing.assert_array_equal(valid.numpy(), want_valid)
+            seen.append(int(i))
+    assert sorted(seen) == list(range(len(data)))
+
+
+def test_the_torch_dataset_reads_the_same_over_http_as_from_disk(demo):
+    local = SampleDataset(demo, normalize=False)
+    with file_server(demo) as url:
+        remote = SampleDataset(url, normalize=False)
+        assert remote.cells == local.cells
+        for i in (0, len(local) - 1):
+            np.testing.assert_array_equal(remote[i]["pixels"].numpy(), local[i]["pixels"].numpy())
+        assert remote[0]["pixels"].numpy().max() > 0
+
+
+def test_the_torch_dataset_refuses_unknown_bands(demo):
+    with pytest.raises(ValueError, match=r"unknown bands \['B99'\]"):
+        SampleDataset(demo, bands=["B04", "B99"])

@@ -1,0 +1,139 @@
+"""The Zarr pixel store: exact round trips, what zarr and xarray see without our code, statistics, and a
+writer killed mid-shard."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import xarray as xr
+import zarr
+
+from eo_etl.store.zarr import PixelLayout, ZarrWriter
+from tests.imagery import sentinel2_samples
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def write(root: Path, samples, shard_size: int) -> ZarrWriter:
+    writer = ZarrWriter(root, "s2", PixelLayout.of(samples[0]), capacity=len(samples) + 5, shard_size=shard_size)
+    for k in range(0, len(samples), shard_size):
+        writer.write_shard(k // shard_size, samples[k : k + shard_size])
+    writer.close(len(samples))
+    return writer
+
+
+def tree_bytes(root: Path) -> dict[str, bytes]:
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_zarr_and_xarray_read_back_the_written_pixels_exactly_with_labels_and_coordinates(tmp_path):
+    samples = sentinel2_samples(7)
+    write(tmp_path / "pixels.zarr", samples, shard_size=3)
+
+    # zarr alone: the array, its sharding and compression
+    pixels = zarr.open_array(tmp_path / "pixels.zarr", path="s2/pixels", mode="r")
+    assert pixels.shape == (7, 5, 64, 64) and pixels.dtype == np.uint16
+    assert pixels.chunks == (1, 5, 64, 64) and pixels.shards == (3, 5, 64, 64)
+    assert [c.to_dict()["configuration"]["cname"] for c in pixels.compressors] == ["zstd"]
+    assert pixels.metadata.dimension_names == ("sample", "band", "y", "x")
+    np.testing.assert_array_equal(pixels[:], np.stack([s.pixels for s in samples]))
+    assert len([p for p in (tmp_path / "pixels.zarr/s2/pixels/c").rglob("*") if p.is_file()]) == 3  # 3 shards
+
+    # xarray alone: labelled bands, cells, coordinates, time and CRS per sample
+    ds = xr.open_zarr(tmp_path / "pixels.zarr", group="s2")
+    assert ds.pixels.dims == ("sample", "band", "y", "x") and ds.pixels.dtype == np.uint16
+    assert list(ds.band.values) == ["B02", "B03", "B04", "B08", "SCL"]
+    assert list(ds.sample.values) == [s.cell for s in samples]
+    for i, sample in enumerate(samples):
+        np.testing.assert_array_equal(ds.pixels.sel(sample=sample.cell).values, sample.pixels)
+        a, _, c, _, e, f = sample.transform
+        np.testing.assert_allclose(ds.x[i].values, c + a * (np.arange(64) + 0.5))
+        np.testing.assert_allclose(ds.y[i].values, f + e * (np.arange(64) + 0.5))
+        assert ds.time[i].values == np.datetime64(sample.timestamp.replace(tzinfo=None), "ms")
+        assert int(ds.epsg[i]) == 32719 and int(ds.grid_row_u[i]) == sample.row_u
+    np.testing.assert_allclose(ds.scale.values, samples[0].scales)
+    assert ds.pixels.attrs["nodata"] == 0
+
+
+def test_band_statistics_are_those_of_the_valid_pixels(tmp_path):
+    samples = sentinel2_samples(5)
+    samples[0].pixels[:, :8] = 0  # nodata rows, left out of the statistics
+    write(tmp_path / "pixels.zarr", samples, shard_size=2)
+    statistics = zarr.open_group(tmp_path / "pixels.zarr", path="s2", mode="r").attrs["band_statistics"]
+    stack = np.stack([s.pixels for s in samples])
+    for b, band in enumerate(["B02", "B03", "B04", "B08", "SCL"]):
+        valid = stack[:, b][stack[:, b] != 0].astype(float)
+        assert statistics[band]["count"] == valid.size
+        assert statistics[band]["mean"] == pytest.approx(valid.mean(), rel=1e-12)
+        assert statistics[band]["std"] == pytest.approx(valid.std(), rel=1e-9)
+        assert (statistics[band]["min"], statistics[band]["max"]) == (valid.min(), valid.max())
+
+
+def test_rewriting_the_same_samples_skips_complete_shards_and_changes_no_byte(tmp_path):
+    samples = sentinel2_samples(5)
+    write(tmp_path / "pixels.zarr", samples, shard_size=2)
+    before = tree_bytes(tmp_path / "pixels.zarr")
+    writer = ZarrWriter(tmp_path / "pixels.zarr", "s2", PixelLayout.of(samples[0]), capacity=10, shard_size=2)
+    assert [writer.write_shard(k, samples[2 * k : 2 * k + 2]) for k in range(3)] == [False, False, False]
+    writer.close(5)
+    assert tree_bytes(tmp_path / "pixels.zarr") == before
+
+
+def test_a_sample_of_another_shape_or_band_set_is_refused(tmp_path):
+    samples = sentinel2_samples(2)
+    writer = ZarrWriter(tmp_path / "p.zarr", "s2", PixelLayout.of(samples[0]), capacity=4, shard_size=2)
+    samples[1].pixels = samples[1].pixels[:4]
+    samples[1].bands = samples[1].bands[:4]
+    with pytest.raises(ValueError, match="bands, shape, dtype or nodata differ"):
+        writer.write_shard(0, samples)
+
+
+WRITER_SCRIPT = """
+import sys
+from tests.imagery import sentinel2_samples
+from tests.test_store_zarr import write
+write(sys.argv[1], sentinel2_samples(48, size=192), shard_size=3)
+"""
+
+
+def test_a_writer_killed_mid_shard_leaves_no_shard_that_reads_as_complete_and_resuming_gives_the_same_bytes(
+    tmp_path,
+):
+    samples = sentinel2_samples(48, size=192)
+    expected = np.stack([s.pixels for s in samples])
+    write(tmp_path / "uninterrupted.zarr", samples, shard_size=3)
+
+    store = tmp_path / "killed.zarr"
+    killed_mid_write = False
+    for _ in range(5):  # SIGKILL the writer while a shard file is being written (a *.partial file exists)
+        writer = subprocess.Popen([sys.executable, "-c", WRITER_SCRIPT, str(store)], cwd=ROOT, env=os.environ)
+        deadline = time.monotonic() + 60
+        while writer.poll() is None and time.monotonic() < deadline:
+            shard_dirs = store / "s2" / "pixels" / "c"
+            if shard_dirs.is_dir() and any(p.suffix == ".partial" for p in shard_dirs.rglob("*")):
+                writer.send_signal(signal.SIGKILL)
+                break
+        writer.wait()
+        left = list((store / "s2" / "pixels" / "c").rglob("*.partial")) if store.exists() else []
+        if writer.returncode == -signal.SIGKILL and left:
+            killed_mid_write = True
+            break
+    assert killed_mid_write, "could not kill the writer while it wrote a shard"
+
+    # what the killed writer left: shards that exist are whole and right; the rest read as missing
+    pixels = zarr.open_array(store, path="s2/pixels", mode="r")
+    written = [k for k in range(16) if (store / "s2/pixels/c" / str(k) / "0/0/0").is_file()]
+    assert len(written) < 16
+    for k in written:
+        np.testing.assert_array_equal(pixels[3 * k : 3 * k + 3], expected[3 * k : 3 * k + 3])
+
+    write(store, samples, shard_size=3)  # the same command again
+    assert not list(store.rglob("*.partial"))
+    assert tree_bytes(store) == tree_bytes(tmp_path / "uninterrupted.zarr")
