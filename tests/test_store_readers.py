@@ -1,5 +1,5 @@
-"""Opening a built dataset: eo_etl.open_dataset, the PyTorch Dataset (local and over HTTP), and the index
-in GeoPandas and Hugging Face datasets."""
+"""Opening a built dataset: eo_etl.open_dataset, the PyTorch Dataset (local and over HTTP), the index in
+GeoPandas and Hugging Face datasets, and the STAC collection and items."""
 
 from __future__ import annotations
 
@@ -9,9 +9,12 @@ import datasets
 import geopandas as gpd
 import numpy as np
 import pyarrow.parquet as pq
+import pystac
 import pytest
+import shapely
 import torch
 import zarr
+from stac_geoparquet.arrow import stac_table_to_items
 
 import eo_etl
 from eo_etl.build import build
@@ -102,3 +105,30 @@ def test_the_torch_dataset_reads_the_same_over_http_as_from_disk(demo):
 def test_the_torch_dataset_refuses_unknown_bands(demo):
     with pytest.raises(ValueError, match=r"unknown bands \['B99'\]"):
         SampleDataset(demo, bands=["B04", "B99"])
+
+
+def test_the_stac_collection_and_items_describe_the_stored_samples(demo):
+    collection = pystac.Collection.from_file(str(demo / "collection.json"))
+    index = gpd.read_parquet(demo / "index.parquet")
+    made = index[index.status == "ok"]
+    assert collection.id == "demo"
+    assert collection.extent.spatial.bboxes[0] == pytest.approx(list(made.total_bounds))
+    assert {b["name"] for b in collection.summaries.get_list("bands")} == {
+        "B02",
+        "B03",
+        "B04",
+        "B08",
+        "B11",
+        "B12",
+        "SCL",
+    }
+    items = [pystac.Item.from_dict(i) for i in stac_table_to_items(pq.read_table(demo / "items.parquet"))]
+    assert sorted(i.id for i in items) == sorted(f"s2l2a-{cell}" for cell in made.grid_cell)
+    pixels = stored(demo)
+    for item in items:
+        row = made[made.grid_cell == item.properties["grid:code"].removeprefix("MajorTOM-")].iloc[0]
+        assert shapely.geometry.shape(item.geometry).equals_exact(row.geometry, 1e-9)
+        assert item.properties["proj:code"] == "EPSG:32719" and item.properties["proj:shape"] == [64, 64]
+        asset = item.assets["pixels"]
+        assert asset.href == "./pixels.zarr/s2l2a" and asset.extra_fields["eo_etl:zarr_index"] == row.zarr_index
+        assert pixels[row.zarr_index].any()

@@ -24,6 +24,7 @@ import geopandas as gpd
 from eo_etl.recipe import Recipe
 from eo_etl.sample import OK, Sample
 from eo_etl.sources.profile import find_profile
+from eo_etl.store.catalog import write_catalog
 from eo_etl.store.index import index_frame, write_index
 from eo_etl.store.zarr import STORE_NAME, PixelLayout, ZarrWriter
 
@@ -105,10 +106,12 @@ class DatasetWriter:
         return {band for band in spec.bands if profile and profile.bands[band].role == "mask"}
 
     def close(self) -> gpd.GeoDataFrame:
-        """Write the last partial shards, then the index, the STAC files and the exports; return the index."""
+        """Write the last partial shards, the STAC files and the exports, then the index; return the index."""
         for shards in self.sources.values():
             self._flush(shards)
             shards.writer.close(shards.stored)
         index = index_frame(self.records, self.cells)
+        statistics = {source: shards.writer.statistics.as_dict() for source, shards in self.sources.items()}
+        write_catalog(self.root, index, self.recipe, statistics)
         write_index(index, self.root / INDEX_NAME)
         return index

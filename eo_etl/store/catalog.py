@@ -1,0 +1,103 @@
+"""The dataset described in STAC: ``collection.json`` (extent, bands, statistics, the stores as assets) and
+``items.parquet``, one item per stored sample as stac-geoparquet (one file, not a million JSON files).
+
+Items carry the Major TOM cell (``grid:code``), projection (``proj:code``, ``proj:shape``, ``proj:transform``),
+cloud cover, the source scenes and where the pixels are (``eo_etl:zarr_index`` in the ``pixels`` asset).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import geopandas as gpd
+import pandas as pd
+import pystac
+import shapely
+from stac_geoparquet.arrow import parse_stac_items_to_arrow, to_parquet
+
+from eo_etl.recipe import Recipe
+from eo_etl.store.zarr import STORE_NAME
+
+ZARR_TYPE = "application/vnd+zarr"
+PARQUET_TYPE = "application/vnd.apache.parquet"
+COLLECTION_NAME, ITEMS_NAME = "collection.json", "items.parquet"
+EXTENSIONS = [
+    "https://stac-extensions.github.io/projection/v2.0.0/schema.json",
+    "https://stac-extensions.github.io/eo/v2.0.0/schema.json",
+    "https://stac-extensions.github.io/grid/v1.1.0/schema.json",
+    "https://stac-extensions.github.io/processing/v1.2.0/schema.json",
+]
+
+
+def stac_items(index: gpd.GeoDataFrame, collection_id: str) -> list[dict]:
+    """One STAC item (as a dict) per stored sample of the index."""
+    items = []
+    for row in index[index.zarr_index.notna()].itertuples():
+        item = pystac.Item(
+            id=f"{row.source}-{row.grid_cell}",
+            geometry=shapely.geometry.mapping(row.geometry),
+            bbox=list(row.geometry.bounds),
+            datetime=row.timestamp.to_pydatetime(),
+            collection=collection_id,
+            stac_extensions=EXTENSIONS,
+            properties={
+                "grid:code": f"MajorTOM-{row.grid_cell}",
+                "proj:code": row.crs,
+                "proj:shape": [int(row.height), int(row.width)],
+                "proj:transform": list(row.transform)[:6],
+                "eo:cloud_cover": None if pd.isna(row.cloud_cover) else float(row.cloud_cover),
+                "processing:version": row.processing_baseline,
+                "eo_etl:source": row.source,
+                "eo_etl:nodata_fraction": float(row.nodata),
+                "eo_etl:source_items": list(row.items),
+                "eo_etl:zarr_index": int(row.zarr_index),
+                "eo_etl:recipe_hash": row.recipe_hash,
+            },
+        )
+        item.add_asset(
+            "pixels",  # hrefs are relative to the dataset folder, where items.parquet is
+            pystac.Asset(f"./{STORE_NAME}/{row.source}", media_type=ZARR_TYPE, roles=["data"],
+                         extra_fields={"eo_etl:zarr_index": int(row.zarr_index), "bands": list(row.bands)}),
+        )  # fmt: skip
+        items.append(item.to_dict(include_self_link=False, transform_hrefs=False))
+    return items
+
+
+def write_catalog(root: Path, index: gpd.GeoDataFrame, recipe: Recipe, statistics: dict[str, dict]) -> Path:
+    """Write ``items.parquet`` and ``collection.json``; ``statistics``: source → band → statistics."""
+    root = Path(root)
+    stored = index[index.zarr_index.notna()]
+    if stored.empty:
+        bbox, interval = [-180.0, -90.0, 180.0, 90.0], [None, None]
+    else:
+        bbox = list(stored.total_bounds)
+        interval = [stored.timestamp.min().to_pydatetime(), stored.timestamp.max().to_pydatetime()]
+    collection = pystac.Collection(
+        id=recipe.name,
+        description=recipe.description or f"{recipe.name}, built by eo-etl",
+        extent=pystac.Extent(pystac.SpatialExtent([bbox]), pystac.TemporalExtent([interval])),
+        license=recipe.publish.license if recipe.publish else "other",
+        summaries=pystac.Summaries(
+            {
+                "eo_etl:sources": sorted(statistics),
+                "bands": [
+                    {"name": band, "source": source, "statistics": stats}
+                    for source, bands in statistics.items()
+                    for band, stats in bands.items()
+                ],
+            }
+        ),  # fmt: skip
+        extra_fields={"eo_etl:recipe_hash": recipe.fingerprint()},
+    )
+    collection.add_asset("pixels", pystac.Asset(f"./{STORE_NAME}", media_type=ZARR_TYPE, roles=["data"]))
+    collection.add_asset("index", pystac.Asset("./index.parquet", media_type=PARQUET_TYPE, roles=["metadata"]))
+    collection.add_link(pystac.Link("items", f"./{ITEMS_NAME}", media_type=PARQUET_TYPE, title="stac-geoparquet"))
+    items = stac_items(index, recipe.name)
+    if items:
+        partial = root / (ITEMS_NAME + ".partial")
+        to_parquet(parse_stac_items_to_arrow(items), partial)
+        partial.replace(root / ITEMS_NAME)
+    partial = root / (COLLECTION_NAME + ".partial")
+    partial.write_text(json.dumps(collection.to_dict(include_self_link=False, transform_hrefs=False), indent=2))
+    return partial.replace(root / COLLECTION_NAME)
