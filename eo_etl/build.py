@@ -12,7 +12,8 @@ from eo_etl.recipe import Recipe
 from eo_etl.sample import FAILED, OK, REJECTED
 from eo_etl.sources.acquire import acquire_source
 from eo_etl.sources.cell import cells_of
-from eo_etl.store.dataset import INDEX_NAME, DatasetWriter
+from eo_etl.store.dataset import DatasetWriter
+from eo_etl.store.index import INDEX_NAME
 
 
 @dataclass

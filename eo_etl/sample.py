@@ -86,3 +86,23 @@ class Sample:
             "status": self.status,
             "reason": self.reason,
         }
+
+    @classmethod
+    def from_record(cls, record: dict, pixels: NDArray | None = None) -> Sample:
+        """The sample an index row describes (``record()``'s inverse), with ``pixels`` when given."""
+        cloud_cover, scene_cloud = record["cloud_cover"], record["scene_cloud_cover"]
+        masked = cloud_cover is not None and cloud_cover == cloud_cover and cloud_cover != scene_cloud
+        nodata = record["nodata_value"]
+        return cls(
+            cell=record["grid_cell"], row_u=int(record["grid_row_u"]), col_r=int(record["grid_col_r"]),
+            source=record["source"], crs=record["crs"], transform=tuple(record["transform"]),
+            bands=tuple(record["bands"]), pixels=pixels, nodata=None if nodata != nodata else nodata,
+            scales=tuple(record["scales"]), offsets=tuple(record["offsets"]), timestamp=record["timestamp"],
+            product_id=record["product_id"], items=tuple(record["items"]),
+            hrefs={band: tuple(h) for band, h in record["hrefs"].items()},
+            processing_baseline=record["processing_baseline"],
+            # record() gives the cell's cloud when the source has a mask, else the scene's
+            cloud_fraction=cloud_cover / 100.0 if masked else None, scene_cloud=scene_cloud,
+            nodata_fraction=record["nodata"], centre_lat=record["centre_lat"], centre_lon=record["centre_lon"],
+            status=record["status"], reason=record["reason"],
+        )  # fmt: skip

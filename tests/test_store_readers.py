@@ -11,7 +11,9 @@ import numpy as np
 import pyarrow.parquet as pq
 import pystac
 import pytest
+import rasterio
 import shapely
+import tacoreader
 import torch
 import zarr
 from stac_geoparquet.arrow import stac_table_to_items
@@ -28,7 +30,8 @@ from tests.test_cli import demo_recipe
 def demo(tmp_path_factory):
     """The demo dataset, built once for these tests."""
     tmp = tmp_path_factory.mktemp("demo")
-    report = build(load_recipe(demo_recipe(tmp)))
+    outputs = {"path": str(tmp / "demo"), "formats": ["zarr", "taco"], "shard_size": 5}
+    report = build(load_recipe(demo_recipe(tmp, outputs=outputs)))
     return report.output
 
 
@@ -132,3 +135,16 @@ def test_the_stac_collection_and_items_describe_the_stored_samples(demo):
         asset = item.assets["pixels"]
         assert asset.href == "./pixels.zarr/s2l2a" and asset.extra_fields["eo_etl:zarr_index"] == row.zarr_index
         assert pixels[row.zarr_index].any()
+
+
+@pytest.mark.filterwarnings("ignore:fetch_arrow_table:DeprecationWarning")  # tacoreader 2.4 on duckdb 1.5
+def test_the_taco_export_holds_the_stored_pixels_and_tacoreader_opens_it(demo):
+    rows = tacoreader.load(str(demo / "taco" / "s2l2a")).data.to_arrow().to_pylist()
+    index = gpd.read_parquet(demo / "index.parquet").set_index("grid_cell")
+    pixels = stored(demo)
+    assert sorted(row["id"] for row in rows) == sorted(index.index[index.status == "ok"])
+    for row in rows:
+        with rasterio.open(row["internal:gdal_vsi"]) as src:
+            np.testing.assert_array_equal(src.read(), pixels[index.loc[row["id"], "zarr_index"]])
+        assert row["cloud_cover"] == pytest.approx(index.loc[row["id"], "cloud_cover"])
+        assert row["product_id"] == index.loc[row["id"], "product_id"]

@@ -16,6 +16,7 @@ whose index exists is complete.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,10 +26,8 @@ from eo_etl.recipe import Recipe
 from eo_etl.sample import OK, Sample
 from eo_etl.sources.profile import find_profile
 from eo_etl.store.catalog import write_catalog
-from eo_etl.store.index import index_frame, write_index
+from eo_etl.store.index import INDEX_NAME, index_frame, write_index
 from eo_etl.store.zarr import STORE_NAME, PixelLayout, ZarrWriter
-
-INDEX_NAME = "index.parquet"
 
 
 @dataclass
@@ -113,5 +112,21 @@ class DatasetWriter:
         index = index_frame(self.records, self.cells)
         statistics = {source: shards.writer.statistics.as_dict() for source, shards in self.sources.items()}
         write_catalog(self.root, index, self.recipe, statistics)
+        if "taco" in self.recipe.outputs.formats:
+            self._write_taco(index)
         write_index(index, self.root / INDEX_NAME)
         return index
+
+    def _write_taco(self, index: gpd.GeoDataFrame) -> None:
+        """A TACO per source, from what the Zarr store holds (one sample's pixels at a time)."""
+        from eo_etl.store.read import read_samples  # reading the store back, only for exports
+        from eo_etl.store.taco import write_taco  # the taco extra
+
+        recipe = self.recipe
+        for source in self.sources:
+            write_taco(
+                self.root / "taco" / source, read_samples(self.root, source, index=index),
+                dataset_id=re.sub(r"[^a-z0-9_-]", "-", f"{recipe.name}-{source}".lower()),
+                description=recipe.description, licenses=(recipe.publish.license if recipe.publish else "other",),
+                overwrite=True,
+            )  # fmt: skip

@@ -15,6 +15,8 @@ import pandas as pd
 import shapely
 from rasterio.transform import Affine, array_bounds
 
+INDEX_NAME = "index.parquet"
+
 # Where a stored sample's pixels are, beside its record; None where the format was not written.
 LOCATION_COLUMNS = {
     "zarr_group": "pixels.zarr group (the source) holding the sample",

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import json
+from collections.abc import Iterator
+
 import pandas as pd
 import xarray as xr
 import zarr
 
-from eo_etl.store.dataset import INDEX_NAME
+from eo_etl.sample import Sample
+from eo_etl.store.index import INDEX_NAME
 from eo_etl.store.zarr import STORE_NAME, quiet_consolidated
 
 # Index columns that describe a stored sample, attached to open_dataset's sample dimension.
@@ -50,3 +54,27 @@ def open_dataset(root, source: str | None = None, *, storage_options: dict | Non
     index = read_index(root, storage_options)
     rows = index[(index.source == source) & index.zarr_index.notna()].sort_values("zarr_index")
     return dataset.assign_coords({column: ("sample", rows[column].to_numpy()) for column in SAMPLE_COLUMNS})
+
+
+def read_samples(
+    root, source: str, *, index: pd.DataFrame | None = None, storage_options: dict | None = None
+) -> Iterator[Sample]:
+    """The stored samples of ``source`` with their pixels and index records, in store order, a shard at a time
+    (``index``: the dataset's index when already in memory)."""
+    index = read_index(root, storage_options) if index is None else index
+    rows = index[(index.source == source) & index.zarr_index.notna()].sort_values("zarr_index")
+    with quiet_consolidated():
+        pixels = zarr.open_array(
+            join_path(root, STORE_NAME, source, "pixels"), mode="r", storage_options=storage_options
+        )
+    records = rows.drop(columns="geometry", errors="ignore").to_dict("records")
+    shard = pixels.shards[0]
+    for start in range(0, len(records), shard):
+        block = records[start : start + shard]
+        first = int(block[0]["zarr_index"])
+        stack = pixels[first : int(block[-1]["zarr_index"]) + 1]
+        for record in block:
+            hrefs = record["hrefs"]
+            record |= {"hrefs": json.loads(hrefs) if isinstance(hrefs, str) else hrefs,
+                       "timestamp": pd.Timestamp(record["timestamp"]).to_pydatetime()}  # fmt: skip
+            yield Sample.from_record(record, stack[int(record["zarr_index"]) - first])

@@ -34,7 +34,7 @@ from zarr.core.sync import sync  # zarr's own bridge to its async store API (the
 from eo_etl.sample import OK, Sample
 
 STORE_NAME = "pixels.zarr"
-COMPRESSOR = BloscCodec(cname="zstd", clevel=5, shuffle="bitshuffle")
+COMPRESSOR = BloscCodec(cname="zstd", clevel=3, shuffle="bitshuffle")  # level 5 packs 1% more at half the speed
 EPOCH_UNITS = "milliseconds since 1970-01-01T00:00:00"
 FORMAT_VERSION = 1
 
@@ -68,11 +68,22 @@ class PixelLayout:
 
 
 class BandStatistics:
-    """Count, mean, spread and range of each band's valid pixels, merged shard by shard (Chan et al.)."""
+    """Count, mean, spread, range and percentiles of each band's valid pixels (nodata left out).
 
-    def __init__(self, bands: Sequence[str], nodata: float | None):
+    Integer bands of up to 16 bits keep a histogram of their values, so the statistics are exact, cheap to
+    merge across shards or workers, and give percentiles (the usual clip range for normalising imagery);
+    other bands keep running moments (Chan et al.'s merge), without percentiles.
+    """
+
+    PERCENTILES = (1, 99)
+
+    def __init__(self, bands: Sequence[str], dtype: str, nodata: float | None):
         self.bands, self.nodata = tuple(bands), nodata
+        kind = np.dtype(dtype)
+        self.offset = -int(np.iinfo(kind).min) if kind.kind in "iu" and kind.itemsize <= 2 else None
         n = len(self.bands)
+        if self.offset is not None:
+            self.histograms = np.zeros((n, 1 << (8 * kind.itemsize)), dtype=np.int64)
         self.count, self.mean, self.m2 = np.zeros(n), np.zeros(n), np.zeros(n)
         self.min, self.max = np.full(n, np.inf), np.full(n, -np.inf)
 
@@ -80,33 +91,52 @@ class BandStatistics:
         """``pixels``: (sample, band, y, x) or (band, y, x)."""
         values = pixels.reshape(-1, *pixels.shape[-3:]).swapaxes(0, 1).reshape(len(self.bands), -1)
         for i, band in enumerate(values):
-            valid = band if self.nodata is None else band[band != self.nodata]
-            if valid.size == 0:
-                continue
-            valid = valid.astype(np.float64)
-            n, mean = valid.size, valid.mean()
-            m2 = ((valid - mean) ** 2).sum()
-            total = self.count[i] + n
-            delta = mean - self.mean[i]
-            self.mean[i] += delta * n / total
-            self.m2[i] += m2 + delta**2 * self.count[i] * n / total
-            self.count[i] = total
-            self.min[i], self.max[i] = min(self.min[i], valid.min()), max(self.max[i], valid.max())
+            if self.offset is not None:
+                self.histograms[i] += np.bincount(band.astype(np.int64) + self.offset if self.offset else band,
+                                                  minlength=self.histograms.shape[1])  # fmt: skip
+            else:
+                self._add_moments(i, band if self.nodata is None else band[band != self.nodata])
+
+    def _add_moments(self, i: int, valid: np.ndarray) -> None:
+        if valid.size == 0:
+            return
+        valid = valid.astype(np.float64)
+        n, mean = valid.size, valid.mean()
+        total, delta = self.count[i] + n, mean - self.mean[i]
+        self.m2[i] += ((valid - mean) ** 2).sum() + delta**2 * self.count[i] * n / total
+        self.mean[i] += delta * n / total
+        self.count[i] = total
+        self.min[i], self.max[i] = min(self.min[i], valid.min()), max(self.max[i], valid.max())
 
     def as_dict(self) -> dict[str, dict[str, float | int | None]]:
-        def number(value: float) -> float | None:
-            return None if not math.isfinite(value) else float(value)
+        return {band: self._band(i) for i, band in enumerate(self.bands)}
 
-        return {
-            band: {
-                "count": int(self.count[i]),
-                "mean": number(self.mean[i]) if self.count[i] else None,
-                "std": number(math.sqrt(self.m2[i] / self.count[i])) if self.count[i] else None,
-                "min": number(self.min[i]),
-                "max": number(self.max[i]),
-            }
-            for i, band in enumerate(self.bands)
+    def _band(self, i: int) -> dict[str, float | int | None]:
+        if self.offset is None:
+            count = int(self.count[i])
+            if not count:
+                return {"count": 0, "mean": None, "std": None, "min": None, "max": None}
+            std = math.sqrt(self.m2[i] / count)
+            return {"count": count, "mean": float(self.mean[i]), "std": std,
+                    "min": float(self.min[i]), "max": float(self.max[i])}  # fmt: skip
+        histogram = self.histograms[i].copy()
+        if self.nodata is not None and 0 <= self.nodata + self.offset < len(histogram):
+            histogram[int(self.nodata) + self.offset] = 0
+        present = np.flatnonzero(histogram)
+        count = int(histogram.sum())
+        if not count:
+            empty = dict.fromkeys(("mean", "std", "min", "max", *(f"p{q:02d}" for q in self.PERCENTILES)))
+            return {"count": 0, **empty}
+        values = present.astype(np.float64) - self.offset
+        weights = histogram[present].astype(np.float64)
+        mean = float((values * weights).sum() / count)
+        std = math.sqrt(float((weights * (values - mean) ** 2).sum() / count))
+        cumulative = np.cumsum(weights)
+        percentiles = {
+            f"p{q:02d}": float(values[np.searchsorted(cumulative, q / 100 * count)]) for q in self.PERCENTILES
         }
+        return {"count": count, "mean": mean, "std": std, "min": float(values[0]), "max": float(values[-1]),
+                **percentiles}  # fmt: skip
 
 
 class ZarrWriter:
@@ -125,8 +155,9 @@ class ZarrWriter:
         else:
             self.group = group.create_group(source, overwrite=True, attributes={"layout": self._layout_attrs()})
             self._create_arrays(max(capacity, 1))
-        self.pixels = self.group["pixels"]
-        self.statistics = BandStatistics(layout.bands, layout.nodata)
+        self.arrays = {name: array for name, array in self.group.arrays()}  # looked up once: each asks the store
+        self.pixels = self.arrays["pixels"]
+        self.statistics = BandStatistics(layout.bands, layout.dtype, layout.nodata)
 
     def _layout_attrs(self) -> dict:
         layout = self.layout
@@ -183,13 +214,13 @@ class ZarrWriter:
         start = k * self.shard_size
         rows = slice(start, start + len(samples))
         for name, values in _coordinates(samples).items():
-            self.group[name][rows] = values
+            self.arrays[name][rows] = values
         self.pixels[rows] = pixels  # last: the shard's existence says the samples are all there
         return True
 
     def close(self, count: int) -> None:
         """Trim to ``count`` samples, record the statistics, consolidate the metadata for quick opens."""
-        for _, array in self.group.arrays():
+        for array in self.arrays.values():
             if "sample" in (array.metadata.dimension_names or ()) and array.shape[0] != count:
                 array.resize((count, *array.shape[1:]))
         self.group.attrs.update({"band_statistics": self.statistics.as_dict(), "samples": count})
