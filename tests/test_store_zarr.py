@@ -95,44 +95,63 @@ def test_a_sample_of_another_shape_or_band_set_is_refused(tmp_path):
         writer.write_shard(0, samples)
 
 
+# The writer, on a slow disk: each shard file (zarr writes it to a temporary *.partial name, then renames it)
+# stalls halfway through its bytes, which gives the test a sure moment to kill it mid-shard.
 WRITER_SCRIPT = """
-import sys
+import pathlib, sys, time
 from tests.imagery import sentinel2_samples
 from tests.test_store_zarr import write
-write(sys.argv[1], sentinel2_samples(48, size=192), shard_size=3)
+
+class HalfwayStall:
+    def __init__(self, file):
+        self.file = file
+    def write(self, data):
+        view = memoryview(data).cast("B")
+        written = self.file.write(view[: len(view) // 2])
+        self.file.flush()
+        time.sleep(0.3)
+        return written + self.file.write(view[len(view) // 2 :])
+    def __enter__(self):
+        return self
+    def __exit__(self, *exc):
+        return self.file.__exit__(*exc)
+
+plain_open = pathlib.Path.open
+def slow_open(path, *args, **kwargs):
+    file = plain_open(path, *args, **kwargs)
+    return HalfwayStall(file) if path.suffix == ".partial" and "/pixels/c/" in path.as_posix() else file
+pathlib.Path.open = slow_open
+write(sys.argv[1], sentinel2_samples(24, size=128), shard_size=3)
 """
 
 
 def test_a_writer_killed_mid_shard_leaves_no_shard_that_reads_as_complete_and_resuming_gives_the_same_bytes(
     tmp_path,
 ):
-    samples = sentinel2_samples(48, size=192)
+    samples = sentinel2_samples(24, size=128)
     expected = np.stack([s.pixels for s in samples])
     write(tmp_path / "uninterrupted.zarr", samples, shard_size=3)
 
     store = tmp_path / "killed.zarr"
-    killed_mid_write = False
-    for _ in range(5):  # SIGKILL the writer while a shard file is being written (a *.partial file exists)
-        writer = subprocess.Popen([sys.executable, "-c", WRITER_SCRIPT, str(store)], cwd=ROOT, env=os.environ)
-        deadline = time.monotonic() + 60
-        while writer.poll() is None and time.monotonic() < deadline:
-            shard_dirs = store / "s2" / "pixels" / "c"
-            if shard_dirs.is_dir() and any(p.suffix == ".partial" for p in shard_dirs.rglob("*")):
-                writer.send_signal(signal.SIGKILL)
-                break
-        writer.wait()
-        left = list((store / "s2" / "pixels" / "c").rglob("*.partial")) if store.exists() else []
-        if writer.returncode == -signal.SIGKILL and left:
-            killed_mid_write = True
-            break
-    assert killed_mid_write, "could not kill the writer while it wrote a shard"
+    shards = store / "s2" / "pixels" / "c"
+    writer = subprocess.Popen([sys.executable, "-c", WRITER_SCRIPT, str(store)], cwd=ROOT, env=os.environ)
+    deadline = time.monotonic() + 120
+    while writer.poll() is None and time.monotonic() < deadline:  # kill it halfway through its third shard
+        files = [p for p in shards.rglob("*") if p.is_file()] if shards.is_dir() else []
+        if sum(p.suffix == ".partial" and p.stat().st_size > 0 for p in files) and len(files) == 3:
+            writer.send_signal(signal.SIGKILL)
+        time.sleep(0.01)
+    writer.wait()
+    assert writer.returncode == -signal.SIGKILL
 
-    # what the killed writer left: shards that exist are whole and right; the rest read as missing
+    # what the killed writer left: two whole shards and half a file under a temporary name
+    partial = list(shards.rglob("*.partial"))
+    assert len(partial) == 1 and partial[0].stat().st_size > 0 and partial[0].parent == shards / "2/0/0"
+    whole = [p.relative_to(shards).as_posix() for p in shards.rglob("*") if p.is_file() and p.suffix != ".partial"]
+    assert sorted(whole) == ["0/0/0/0", "1/0/0/0"]
     pixels = zarr.open_array(store, path="s2/pixels", mode="r")
-    written = [k for k in range(16) if (store / "s2/pixels/c" / str(k) / "0/0/0").is_file()]
-    assert len(written) < 16
-    for k in written:
-        np.testing.assert_array_equal(pixels[3 * k : 3 * k + 3], expected[3 * k : 3 * k + 3])
+    np.testing.assert_array_equal(pixels[:6], expected[:6])
+    assert (pixels[6:9] == 0).all()  # the third shard reads as missing (fill value), not as data
 
     write(store, samples, shard_size=3)  # the same command again
     assert not list(store.rglob("*.partial"))

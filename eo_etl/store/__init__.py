@@ -1,1 +1,2 @@
-"""Where samples go: per-sample GeoTIFFs and the sample index for now; Zarr, TACO and video later."""
+"""Where samples go: the dataset folder (``dataset.py`` has its layout) — the Zarr pixel store, the GeoParquet
+index, STAC, TACO and video exports — and the readers that open it."""
