@@ -156,3 +156,22 @@ def test_a_writer_killed_mid_shard_leaves_no_shard_that_reads_as_complete_and_re
     write(store, samples, shard_size=3)  # the same command again
     assert not list(store.rglob("*.partial"))
     assert tree_bytes(store) == tree_bytes(tmp_path / "uninterrupted.zarr")
+
+
+def test_a_complete_shard_holding_other_samples_is_rewritten_not_kept(tmp_path):
+    first, second = sentinel2_samples(4), sentinel2_samples(8)[4:]
+    for late, early in zip(second, first):
+        late.cell, late.row_u, late.col_r = early.cell, early.row_u, early.col_r  # same cells, other times/pixels
+    write(tmp_path / "p.zarr", first, shard_size=2)
+    write(tmp_path / "p.zarr", second, shard_size=2)
+    pixels = zarr.open_array(tmp_path / "p.zarr", path="s2/pixels", mode="r")
+    np.testing.assert_array_equal(pixels[:], np.stack([s.pixels for s in second]))
+
+
+def test_a_store_of_another_build_is_started_afresh(tmp_path):
+    samples = sentinel2_samples(3)
+    layout = PixelLayout.of(samples[0])
+    ZarrWriter(tmp_path / "p.zarr", "s2", layout, capacity=3, shard_size=2, build="a").write_shard(0, samples[:2])
+    writer = ZarrWriter(tmp_path / "p.zarr", "s2", layout, capacity=3, shard_size=2, build="b")
+    assert writer.group.attrs["layout"]["build"] == "b"
+    assert not writer.shard_complete(0)

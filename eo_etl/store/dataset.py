@@ -62,8 +62,9 @@ class DatasetWriter:
     def _open(self, sample: Sample) -> _SourceShards:
         layout = PixelLayout.of(sample)
         writer = ZarrWriter(
-            self.root / STORE_NAME, sample.source, layout, capacity=len(self.cells), shard_size=self.shard_size
-        )
+            self.root / STORE_NAME, sample.source, layout, capacity=len(self.cells), shard_size=self.shard_size,
+            build=self.recipe_hash,
+        )  # fmt: skip
         self.sources[sample.source] = shards = _SourceShards(writer)
         return shards
 

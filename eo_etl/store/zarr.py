@@ -143,11 +143,15 @@ class ZarrWriter:
     """Writes one source's samples into ``<root>/<source>``, a shard at a time.
 
     ``capacity`` bounds the number of samples (the planned cells will do); ``close(count)`` trims the
-    arrays to the samples written. Reopening an existing group with the same layout resumes it.
+    arrays to the samples written. Reopening a group with the same layout and ``build`` (the recipe's
+    hash) resumes it: a complete shard holding the same samples (cells and times) is kept, any other
+    is rewritten. A different layout or build starts the group afresh.
     """
 
-    def __init__(self, root: str | Path, source: str, layout: PixelLayout, *, capacity: int, shard_size: int):
-        self.root, self.source, self.layout, self.shard_size = str(root), source, layout, shard_size
+    def __init__(
+        self, root: str | Path, source: str, layout: PixelLayout, *, capacity: int, shard_size: int, build: str = ""
+    ):
+        self.root, self.source, self.layout, self.shard_size, self.build = str(root), source, layout, shard_size, build
         _remove_partial_files(self.root)
         group = zarr.open_group(self.root, mode="a", zarr_format=3, use_consolidated=False)  # edits, not reads
         if source in group and group[source].attrs.get("layout") == self._layout_attrs():
@@ -162,8 +166,8 @@ class ZarrWriter:
     def _layout_attrs(self) -> dict:
         layout = self.layout
         return {"format_version": FORMAT_VERSION, "bands": list(layout.bands), "height": layout.height,
-                "width": layout.width, "dtype": layout.dtype, "nodata": layout.nodata,
-                "shard_size": self.shard_size}  # fmt: skip
+                "width": layout.width, "dtype": layout.dtype, "nodata": layout.nodata, "scales": list(layout.scales),
+                "offsets": list(layout.offsets), "shard_size": self.shard_size, "build": self.build}  # fmt: skip
 
     def _create_arrays(self, capacity: int) -> None:
         layout, group, n = self.layout, self.group, self.shard_size
@@ -202,18 +206,21 @@ class ZarrWriter:
         return sync(self.pixels.store_path.store.exists(f"{self.pixels.path}/{key}"))
 
     def write_shard(self, k: int, samples: Sequence[Sample]) -> bool:
-        """Samples ``k * shard_size …`` in order; False when the shard was already complete (nothing written)."""
+        """Samples ``k * shard_size …`` in order; False when the shard already holds them (nothing written)."""
         if not 0 < len(samples) <= self.shard_size:
             raise ValueError(f"shard {k}: {len(samples)} samples; a shard holds 1 to {self.shard_size}")
         for sample in samples:
             self.layout.check(sample)
         pixels = np.stack([sample.pixels for sample in samples])
         self.statistics.add(pixels)
-        if self.shard_complete(k):
-            return False
         start = k * self.shard_size
         rows = slice(start, start + len(samples))
-        for name, values in _coordinates(samples).items():
+        coordinates = _coordinates(samples)
+        if self.shard_complete(k) and all(
+            np.array_equal(self.arrays[name][rows], coordinates[name]) for name in ("sample", "time")
+        ):
+            return False
+        for name, values in coordinates.items():
             self.arrays[name][rows] = values
         self.pixels[rows] = pixels  # last: the shard's existence says the samples are all there
         return True
