@@ -324,7 +324,8 @@ class VideoOutput(Section):
 
     lossy: bool = False
     crf: int = Field(6, ge=0, le=51, description="libx265 constant rate factor when lossy: lower is better.")
-    keyframe_interval: int = Field(8, ge=1, description="Frames (samples) between keyframes: the cost of a seek.")
+    # A shard's frames are different places: inter prediction gains nothing there (measured on S2 samples).
+    keyframe_interval: int = Field(1, ge=1, description="Frames (samples) between keyframes: the cost of a seek.")
 
 
 class Outputs(Section):

@@ -1,0 +1,425 @@
+"""Integer image cubes ``(frame, band, y, x)`` stored as video streams: xarrayvideo's idea, on PyAV.
+
+A frame is one sample of a shard (one source: same bands and shape), so frames are independent images and
+reading one frame must not decode the whole file. A cube is a folder:
+
+    video.json       the sidecar and the source of truth: shape, dtype, nodata, band order; per stream its
+                     file, codec, pixel format, bands, crf and keyframe interval; per band how values were
+                     stored (scale/offset) and how well (PSNR, SSIM, bits per pixel), measured at write time
+                     by decoding what was written
+    stream-<k>.mkv   matroska, one video stream each, up to three bands in its planes (band names are also in
+                     the stream's tags, for people; readers use the sidecar)
+
+Lossless (the default): every band goes to ffv1 as it is, 16-bit planes (yuv444p16le; gray16le for a lone
+band) or 8-bit ones (yuv444p, gray) when every value of the stream fits, e.g. SCL in a uint16 cube. Signed
+types are offset into unsigned (value = stored + offset). Reads are bit-exact.
+
+Lossy (only when a recipe asks): reflectance bands go to libx265 12-bit 4:4:4 (yuv444p12le; gray12le for a
+lone band), each band mapped linearly from the min..max of its valid pixels over the cube to 0..4095
+(value = code * scale + offset, rounded and clipped to that range on read). Masks/labels always stay ffv1
+lossless in streams of their own. Nodata pixels of a lossy band are filled with the nearest valid value
+before encoding (no edge to ring around) and restored exactly from an ffv1 "valid" stream.
+
+Quality per band: ``psnr_db`` over the valid pixels with peak = the band's valid value range (max - min),
+null when the read is bit-exact (lossless bands, ``lossless: true``); ``ssim`` the mean over frames of
+skimage's SSIM with the same data range; ``bits_per_pixel`` the band's stream's bytes * 8 / (frames * y * x),
+shared equally among the stream's bands (the codecs do not split bytes per plane).
+
+The folder is written as a hidden ``.<name>.partial`` sibling and renamed when complete, so a killed writer
+never leaves a folder that looks complete; the next write of the same folder replaces the leftover. Same
+input, same bytes (see the x265 parameters for what that takes).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import av
+import numpy as np
+from scipy import ndimage
+from skimage.metrics import structural_similarity
+
+FORMAT, FORMAT_VERSION = "eo-etl-video", 1
+SIDECAR = "video.json"
+LOSSY_MAX = 4095  # 12-bit codes
+X265_MIN_SIDE = 16  # libx265 refuses smaller pictures: such frames are edge-padded, and cropped on read
+# With inter frames, the libx265 in PyAV 18's wheels (.so.216) predicts from uninitialised reference memory when the
+# picture is exactly 16, 32 or 64 px wide (valgrind): the decoder then drifts from the encoder (PSNR 31-55 dB where
+# 57 was due, other bytes each run). Such frames get one more, edge-copied column; the other widths we checked
+# (17 to 256, and 1068) read no uninitialised memory and gave the same bytes every run.
+X265_BAD_INTER_WIDTHS = (16, 32, 64)
+PLANES = 3
+DTYPES = (np.uint8, np.int8, np.uint16, np.int16)
+PSNR_PEAK = "value range of the band's valid pixels over the cube (max - min)"
+RANGE_RULE = "min..max of the band's valid pixels over the cube (no robust clipping: outliers keep their values)"
+
+# x265, and why each setting:
+#  keyint = min-keyint, scenecut=0: a keyframe exactly every k frames, so frame i decodes from frame i // k * k.
+#  open-gop=0: IDR keyframes; after a seek to an open GOP's CRA frame its leading frames are not decodable.
+#  frame-threads=1: x265's output depends on its frame-thread count, which it derives from the CPU count, so
+#    another machine would give other bytes. Row threads (WPP) do not change the output and stay on.
+#  info=0: x265 writes its full option string (thread pool size included) into the stream.
+#  cutree=0: cuTree's SIMD writes past its buffers for frames under ~48 px wide (valgrind; glibc aborts with
+#    "free(): invalid next size" at widths 33-48). Costs nothing measurable on independent frames.
+#  tune=psnr (no psy-rd, no AQ): we want fidelity, equal across bands; with psy-rd the 2nd and 3rd planes came
+#    out ~5 dB worse than the first at the same crf.
+X265_PARAMS = "log-level=error:scenecut=0:open-gop=0:frame-threads=1:info=0:cutree=0"
+# ffv1: level 3 (slice CRCs), one slice: 4 slices (FFmpeg's default) cost 5% on 64 px frames. Intra-only. Its
+# packets were the same for 1 to 16 encoder threads.
+FFV1_OPTIONS = {"level": "3", "slices": "1"}
+
+
+@dataclass(frozen=True)
+class VideoOptions:
+    lossy: bool = False  # False: every band ffv1 lossless (bit-exact)
+    crf: int = 6  # libx265 quality of lossy reflectance bands (lower: better, bigger)
+    # Frames between keyframes, the most frames decoded to read one. Frames of a shard are different places, so
+    # inter prediction finds nothing: on S2 samples keyframe_interval 8 gave the same bits as 1 at 2 dB lower
+    # PSNR. Raise it for time series of one place (there 8 halves the bits).
+    keyframe_interval: int = 1
+    preset: str = "slow"  # x265 speed; "slow" packed ~25% fewer bits than "medium" at equal PSNR, at 2x the time
+
+    def __post_init__(self):
+        if not 0 <= self.crf <= 51:
+            raise ValueError(f"crf {self.crf} is outside 0..51")
+        if self.keyframe_interval < 1:
+            raise ValueError("keyframe_interval must be at least 1")
+
+
+def write_cube(
+    folder: Path,
+    cube: np.ndarray,
+    bands: Sequence[str],
+    *,
+    masks: Collection[str] = (),
+    nodata=None,
+    options: VideoOptions = VideoOptions(),
+) -> dict:
+    """Write ``cube`` (frame, band, y, x) to ``folder`` as video streams plus ``video.json``; returns the sidecar.
+
+    Bands named in ``masks`` (labels, SCL) are always stored lossless. ``nodata`` pixels are exact in every mode.
+    """
+    folder, cube, bands = Path(folder), np.asarray(cube), list(bands)
+    _check(cube, bands, masks, nodata)
+    frames, _, height, width = cube.shape
+    kinds = ["mask" if name in masks else "data" for name in bands]
+    lossy = [options.lossy and kind == "data" for kind in kinds]
+    info = [
+        {"name": name, "mask": kind == "mask", "lossless": not lossy[b]}
+        for b, (name, kind) in enumerate(zip(bands, kinds))
+    ]
+    # Each band's stored planes (codes) and how to get values back from them.
+    codes, valid_planes = {}, {}
+    for b in range(len(bands)):
+        if lossy[b]:
+            codes[b], info[b]["scale"], info[b]["offset"], info[b]["range"], valid = _quantise(cube[:, b], nodata)
+            if valid is not None:
+                valid_planes[b] = valid
+        else:
+            offset = int(np.iinfo(cube.dtype).min)  # signed types offset into unsigned
+            codes[b] = (cube[:, b].astype(np.int32) - offset).astype(np.uint16)
+            info[b] |= {"scale": 1, "offset": offset}
+            info[b]["range"] = [int(cube[:, b].min()), int(cube[:, b].max())]
+
+    # Streams: lossy bands, lossless data bands, masks, validity planes; never two of these in one stream.
+    order = range(len(bands))
+    groups = [("data", True, g) for g in _triples([b for b in order if lossy[b]])]
+    groups += [("data", False, g) for g in _triples([b for b in order if kinds[b] == "data" and not lossy[b]])]
+    groups += [("mask", False, g) for g in _triples([b for b in order if kinds[b] == "mask"])]
+    groups += [("valid", False, g) for g in _triples(sorted(valid_planes))]
+
+    tmp = folder.parent / f".{folder.name}.partial"
+    shutil.rmtree(tmp, ignore_errors=True)  # a killed writer's leftover
+    tmp.mkdir(parents=True)
+    try:
+        streams = []
+        for k, (kind, is_lossy, members) in enumerate(groups):
+            planes = np.stack([valid_planes[b] if kind == "valid" else codes[b] for b in members], axis=1)
+            stream = {"file": f"stream-{k}.mkv", "kind": kind, "bands": [bands[b] for b in members]}
+            stream |= _encode(tmp / stream["file"], planes, is_lossy, options, stream["bands"])
+            stream["bits_per_pixel"] = stream["bytes"] * 8 / max(frames * height * width * len(members), 1)
+            streams.append(stream)
+            for plane, b in enumerate(members):
+                if kind == "valid":
+                    info[b]["valid"] = {"stream": k, "plane": plane}
+                else:
+                    info[b] |= {"stream": k, "plane": plane, "bits_per_pixel": stream["bits_per_pixel"]}
+        for b in range(len(bands)):
+            info[b].setdefault("valid", None)
+        total = sum(s["bytes"] for s in streams)
+        sidecar = {
+            "format": FORMAT,
+            "version": FORMAT_VERSION,
+            "shape": list(cube.shape),
+            "dtype": cube.dtype.name,
+            "nodata": None if nodata is None else int(nodata),
+            "lossy": options.lossy,
+            "psnr_peak": PSNR_PEAK,
+            "range_rule": RANGE_RULE,
+            "bytes": total,
+            "bits_per_pixel_per_band": total * 8 / max(cube.size, 1),  # every stream, valid planes included
+            "encoder": {"av": av.__version__, "libavcodec": ".".join(map(str, av.library_versions["libavcodec"]))},
+            "streams": streams,
+            "bands": info,
+        }
+        _measure(sidecar, cube, _read(tmp, sidecar, None, None))
+        (tmp / SIDECAR).write_text(json.dumps(sidecar, indent=1, allow_nan=False))
+        _replace(tmp, folder)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return sidecar
+
+
+def read_sidecar(folder: Path) -> dict:
+    """The sidecar of a complete cube folder (FileNotFoundError when the folder is missing or incomplete)."""
+    path = Path(folder) / SIDECAR
+    if not path.is_file():
+        raise FileNotFoundError(f"{folder} holds no complete video cube (no {SIDECAR})")
+    sidecar = json.loads(path.read_text())
+    if sidecar.get("format") != FORMAT or sidecar.get("version") != FORMAT_VERSION:
+        raise ValueError(f"{path} is not a {FORMAT} version {FORMAT_VERSION} sidecar")
+    return sidecar
+
+
+def read_cube(
+    folder: Path, bands: Sequence[str] | None = None, frames: slice | Sequence[int] | None = None
+) -> np.ndarray:
+    """(frame, band, y, x) in the original dtype; lossless bands bit-exact. Only the streams holding the asked
+    bands are opened, and each seeks to the keyframe before a wanted frame instead of decoding from the start."""
+    return _read(Path(folder), read_sidecar(folder), bands, frames)
+
+
+def band_summary(sidecar: dict) -> list[dict]:
+    """One row per band: how it is stored and what it costs (a table for reports and benchmarks)."""
+    streams = sidecar["streams"]
+    return [
+        {
+            "band": b["name"],
+            "codec": streams[b["stream"]]["codec"],
+            "pix_fmt": streams[b["stream"]]["pix_fmt"],
+            "crf": streams[b["stream"]]["crf"],
+            "lossless": b["lossless"],
+            "bits_per_pixel": b["bits_per_pixel"],
+            "psnr_db": b["psnr_db"],
+            "ssim": b["ssim"],
+        }
+        for b in sidecar["bands"]
+    ]
+
+
+def _check(cube: np.ndarray, bands: list[str], masks: Collection[str], nodata) -> None:
+    if cube.ndim != 4 or 0 in cube.shape:
+        raise ValueError(f"a cube is (frame, band, y, x), none of them empty; got shape {cube.shape}")
+    if cube.dtype.type not in DTYPES:
+        raise TypeError(f"video cubes hold 8- or 16-bit integers, not {cube.dtype}")
+    if len(bands) != cube.shape[1] or len(set(bands)) != len(bands):
+        raise ValueError(f"{len(bands)} band names (unique) for {cube.shape[1]} bands: {bands}")
+    if not set(masks) <= set(bands):
+        raise ValueError(f"masks {sorted(set(masks) - set(bands))} are not bands")
+    if nodata is not None:
+        limits = np.iinfo(cube.dtype)
+        if not (float(nodata).is_integer() and limits.min <= nodata <= limits.max):
+            raise ValueError(f"nodata {nodata} is not a {cube.dtype} value")
+
+
+def _triples(members: list[int]) -> list[list[int]]:
+    return [members[i : i + PLANES] for i in range(0, len(members), PLANES)]
+
+
+def _quantise(band: np.ndarray, nodata):
+    """A lossy band's 12-bit codes, scale, offset, value range and validity planes (None when all valid)."""
+    valid = np.ones(band.shape, bool) if nodata is None else band != nodata
+    lo, hi = (int(band[valid].min()), int(band[valid].max())) if valid.any() else (0, 0)
+    scale = (hi - lo) / LOSSY_MAX if hi > lo else 1.0
+    codes = np.clip(np.rint((band.astype(np.float64) - lo) / scale), 0, LOSSY_MAX).astype(np.uint16)
+    if valid.all():
+        return codes, scale, float(lo), [lo, hi], None
+    for frame, ok in zip(codes, valid):  # nearest valid value: no edge for the codec to ring around
+        if not ok.any():
+            frame[:] = 0
+        elif not ok.all():
+            nearest = ndimage.distance_transform_edt(~ok, return_distances=False, return_indices=True)
+            frame[:] = frame[tuple(nearest)]
+    return codes, scale, float(lo), [lo, hi], valid.astype(np.uint16)
+
+
+def _encode(path: Path, planes: np.ndarray, lossy: bool, options: VideoOptions, names: list[str]) -> dict:
+    """Encode (frame, plane, y, x) codes as one matroska video stream; returns the stream's sidecar fields."""
+    frames, count, height, width = planes.shape
+    if lossy:
+        codec, depth, keyint = "libx265", 12, options.keyframe_interval
+        pix_fmt = "gray12le" if count == 1 else "yuv444p12le"
+        coded_width = max(width, X265_MIN_SIDE)
+        coded_width += keyint > 1 and coded_width in X265_BAD_INTER_WIDTHS
+        pad = ((0, 0), (0, 0), (0, max(X265_MIN_SIDE - height, 0)), (0, coded_width - width))
+        planes = np.pad(planes, pad, mode="edge")
+        codec_options = {
+            "crf": str(options.crf),
+            "preset": options.preset,
+            "tune": "psnr",
+            "x265-params": f"keyint={keyint}:min-keyint={keyint}:{X265_PARAMS}",
+        }
+    else:
+        codec, keyint, codec_options = "ffv1", 1, FFV1_OPTIONS
+        depth = 8 if planes.max() <= 255 else 16
+        pix_fmt = {(8, 1): "gray", (8, 3): "yuv444p", (16, 1): "gray16le", (16, 3): "yuv444p16le"}[
+            depth, 1 if count == 1 else 3
+        ]
+    if count == 2:  # a constant third plane costs next to nothing
+        planes = np.concatenate([planes, np.zeros_like(planes[:, :1])], axis=1)
+    dtype = np.dtype("<u2") if depth > 8 else np.dtype(np.uint8)
+    # bitexact: no random segment UID, no library version strings, so the same cube gives the same bytes
+    with av.open(str(path), "w", format="matroska", options={"fflags": "+bitexact"}) as container:
+        stream = container.add_stream(codec, rate=1)
+        stream.width, stream.height, stream.pix_fmt = planes.shape[3], planes.shape[2], pix_fmt
+        stream.codec_context.gop_size = keyint
+        stream.codec_context.flags |= av.codec.context.Flags.bitexact
+        stream.options = dict(codec_options)
+        stream.metadata["BANDS"] = ",".join(names)
+        for i in range(frames):
+            frame = av.VideoFrame(stream.width, stream.height, pix_fmt)
+            for plane, values in zip(frame.planes, planes[i]):
+                _plane_view(plane, dtype)[:] = values
+            frame.pts = i
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode(None):
+            container.mux(packet)
+    return {
+        "codec": codec,
+        "pix_fmt": pix_fmt,
+        "lossless": not lossy,
+        "crf": options.crf if lossy else None,
+        "preset": options.preset if lossy else None,
+        "keyframe_interval": keyint,
+        "coded_size": [int(planes.shape[2]), int(planes.shape[3])],  # y, x: padded up to x265's minimum
+        "bytes": path.stat().st_size,
+    }
+
+
+def _plane_view(plane, dtype: np.dtype) -> np.ndarray:
+    """A frame plane's pixels as an array (rows are padded to line_size)."""
+    rows = np.frombuffer(plane, dtype).reshape(plane.height, plane.line_size // dtype.itemsize)
+    return rows[:, : plane.width]
+
+
+def _decode(path: Path, wanted: list[int], keyint: int, height: int, width: int) -> np.ndarray:
+    """Frames ``wanted`` (sorted, unique) of a stream as (frame, plane, y, x) uint16 codes."""
+    found, wanted_set = {}, set(wanted)
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        decoded, position = None, -1  # position: index of the last frame decoded
+        for target in wanted:
+            if target in found:
+                continue
+            # Seek unless decoding on is cheaper: seek when the target's keyframe lies after the position.
+            if decoded is None or target // keyint * keyint > position:
+                container.seek(int(target / stream.time_base), stream=stream, backward=True, any_frame=False)
+                decoded = container.decode(stream)
+            for frame in decoded:
+                position = round(frame.pts * stream.time_base)  # one frame per second: the frame's index
+                if position in wanted_set:
+                    dtype = np.dtype(np.uint8) if frame.format.name in ("gray", "yuv444p") else np.dtype("<u2")
+                    found[position] = np.stack([_plane_view(p, dtype)[:height, :width] for p in frame.planes])
+                if position >= target:
+                    break
+    missing = sorted(wanted_set - set(found))
+    if missing:
+        raise ValueError(f"{path} lacks frames {missing[:5]}")
+    return np.stack([found[i] for i in wanted]).astype(np.uint16)
+
+
+def _frame_indices(frames, count: int) -> list[int]:
+    if frames is None:
+        return list(range(count))
+    if isinstance(frames, slice):
+        return list(range(*frames.indices(count)))
+    indices = [int(i) + count if int(i) < 0 else int(i) for i in frames]
+    if any(not 0 <= i < count for i in indices):
+        raise IndexError(f"frames {list(frames)} out of range for {count} frames")
+    return indices
+
+
+def _read(folder: Path, sidecar: dict, bands, frames) -> np.ndarray:
+    count, _, height, width = sidecar["shape"]
+    dtype, nodata = np.dtype(sidecar["dtype"]), sidecar["nodata"]
+    info = {b["name"]: b for b in sidecar["bands"]}
+    names = list(info) if bands is None else list(bands)
+    unknown = [name for name in names if name not in info]
+    if unknown:
+        raise KeyError(f"bands {unknown} are not in {folder} (it has {list(info)})")
+    indices = _frame_indices(frames, count)
+    wanted = sorted(set(indices))
+    needed = {info[n]["stream"] for n in names} | {info[n]["valid"]["stream"] for n in names if info[n]["valid"]}
+    codes = {}
+    for k in sorted(needed):
+        stream = sidecar["streams"][k]
+        codes[k] = _decode(folder / stream["file"], wanted, stream["keyframe_interval"], height, width)
+    row = {index: k for k, index in enumerate(wanted)}
+    take = [row[i] for i in indices] if indices != wanted else slice(None)
+    out = np.empty((len(indices), len(names), height, width), dtype)
+    for j, name in enumerate(names):
+        band = info[name]
+        stored = codes[band["stream"]][take, band["plane"]]
+        if band["lossless"]:
+            out[:, j] = stored.astype(np.int32) + band["offset"]
+            continue
+        lo, hi = band["range"]
+        values = np.clip(np.rint(stored * band["scale"] + band["offset"]), lo, hi)
+        if nodata is not None:
+            valid = codes[band["valid"]["stream"]][take, band["valid"]["plane"]] > 0 if band["valid"] else None
+            # a valid pixel must not read as nodata: nudge it to the neighbouring value inside the range
+            clash = values == nodata if valid is None else valid & (values == nodata)
+            values[clash] = nodata + 1 if nodata + 1 <= hi else nodata - 1
+            if valid is not None:
+                values[~valid] = nodata
+        out[:, j] = values
+    return out
+
+
+def _measure(sidecar: dict, cube: np.ndarray, decoded: np.ndarray) -> None:
+    """Per band PSNR and SSIM of what was written, decoded back; lossless bands must read bit-exact."""
+    nodata = sidecar["nodata"]
+    for b, band in enumerate(sidecar["bands"]):
+        original, back = cube[:, b], decoded[:, b]
+        if band["lossless"]:
+            if not np.array_equal(original, back):
+                raise RuntimeError(f"lossless band {band['name']} did not read back bit-exact")
+            band |= {"psnr_db": None, "ssim": 1.0}
+            continue
+        valid = np.ones(original.shape, bool) if nodata is None else original != nodata
+        error = original[valid].astype(np.float64) - back[valid]
+        mse = float(np.mean(error**2)) if error.size else 0.0
+        lo, hi = band["range"]
+        peak = max(hi - lo, 1)
+        band["psnr_db"] = None if mse == 0 else round(10 * math.log10(peak**2 / mse), 4)
+        band["ssim"] = _ssim(original, back, peak)
+
+
+def _ssim(original: np.ndarray, back: np.ndarray, peak: float) -> float | None:
+    """Mean SSIM over frames (nodata pixels are equal in both); None for frames under 3 px a side."""
+    side = min(original.shape[1:])
+    if side < 3:
+        return None
+    window = min(7, side if side % 2 else side - 1)
+    scores = [
+        structural_similarity(a.astype(np.float64), b.astype(np.float64), data_range=peak, win_size=window)
+        for a, b in zip(original, back)
+    ]
+    return round(float(np.mean(scores)), 6)
+
+
+def _replace(tmp: Path, folder: Path) -> None:
+    """Put the complete ``tmp`` folder in place of ``folder`` (a previous complete write is replaced)."""
+    old = folder.parent / f".{folder.name}.old"
+    shutil.rmtree(old, ignore_errors=True)
+    if folder.exists():
+        folder.rename(old)
+    tmp.rename(folder)
+    shutil.rmtree(old, ignore_errors=True)
