@@ -20,6 +20,7 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/grid.py
 	$(BIN)/python bench/acquire.py
+	$(BIN)/python bench/store.py
 
 schemas: $(STAMP)
 	$(BIN)/eo-etl schema

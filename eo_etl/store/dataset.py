@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import geopandas as gpd
+import numpy as np
 
 from eo_etl.recipe import Recipe
 from eo_etl.sample import OK, Sample
@@ -85,8 +86,6 @@ class DatasetWriter:
         shards.pending.clear()
 
     def _write_video(self, shard: int, samples: list[Sample]) -> Path:
-        import numpy as np
-
         from eo_etl.store.video import VideoOptions, write_cube  # the video extra
 
         source = samples[0].source
