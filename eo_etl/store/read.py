@@ -33,6 +33,22 @@ def sources(root: str, storage_options: dict | None = None) -> list[str]:
     return sorted(name for name, _ in group.groups())
 
 
+def choose_source(root, source: str | None, names: list[str]) -> str:
+    """``source``, checked against the dataset's ``names``; may be left out when there is one."""
+    if source is None:
+        if len(names) != 1:
+            raise ValueError(f"{root} holds the sources {names}: say which one")
+        return names[0]
+    if source not in names:
+        raise ValueError(f"{root} has no source {source!r}; it has {names}")
+    return source
+
+
+def stored_rows(index: pd.DataFrame, source: str) -> pd.DataFrame:
+    """The index rows of ``source``'s stored samples, in store order."""
+    return index[(index.source == source) & index.zarr_index.notna()].sort_values("zarr_index")
+
+
 def open_dataset(root, source: str | None = None, *, storage_options: dict | None = None) -> xr.Dataset:
     """One source's stored samples as a lazy xarray Dataset: ``pixels`` (sample, band, y, x) in the
     delivered dtype, labelled bands and cells, per-sample x/y/time/EPSG, band scale/offset, the band
@@ -40,19 +56,12 @@ def open_dataset(root, source: str | None = None, *, storage_options: dict | Non
 
     ``source`` may be left out when the dataset has one.
     """
-    names = sources(root, storage_options)
-    if source is None:
-        if len(names) != 1:
-            raise ValueError(f"{root} holds the sources {names}: say which one")
-        source = names[0]
-    elif source not in names:
-        raise ValueError(f"{root} has no source {source!r}; it has {names}")
+    source = choose_source(root, source, sources(root, storage_options))
     with quiet_consolidated():
         dataset = xr.open_zarr(
             join_path(root, STORE_NAME), group=source, storage_options=storage_options, mask_and_scale=False
         )
-    index = read_index(root, storage_options)
-    rows = index[(index.source == source) & index.zarr_index.notna()].sort_values("zarr_index")
+    rows = stored_rows(read_index(root, storage_options), source)
     return dataset.assign_coords({column: ("sample", rows[column].to_numpy()) for column in SAMPLE_COLUMNS})
 
 
@@ -61,8 +70,7 @@ def read_samples(
 ) -> Iterator[Sample]:
     """The stored samples of ``source`` with their pixels and index records, in store order, a shard at a time
     (``index``: the dataset's index when already in memory)."""
-    index = read_index(root, storage_options) if index is None else index
-    rows = index[(index.source == source) & index.zarr_index.notna()].sort_values("zarr_index")
+    rows = stored_rows(read_index(root, storage_options) if index is None else index, source)
     with quiet_consolidated():
         pixels = zarr.open_array(
             join_path(root, STORE_NAME, source, "pixels"), mode="r", storage_options=storage_options

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 import zarr
 
-from eo_etl.store.read import join_path, read_index
+from eo_etl.store.read import choose_source, join_path, read_index, stored_rows
 from eo_etl.store.zarr import STORE_NAME, quiet_consolidated
 
 
@@ -34,14 +34,8 @@ class SampleDataset(torch.utils.data.Dataset):
     ):
         self.root, self.storage_options, self.normalize = str(root), storage_options, normalize
         index = read_index(self.root, storage_options)
-        stored = index[index.zarr_index.notna()]
-        names = sorted(stored.source.unique())
-        if source is None and len(names) != 1:
-            raise ValueError(f"{root} holds the sources {names}: say which one")
-        self.source = source or names[0]
-        if self.source not in names:
-            raise ValueError(f"{root} has no stored samples of source {self.source!r}; it has {names}")
-        rows = stored[stored.source == self.source].sort_values("zarr_index")
+        self.source = choose_source(root, source, sorted(index.source[index.zarr_index.notna()].unique()))
+        rows = stored_rows(index, self.source)
         self.cells = rows.grid_cell.tolist()
         self.positions = rows.zarr_index.astype(int).tolist()
         group = self._group()
