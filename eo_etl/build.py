@@ -30,10 +30,6 @@ class BuildReport:
     stages: list[StageReport] = field(default_factory=list)
     samples: list[dict] = field(default_factory=list)  # index records, one per (cell, source)
 
-    @property
-    def index(self) -> Path:
-        return self.output / INDEX_NAME
-
 
 # Stages after planning, in pipeline order: which recipe section configures each.
 LATER_STAGES = [

@@ -74,12 +74,11 @@ class DatasetWriter:
             return
         samples = [sample for sample, _ in shards.pending]
         shards.writer.write_shard(shards.shard, samples)
-        if "video" in self.recipe.outputs.formats:
-            folder = self._write_video(shards.shard, samples)
+        video = self._write_video(shards.shard, samples) if "video" in self.recipe.outputs.formats else None
         for i, (sample, record) in enumerate(shards.pending):
             record["zarr_group"], record["zarr_index"] = sample.source, shards.stored + i
-            if "video" in self.recipe.outputs.formats:
-                record["video_path"], record["video_frame"] = folder.relative_to(self.root).as_posix(), i
+            if video is not None:
+                record["video_path"], record["video_frame"] = video.relative_to(self.root).as_posix(), i
             sample.pixels = None  # written: let the memory go
         shards.stored += len(samples)
         shards.shard += 1

@@ -152,7 +152,7 @@ class ZarrWriter:
         self, root: str | Path, source: str, layout: PixelLayout, *, capacity: int, shard_size: int, build: str = ""
     ):
         self.root, self.source, self.layout, self.shard_size, self.build = str(root), source, layout, shard_size, build
-        _remove_partial_files(self.root)
+        _remove_partial_files(f"{self.root}/{source}")  # this source's group only: the others have their writers
         group = zarr.open_group(self.root, mode="a", zarr_format=3, use_consolidated=False)  # edits, not reads
         if source in group and group[source].attrs.get("layout") == self._layout_attrs():
             self.group = group[source]
