@@ -35,6 +35,7 @@ from eo_etl.sources import masks
 from eo_etl.sources.cell import Cell
 from eo_etl.sources.patch import (
     NO_SCENE,
+    SourceReader,
     any_band_missing,
     cell_cloud,
     fill_pixels,
@@ -44,7 +45,7 @@ from eo_etl.sources.patch import (
     with_quality_band,
 )
 from eo_etl.sources.patch_grid import PatchGrid, patch_grid
-from eo_etl.sources.profile import CollectionProfile, find_profile
+from eo_etl.sources.profile import CollectionProfile
 from eo_etl.sources.raster import read_band
 from eo_etl.sources.remote import HostLimiter, RetryPolicy, gdal_env, gdal_path
 from eo_etl.sources.stac import StacCatalog, item_time, scene_cloud
@@ -62,25 +63,8 @@ class _Candidate:
     quality: NDArray | None = None
 
 
-class StacReader:
+class StacReader(SourceReader):
     """Cuts patches of one STAC (or static catalog) source; thread-safe, one per source per worker."""
-
-    def __init__(
-        self,
-        source: Source,
-        window: tuple[datetime, datetime],
-        *,
-        policy: RetryPolicy | None = None,
-        limiter: HostLimiter | None = None,
-    ):
-        self.source = source
-        self.profile: CollectionProfile = find_profile(source.profile)
-        self.start, self.end = window
-        self.target_time = self.start + (self.end - self.start) / 2
-        self.policy = policy or RetryPolicy()
-        self.limiter = limiter or HostLimiter()
-        self.bands = tuple(source.bands)
-        self.quality = self.profile.quality
 
     # ----------------------------------------------------------------------------------------- assets
     def asset(self, item: pystac.Item, band: str) -> pystac.Asset | None:

@@ -26,9 +26,17 @@ from datetime import UTC, datetime
 from eo_etl.recipe.models import Source
 from eo_etl.sample import Sample
 from eo_etl.sources.cell import Cell
-from eo_etl.sources.patch import NO_SCENE, cell_cloud, fill_pixels, no_clear_scene, rank_key, with_quality_band
+from eo_etl.sources.patch import (
+    NO_SCENE,
+    SourceReader,
+    cell_cloud,
+    fill_pixels,
+    no_clear_scene,
+    rank_key,
+    with_quality_band,
+)
 from eo_etl.sources.patch_grid import PatchGrid, patch_grid
-from eo_etl.sources.profile import QualityRule, find_profile
+from eo_etl.sources.profile import QualityRule
 from eo_etl.sources.remote import HostLimiter, RetryPolicy
 
 HIGH_VOLUME_URL = "https://earthengine-highvolume.googleapis.com"
@@ -65,7 +73,7 @@ class Scene:
     scene_cloud: float | None  # percent, as the catalogue gives it
 
 
-class EarthEngineReader:
+class EarthEngineReader(SourceReader):
     """Cuts patches of one Earth Engine source; thread-safe, one per source per worker."""
 
     def __init__(
@@ -79,18 +87,11 @@ class EarthEngineReader:
         import ee
 
         self.ee = ee
-        self.source = source
-        self.profile = find_profile(source.profile)
+        super().__init__(source, window, policy=policy, limiter=limiter)
         self.names = self.profile.earth_engine
-        self.start, self.end = window
-        self.target_time = self.start + (self.end - self.start) / 2
-        self.policy = policy or RetryPolicy()
-        self.limiter = limiter or HostLimiter()
         self.url = source.url or HIGH_VOLUME_URL
         project = source.project or os.environ.get("EE_PROJECT") or os.environ.get("GOOGLE_CLOUD_PROJECT")
         self.policy.call(initialize, self.url, project)
-        self.bands = tuple(source.bands)
-        self.quality = self.profile.quality
         optional = [self.names.cloud_property, self.names.baseline_property]
         self.columns = ["system:index", "system:time_start", *[p for p in optional if p]]  # of the scene listing
 

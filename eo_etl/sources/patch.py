@@ -1,5 +1,5 @@
-"""Rules every source shares once it has pixels: which scene ranks first, what counts as nodata, and how a
-sample's bands, nodata and cloud fractions are put together."""
+"""What every source shares: the state a reader holds, which scene ranks first, what counts as nodata, and
+how a sample's bands, nodata and cloud fractions are put together."""
 
 from __future__ import annotations
 
@@ -9,12 +9,36 @@ from datetime import datetime
 import numpy as np
 from numpy.typing import NDArray
 
+from eo_etl.recipe.models import Source
 from eo_etl.sample import Sample
 from eo_etl.sources import masks
 from eo_etl.sources.patch_grid import PatchGrid
-from eo_etl.sources.profile import QualityRule
+from eo_etl.sources.profile import CollectionProfile, QualityRule, find_profile
+from eo_etl.sources.remote import HostLimiter, RetryPolicy
 
 NO_SCENE = "no scene over the cell in the time window"
+
+
+class SourceReader:
+    """What a reader of one source holds, whichever service it asks: the recipe's source, its profile, the
+    time window (and its middle, which ranking aims at), the retry policy and the per-host limit."""
+
+    def __init__(
+        self,
+        source: Source,
+        window: tuple[datetime, datetime],
+        *,
+        policy: RetryPolicy | None = None,
+        limiter: HostLimiter | None = None,
+    ):
+        self.source = source
+        self.profile: CollectionProfile = find_profile(source.profile)
+        self.start, self.end = window
+        self.target_time = self.start + (self.end - self.start) / 2
+        self.policy = policy or RetryPolicy()
+        self.limiter = limiter or HostLimiter()
+        self.bands = tuple(source.bands)
+        self.quality = self.profile.quality
 
 
 def with_quality_band(bands: tuple[str, ...], rule: QualityRule | None) -> tuple[str, ...]:
