@@ -248,6 +248,55 @@ def _batches(cells: list[Cell], size: int) -> Iterator[list[Cell]]:
         yield cells[start : start + size]
 
 
+class SourceAcquisition:
+    """Cuts one source's samples for batches of cells: its reader, catalogue and threads, opened once (per
+    Beam worker, or per plain build). For STAC, one catalogue search per batch."""
+
+    def __init__(self, recipe: Recipe, source: Source, *, threads: int = 2, policy: RetryPolicy | None = None,
+                 limiter: HostLimiter | None = None):  # fmt: skip
+        self.source = source
+        self.window = (recipe.time.start_utc, recipe.time.end_exclusive_utc)
+        self.policy = policy or RetryPolicy()
+        self.limiter = limiter
+        self.pool = ThreadPoolExecutor(max_workers=max(1, threads))
+        self.reader: SourceReader | None = None
+        self.catalog: StacCatalog | None = None
+
+    def acquire(self, cells: list[Cell]) -> Iterator[Sample]:
+        """The samples of ``cells``, in order; a catalogue or service that cannot be reached fails the cells."""
+        if self.source.kind == "gee":
+            yield from self._earth_engine(cells)
+            return
+        if self.reader is None:
+            self.reader = StacReader(self.source, self.window, policy=self.policy, limiter=self.limiter)
+        try:
+            if self.catalog is None:  # opened here so that an unreachable catalogue fails cells, not the build
+                self.catalog = StacCatalog(
+                    self.source.url, self.source.collection, cloud_property=self.reader.profile.cloud_property,
+                    policy=self.policy,
+                )  # fmt: skip
+            items = self.catalog.search(_lonlat_bbox(cells), *self.window, max_cloud=self.source.max_cloud)
+        except Exception as error:
+            yield from (cell.sample(self.source.name).fail(error, "search failed: ") for cell in cells)
+            return
+        yield from self.pool.map(self.reader.acquire, cells, repeat(items))
+
+    def _earth_engine(self, cells: list[Cell]) -> Iterator[Sample]:
+        """Earth Engine needs no search: each cell asks the server. No ee credentials fail every cell, recorded."""
+        from eo_etl.sources.gee import EarthEngineReader  # the gee extra
+
+        try:
+            if self.reader is None:
+                self.reader = EarthEngineReader(self.source, self.window, policy=self.policy, limiter=self.limiter)
+        except Exception as error:
+            yield from (cell.sample(self.source.name).fail(error, "Earth Engine unavailable: ") for cell in cells)
+            return
+        yield from self.pool.map(self.reader.acquire, cells)
+
+    def close(self) -> None:
+        self.pool.shutdown()
+
+
 def acquire_source(
     recipe: Recipe,
     source: Source,
@@ -257,40 +306,13 @@ def acquire_source(
     policy: RetryPolicy | None = None,
     limiter: HostLimiter | None = None,
 ) -> Iterator[Sample]:
-    """Samples of ``source`` for ``cells`` in order, cut in threads; for STAC, one catalogue search per batch."""
-    window = (recipe.time.start_utc, recipe.time.end_exclusive_utc)
-    policy = policy or RetryPolicy()
-    if source.kind == "gee":
-        yield from _acquire_earth_engine(source, cells, window, workers=workers, policy=policy, limiter=limiter)
-        return
-    reader = StacReader(source, window, policy=policy, limiter=limiter)
-    catalog = None
-    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        for batch in _batches(cells, SEARCH_BATCH):
-            bbox = _lonlat_bbox(batch)
-            try:
-                if catalog is None:  # opened here so that an unreachable catalogue fails cells, not the build
-                    catalog = StacCatalog(
-                        source.url, source.collection, cloud_property=reader.profile.cloud_property, policy=policy
-                    )
-                items = catalog.search(bbox, *window, max_cloud=source.max_cloud)
-            except Exception as error:
-                yield from (cell.sample(source.name).fail(error, "search failed: ") for cell in batch)
-                continue
-            yield from pool.map(reader.acquire, batch, repeat(items))
-
-
-def _acquire_earth_engine(source: Source, cells: list[Cell], window, *, workers, policy, limiter) -> Iterator[Sample]:
-    """Earth Engine needs no search: each cell asks the server. No ee credentials fail every cell, recorded."""
-    from eo_etl.sources.gee import EarthEngineReader  # the gee extra
-
+    """Samples of ``source`` for ``cells`` in order, cut in ``workers`` threads, in batches of ``SEARCH_BATCH``."""
+    acquisition = SourceAcquisition(recipe, source, threads=workers, policy=policy, limiter=limiter)
     try:
-        reader = EarthEngineReader(source, window, policy=policy, limiter=limiter)
-    except Exception as error:
-        yield from (cell.sample(source.name).fail(error, "Earth Engine unavailable: ") for cell in cells)
-        return
-    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        yield from pool.map(reader.acquire, cells)
+        for batch in _batches(cells, SEARCH_BATCH):
+            yield from acquisition.acquire(batch)
+    finally:
+        acquisition.close()
 
 
 def _lonlat_bbox(cells: list[Cell]) -> tuple[float, float, float, float]:

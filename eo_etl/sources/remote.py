@@ -7,16 +7,21 @@ An error is *transient* when trying again can help (429, 5xx, timeouts, dropped 
 
 from __future__ import annotations
 
+import math
 import re
 import threading
-from collections.abc import Callable, Iterator
+import time
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 from urllib.parse import urlparse
 
 import rasterio
 import requests
 from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt, wait_random_exponential
+
+if TYPE_CHECKING:
+    from eo_etl.recipe.models import ServiceLimit
 
 T = TypeVar("T")
 
@@ -98,20 +103,51 @@ class RetryPolicy:
 
 
 class HostLimiter:
-    """At most ``per_host`` requests in flight to any one host, across threads."""
+    """At most ``per_host`` requests in flight to any one host, across threads. Hosts in ``limits`` get
+    their own (qps, concurrency): requests to them are also paced to ``qps`` a second."""
 
-    def __init__(self, per_host: int = 8):
+    def __init__(self, per_host: int = 8, limits: Mapping[str, tuple[float | None, int]] | None = None):
         self.per_host = per_host
-        self._slots: dict[str, threading.BoundedSemaphore] = {}
+        self.limits = dict(limits or {})
+        self._slots: dict[str, tuple[threading.BoundedSemaphore, _Pacer | None]] = {}
         self._lock = threading.Lock()
+
+    @classmethod
+    def share(cls, limits: Mapping[str, ServiceLimit], workers: int) -> HostLimiter:
+        """One worker's share of the recipe's per-service limits, when ``workers`` run at once."""
+        return cls(limits={
+            host: (None if limit.qps is None else limit.qps / workers, max(1, math.ceil(limit.concurrency / workers)))
+            for host, limit in limits.items()
+        })  # fmt: skip
 
     @contextmanager
     def slot(self, url: str) -> Iterator[None]:
-        host = urlparse(url).netloc or "local"
+        host = urlparse(url.removeprefix("/vsicurl/")).netloc or "local"
         with self._lock:
-            semaphore = self._slots.setdefault(host, threading.BoundedSemaphore(self.per_host))
+            if host not in self._slots:
+                qps, concurrency = self.limits.get(host, (None, self.per_host))
+                self._slots[host] = (threading.BoundedSemaphore(concurrency), _Pacer(qps) if qps else None)
+            semaphore, pacer = self._slots[host]
         with semaphore:
+            if pacer is not None:
+                pacer.wait()
             yield
+
+
+class _Pacer:
+    """Spaces requests ``1 / qps`` seconds apart, across threads."""
+
+    def __init__(self, qps: float):
+        self.interval, self.next_at = 1.0 / qps, 0.0
+        self._lock = threading.Lock()
+
+    def wait(self) -> None:
+        with self._lock:
+            now = time.monotonic()
+            start = max(now, self.next_at)
+            self.next_at = start + self.interval
+        if start > now:
+            time.sleep(start - now)
 
 
 def gdal_env(**overrides: str) -> rasterio.Env:
