@@ -1,131 +1,102 @@
-"""Writing a built dataset: samples in, the dataset folder out.
+"""Writing a built dataset: shards of samples in, the dataset folder out.
 
     <dataset>/
-      index.parquet        GeoParquet, one row per (cell, source), failures included (store/index.py)
+      index.parquet        GeoParquet, one row per (cell, source, version), failures included (store/index.py)
       pixels.zarr/         sharded Zarr v3, a group per source (store/zarr.py)
       video/<source>/shard-NNNNN/   video-codec cubes, a shard's samples as frames (formats: video)
-      taco/<name>.tacozip  TACO export of the stored samples (formats: taco)
+      taco/<source>/       TACO export of the stored samples (formats: taco)
       collection.json, items.parquet   STAC Collection and one STAC item per stored sample (stac-geoparquet)
       plan.parquet, recipe.json        the cells planned and the recipe as resolved
 
-Samples arrive in plan order; each source's ok samples fill shards of ``shard_size`` in that order, so
-the same build gives the same positions and bytes. A shard is written once it is full, and its pixels
-are dropped from memory; the index, the STAC files and the exports are written last, so a dataset
-whose index exists is complete.
+Each source's ok samples have fixed positions (plan order, version after version) and fill shards of
+``shard_size`` in that order, so the same build gives the same positions and bytes. Shards are written
+independently (by any process, in any order, each in one put); the index, the STAC files and the
+exports are written last by ``finish_dataset``, so a dataset whose index exists is complete.
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from pathlib import Path
 
 import geopandas as gpd
 import numpy as np
 
 from eo_etl.recipe import Recipe
-from eo_etl.sample import OK, Sample
+from eo_etl.sample import Sample
 from eo_etl.sources.profile import find_profile
 from eo_etl.store.catalog import write_catalog
 from eo_etl.store.index import INDEX_NAME, index_frame, write_index
-from eo_etl.store.zarr import STORE_NAME, PixelLayout, ZarrWriter
+from eo_etl.store.zarr import STORE_NAME, BandStatistics, PixelLayout, ZarrWriter
 
 
-@dataclass
-class _SourceShards:
-    """One source's shards: the writer, the samples of the shard being filled, and how many came before."""
-
-    writer: ZarrWriter
-    pending: list[tuple[Sample, dict]] = field(default_factory=list)
-    shard: int = 0
-    stored: int = 0
+def open_pixel_store(root: Path, recipe: Recipe, sample: Sample, capacity: int) -> ZarrWriter:
+    """Create (or resume, growing it to ``capacity``) the group of ``sample``'s source, shaped like it."""
+    return ZarrWriter(
+        Path(root) / STORE_NAME, sample.source, PixelLayout.of(sample), capacity=capacity,
+        shard_size=recipe.outputs.shard_size, build=recipe.series_fingerprint(),
+    )  # fmt: skip
 
 
-class DatasetWriter:
-    def __init__(self, root: Path, recipe: Recipe, cells: gpd.GeoDataFrame):
-        self.root, self.recipe, self.cells = Path(root), recipe, cells
-        self.shard_size = recipe.outputs.shard_size
-        self.records: list[dict] = []
-        self.sources: dict[str, _SourceShards] = {}
-        self.recipe_hash = recipe.fingerprint()
+def write_shard(root: Path, recipe: Recipe, writer: ZarrWriter, k: int, samples: Sequence[Sample]) -> str | None:
+    """Shard ``k`` of a source in every format the recipe asks for; the video folder (relative), if any."""
+    writer.write_shard(k, samples)
+    if "video" not in recipe.outputs.formats:
+        return None
+    return _write_video(Path(root), recipe, k, samples).relative_to(root).as_posix()
 
-    def add(self, sample: Sample) -> None:
-        """Record ``sample``; an ok one joins its source's current shard, written when full."""
-        record = sample.record() | {"recipe_hash": self.recipe_hash}
-        self.records.append(record)
-        if sample.status != OK:
-            return
-        shards = self.sources.get(sample.source) or self._open(sample)
-        shards.pending.append((sample, record))
-        if len(shards.pending) == self.shard_size:
-            self._flush(shards)
 
-    def _open(self, sample: Sample) -> _SourceShards:
-        layout = PixelLayout.of(sample)
-        writer = ZarrWriter(
-            self.root / STORE_NAME, sample.source, layout, capacity=len(self.cells), shard_size=self.shard_size,
-            build=self.recipe_hash,
+def _write_video(root: Path, recipe: Recipe, shard: int, samples: Sequence[Sample]) -> Path:
+    from eo_etl.store.video import VideoOptions, write_cube  # the video extra
+
+    source = samples[0].source
+    folder = root / "video" / source / f"shard-{shard:05d}"
+    options = recipe.outputs.video
+    write_cube(
+        folder, np.stack([s.pixels for s in samples]), samples[0].bands, masks=_masks(recipe, source),
+        nodata=samples[0].nodata,
+        options=VideoOptions(lossy=options.lossy, crf=options.crf, keyframe_interval=options.keyframe_interval),
+    )  # fmt: skip
+    return folder
+
+
+def _masks(recipe: Recipe, source: str) -> set[str]:
+    """Bands the profile calls masks (SCL, QA_PIXEL): lossless in every video mode."""
+    spec = next(s for s in recipe.sources if s.name == source)
+    profile = find_profile(spec.profile)
+    return {band for band in spec.bands if profile and profile.bands[band].role == "mask"}
+
+
+def finish_dataset(
+    root: Path,
+    recipe: Recipe,
+    cells: gpd.GeoDataFrame,
+    records: list[dict],
+    stored: dict[str, tuple[int, BandStatistics]],
+) -> gpd.GeoDataFrame:
+    """Close each source's pixel store at its sample count with its statistics (``stored``), then write the
+    STAC files, the exports and, last, the index of ``records``; return the index."""
+    root = Path(root)
+    for source, (count, statistics) in stored.items():
+        ZarrWriter.existing(root / STORE_NAME, source, tidy=True).close(count, statistics)
+    index = index_frame(records, cells)
+    write_catalog(root, index, recipe, {source: statistics.as_dict() for source, (_, statistics) in stored.items()})
+    if "taco" in recipe.outputs.formats:
+        _write_taco(root, recipe, index, list(stored))
+    write_index(index, root / INDEX_NAME)
+    return index
+
+
+def _write_taco(root: Path, recipe: Recipe, index: gpd.GeoDataFrame, sources: list[str]) -> None:
+    """A TACO per source, from what the Zarr store holds (one sample's pixels at a time)."""
+    from eo_etl.store.read import read_samples  # reading the store back, only for exports
+    from eo_etl.store.taco import write_taco  # the taco extra
+
+    for source in sources:
+        write_taco(
+            root / "taco" / source, read_samples(root, source, index=index),
+            dataset_id=re.sub(r"[^a-z0-9_-]", "-", f"{recipe.name}-{source}".lower()),
+            description=recipe.description, licenses=(recipe.publish.license if recipe.publish else "other",),
+            overwrite=True,
         )  # fmt: skip
-        self.sources[sample.source] = shards = _SourceShards(writer)
-        return shards
-
-    def _flush(self, shards: _SourceShards) -> None:
-        if not shards.pending:
-            return
-        samples = [sample for sample, _ in shards.pending]
-        shards.writer.write_shard(shards.shard, samples)
-        video = self._write_video(shards.shard, samples) if "video" in self.recipe.outputs.formats else None
-        for i, (sample, record) in enumerate(shards.pending):
-            record["zarr_group"], record["zarr_index"] = sample.source, shards.stored + i
-            if video is not None:
-                record["video_path"], record["video_frame"] = video.relative_to(self.root).as_posix(), i
-            sample.pixels = None  # written: let the memory go
-        shards.stored += len(samples)
-        shards.shard += 1
-        shards.pending.clear()
-
-    def _write_video(self, shard: int, samples: list[Sample]) -> Path:
-        from eo_etl.store.video import VideoOptions, write_cube  # the video extra
-
-        source = samples[0].source
-        folder = self.root / "video" / source / f"shard-{shard:05d}"
-        options = self.recipe.outputs.video
-        write_cube(
-            folder, np.stack([s.pixels for s in samples]), samples[0].bands, masks=self._masks(source),
-            nodata=samples[0].nodata,
-            options=VideoOptions(lossy=options.lossy, crf=options.crf, keyframe_interval=options.keyframe_interval),
-        )  # fmt: skip
-        return folder
-
-    def _masks(self, source: str) -> set[str]:
-        """Bands the profile calls masks (SCL, QA_PIXEL): lossless in every video mode."""
-        spec = next(s for s in self.recipe.sources if s.name == source)
-        profile = find_profile(spec.profile)
-        return {band for band in spec.bands if profile and profile.bands[band].role == "mask"}
-
-    def close(self) -> gpd.GeoDataFrame:
-        """Write the last partial shards, the STAC files and the exports, then the index; return the index."""
-        for shards in self.sources.values():
-            self._flush(shards)
-            shards.writer.close(shards.stored)
-        index = index_frame(self.records, self.cells)
-        statistics = {source: shards.writer.statistics.as_dict() for source, shards in self.sources.items()}
-        write_catalog(self.root, index, self.recipe, statistics)
-        if "taco" in self.recipe.outputs.formats:
-            self._write_taco(index)
-        write_index(index, self.root / INDEX_NAME)
-        return index
-
-    def _write_taco(self, index: gpd.GeoDataFrame) -> None:
-        """A TACO per source, from what the Zarr store holds (one sample's pixels at a time)."""
-        from eo_etl.store.read import read_samples  # reading the store back, only for exports
-        from eo_etl.store.taco import write_taco  # the taco extra
-
-        recipe = self.recipe
-        for source in self.sources:
-            write_taco(
-                self.root / "taco" / source, read_samples(self.root, source, index=index),
-                dataset_id=re.sub(r"[^a-z0-9_-]", "-", f"{recipe.name}-{source}".lower()),
-                description=recipe.description, licenses=(recipe.publish.license if recipe.publish else "other",),
-                overwrite=True,
-            )  # fmt: skip

@@ -1,4 +1,4 @@
-"""The dataset index: GeoParquet, one row per (cell, source) — failures included — with the Major TOM
+"""The dataset index: GeoParquet, one row per (cell, source, version) — failures included — with the Major TOM
 columns, provenance, quality, status and where the sample's pixels live. Written atomically.
 
 ``geometry`` is the footprint of the pixels in lon/lat, or the grid cell's when there are none.
@@ -43,7 +43,8 @@ def index_frame(records: Iterable[dict], cells: gpd.GeoDataFrame) -> gpd.GeoData
     frame["hrefs"] = frame["hrefs"].map(json.dumps)  # band -> hrefs; bands vary by source
     frame["timestamp"] = pd.to_datetime(frame["timestamp"], utc=True)
     index = gpd.GeoDataFrame(frame, geometry="geometry", crs=4326)
-    return index.sort_values(["source", "grid_cell"], kind="stable", ignore_index=True)
+    order = ["source", "grid_cell", *(["version"] if "version" in index else [])]
+    return index.sort_values(order, kind="stable", ignore_index=True)
 
 
 def _footprints(frame: pd.DataFrame) -> pd.Series:

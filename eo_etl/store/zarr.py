@@ -25,6 +25,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import zarr
@@ -108,6 +109,33 @@ class BandStatistics:
         self.count[i] = total
         self.min[i], self.max[i] = min(self.min[i], valid.min()), max(self.max[i], valid.max())
 
+    def merge(self, other: BandStatistics) -> BandStatistics:
+        """Add ``other``'s pixels (another shard's, another worker's) to these statistics."""
+        if self.offset is not None:
+            self.histograms += other.histograms
+            return self
+        for i in range(len(self.bands)):
+            n, total = other.count[i], self.count[i] + other.count[i]
+            if n:
+                delta = other.mean[i] - self.mean[i]
+                self.m2[i] += other.m2[i] + delta**2 * self.count[i] * n / total
+                self.mean[i] += delta * n / total
+                self.count[i] = total
+        self.min, self.max = np.minimum(self.min, other.min), np.maximum(self.max, other.max)
+        return self
+
+    def save(self, file: Path | BinaryIO) -> None:
+        """The running state (histograms or moments), to merge later in another process."""
+        state = {"histograms": self.histograms} if self.offset is not None else {}
+        np.savez_compressed(file, count=self.count, mean=self.mean, m2=self.m2, min=self.min, max=self.max, **state)
+
+    def load(self, path: Path) -> BandStatistics:
+        """Statistics saved by ``save`` with the same bands, dtype and nodata."""
+        with np.load(path) as state:
+            for name in ("count", "mean", "m2", "min", "max", *(["histograms"] if self.offset is not None else [])):
+                setattr(self, name, state[name])
+        return self
+
     def as_dict(self) -> dict[str, dict[str, float | int | None]]:
         return {band: self._band(i) for i, band in enumerate(self.bands)}
 
@@ -142,26 +170,43 @@ class BandStatistics:
 class ZarrWriter:
     """Writes one source's samples into ``<root>/<source>``, a shard at a time.
 
-    ``capacity`` bounds the number of samples (the planned cells will do); ``close(count)`` trims the
-    arrays to the samples written. Reopening a group with the same layout and ``build`` (the recipe's
-    hash) resumes it: a complete shard holding the same samples (cells and times) is kept, any other
-    is rewritten. A different layout or build starts the group afresh.
+    ``capacity`` bounds the number of samples (the planned cells will do; a reopened group grows to it);
+    ``close(count)`` trims the arrays to the samples written. Reopening a group with the same layout and
+    ``build`` (the recipe's series hash) resumes it: a complete shard holding the same samples (cells and
+    times) is kept, any other is rewritten. A different layout or build starts the group afresh.
+
+    Writers in several processes may share a group once it exists: open it first in one process, then
+    in the others with ``tidy=False`` (only the first removes a killed run's leftovers).
     """
 
     def __init__(
-        self, root: str | Path, source: str, layout: PixelLayout, *, capacity: int, shard_size: int, build: str = ""
-    ):
+        self, root: str | Path, source: str, layout: PixelLayout, *, capacity: int, shard_size: int, build: str = "",
+        tidy: bool = True,
+    ):  # fmt: skip
         self.root, self.source, self.layout, self.shard_size, self.build = str(root), source, layout, shard_size, build
-        _remove_partial_files(f"{self.root}/{source}")  # this source's group only: the others have their writers
+        if tidy:
+            _remove_partial_files(f"{self.root}/{source}")  # this source's group only: the others have their writers
         group = zarr.open_group(self.root, mode="a", zarr_format=3, use_consolidated=False)  # edits, not reads
         if source in group and group[source].attrs.get("layout") == self._layout_attrs():
             self.group = group[source]
+            if self.group["pixels"].shape[0] < capacity:
+                self._resize(capacity)
         else:
             self.group = group.create_group(source, overwrite=True, attributes={"layout": self._layout_attrs()})
             self._create_arrays(max(capacity, 1))
         self.arrays = {name: array for name, array in self.group.arrays()}  # looked up once: each asks the store
         self.pixels = self.arrays["pixels"]
         self.statistics = BandStatistics(layout.bands, layout.dtype, layout.nodata)
+
+    @classmethod
+    def existing(cls, root: str | Path, source: str, *, tidy: bool = False) -> ZarrWriter:
+        """A writer of the group ``source`` as it was created (its layout and build from its attributes)."""
+        attrs = zarr.open_group(str(root), mode="r", use_consolidated=False)[source].attrs["layout"]
+        layout = PixelLayout(
+            tuple(attrs["bands"]), attrs["height"], attrs["width"], attrs["dtype"], attrs["nodata"],
+            tuple(attrs["scales"]), tuple(attrs["offsets"]),
+        )  # fmt: skip
+        return cls(root, source, layout, capacity=0, shard_size=attrs["shard_size"], build=attrs["build"], tidy=tidy)
 
     def _layout_attrs(self) -> dict:
         layout = self.layout
@@ -205,6 +250,10 @@ class ZarrWriter:
         key = self.pixels.metadata.encode_chunk_key((k, 0, 0, 0))
         return sync(self.pixels.store_path.store.exists(f"{self.pixels.path}/{key}"))
 
+    def shard_bytes(self, k: int) -> int:
+        key = self.pixels.metadata.encode_chunk_key((k, 0, 0, 0))
+        return sync(self.pixels.store_path.store.getsize(f"{self.pixels.path}/{key}"))
+
     def write_shard(self, k: int, samples: Sequence[Sample]) -> bool:
         """Samples ``k * shard_size …`` in order; False when the shard already holds them (nothing written)."""
         if not 0 < len(samples) <= self.shard_size:
@@ -225,12 +274,17 @@ class ZarrWriter:
         self.pixels[rows] = pixels  # last: the shard's existence says the samples are all there
         return True
 
-    def close(self, count: int) -> None:
-        """Trim to ``count`` samples, record the statistics, consolidate the metadata for quick opens."""
-        for array in self.arrays.values():
+    def _resize(self, count: int) -> None:
+        for _, array in self.group.arrays():
             if "sample" in (array.metadata.dimension_names or ()) and array.shape[0] != count:
                 array.resize((count, *array.shape[1:]))
-        self.group.attrs.update({"band_statistics": self.statistics.as_dict(), "samples": count})
+
+    def close(self, count: int, statistics: BandStatistics | None = None) -> None:
+        """Trim to ``count`` samples, record the statistics (``statistics``, else those of the shards this
+        writer wrote), consolidate the metadata for quick opens."""
+        self._resize(count)
+        statistics = statistics or self.statistics
+        self.group.attrs.update({"band_statistics": statistics.as_dict(), "samples": count})
         with quiet_consolidated():
             zarr.consolidate_metadata(self.root)
 
