@@ -1,18 +1,26 @@
-"""Building a dataset from a recipe: run the stages this version has, say plainly which did not run."""
+"""Building a dataset from a recipe: plan the cells, run the Beam pipeline over those not done yet, report
+each stage (and say plainly which did not run), with the pipeline's counters."""
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
+import apache_beam as beam
 import geopandas as gpd
 
+from eo_etl.pipeline.graph import build_graph
+from eo_etl.pipeline.options import pipeline_options
+from eo_etl.pipeline.progress import build_progress
+from eo_etl.pipeline.state import BuildState
+from eo_etl.pipeline.transforms import NAMESPACE, PLAN_NAME
 from eo_etl.plan import plan, write_plan
 from eo_etl.recipe import Recipe
+from eo_etl.recipe.models import TimeRange
 from eo_etl.sample import FAILED, OK, REJECTED
-from eo_etl.sources.acquire import acquire_source
 from eo_etl.sources.cell import cells_of
-from eo_etl.store.dataset import DatasetWriter
 from eo_etl.store.index import INDEX_NAME
 
 
@@ -28,10 +36,14 @@ class BuildReport:
     output: Path
     cells: gpd.GeoDataFrame
     stages: list[StageReport] = field(default_factory=list)
-    samples: list[dict] = field(default_factory=list)  # index records, one per (cell, source)
+    samples: list[dict] = field(default_factory=list)  # index records, one per (cell, source, version)
+    metrics: dict[str, int] = field(default_factory=dict)  # the pipeline's counters, by name
+    version: int | None = None  # the version this build made
+    versions: list[dict] = field(default_factory=list)  # every version of the dataset (versions.json)
+    up_to_date: bool = False  # --since found no new time to build
 
 
-# Stages after planning, in pipeline order: which recipe section configures each.
+# Stages after storing, in pipeline order: which recipe section configures each.
 LATER_STAGES = [
     ("labels", "labels"),
     ("captions", "captions"),
@@ -40,16 +52,52 @@ LATER_STAGES = [
 ]
 
 
-def build(recipe: Recipe, output: Path | None = None) -> BuildReport:
-    """Plan the cells, write the plan and the resolved recipe into the dataset folder, report each stage."""
-    output = Path(output or recipe.output_path)
+def build(
+    recipe: Recipe,
+    output: Path | str | None = None,
+    *,
+    since: str | None = None,
+    until: date | None = None,
+    runner: str | None = None,
+    options: dict | None = None,
+    progress: bool = False,
+) -> BuildReport:
+    """Build (or resume, or extend) the dataset of ``recipe`` in ``output`` (the recipe's by default).
+
+    ``since`` ("LAST" or an ISO date) builds a new version from there (LAST: where the last version ended)
+    to ``until`` (yesterday, UTC, by default). ``runner`` and ``options`` override the recipe's runner.
+    """
+    output = Path(output or recipe.output_path).absolute()
+    state = BuildState(output)
+    if runner:
+        recipe = recipe.model_copy(update={"runner": recipe.runner.model_copy(update={"kind": runner})})
+    if since is not None:
+        window = window_since(state, since, until)
+        if window is None:
+            return BuildReport(output, gpd.GeoDataFrame(), up_to_date=True)
+        recipe = recipe.model_copy(update={"time": window})
+    beam_options = pipeline_options(recipe.runner, options)  # a runner without its options fails before any work
+
     output.mkdir(parents=True, exist_ok=True)
     cells = plan(recipe)
-    write_plan(cells, output / "plan.parquet")
+    write_plan(cells, output / PLAN_NAME)
     (output / "recipe.json").write_text(recipe.model_dump_json(indent=2) + "\n")
-    report = BuildReport(output, cells)
-    report.stages.append(StageReport("plan", "done", f"{len(cells)} cells → {output / 'plan.parquet'}"))
-    report.stages.append(acquire(recipe, cells, output, report.samples))
+    report = BuildReport(output, cells, version=state.open_version(recipe))
+    report.stages.append(StageReport("plan", "done", f"{len(cells)} cells → {output / PLAN_NAME}"))
+    if not recipe.sources:
+        report.stages.append(StageReport("acquire", "not configured", "the recipe has no sources"))
+    else:
+        targets = cells_of(recipe, cells)
+        todo = {}
+        for source in recipe.sources:
+            done = state.done_cells(report.version, source.name)
+            todo[source.name] = [cell for cell in targets if cell.name not in done]
+        report.metrics = _run(recipe, output, report.version, todo, beam_options, progress, len(targets))
+        report.metrics["cells planned"] = len(targets) * len(recipe.sources)
+        report.metrics["cells already finished"] = report.metrics["cells planned"] - sum(map(len, todo.values()))
+        report.samples = gpd.read_parquet(output / INDEX_NAME).to_dict("records")
+        report.versions = state.versions()
+        report.stages += _stage_reports(recipe, output, report)
     for stage, section in LATER_STAGES:
         if not getattr(recipe, section):
             report.stages.append(StageReport(stage, "not configured", f"the recipe has no {section}"))
@@ -60,18 +108,56 @@ def build(recipe: Recipe, output: Path | None = None) -> BuildReport:
     return report
 
 
-def acquire(recipe: Recipe, cells: gpd.GeoDataFrame, output: Path, records: list[dict]) -> StageReport:
-    """Cut every source's patch for every cell and store it; the index records every outcome."""
-    if not recipe.sources:
-        return StageReport("acquire", "not configured", "the recipe has no sources")
-    targets = cells_of(recipe, cells)
-    dataset = DatasetWriter(output, recipe, cells)
-    for source in recipe.sources:
-        for sample in acquire_source(recipe, source, targets, workers=recipe.runner.workers):
-            dataset.add(sample)
-    index = dataset.close()
-    records.extend(index.to_dict("records"))
-    counts = {status: int((index.status == status).sum()) for status in (OK, REJECTED, FAILED)}
-    formats = ", ".join(recipe.outputs.formats)
-    detail = ", ".join(f"{n} {status}" for status, n in counts.items()) + f" → {formats}, {output / INDEX_NAME}"
-    return StageReport("acquire", "done", detail)
+def window_since(state: BuildState, since: str, until: date | None) -> TimeRange | None:
+    """The time window of an incremental build; None when it would be empty (nothing new yet)."""
+    if since.upper() == "LAST":
+        versions = state.versions()
+        if not versions:
+            raise ValueError(f"--since LAST: {state.root} has no finished version yet; build it once without --since")
+        start = datetime.fromisoformat(versions[-1]["end"])
+    else:
+        try:
+            start = datetime.combine(date.fromisoformat(since), datetime.min.time(), tzinfo=UTC)
+        except ValueError:
+            raise ValueError(f"--since {since!r}: expected LAST or a date such as 2024-06-01") from None
+    end = until or datetime.now(UTC).date() - timedelta(days=1)  # whole days: today is still arriving
+    if datetime.combine(end + timedelta(days=1), datetime.min.time(), tzinfo=UTC) <= start:
+        return None
+    return TimeRange(start=start, end=end)
+
+
+def _run(recipe, output, version, todo, options, progress, cells) -> dict[str, int]:
+    logging.getLogger("apache_beam").setLevel(logging.ERROR)  # workers' start-up chatter
+    pipeline = beam.Pipeline(options=options)
+    build_graph(pipeline, recipe, output, version, todo)
+    state = BuildState(output)
+    samples_dir = state.dir / "versions" / f"{version:04d}" / "samples"
+    if progress:
+        with build_progress(samples_dir, state.dir / "shards", cells * len(recipe.sources)):
+            result = pipeline.run()
+            result.wait_until_finish()
+    else:
+        result = pipeline.run()
+        result.wait_until_finish()
+    return _counters(result)
+
+
+def _counters(result) -> dict[str, int]:
+    totals: dict[str, int] = {}
+    for counter in result.metrics().query(beam.metrics.MetricsFilter().with_namespace(NAMESPACE))["counters"]:
+        value = counter.committed if counter.committed is not None else counter.attempted
+        totals[counter.key.metric.name] = totals.get(counter.key.metric.name, 0) + int(value or 0)
+    return totals
+
+
+def _stage_reports(recipe: Recipe, output: Path, report: BuildReport) -> list[StageReport]:
+    records = [r for r in report.samples if r.get("version") == report.version]
+    counts = {status: sum(r["status"] == status for r in records) for status in (OK, REJECTED, FAILED)}
+    m = report.metrics
+    acquired = ", ".join(f"{n} {status}" for status, n in counts.items())
+    resumed = m.get("cells already finished", 0)
+    acquire = f"{acquired} in version {report.version}" + (f" ({resumed} finished before)" if resumed else "")
+    acquire += f", {m.get('retries', 0)} retries"
+    written = f"{m.get('shards written', 0)} shards written, {m.get('shards already written', 0)} kept"
+    store = f"{written} → {', '.join(recipe.outputs.formats)}, {output / INDEX_NAME}"
+    return [StageReport("acquire", "done", acquire), StageReport("store", "done", store)]

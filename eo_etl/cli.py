@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -31,6 +32,7 @@ app.add_typer(grid_app, name="grid")
 out = Console()
 err = Console(stderr=True)
 
+RUNNERS = ("direct", "dataflow", "spark", "flink")
 RecipePath = Annotated[Path, typer.Argument(help="Recipe YAML file, e.g. pipelines/demo.yaml.", show_default=False)]
 
 
@@ -97,18 +99,45 @@ def build(
     output: Annotated[
         Optional[Path], typer.Option("--out", help="Dataset folder; the recipe's outputs.path by default.")
     ] = None,
+    since: Annotated[
+        Optional[str],
+        typer.Option(help="Build a new version from here: LAST (where the last version ended) or a date."),
+    ] = None,
+    until: Annotated[
+        Optional[datetime], typer.Option(formats=["%Y-%m-%d"], help="Last day of a --since build; yesterday if unset.")
+    ] = None,
+    runner: Annotated[
+        Optional[str], typer.Option(help="direct, dataflow, spark or flink; the recipe's runner.kind by default.")
+    ] = None,
+    option: Annotated[
+        Optional[list[str]], typer.Option(help="A pipeline option key=value for the runner (repeat it).")
+    ] = None,
 ) -> None:
-    """Build the dataset: runs every stage this version has and says which stages did not run."""
-    from eo_etl.build import build as run_build
-
+    """Build the dataset through the Beam pipeline: resumes a killed build, extends one with --since."""
     with user_errors():
-        parsed = load_recipe(recipe)
-        report = run_build(parsed, output)
-    out.print(f"[bold]{parsed.name}[/bold] → {report.output}", highlight=False)
+        parsed = load_recipe(recipe)  # before Beam is imported: a bad recipe fails at once
+        from eo_etl.build import build as run_build
+        from eo_etl.pipeline.options import parse_option
+
+        if runner is not None and runner not in RUNNERS:
+            raise ValueError(f"--runner {runner!r}: expected one of {', '.join(RUNNERS)}")
+        options = dict(parse_option(text) for text in option or [])
+        kind = runner or parsed.runner.kind
+        report = run_build(
+            parsed, output, since=since, until=until.date() if until else None, runner=runner, options=options,
+            progress=kind == "direct" and out.is_terminal,
+        )  # fmt: skip
+    if report.up_to_date:
+        out.print(f"[bold]{parsed.name}[/bold] → {report.output}: up to date, no new days since the last version")
+        return
+    out.print(f"[bold]{parsed.name}[/bold] → {report.output} (version {report.version})", highlight=False)
     marks = {"done": "[green]✓[/green]", "not configured": "[dim]–[/dim]", "not available": "[yellow]![/yellow]"}
     for stage in report.stages:
         line = f"{marks[stage.status]} {stage.name:<9} {stage.status:<15} [dim]{stage.detail}[/dim]"
         out.print(line, highlight=False, soft_wrap=True)
+    if report.metrics:
+        counters = ", ".join(f"{name} {value}" for name, value in sorted(report.metrics.items()))
+        out.print(f"[dim]counters: {counters}[/dim]", highlight=False, soft_wrap=True)
     if report.samples:
         _print_samples(report.samples, report.output)
     else:

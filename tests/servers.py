@@ -74,6 +74,7 @@ class Faults:
     def __init__(self):
         self.planned: dict[str, list[int]] = defaultdict(list)
         self.sent: dict[str, list[int]] = defaultdict(list)
+        self.delay_s = 0.0  # before every answer: a slow network
         self.lock = threading.Lock()
 
     def plan(self, path: str, *statuses: int) -> None:
@@ -91,6 +92,7 @@ class Faults:
 
 def _answer_fault(handler: BaseHTTPRequestHandler, faults: Faults, key: str | None = None) -> bool:
     """Send the next planned fault for ``key`` (the request's path by default); False when none is planned."""
+    time.sleep(faults.delay_s)
     status = faults.next(key or handler.path.split("?")[0])
     if status is None:
         return False

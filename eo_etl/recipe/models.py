@@ -353,9 +353,24 @@ class Publish(Section):
     license: str = "cc-by-4.0"
 
 
+class ServiceLimit(Section):
+    """How hard a build may press one service (a host: STAC API, object store, Earth Engine), in all."""
+
+    qps: float | None = Field(None, gt=0, description="Requests per second across all workers; unlimited if unset.")
+    concurrency: int = Field(8, ge=1, description="Requests in flight at once across all workers.")
+
+
 class Runner(Section):
+    """Where the build's Beam pipeline runs. None of this changes the dataset it writes."""
+
     kind: Literal["direct", "dataflow", "spark", "flink"] = "direct"
-    workers: int = Field(2, ge=1)
+    workers: int = Field(2, ge=1, description="Worker processes (direct) or the most workers (dataflow).")
+    threads: int = Field(4, ge=1, description="Cells cut at once in each worker (reads wait on the network).")
+    limits: dict[str, ServiceLimit] = Field(
+        default_factory=dict,
+        description="Per host (e.g. earthengine-highvolume.googleapis.com): qps and concurrency, shared out "
+        "between the workers; 8 requests in flight per host when unset.",
+    )
     options: dict[str, str | int | float | bool] = Field(
         default_factory=dict, description="Extra pipeline options, passed to the runner as --key=value."
     )
@@ -405,9 +420,19 @@ class Recipe(Section):
     def fingerprint(self) -> str:
         """Hash of the validated recipe, recorded as provenance on every sample.
 
-        An AOI file counts by its content, not its path, so the same recipe hashes the same anywhere.
+        An AOI file counts by its content, not its path, so the same recipe hashes the same anywhere. The
+        runner and the output folder are left out: where a build runs or writes does not change what it makes.
         """
-        content = self.model_dump(mode="json")
+        return self._hash(exclude={"runner"})
+
+    def series_fingerprint(self) -> str:
+        """Hash of what makes a dataset one series of versions: the recipe less its time window and runner.
+        A later window appends to the dataset; any other change starts it afresh."""
+        return self._hash(exclude={"runner", "time"})
+
+    def _hash(self, exclude: set[str]) -> str:
+        content = self.model_dump(mode="json", exclude=exclude)
+        content["outputs"].pop("path")  # where a dataset is written is not what it is
         if self.aoi.file is not None:
             content["aoi"]["file"] = hashlib.sha256(self.aoi.file.read_bytes()).hexdigest()
         return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()[:16]

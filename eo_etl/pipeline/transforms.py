@@ -1,0 +1,203 @@
+"""The Beam steps of a build. Each wraps the plain functions of a stage module; clients (catalogues,
+readers, thread pools, the store) open once per worker in ``setup``. Counters go to Beam's metrics."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import apache_beam as beam
+import geopandas as gpd
+import pandas as pd
+from apache_beam.metrics import Metrics
+
+from eo_etl.pipeline.shards import ShardTask, assign_positions
+from eo_etl.pipeline.state import BuildState, ShardEntry
+from eo_etl.recipe import Recipe
+from eo_etl.sample import FAILED, REJECTED, Sample
+from eo_etl.sources.acquire import SourceAcquisition
+from eo_etl.sources.cell import Cell
+from eo_etl.sources.remote import HostLimiter, RetryPolicy
+from eo_etl.store.dataset import finish_dataset, open_pixel_store, write_shard
+from eo_etl.store.zarr import STORE_NAME, BandStatistics, ZarrWriter
+
+NAMESPACE = "eo_etl"
+PLAN_NAME = "plan.parquet"
+
+
+def counter(name: str):
+    return Metrics.counter(NAMESPACE, name)
+
+
+class AcquireCells(beam.DoFn):
+    """(source, cells) → the cells' samples, cut in the worker's threads under its share of the recipe's
+    per-service limits; transient errors are retried, and counted."""
+
+    def __init__(self, recipe: Recipe):
+        self.recipe = recipe
+
+    def setup(self):
+        runner = self.recipe.runner
+        self.policy = RetryPolicy()
+        limiter = HostLimiter.share(runner.limits, runner.workers)
+        self.acquisitions = {
+            source.name: SourceAcquisition(self.recipe, source, threads=runner.threads, policy=self.policy,
+                                           limiter=limiter)
+            for source in self.recipe.sources
+        }  # fmt: skip
+        self.retries_counted = 0
+
+    def process(self, element: tuple[str, list[Cell]]) -> Iterator[Sample]:
+        source, cells = element
+        yield from self.acquisitions[source].acquire(cells)
+        retries = self.policy.retries
+        counter("retries").inc(retries - self.retries_counted)
+        self.retries_counted = retries
+
+    def teardown(self):
+        for acquisition in getattr(self, "acquisitions", {}).values():
+            acquisition.close()
+
+
+class CountOutcomes(beam.DoFn):
+    """The quality step's tally: the acquisition rules (cloud and nodata over the cell) decided each sample;
+    here every outcome is counted, rejections by reason and failures by error."""
+
+    def process(self, sample: Sample) -> Iterator[Sample]:
+        counter(f"samples {sample.status}").inc()
+        if sample.status == REJECTED:
+            counter(f"rejected: {sample.reason}").inc()
+        elif sample.status == FAILED:
+            counter(f"failed: {sample.reason.split(':')[0]}").inc()
+        yield sample
+
+
+class StageSample(beam.DoFn):
+    """Records a finished cell in the build's state (its pixels, then its record): the unit of resuming."""
+
+    def __init__(self, root: Path, version: int, recipe_hash: str):
+        self.root, self.version, self.recipe_hash = root, version, recipe_hash
+
+    def setup(self):
+        self.state = BuildState(self.root)
+
+    def process(self, sample: Sample) -> Iterator[str]:
+        counter("pixel bytes staged").inc(self.state.stage(self.version, sample, self.recipe_hash))
+        yield sample.key
+
+
+def shards_to_write(_cells_done: int, recipe: Recipe, root: Path) -> Iterator[ShardTask]:
+    """Once every cell is finished: positions for all stored samples, each source's store opened (created or
+    grown), and the shards that are not yet written as they should be."""
+    state = BuildState(root)
+    assignment = assign_positions(state.records(), recipe, _cell_order(root))
+    for source, count in assignment.counts.items():
+        tasks = [task for task in assignment.tasks if task.source == source]
+        existing = _existing_store(root, source)
+        pending = [
+            task for task in tasks
+            if existing is None or not existing.shard_complete(task.k)
+            or state.shard_entries(source, task.k) != list(task.entries)
+        ]  # fmt: skip
+        counter("shards already written").inc(len(tasks) - len(pending))
+        if not pending:
+            continue
+        _restage_moved_pixels(state, root, source, pending, recipe.outputs.shard_size)
+        first = pending[0].entries[0]
+        sample = Sample.from_record(state.record(first.version, source, first.cell),
+                                    state.load_pixels(first.version, source, first.cell))  # fmt: skip
+        open_pixel_store(root, recipe, sample, capacity=count)
+        yield from pending
+
+
+def _existing_store(root: Path, source: str) -> ZarrWriter | None:
+    try:
+        return ZarrWriter.existing(Path(root) / STORE_NAME, source)
+    except (FileNotFoundError, KeyError):
+        return None
+
+
+def _restage_moved_pixels(state: BuildState, root: Path, source: str, pending: list[ShardTask], size: int) -> None:
+    """Pixels a shard needs that were dropped once stored (a rerun that moved samples): read them back from
+    where the store has them, before any shard is rewritten."""
+    needed = [entry for task in pending for entry in task.entries if not _has_pixels(state, source, entry)]
+    if not needed:
+        return
+    stored = {}
+    k = 0
+    while (entries := state.shard_entries(source, k)) is not None:
+        stored.update({entry: k * size + i for i, entry in enumerate(entries)})
+        k += 1
+    pixels = ZarrWriter.existing(Path(root) / STORE_NAME, source).pixels
+    for entry in needed:
+        if entry not in stored:
+            raise RuntimeError(f"{entry.cell}/{source} (version {entry.version}): pixels neither staged nor stored")
+        state.save_pixels(entry.version, source, entry.cell, pixels[stored[entry]])
+
+
+def _has_pixels(state: BuildState, source: str, entry: ShardEntry) -> bool:
+    return state.load_pixels(entry.version, source, entry.cell) is not None
+
+
+class WriteShard(beam.DoFn):
+    """Writes one shard of a source in every format, then records it (with its band statistics) as done."""
+
+    def __init__(self, recipe: Recipe, root: Path):
+        self.recipe, self.root = recipe, root
+
+    def setup(self):
+        self.state = BuildState(self.root)
+        self.writers: dict[str, ZarrWriter] = {}
+
+    def process(self, task: ShardTask) -> Iterator[tuple[str, int]]:
+        state = self.state
+        writer = self.writers.get(task.source)
+        if writer is None:  # opened by shards_to_write; a worker only writes into it
+            writer = self.writers[task.source] = ZarrWriter.existing(self.root / STORE_NAME, task.source)
+        samples = [
+            Sample.from_record(
+                state.record(e.version, task.source, e.cell), state.load_pixels(e.version, task.source, e.cell)
+            )  # fmt: skip
+            for e in task.entries
+        ]
+        layout = writer.layout
+        writer.statistics = BandStatistics(layout.bands, layout.dtype, layout.nodata)  # this shard's alone
+        write_shard(self.root, self.recipe, writer, task.k, samples)
+        state.record_shard(task.source, task.k, list(task.entries), writer.statistics)
+        counter("shards written").inc()
+        counter("samples written").inc(len(samples))
+        counter("shard bytes written").inc(writer.shard_bytes(task.k))
+        yield task.source, task.k
+
+
+def finish(_shards_done: int, recipe: Recipe, root: Path) -> None:
+    """The dataset's closing writes: store statistics, STAC, exports, versions and, last, the index; then
+    the pixels staged for full shards are let go (a partial last shard keeps them for the next version)."""
+    state = BuildState(root)
+    cells = gpd.read_parquet(Path(root) / PLAN_NAME)
+    assignment = assign_positions(state.records(), recipe, _cell_order(root))
+    stored = {}
+    for source, count in assignment.counts.items():
+        layout = ZarrWriter.existing(Path(root) / STORE_NAME, source).layout
+        statistics = BandStatistics(layout.bands, layout.dtype, layout.nodata)
+        tasks = [task for task in assignment.tasks if task.source == source]
+        for task in tasks:
+            if state.shard_entries(source, task.k) != list(task.entries):
+                raise RuntimeError(f"shard {task.k} of {source} was not written as assigned")
+            shard = BandStatistics(layout.bands, layout.dtype, layout.nodata)
+            statistics.merge(state.shard_statistics(source, task.k, shard))
+        state.forget_shards_from(source, len(tasks))
+        stored[source] = (count, statistics)
+    state.finish_versions(assignment.added)
+    finish_dataset(root, recipe, cells, assignment.records, stored)
+    size = recipe.outputs.shard_size
+    for task in assignment.tasks:
+        if len(task.entries) == size:
+            state.drop_pixels(list(task.entries), task.source)
+    for source, entry in assignment.unstored:
+        state.drop_pixels([entry], source)
+
+
+def _cell_order(root: Path) -> dict[str, int]:
+    cells = pd.read_parquet(Path(root) / PLAN_NAME, columns=["grid_cell"])
+    return {cell: i for i, cell in enumerate(cells["grid_cell"])}
