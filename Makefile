@@ -21,6 +21,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/grid.py
 	$(BIN)/python bench/acquire.py
 	$(BIN)/python bench/store.py
+	$(BIN)/python bench/pipeline.py
 
 schemas: $(STAMP)
 	$(BIN)/eo-etl schema
