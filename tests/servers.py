@@ -75,6 +75,7 @@ class Faults:
         self.planned: dict[str, list[int]] = defaultdict(list)
         self.sent: dict[str, list[int]] = defaultdict(list)
         self.delay_s = 0.0  # before every answer: a slow network
+        self.requests: list[tuple[float, str]] = []  # (monotonic time, path) of every request
         self.lock = threading.Lock()
 
     def plan(self, path: str, *statuses: int) -> None:
@@ -92,6 +93,8 @@ class Faults:
 
 def _answer_fault(handler: BaseHTTPRequestHandler, faults: Faults, key: str | None = None) -> bool:
     """Send the next planned fault for ``key`` (the request's path by default); False when none is planned."""
+    with faults.lock:
+        faults.requests.append((time.monotonic(), handler.path.split("?")[0]))
     time.sleep(faults.delay_s)
     status = faults.next(key or handler.path.split("?")[0])
     if status is None:

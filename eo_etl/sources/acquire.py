@@ -47,7 +47,7 @@ from eo_etl.sources.patch import (
 from eo_etl.sources.patch_grid import PatchGrid, patch_grid
 from eo_etl.sources.profile import CollectionProfile
 from eo_etl.sources.raster import read_band
-from eo_etl.sources.remote import HostLimiter, RetryPolicy, gdal_env, gdal_path
+from eo_etl.sources.remote import HostLimiter, RetryPolicy, gdal_env, gdal_path, limited_call
 from eo_etl.sources.stac import StacCatalog, item_time, scene_cloud
 
 MAX_RANKED = 8  # candidates whose cloud mask is read per cell
@@ -93,8 +93,7 @@ class StacReader(SourceReader):
             with rasterio.Env(CPL_VSIL_CURL_NON_CACHED=path):  # GDAL cached the failed answer: ask again
                 return read_band(path, grid, resampling=resampling, nodata=nodata)
 
-        with self.limiter.slot(path):
-            result = self.policy.call(read_once)
+        result = limited_call(self.policy, self.limiter, path, read_once)
         return result.pixels, result.nodata
 
     # ------------------------------------------------------------------------------------------- grid
@@ -114,8 +113,7 @@ class StacReader(SourceReader):
             with rasterio.open(gdal_path(href_of(asset))) as src:
                 return src.crs.to_epsg() if src.crs else None, (src.transform.c, src.transform.f)
 
-        with self.limiter.slot(href_of(asset)):
-            return self.policy.call(header)
+        return limited_call(self.policy, self.limiter, href_of(asset), header)
 
     def grid_for(self, cell: Cell, candidates: list[_Candidate]) -> PatchGrid:
         """The patch grid, on the pixel lattice of the first candidate in the cell's UTM zone, so that it is cut
@@ -273,7 +271,7 @@ class SourceAcquisition:
             if self.catalog is None:  # opened here so that an unreachable catalogue fails cells, not the build
                 self.catalog = StacCatalog(
                     self.source.url, self.source.collection, cloud_property=self.reader.profile.cloud_property,
-                    policy=self.policy,
+                    policy=self.policy, limiter=self.reader.limiter,
                 )  # fmt: skip
             items = self.catalog.search(_lonlat_bbox(cells), *self.window, max_cloud=self.source.max_cloud)
         except Exception as error:

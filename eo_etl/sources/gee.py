@@ -37,7 +37,7 @@ from eo_etl.sources.patch import (
 )
 from eo_etl.sources.patch_grid import PatchGrid, patch_grid
 from eo_etl.sources.profile import QualityRule
-from eo_etl.sources.remote import HostLimiter, RetryPolicy
+from eo_etl.sources.remote import HostLimiter, RetryPolicy, limited_call
 
 HIGH_VOLUME_URL = "https://earthengine-highvolume.googleapis.com"
 MAX_RANKED = 8  # scenes whose quality band is fetched per cell
@@ -148,8 +148,7 @@ class EarthEngineReader(SourceReader):
         return self.profile.nodata
 
     def _call(self, fn, *args):
-        with self.limiter.slot(self.url):
-            return self.policy.call(fn, *args)
+        return limited_call(self.policy, self.limiter, self.url, fn, *args)
 
     # ----------------------------------------------------------------------------------------- cells
     def acquire(self, cell: Cell) -> Sample:

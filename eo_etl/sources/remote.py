@@ -150,6 +150,17 @@ class _Pacer:
             time.sleep(start - now)
 
 
+def limited_call(policy: RetryPolicy, limiter: HostLimiter, url: str, fn: Callable[..., T], *args) -> T:
+    """``fn(*args)`` with the policy's retries, every attempt (retries too) taking a slot of ``url``'s host:
+    the one way a reader calls a service."""
+
+    def attempt() -> T:
+        with limiter.slot(url):
+            return fn(*args)
+
+    return policy.call(attempt)
+
+
 def gdal_env(**overrides: str) -> rasterio.Env:
     """A rasterio environment with the HTTP settings above; use one per thread."""
     return rasterio.Env(**{**GDAL_HTTP_OPTIONS, **overrides})

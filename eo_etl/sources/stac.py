@@ -17,18 +17,20 @@ from pystac_client.stac_api_io import StacApiIO
 from pystac_client.warnings import FallbackToPystac, NoConformsTo
 from shapely.geometry import box, shape
 
-from eo_etl.sources.remote import RetryPolicy
+from eo_etl.sources.remote import HostLimiter, RetryPolicy, limited_call
 
 
 class StacCatalog:
     """The items of one collection at ``url``, searched by bbox, time window and scene cloud cover."""
 
-    def __init__(self, url: str, collection: str, *, cloud_property: str = "eo:cloud_cover", policy=None):
+    def __init__(self, url: str, collection: str, *, cloud_property: str = "eo:cloud_cover", policy=None,
+                 limiter: HostLimiter | None = None):  # fmt: skip
         self.url, self.collection, self.cloud_property = url, collection, cloud_property
         self.policy = policy or RetryPolicy()
+        self.limiter = limiter or HostLimiter()
         # No retries inside pystac-client: the one policy in remote.py owns them.
         with _static_is_fine():
-            self.client = self.policy.call(Client.open, url, stac_io=StacApiIO(max_retries=None))
+            self.client = self._call(Client.open, url, stac_io=StacApiIO(max_retries=None))
         self.searchable = self.client.conforms_to(ConformanceClasses.ITEM_SEARCH)
         self._walked: list[pystac.Item] | None = None  # a static catalog's items, read once
 
@@ -37,7 +39,7 @@ class StacCatalog:
     ) -> list[pystac.Item]:
         """Items over ``bbox`` (lon/lat) acquired in [start, end) with cloud cover ≤ ``max_cloud`` %, by id."""
         if self.searchable:
-            items = self.policy.call(self._search_api, bbox, start, end, max_cloud)
+            items = self._call(self._search_api, bbox, start, end, max_cloud)
         else:
             items = self._static_items()
         items = [
@@ -53,8 +55,11 @@ class StacCatalog:
     def _static_items(self) -> list[pystac.Item]:
         if self._walked is None:
             with _static_is_fine():
-                self._walked = self.policy.call(lambda: list(self.client.get_items(recursive=True)))
+                self._walked = self._call(lambda: list(self.client.get_items(recursive=True)))
         return self._walked
+
+    def _call(self, fn, *args, **kwargs):
+        return limited_call(self.policy, self.limiter, self.url, lambda: fn(*args, **kwargs))
 
     def _search_api(self, bbox, start: datetime, end: datetime, max_cloud: float) -> list[pystac.Item]:
         # STAC intervals include both ends; ours excludes the end.
