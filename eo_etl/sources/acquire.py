@@ -66,6 +66,10 @@ class _Candidate:
 class StacReader(SourceReader):
     """Cuts patches of one STAC (or static catalog) source; thread-safe, one per source per worker."""
 
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.failed_paths: set[str] = set()  # assets whose last read failed: GDAL's cache of them is stale
+
     # ----------------------------------------------------------------------------------------- assets
     def asset(self, item: pystac.Item, band: str) -> pystac.Asset | None:
         return next((item.assets[k] for k in self.profile.asset_keys(band) if k in item.assets), None)
@@ -88,12 +92,19 @@ class StacReader(SourceReader):
         tries = count()
 
         def read_once():
-            if next(tries) == 0:
+            # After a failure GDAL keeps the answer (a 404 says "no such file" to every later open in this
+            # process): a retry, or any read of a path that failed before, asks the server again.
+            if next(tries) == 0 and path not in self.failed_paths:
                 return read_band(path, grid, resampling=resampling, nodata=nodata)
-            with rasterio.Env(CPL_VSIL_CURL_NON_CACHED=path):  # GDAL cached the failed answer: ask again
+            with rasterio.Env(CPL_VSIL_CURL_NON_CACHED=path):
                 return read_band(path, grid, resampling=resampling, nodata=nodata)
 
-        result = limited_call(self.policy, self.limiter, path, read_once)
+        try:
+            result = limited_call(self.policy, self.limiter, path, read_once)
+        except Exception:
+            self.failed_paths.add(path)
+            raise
+        self.failed_paths.discard(path)
         return result.pixels, result.nodata
 
     # ------------------------------------------------------------------------------------------- grid
