@@ -35,6 +35,7 @@ def tree_bytes(root: Path) -> dict[str, bytes]:
 
 def test_zarr_and_xarray_read_back_the_written_pixels_exactly_with_labels_and_coordinates(tmp_path):
     samples = sentinel2_samples(7)
+    samples[5].offsets = (0.0,) * 5  # a scene from before Sentinel-2's processing baseline 04.00: no offset
     write(tmp_path / "pixels.zarr", samples, shard_size=3)
 
     # zarr alone: the array, its sharding and compression
@@ -58,7 +59,8 @@ def test_zarr_and_xarray_read_back_the_written_pixels_exactly_with_labels_and_co
         np.testing.assert_allclose(ds.y[i].values, f + e * (np.arange(64) + 0.5))
         assert ds.time[i].values == np.datetime64(sample.timestamp.replace(tzinfo=None), "ms")
         assert int(ds.epsg[i]) == 32719 and int(ds.grid_row_u[i]) == sample.row_u
-    np.testing.assert_allclose(ds.scale.values, samples[0].scales)
+    np.testing.assert_allclose(ds.scale.values, [s.scales for s in samples])
+    np.testing.assert_allclose(ds.offset.values, [s.offsets for s in samples])
     assert ds.pixels.attrs["nodata"] == 0
 
 

@@ -6,7 +6,8 @@
     pixels.zarr/<source>/sample   (sample,)             grid cell of each sample
     pixels.zarr/<source>/x, y     (sample, x), (sample, y)  pixel-centre coordinates in the sample's UTM zone
     pixels.zarr/<source>/time, epsg, grid_row_u, grid_col_r, centre_lat, centre_lon   (sample,)
-    pixels.zarr/<source>/scale, offset   (band,)        physical value = pixel * scale + offset
+    pixels.zarr/<source>/scale, offset   (sample, band) physical value = pixel * scale + offset (per sample:
+                                                        Sentinel-2 gained an offset with processing baseline 04.00)
 
 ``xarray.open_zarr(path, group=source)`` gives them as one labelled Dataset with no code of ours. Per-band
 statistics of the valid pixels (for normalisation) are in the group's ``band_statistics`` attribute.
@@ -37,35 +38,32 @@ from eo_etl.sample import OK, Sample
 STORE_NAME = "pixels.zarr"
 COMPRESSOR = BloscCodec(cname="zstd", clevel=3, shuffle="bitshuffle")  # level 5 packs 1% more at half the speed
 EPOCH_UNITS = "milliseconds since 1970-01-01T00:00:00"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: scale and offset per sample
 
 
 @dataclass(frozen=True)
 class PixelLayout:
-    """What every sample of one source shares: bands, shape, dtype, nodata and scaling."""
+    """What every sample of one source shares: bands, shape, dtype and nodata (scaling may differ)."""
 
     bands: tuple[str, ...]
     height: int
     width: int
     dtype: str
     nodata: float | None
-    scales: tuple[float, ...]
-    offsets: tuple[float, ...]
 
     @classmethod
     def of(cls, sample: Sample) -> PixelLayout:
         _, height, width = sample.pixels.shape
         nodata = None if sample.nodata is None or np.isnan(sample.nodata) else float(sample.nodata)
-        return cls(
-            tuple(sample.bands), height, width, str(sample.pixels.dtype), nodata,
-            tuple(float(s) for s in sample.scales), tuple(float(o) for o in sample.offsets),
-        )  # fmt: skip
+        return cls(tuple(sample.bands), height, width, str(sample.pixels.dtype), nodata)
 
     def check(self, sample: Sample) -> None:
         if sample.status != OK or sample.pixels is None:
             raise ValueError(f"{sample.key}: only ok samples with pixels are stored (status {sample.status})")
         if PixelLayout.of(sample) != self:
             raise ValueError(f"{sample.key}: bands, shape, dtype or nodata differ from the source's other samples")
+        if len(sample.scales) != len(self.bands) or len(sample.offsets) != len(self.bands):
+            raise ValueError(f"{sample.key}: a scale and an offset per band are needed")
 
 
 class BandStatistics:
@@ -202,17 +200,14 @@ class ZarrWriter:
     def existing(cls, root: str | Path, source: str, *, tidy: bool = False) -> ZarrWriter:
         """A writer of the group ``source`` as it was created (its layout and build from its attributes)."""
         attrs = zarr.open_group(str(root), mode="r", use_consolidated=False)[source].attrs["layout"]
-        layout = PixelLayout(
-            tuple(attrs["bands"]), attrs["height"], attrs["width"], attrs["dtype"], attrs["nodata"],
-            tuple(attrs["scales"]), tuple(attrs["offsets"]),
-        )  # fmt: skip
+        layout = PixelLayout(tuple(attrs["bands"]), attrs["height"], attrs["width"], attrs["dtype"], attrs["nodata"])
         return cls(root, source, layout, capacity=0, shard_size=attrs["shard_size"], build=attrs["build"], tidy=tidy)
 
     def _layout_attrs(self) -> dict:
         layout = self.layout
         return {"format_version": FORMAT_VERSION, "bands": list(layout.bands), "height": layout.height,
-                "width": layout.width, "dtype": layout.dtype, "nodata": layout.nodata, "scales": list(layout.scales),
-                "offsets": list(layout.offsets), "shard_size": self.shard_size, "build": self.build}  # fmt: skip
+                "width": layout.width, "dtype": layout.dtype, "nodata": layout.nodata, "shard_size": self.shard_size,
+                "build": self.build}  # fmt: skip
 
     def _create_arrays(self, capacity: int) -> None:
         layout, group, n = self.layout, self.group, self.shard_size
@@ -224,13 +219,10 @@ class ZarrWriter:
             attributes={"long_name": f"{self.source} pixels as delivered (digital numbers)", "nodata": layout.nodata,
                         "coordinates": "time epsg grid_row_u grid_col_r centre_lat centre_lon x y scale offset"},
         )  # fmt: skip
-        per_band = {"band": (str, layout.bands, {}), "scale": ("float64", layout.scales, {}),
-                    "offset": ("float64", layout.offsets, {})}  # fmt: skip
-        for name, (dtype, values, attrs) in per_band.items():
-            array = group.create_array(name, shape=(bands,), dtype=dtype, dimension_names=("band",), attributes=attrs)
-            array[:] = np.asarray(values, dtype=dtype)
+        array = group.create_array("band", shape=(bands,), dtype=str, dimension_names=("band",))
+        array[:] = np.asarray(layout.bands, dtype=str)
         metres = {"units": "m", "long_name": "pixel centre"}
-        per_sample = {
+        per_sample = {  # name: dtype, the other dimension (and its length), attributes
             "sample": (str, (), {"long_name": "grid cell"}),
             "time": ("int64", (), {"units": EPOCH_UNITS, "calendar": "proleptic_gregorian"}),
             "epsg": ("int32", (), {"long_name": "EPSG code of the sample's UTM zone (x, y)"}),
@@ -238,13 +230,14 @@ class ZarrWriter:
             "grid_col_r": ("int32", (), {}),
             "centre_lat": ("float64", (), {"units": "degrees_north"}),
             "centre_lon": ("float64", (), {"units": "degrees_east"}),
-            "x": ("float64", (width,), {"standard_name": "projection_x_coordinate", **metres}),
-            "y": ("float64", (height,), {"standard_name": "projection_y_coordinate", **metres}),
+            "x": ("float64", ("x", width), {"standard_name": "projection_x_coordinate", **metres}),
+            "y": ("float64", ("y", height), {"standard_name": "projection_y_coordinate", **metres}),
+            "scale": ("float64", ("band", bands), {"long_name": "physical value = pixel * scale + offset"}),
+            "offset": ("float64", ("band", bands), {"long_name": "physical value = pixel * scale + offset"}),
         }
-        for name, (dtype, extra, attrs) in per_sample.items():
-            dims = ("sample", *(name,) * len(extra))
-            group.create_array(name, shape=(capacity, *extra), dtype=dtype, chunks=(n, *extra),
-                               dimension_names=dims, attributes=attrs)  # fmt: skip
+        for name, (dtype, other, attrs) in per_sample.items():
+            group.create_array(name, shape=(capacity, *other[1:]), dtype=dtype, chunks=(n, *other[1:]),
+                               dimension_names=("sample", *other[:1]), attributes=attrs)  # fmt: skip
 
     def shard_complete(self, k: int) -> bool:
         key = self.pixels.metadata.encode_chunk_key((k, 0, 0, 0))
@@ -311,6 +304,8 @@ def _coordinates(samples: Sequence[Sample]) -> dict[str, np.ndarray]:
         "centre_lon": np.array([s.centre_lon for s in samples], dtype="float64"),
         "x": np.stack(x),
         "y": np.stack(y),
+        "scale": np.array([s.scales for s in samples], dtype="float64"),
+        "offset": np.array([s.offsets for s in samples], dtype="float64"),
     }
 
 
