@@ -10,6 +10,7 @@ from pathlib import Path
 
 import apache_beam as beam
 import geopandas as gpd
+from apache_beam.options.pipeline_options import GoogleCloudOptions
 
 from eo_etl.pipeline.graph import build_graph
 from eo_etl.pipeline.options import pipeline_options
@@ -92,6 +93,12 @@ def build(
         for source in recipe.sources:
             done = state.done_cells(report.version, source.name)
             todo[source.name] = [cell for cell in targets if cell.name not in done]
+        if beam_options.view_as(GoogleCloudOptions).template_location:
+            # Staging a (classic or Flex) template only writes the job's graph: the job runs later, so there is
+            # nothing to wait for or read back here.
+            _pipeline(recipe, output, report.version, todo, beam_options).run()
+            report.stages.append(StageReport("acquire", "not available", "staged as a Dataflow template"))
+            return report
         report.metrics = _run(recipe, output, report.version, todo, beam_options, progress, len(targets))
         report.metrics["cells planned"] = len(targets) * len(recipe.sources)
         report.metrics["cells already finished"] = report.metrics["cells planned"] - sum(map(len, todo.values()))
@@ -126,10 +133,16 @@ def window_since(state: BuildState, since: str, until: date | None) -> TimeRange
     return TimeRange(start=start, end=end)
 
 
-def _run(recipe, output, version, todo, options, progress, cells) -> dict[str, int]:
+def _pipeline(recipe, output, version, todo, options) -> beam.Pipeline:
     logging.getLogger("apache_beam").setLevel(logging.ERROR)  # workers' start-up chatter
     pipeline = beam.Pipeline(options=options)
     build_graph(pipeline, recipe, output, version, todo)
+    return pipeline
+
+
+def _run(recipe, output, version, todo, options, progress, cells) -> dict[str, int]:
+    """Run the build's pipeline to its end; its counters."""
+    pipeline = _pipeline(recipe, output, version, todo, options)
     state = BuildState(output)
     samples_dir = state.dir / "versions" / f"{version:04d}" / "samples"
     if progress:

@@ -132,6 +132,9 @@ class BuildState:
         path = self._sample_path(version, source, cell).with_suffix(".npy")
         return np.load(path, allow_pickle=False) if path.exists() else None
 
+    def has_pixels(self, version: int, source: str, cell: str) -> bool:
+        return self._sample_path(version, source, cell).with_suffix(".npy").exists()
+
     def save_pixels(self, version: int, source: str, cell: str, pixels: np.ndarray) -> None:
         with _AtomicFile(self._sample_path(version, source, cell).with_suffix(".npy")) as f:
             np.save(f, pixels, allow_pickle=False)

@@ -12,7 +12,7 @@ import pandas as pd
 from apache_beam.metrics import Metrics
 
 from eo_etl.pipeline.shards import ShardTask, assign_positions
-from eo_etl.pipeline.state import BuildState, ShardEntry
+from eo_etl.pipeline.state import BuildState
 from eo_etl.recipe import Recipe
 from eo_etl.sample import FAILED, REJECTED, Sample
 from eo_etl.sources.acquire import SourceAcquisition
@@ -120,7 +120,7 @@ def _existing_store(root: Path, source: str) -> ZarrWriter | None:
 def _restage_moved_pixels(state: BuildState, root: Path, source: str, pending: list[ShardTask], size: int) -> None:
     """Pixels a shard needs that were dropped once stored (a rerun that moved samples): read them back from
     where the store has them, before any shard is rewritten."""
-    needed = [entry for task in pending for entry in task.entries if not _has_pixels(state, source, entry)]
+    needed = [e for task in pending for e in task.entries if not state.has_pixels(e.version, source, e.cell)]
     if not needed:
         return
     stored = {}
@@ -133,10 +133,6 @@ def _restage_moved_pixels(state: BuildState, root: Path, source: str, pending: l
         if entry not in stored:
             raise RuntimeError(f"{entry.cell}/{source} (version {entry.version}): pixels neither staged nor stored")
         state.save_pixels(entry.version, source, entry.cell, pixels[stored[entry]])
-
-
-def _has_pixels(state: BuildState, source: str, entry: ShardEntry) -> bool:
-    return state.load_pixels(entry.version, source, entry.cell) is not None
 
 
 class WriteShard(beam.DoFn):
