@@ -1,5 +1,8 @@
 """Building a dataset from a recipe: plan the cells, run the Beam pipeline over those not done yet, report
-each stage (and say plainly which did not run), with the pipeline's counters."""
+each stage (and say plainly which did not run), with the pipeline's counters.
+
+The dataset goes to a local folder or an object store's prefix (``s3://…``, ``gs://…``): runners whose
+workers share no disk (Dataflow, Spark, Flink) need the latter. Every worker reaches it the same way."""
 
 from __future__ import annotations
 
@@ -23,6 +26,7 @@ from eo_etl.recipe.models import TimeRange
 from eo_etl.sample import FAILED, OK, REJECTED
 from eo_etl.sources.cell import cells_of
 from eo_etl.store.index import INDEX_NAME
+from eo_etl.store.location import Location
 
 
 @dataclass
@@ -34,7 +38,7 @@ class StageReport:
 
 @dataclass
 class BuildReport:
-    output: Path
+    output: Path | str  # the dataset folder: an absolute path, or the URL of an object store's prefix
     cells: gpd.GeoDataFrame
     stages: list[StageReport] = field(default_factory=list)
     samples: list[dict] = field(default_factory=list)  # index records, one per (cell, source, version)
@@ -63,13 +67,15 @@ def build(
     options: dict | None = None,
     progress: bool = False,
 ) -> BuildReport:
-    """Build (or resume, or extend) the dataset of ``recipe`` in ``output`` (the recipe's by default).
+    """Build (or resume, or extend) the dataset of ``recipe`` in ``output`` (the recipe's by default), a
+    folder or a URL (``s3://bucket/prefix``; credentials from the environment, as fsspec finds them).
 
     ``since`` ("LAST" or an ISO date) builds a new version from there (LAST: where the last version ended)
     to ``until`` (yesterday, UTC, by default). ``runner`` and ``options`` override the recipe's runner.
     """
-    output = Path(output or recipe.output_path).absolute()
-    state = BuildState(output)
+    location = Location.of(output or recipe.output_path)
+    output = location.native
+    state = BuildState(location)
     if runner:
         recipe = recipe.model_copy(update={"runner": recipe.runner.model_copy(update={"kind": runner})})
     if since is not None:
@@ -79,12 +85,12 @@ def build(
         recipe = recipe.model_copy(update={"time": window})
     beam_options = pipeline_options(recipe.runner, options)  # a runner without its options fails before any work
 
-    output.mkdir(parents=True, exist_ok=True)
+    location.mkdir()
     cells = plan(recipe)
-    write_plan(cells, output / PLAN_NAME)
-    (output / "recipe.json").write_text(recipe.model_dump_json(indent=2) + "\n")
+    write_plan(cells, location / PLAN_NAME)
+    (location / "recipe.json").write_text(recipe.model_dump_json(indent=2) + "\n")
     report = BuildReport(output, cells, version=state.open_version(recipe))
-    report.stages.append(StageReport("plan", "done", f"{len(cells)} cells → {output / PLAN_NAME}"))
+    report.stages.append(StageReport("plan", "done", f"{len(cells)} cells → {location / PLAN_NAME}"))
     if not recipe.sources:
         report.stages.append(StageReport("acquire", "not configured", "the recipe has no sources"))
     else:
@@ -96,15 +102,16 @@ def build(
         if beam_options.view_as(GoogleCloudOptions).template_location:
             # Staging a (classic or Flex) template only writes the job's graph: the job runs later, so there is
             # nothing to wait for or read back here.
-            _pipeline(recipe, output, report.version, todo, beam_options).run()
+            _pipeline(recipe, location, report.version, todo, beam_options).run()
             report.stages.append(StageReport("acquire", "not available", "staged as a Dataflow template"))
             return report
-        report.metrics = _run(recipe, output, report.version, todo, beam_options, progress, len(targets))
+        report.metrics = _run(recipe, location, report.version, todo, beam_options, progress, len(targets))
         report.metrics["cells planned"] = len(targets) * len(recipe.sources)
         report.metrics["cells already finished"] = report.metrics["cells planned"] - sum(map(len, todo.values()))
-        report.samples = gpd.read_parquet(output / INDEX_NAME).to_dict("records")
+        index = location / INDEX_NAME
+        report.samples = gpd.read_parquet(index.url, storage_options=index.storage_options).to_dict("records")
         report.versions = state.versions()
-        report.stages += _stage_reports(recipe, output, report)
+        report.stages += _stage_reports(recipe, location, report)
     for stage, section in LATER_STAGES:
         if not getattr(recipe, section):
             report.stages.append(StageReport(stage, "not configured", f"the recipe has no {section}"))
@@ -133,20 +140,20 @@ def window_since(state: BuildState, since: str, until: date | None) -> TimeRange
     return TimeRange(start=start, end=end)
 
 
-def _pipeline(recipe, output, version, todo, options) -> beam.Pipeline:
+def _pipeline(recipe, location: Location, version, todo, options) -> beam.Pipeline:
     logging.getLogger("apache_beam").setLevel(logging.ERROR)  # workers' start-up chatter
     pipeline = beam.Pipeline(options=options)
-    build_graph(pipeline, recipe, output, version, todo)
+    build_graph(pipeline, recipe, location, version, todo)
     return pipeline
 
 
-def _run(recipe, output, version, todo, options, progress, cells) -> dict[str, int]:
+def _run(recipe, location: Location, version, todo, options, progress, cells) -> dict[str, int]:
     """Run the build's pipeline to its end; its counters."""
-    pipeline = _pipeline(recipe, output, version, todo, options)
-    state = BuildState(output)
-    samples_dir = state.dir / "versions" / f"{version:04d}" / "samples"
-    if progress:
-        with build_progress(samples_dir, state.dir / "shards", cells * len(recipe.sources)):
+    pipeline = _pipeline(recipe, location, version, todo, options)
+    state = BuildState(location)
+    if progress and location.local:  # the view polls the state folder: cheap on a disk, not in a bucket
+        samples_dir = state.dir.local_path / "versions" / f"{version:04d}" / "samples"
+        with build_progress(samples_dir, state.dir.local_path / "shards", cells * len(recipe.sources)):
             result = pipeline.run()
             result.wait_until_finish()
     else:
@@ -163,7 +170,7 @@ def _counters(result) -> dict[str, int]:
     return totals
 
 
-def _stage_reports(recipe: Recipe, output: Path, report: BuildReport) -> list[StageReport]:
+def _stage_reports(recipe: Recipe, location: Location, report: BuildReport) -> list[StageReport]:
     records = [r for r in report.samples if r.get("version") == report.version]
     counts = {status: sum(r["status"] == status for r in records) for status in (OK, REJECTED, FAILED)}
     m = report.metrics
@@ -172,5 +179,5 @@ def _stage_reports(recipe: Recipe, output: Path, report: BuildReport) -> list[St
     acquire = f"{acquired} in version {report.version}" + (f" ({resumed} finished before)" if resumed else "")
     acquire += f", {m.get('retries', 0)} retries"
     written = f"{m.get('shards written', 0)} shards written, {m.get('shards already written', 0)} kept"
-    store = f"{written} → {', '.join(recipe.outputs.formats)}, {output / INDEX_NAME}"
+    store = f"{written} → {', '.join(recipe.outputs.formats)}, {location / INDEX_NAME}"
     return [StageReport("acquire", "done", acquire), StageReport("store", "done", store)]

@@ -78,17 +78,19 @@ def validate(recipe: RecipePath) -> None:
 def plan(
     recipe: RecipePath,
     out_file: Annotated[
-        Optional[Path], typer.Option("--out", help="GeoParquet to write; <outputs.path>/plan.parquet by default.")
+        Optional[str],
+        typer.Option("--out", help="GeoParquet to write (a path or URL); <outputs.path>/plan.parquet by default."),
     ] = None,
 ) -> None:
     """List the grid cells of the recipe's AOI into a GeoParquet file (Major TOM columns + geometry)."""
     from eo_etl.plan import plan as plan_cells
     from eo_etl.plan import write_plan
+    from eo_etl.store.location import Location
 
     with user_errors():
         parsed = load_recipe(recipe)
         cells = plan_cells(parsed)
-    target = write_plan(cells, out_file or parsed.output_path / "plan.parquet")
+    target = write_plan(cells, out_file or Location.of(parsed.output_path) / "plan.parquet")
     out.print(f"{len(cells)} cells of the {parsed.grid.distance_km:g} km {parsed.grid.kind} grid → {target}")
     _print_cells(cells)
 
@@ -97,7 +99,8 @@ def plan(
 def build(
     recipe: RecipePath,
     output: Annotated[
-        Optional[Path], typer.Option("--out", help="Dataset folder; the recipe's outputs.path by default.")
+        Optional[str],  # not a Path: that would make s3://bucket/x into s3:/bucket/x
+        typer.Option("--out", help="Dataset folder or URL (s3://…, gs://…); the recipe's outputs.path by default."),
     ] = None,
     since: Annotated[
         Optional[str],
@@ -240,7 +243,7 @@ def _print_cells(cells: pd.DataFrame, limit: int = 8) -> None:
         out.print(f"[dim]… and {len(cells) - limit} more[/dim]")
 
 
-def _print_samples(records: list[dict], output: Path, limit: int = 8) -> None:
+def _print_samples(records: list[dict], output: Path | str, limit: int = 8) -> None:
     made = [r for r in records if r["status"] == "ok"]
     table = Table("grid_cell", "source", "product_id", "time", "cloud %", "nodata %", box=None, header_style="bold")
     for r in made[:limit]:
@@ -253,8 +256,8 @@ def _print_samples(records: list[dict], output: Path, limit: int = 8) -> None:
     if made:
         out.print(
             f"open it: eo_etl.open_dataset('{output}', '{made[0]['source']}') (xarray), "
-            f"xarray.open_zarr('{output / 'pixels.zarr'}', group='{made[0]['source']}'), "
-            f"or the index: geopandas.read_parquet('{output / 'index.parquet'}')",
+            f"xarray.open_zarr('{output}/pixels.zarr', group='{made[0]['source']}'), "
+            f"or the index: geopandas.read_parquet('{output}/index.parquet')",
             highlight=False,
             soft_wrap=True,
         )

@@ -13,6 +13,7 @@ from eo_etl.grid import MajorTomGrid, get_grid, unique_cells
 from eo_etl.grid.table import cells_frame
 from eo_etl.recipe import Recipe
 from eo_etl.recipe.models import Aoi
+from eo_etl.store.location import Location
 
 
 def plan(recipe: Recipe) -> gpd.GeoDataFrame:
@@ -22,12 +23,12 @@ def plan(recipe: Recipe) -> gpd.GeoDataFrame:
     return cells_frame(grid, rows, cols)
 
 
-def write_plan(cells: gpd.GeoDataFrame, path: Path) -> Path:
-    """Write the plan as GeoParquet, renamed into place so a killed run never leaves half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
-    cells.to_parquet(partial, index=False)
-    return partial.replace(path)
+def write_plan(cells: gpd.GeoDataFrame, path: Location | Path | str) -> Path | str:
+    """Write the plan as GeoParquet (a path or a URL), whole or not at all: a killed run never leaves half."""
+    target = Location.of(path)
+    with target.staged_file() as partial:
+        cells.to_parquet(partial, index=False)
+    return target.native
 
 
 def aoi_cells(grid: MajorTomGrid, aoi: Aoi) -> tuple[np.ndarray, np.ndarray]:

@@ -11,8 +11,6 @@ recorded in the build's state is left out: cells finished before, shards already
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import apache_beam as beam
 
 from eo_etl.pipeline.transforms import (
@@ -25,6 +23,7 @@ from eo_etl.pipeline.transforms import (
 )
 from eo_etl.recipe import Recipe
 from eo_etl.sources.cell import Cell
+from eo_etl.store.location import Location
 
 BATCHES_PER_WORKER = 4  # enough elements to keep every worker busy to the end
 MAX_BATCH = 64  # cells per catalogue search
@@ -36,7 +35,7 @@ def batch_cells(cells: list[Cell], workers: int) -> list[list[Cell]]:
     return [cells[start : start + size] for start in range(0, len(cells), size)]
 
 
-def build_graph(pipeline: beam.Pipeline, recipe: Recipe, root: Path, version: int, todo: dict[str, list[Cell]]):
+def build_graph(pipeline: beam.Pipeline, recipe: Recipe, root: Location, version: int, todo: dict[str, list[Cell]]):
     """Adds the build to ``pipeline``: ``todo`` holds the cells of each source still to acquire."""
     batches = [(source, batch) for source, cells in todo.items() for batch in batch_cells(cells, recipe.runner.workers)]
     cells_done = (

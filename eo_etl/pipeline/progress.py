@@ -1,5 +1,6 @@
 """A live view of a local build: cells finished (with the time left) and shards written, read from the build's
-state folder, which every worker writes to — so it works with any runner whose workers share the disk."""
+state folder, which every worker writes to — so it works with any runner whose workers share the disk. A build
+to an object store shows none: polling a bucket's listings twice a second would cost requests, not disk reads."""
 
 from __future__ import annotations
 

@@ -10,15 +10,15 @@ missing work and a later time window becomes a new version of the same dataset.
       shards/<source>/shard-NNNNN.npz      their band statistics, merged into the dataset's at the end
       versions.json                        the finished versions, written with the dataset
 
-Every file is written under a temporary name and renamed, so a file that exists is whole. Nothing here
-holds a clock reading: two builds of the same inputs leave the same dataset.
+The folder may be local or in an object store (store/location.py): either way a file that exists is whole
+(renamed into place, or one PUT). Nothing here holds a clock reading: two builds of the same inputs leave
+the same dataset.
 """
 
 from __future__ import annotations
 
+import io
 import json
-import os
-import shutil
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -27,6 +27,7 @@ import numpy as np
 
 from eo_etl.recipe import Recipe
 from eo_etl.sample import FAILED, OK, Sample
+from eo_etl.store.location import Location, read_each
 from eo_etl.store.zarr import BandStatistics
 
 STATE_DIR = "_build"
@@ -38,11 +39,6 @@ class ShardEntry:
     cell: str
 
 
-def write_atomic(path: Path, data: bytes) -> None:
-    with _AtomicFile(path) as file:
-        file.write(data)
-
-
 def _json(value):
     if isinstance(value, datetime):
         return value.isoformat()
@@ -52,8 +48,8 @@ def _json(value):
 
 
 class BuildState:
-    def __init__(self, root: Path):
-        self.root = Path(root)
+    def __init__(self, root: Location | Path | str):
+        self.root = Location.of(root)
         self.dir = self.root / STATE_DIR
 
     # ------------------------------------------------------------------------------------- versions
@@ -63,25 +59,28 @@ class BuildState:
         series = recipe.series_fingerprint()
         marker = self.dir / "series.json"
         if marker.exists() and json.loads(marker.read_text())["series"] != series:
-            shutil.rmtree(self.dir)
-        write_atomic(marker, json.dumps({"series": series}).encode())
+            self.dir.remove(recursive=True)
+        marker.write_bytes(json.dumps({"series": series}).encode())
         window = {"start": recipe.time.start_utc.isoformat(), "end": recipe.time.end_exclusive_utc.isoformat()}
-        known = sorted((self.dir / "versions").glob("*/window.json"))
+        known = (self.dir / "versions").glob("*/window.json")
         for path in known:
             begun = json.loads(path.read_text())
             if begun["start"] == window["start"] and begun["end"] == window["end"]:
                 if begun["recipe_hash"] != recipe.fingerprint():
-                    write_atomic(path, json.dumps(window | {"recipe_hash": recipe.fingerprint()}).encode())
+                    path.write_bytes(json.dumps(window | {"recipe_hash": recipe.fingerprint()}).encode())
                 return int(path.parent.name)
         version = 1 + max((int(path.parent.name) for path in known), default=0)
-        write_atomic(self._version_dir(version) / "window.json",
-                     json.dumps(window | {"recipe_hash": recipe.fingerprint()}).encode())  # fmt: skip
+        (self._version_dir(version) / "window.json").write_bytes(
+            json.dumps(window | {"recipe_hash": recipe.fingerprint()}).encode()
+        )
         return version
 
     def versions(self) -> list[dict]:
         """The finished versions, oldest first: version, start, end (exclusive), samples."""
-        path = self.dir / "versions.json"
-        return json.loads(path.read_text()) if path.exists() else []
+        try:
+            return json.loads((self.dir / "versions.json").read_text())
+        except FileNotFoundError:
+            return []
 
     def finish_versions(self, counts: dict[int, int]) -> list[dict]:
         """Record every version with cells finished, with how many samples each stored; also as the
@@ -91,108 +90,95 @@ class BuildState:
             window = json.loads((self._version_dir(version) / "window.json").read_text())
             finished.append({"version": version, **window, "samples": counts[version]})
         text = json.dumps(finished, indent=2).encode() + b"\n"
-        write_atomic(self.dir / "versions.json", text)
-        write_atomic(self.root / "versions.json", text)
+        (self.dir / "versions.json").write_bytes(text)
+        (self.root / "versions.json").write_bytes(text)
         return finished
 
-    def _version_dir(self, version: int) -> Path:
+    def _version_dir(self, version: int) -> Location:
         return self.dir / "versions" / f"{version:04d}"
 
     # -------------------------------------------------------------------------------------- samples
-    def _sample_path(self, version: int, source: str, cell: str) -> Path:
-        return self._version_dir(version) / "samples" / source / cell
+    def _sample(self, version: int, source: str, cell: str, suffix: str) -> Location:
+        return self._version_dir(version) / "samples" / source / f"{cell}{suffix}"
 
     def done_cells(self, version: int, source: str) -> set[str]:
         """Cells of ``source`` this version has finished; failed ones are tried again."""
-        done = set()
-        for path in (self._version_dir(version) / "samples" / source).glob("*.json"):
-            if json.loads(path.read_text())["status"] != FAILED:
-                done.add(path.stem)
-        return done
+        paths = (self._version_dir(version) / "samples" / source).glob("*.json")
+        return {
+            path.name.removesuffix(".json")
+            for path, data in zip(paths, read_each(paths))
+            if json.loads(data)["status"] != FAILED
+        }
 
     def stage(self, version: int, sample: Sample, recipe_hash: str) -> int:
         """Record a finished cell (pixels first, then the record that says it is done); bytes written."""
-        path = self._sample_path(version, sample.source, sample.cell)
         written = 0
         if sample.status == OK:
             self.save_pixels(version, sample.source, sample.cell, sample.pixels)
             written += sample.pixels.nbytes
         record = sample.record() | {"recipe_hash": recipe_hash, "version": version}
-        write_atomic(path.with_suffix(".json"), json.dumps(record, default=_json).encode())
+        text = json.dumps(record, default=_json)
+        self._sample(version, sample.source, sample.cell, ".json").write_bytes(text.encode())
         return written
 
     def records(self) -> list[dict]:
         """Every finished cell's record, all versions, in version, source and cell order."""
-        return [_read_record(path) for path in sorted((self.dir / "versions").glob("*/samples/*/*.json"))]
+        paths = (self.dir / "versions").glob("*/samples/*/*.json")
+        return [_parse_record(data) for data in read_each(paths)]
 
     def record(self, version: int, source: str, cell: str) -> dict:
-        return _read_record(self._sample_path(version, source, cell).with_suffix(".json"))
+        return _parse_record(self._sample(version, source, cell, ".json").read_bytes())
 
     def load_pixels(self, version: int, source: str, cell: str) -> np.ndarray | None:
-        path = self._sample_path(version, source, cell).with_suffix(".npy")
-        return np.load(path, allow_pickle=False) if path.exists() else None
+        try:
+            data = self._sample(version, source, cell, ".npy").read_bytes()
+        except FileNotFoundError:
+            return None
+        return np.load(io.BytesIO(data), allow_pickle=False)
 
     def has_pixels(self, version: int, source: str, cell: str) -> bool:
-        return self._sample_path(version, source, cell).with_suffix(".npy").exists()
+        return self._sample(version, source, cell, ".npy").exists()
 
     def save_pixels(self, version: int, source: str, cell: str, pixels: np.ndarray) -> None:
-        with _AtomicFile(self._sample_path(version, source, cell).with_suffix(".npy")) as f:
-            np.save(f, pixels, allow_pickle=False)
+        buffer = io.BytesIO()
+        np.save(buffer, pixels, allow_pickle=False)
+        self._sample(version, source, cell, ".npy").write_bytes(buffer.getvalue())
 
     def drop_pixels(self, entries: list[ShardEntry], source: str) -> None:
         for entry in entries:
-            self._sample_path(entry.version, source, entry.cell).with_suffix(".npy").unlink(missing_ok=True)
+            self._sample(entry.version, source, entry.cell, ".npy").remove()
 
     # --------------------------------------------------------------------------------------- shards
-    def _shard_path(self, source: str, k: int) -> Path:
-        return self.dir / "shards" / source / f"shard-{k:05d}"
+    def _shard(self, source: str, k: int, suffix: str) -> Location:
+        return self.dir / "shards" / source / f"shard-{k:05d}{suffix}"
 
     def shard_entries(self, source: str, k: int) -> list[ShardEntry] | None:
         """What shard ``k`` of ``source`` holds, if it was written."""
-        path = self._shard_path(source, k).with_suffix(".json")
-        if not path.exists():
+        try:
+            samples = json.loads(self._shard(source, k, ".json").read_text())["samples"]
+        except FileNotFoundError:
             return None
-        return [ShardEntry(version, cell) for version, cell in json.loads(path.read_text())["samples"]]
+        return [ShardEntry(version, cell) for version, cell in samples]
 
     def record_shard(self, source: str, k: int, entries: list[ShardEntry], statistics: BandStatistics) -> None:
-        path = self._shard_path(source, k)
-        with _AtomicFile(path.with_suffix(".npz")) as f:
-            statistics.save(f)
+        buffer = io.BytesIO()
+        statistics.save(buffer)
+        self._shard(source, k, ".npz").write_bytes(buffer.getvalue())
         samples = [[entry.version, entry.cell] for entry in entries]
-        write_atomic(path.with_suffix(".json"), json.dumps({"samples": samples}).encode())
+        self._shard(source, k, ".json").write_bytes(json.dumps({"samples": samples}).encode())
 
     def shard_statistics(self, source: str, k: int, empty: BandStatistics) -> BandStatistics:
-        return empty.load(self._shard_path(source, k).with_suffix(".npz"))
+        return empty.load(io.BytesIO(self._shard(source, k, ".npz").read_bytes()))
 
     def forget_shards_from(self, source: str, first: int) -> None:
         """Shard records past the end of a store that shrank."""
         for path in (self.dir / "shards" / source).glob("shard-*.*"):
             if int(path.name[6:11]) >= first:
-                path.unlink(missing_ok=True)
+                path.remove()
 
 
-def _read_record(path: Path) -> dict:
-    record = json.loads(path.read_text())
+def _parse_record(data: bytes) -> dict:
+    record = json.loads(data)
     if record["timestamp"] is not None:
         record["timestamp"] = datetime.fromisoformat(record["timestamp"])
     return record
-
-
-class _AtomicFile:
-    """A file written under a temporary name and renamed into place when closed without error."""
-
-    def __init__(self, path: Path):
-        self.path = path
-        self.partial = path.with_name(path.name + f".{os.getpid()}.partial")
-
-    def __enter__(self):
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.file = open(self.partial, "wb")  # noqa: SIM115 (closed in __exit__)
-        return self.file
-
-    def __exit__(self, kind, error, traceback):
-        self.file.close()
-        if kind is None:
-            self.partial.replace(self.path)
-        else:
-            self.partial.unlink(missing_ok=True)

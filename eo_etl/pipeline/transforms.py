@@ -4,7 +4,6 @@ readers, thread pools, the store) open once per worker in ``setup``. Counters go
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 
 import apache_beam as beam
 import geopandas as gpd
@@ -18,8 +17,9 @@ from eo_etl.sample import FAILED, REJECTED, Sample
 from eo_etl.sources.acquire import SourceAcquisition
 from eo_etl.sources.cell import Cell
 from eo_etl.sources.remote import HostLimiter, RetryPolicy
-from eo_etl.store.dataset import finish_dataset, open_pixel_store, write_shard
-from eo_etl.store.zarr import STORE_NAME, BandStatistics, ZarrWriter
+from eo_etl.store.dataset import existing_pixel_store, finish_dataset, open_pixel_store, write_shard
+from eo_etl.store.location import Location
+from eo_etl.store.zarr import BandStatistics, ZarrWriter
 
 NAMESPACE = "eo_etl"
 PLAN_NAME = "plan.parquet"
@@ -75,7 +75,7 @@ class CountOutcomes(beam.DoFn):
 class StageSample(beam.DoFn):
     """Records a finished cell in the build's state (its pixels, then its record): the unit of resuming."""
 
-    def __init__(self, root: Path, version: int, recipe_hash: str):
+    def __init__(self, root: Location, version: int, recipe_hash: str):
         self.root, self.version, self.recipe_hash = root, version, recipe_hash
 
     def setup(self):
@@ -86,9 +86,10 @@ class StageSample(beam.DoFn):
         yield sample.key
 
 
-def shards_to_write(_cells_done: int, recipe: Recipe, root: Path) -> Iterator[ShardTask]:
+def shards_to_write(_cells_done: int, recipe: Recipe, root: Location) -> Iterator[ShardTask]:
     """Once every cell is finished: positions for all stored samples, each source's store opened (created or
     grown), and the shards that are not yet written as they should be."""
+    root = Location.of(root)
     state = BuildState(root)
     assignment = assign_positions(state.records(), recipe, _cell_order(root))
     for source, count in assignment.counts.items():
@@ -110,14 +111,14 @@ def shards_to_write(_cells_done: int, recipe: Recipe, root: Path) -> Iterator[Sh
         yield from pending
 
 
-def _existing_store(root: Path, source: str) -> ZarrWriter | None:
+def _existing_store(root: Location, source: str) -> ZarrWriter | None:
     try:
-        return ZarrWriter.existing(Path(root) / STORE_NAME, source)
+        return existing_pixel_store(root, source)
     except (FileNotFoundError, KeyError):
         return None
 
 
-def _restage_moved_pixels(state: BuildState, root: Path, source: str, pending: list[ShardTask], size: int) -> None:
+def _restage_moved_pixels(state: BuildState, root: Location, source: str, pending: list[ShardTask], size: int) -> None:
     """Pixels a shard needs that were dropped once stored (a rerun that moved samples): read them back from
     where the store has them, before any shard is rewritten."""
     needed = [e for task in pending for e in task.entries if not state.has_pixels(e.version, source, e.cell)]
@@ -128,7 +129,7 @@ def _restage_moved_pixels(state: BuildState, root: Path, source: str, pending: l
     while (entries := state.shard_entries(source, k)) is not None:
         stored.update({entry: k * size + i for i, entry in enumerate(entries)})
         k += 1
-    pixels = ZarrWriter.existing(Path(root) / STORE_NAME, source).pixels
+    pixels = existing_pixel_store(root, source).pixels
     for entry in needed:
         if entry not in stored:
             raise RuntimeError(f"{entry.cell}/{source} (version {entry.version}): pixels neither staged nor stored")
@@ -138,7 +139,7 @@ def _restage_moved_pixels(state: BuildState, root: Path, source: str, pending: l
 class WriteShard(beam.DoFn):
     """Writes one shard of a source in every format, then records it (with its band statistics) as done."""
 
-    def __init__(self, recipe: Recipe, root: Path):
+    def __init__(self, recipe: Recipe, root: Location):
         self.recipe, self.root = recipe, root
 
     def setup(self):
@@ -149,7 +150,7 @@ class WriteShard(beam.DoFn):
         state = self.state
         writer = self.writers.get(task.source)
         if writer is None:  # opened by shards_to_write; a worker only writes into it
-            writer = self.writers[task.source] = ZarrWriter.existing(self.root / STORE_NAME, task.source)
+            writer = self.writers[task.source] = existing_pixel_store(self.root, task.source)
         samples = [
             Sample.from_record(
                 state.record(e.version, task.source, e.cell), state.load_pixels(e.version, task.source, e.cell)
@@ -166,15 +167,17 @@ class WriteShard(beam.DoFn):
         yield task.source, task.k
 
 
-def finish(_shards_done: int, recipe: Recipe, root: Path) -> None:
+def finish(_shards_done: int, recipe: Recipe, root: Location) -> None:
     """The dataset's closing writes: store statistics, STAC, exports, versions and, last, the index; then
     the pixels staged for full shards are let go (a partial last shard keeps them for the next version)."""
+    root = Location.of(root)
     state = BuildState(root)
-    cells = gpd.read_parquet(Path(root) / PLAN_NAME)
+    plan = root / PLAN_NAME
+    cells = gpd.read_parquet(plan.url, storage_options=plan.storage_options)
     assignment = assign_positions(state.records(), recipe, _cell_order(root))
     stored = {}
     for source, count in assignment.counts.items():
-        layout = ZarrWriter.existing(Path(root) / STORE_NAME, source).layout
+        layout = existing_pixel_store(root, source).layout
         statistics = BandStatistics(layout.bands, layout.dtype, layout.nodata)
         tasks = [task for task in assignment.tasks if task.source == source]
         for task in tasks:
@@ -194,6 +197,7 @@ def finish(_shards_done: int, recipe: Recipe, root: Path) -> None:
         state.drop_pixels([entry], source)
 
 
-def _cell_order(root: Path) -> dict[str, int]:
-    cells = pd.read_parquet(Path(root) / PLAN_NAME, columns=["grid_cell"])
+def _cell_order(root: Location) -> dict[str, int]:
+    plan = root / PLAN_NAME
+    cells = pd.read_parquet(plan.url, columns=["grid_cell"], storage_options=plan.storage_options)
     return {cell: i for i, cell in enumerate(cells["grid_cell"])}

@@ -2,7 +2,7 @@
 
 Every model forbids unknown fields, so a typo fails validation with the field named and the allowed
 ones listed. Relative input paths (``aoi.file``) are resolved against the recipe file's folder when
-the recipe is loaded; ``outputs.path`` is relative to where the command runs.
+the recipe is loaded; ``outputs.path`` is relative to where the command runs, or a URL (``s3://…``).
 """
 
 from __future__ import annotations
@@ -13,6 +13,8 @@ from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
+import fsspec
+from fsspec.utils import get_protocol
 from pydantic import (
     BaseModel,
     BeforeValidator,
@@ -329,7 +331,12 @@ class VideoOutput(Section):
 
 
 class Outputs(Section):
-    path: Path | None = Field(None, description="Dataset folder, relative to where eo-etl runs; out/<name> if unset.")
+    # A string, not a Path: a Path would make s3://bucket/x into s3:/bucket/x.
+    path: str | None = Field(
+        None,
+        description="Dataset folder, relative to where eo-etl runs, or an object store URL (s3://bucket/prefix, "
+        "gs://bucket/prefix; credentials from the environment); out/<name> if unset.",
+    )
     formats: list[Literal["zarr", "taco", "video"]] = Field(
         default_factory=lambda: ["zarr"],
         min_length=1,
@@ -338,6 +345,13 @@ class Outputs(Section):
     # A shard is held in memory while written: 16 Major TOM-size samples of 12 bands are ~440 MB.
     shard_size: int = Field(16, gt=0, description="Samples per shard (Zarr shard, video file).")
     video: VideoOutput = VideoOutput()
+
+    @field_validator("path")
+    @classmethod
+    def _known_protocol(cls, path: str | None) -> str | None:
+        if path is not None and get_protocol(path) not in fsspec.available_protocols():
+            raise ValueError(f"{path!r}: unknown protocol {get_protocol(path)!r}; a folder, s3://… or gs://…")
+        return path
 
     @field_validator("formats")
     @classmethod
@@ -414,8 +428,14 @@ class Recipe(Section):
         return self
 
     @property
-    def output_path(self) -> Path:
-        return self.outputs.path or Path("out") / self.name
+    def output_path(self) -> Path | str:
+        """The dataset folder as given (relative to where eo-etl runs), or its URL."""
+        path = self.outputs.path
+        if path is None:
+            return Path("out") / self.name
+        if get_protocol(path) not in ("file", "local"):
+            return path
+        return Path(path.removeprefix("file://").removeprefix("local://"))
 
     def fingerprint(self) -> str:
         """Hash of the validated recipe, recorded as provenance on every sample.

@@ -17,6 +17,7 @@ import shapely
 from stac_geoparquet.arrow import parse_stac_items_to_arrow, to_parquet
 
 from eo_etl.recipe import Recipe
+from eo_etl.store.location import Location
 from eo_etl.store.zarr import STORE_NAME
 
 ZARR_TYPE = "application/vnd+zarr"
@@ -64,9 +65,11 @@ def stac_items(index: gpd.GeoDataFrame, collection_id: str) -> list[dict]:
     return items
 
 
-def write_catalog(root: Path, index: gpd.GeoDataFrame, recipe: Recipe, statistics: dict[str, dict]) -> Path:
+def write_catalog(
+    root: Location | Path | str, index: gpd.GeoDataFrame, recipe: Recipe, statistics: dict[str, dict]
+) -> Path | str:
     """Write ``items.parquet`` and ``collection.json``; ``statistics``: source → band → statistics."""
-    root = Path(root)
+    root = Location.of(root)
     stored = index[index.zarr_index.notna()]
     if stored.empty:
         bbox, interval = [-180.0, -90.0, 180.0, 90.0], [None, None]
@@ -95,9 +98,8 @@ def write_catalog(root: Path, index: gpd.GeoDataFrame, recipe: Recipe, statistic
     collection.add_link(pystac.Link("items", f"./{ITEMS_NAME}", media_type=PARQUET_TYPE, title="stac-geoparquet"))
     items = stac_items(index, recipe.name)
     if items:
-        partial = root / (ITEMS_NAME + ".partial")
-        to_parquet(parse_stac_items_to_arrow(items), partial)
-        partial.replace(root / ITEMS_NAME)
-    partial = root / (COLLECTION_NAME + ".partial")
-    partial.write_text(json.dumps(collection.to_dict(include_self_link=False, transform_hrefs=False), indent=2))
-    return partial.replace(root / COLLECTION_NAME)
+        with (root / ITEMS_NAME).staged_file() as partial:
+            to_parquet(parse_stac_items_to_arrow(items), partial)
+    target = root / COLLECTION_NAME
+    target.write_text(json.dumps(collection.to_dict(include_self_link=False, transform_hrefs=False), indent=2))
+    return target.native

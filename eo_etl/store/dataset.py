@@ -8,6 +8,9 @@
       collection.json, items.parquet   STAC Collection and one STAC item per stored sample (stac-geoparquet)
       plan.parquet, recipe.json        the cells planned and the recipe as resolved
 
+The folder may be local or an object store's prefix (``s3://…``, ``gs://…``: store/location.py); video
+cubes and TACO are written in a local scratch folder there and uploaded.
+
 Each source's ok samples have fixed positions (plan order, version after version) and fill shards of
 ``shard_size`` in that order, so the same build gives the same positions and bytes. Shards are written
 independently (by any process, in any order, each in one put); the index, the STAC files and the
@@ -28,37 +31,48 @@ from eo_etl.sample import Sample
 from eo_etl.sources.profile import find_profile
 from eo_etl.store.catalog import write_catalog
 from eo_etl.store.index import INDEX_NAME, index_frame, write_index
+from eo_etl.store.location import Location
 from eo_etl.store.zarr import STORE_NAME, BandStatistics, PixelLayout, ZarrWriter
 
+Root = Location | Path | str  # the dataset folder: a path or a URL
 
-def open_pixel_store(root: Path, recipe: Recipe, sample: Sample, capacity: int) -> ZarrWriter:
+
+def open_pixel_store(root: Root, recipe: Recipe, sample: Sample, capacity: int) -> ZarrWriter:
     """Create (or resume, growing it to ``capacity``) the group of ``sample``'s source, shaped like it."""
+    store = Location.of(root) / STORE_NAME
     return ZarrWriter(
-        Path(root) / STORE_NAME, sample.source, PixelLayout.of(sample), capacity=capacity,
-        shard_size=recipe.outputs.shard_size, build=recipe.series_fingerprint(),
+        store.url, sample.source, PixelLayout.of(sample), capacity=capacity, shard_size=recipe.outputs.shard_size,
+        build=recipe.series_fingerprint(), storage_options=store.storage_options,
     )  # fmt: skip
 
 
-def write_shard(root: Path, recipe: Recipe, writer: ZarrWriter, k: int, samples: Sequence[Sample]) -> str | None:
+def existing_pixel_store(root: Root, source: str, *, tidy: bool = False) -> ZarrWriter:
+    """A writer of ``source``'s group as created (FileNotFoundError or KeyError when there is none)."""
+    store = Location.of(root) / STORE_NAME
+    return ZarrWriter.existing(store.url, source, tidy=tidy, storage_options=store.storage_options)
+
+
+def write_shard(root: Root, recipe: Recipe, writer: ZarrWriter, k: int, samples: Sequence[Sample]) -> str | None:
     """Shard ``k`` of a source in every format the recipe asks for; the video folder (relative), if any."""
     writer.write_shard(k, samples)
     if "video" not in recipe.outputs.formats:
         return None
-    return _write_video(Path(root), recipe, k, samples).relative_to(root).as_posix()
+    folder = f"video/{samples[0].source}/shard-{k:05d}"
+    _write_video(Location.of(root) / folder, recipe, samples)
+    return folder
 
 
-def _write_video(root: Path, recipe: Recipe, shard: int, samples: Sequence[Sample]) -> Path:
-    from eo_etl.store.video import VideoOptions, write_cube  # the video extra
+def _write_video(folder: Location, recipe: Recipe, samples: Sequence[Sample]) -> None:
+    from eo_etl.store.video import SIDECAR, VideoOptions, write_cube  # the video extra
 
     source = samples[0].source
-    folder = root / "video" / source / f"shard-{shard:05d}"
     options = recipe.outputs.video
-    write_cube(
-        folder, np.stack([s.pixels for s in samples]), samples[0].bands, masks=_masks(recipe, source),
-        nodata=samples[0].nodata,
-        options=VideoOptions(lossy=options.lossy, crf=options.crf, keyframe_interval=options.keyframe_interval),
-    )  # fmt: skip
-    return folder
+    with folder.staged_folder(last=(SIDECAR,)) as path:  # the sidecar says a cube is complete: it goes last
+        write_cube(
+            path, np.stack([s.pixels for s in samples]), samples[0].bands, masks=_masks(recipe, source),
+            nodata=samples[0].nodata,
+            options=VideoOptions(lossy=options.lossy, crf=options.crf, keyframe_interval=options.keyframe_interval),
+        )  # fmt: skip
 
 
 def _masks(recipe: Recipe, source: str) -> set[str]:
@@ -69,7 +83,7 @@ def _masks(recipe: Recipe, source: str) -> set[str]:
 
 
 def finish_dataset(
-    root: Path,
+    root: Root,
     recipe: Recipe,
     cells: gpd.GeoDataFrame,
     records: list[dict],
@@ -77,9 +91,9 @@ def finish_dataset(
 ) -> gpd.GeoDataFrame:
     """Close each source's pixel store at its sample count with its statistics (``stored``), then write the
     STAC files, the exports and, last, the index of ``records``; return the index."""
-    root = Path(root)
+    root = Location.of(root)
     for source, (count, statistics) in stored.items():
-        ZarrWriter.existing(root / STORE_NAME, source, tidy=True).close(count, statistics)
+        existing_pixel_store(root, source, tidy=True).close(count, statistics)
     index = index_frame(records, cells)
     write_catalog(root, index, recipe, {source: statistics.as_dict() for source, (_, statistics) in stored.items()})
     if "taco" in recipe.outputs.formats:
@@ -88,15 +102,16 @@ def finish_dataset(
     return index
 
 
-def _write_taco(root: Path, recipe: Recipe, index: gpd.GeoDataFrame, sources: list[str]) -> None:
+def _write_taco(root: Location, recipe: Recipe, index: gpd.GeoDataFrame, sources: list[str]) -> None:
     """A TACO per source, from what the Zarr store holds (one sample's pixels at a time)."""
     from eo_etl.store.read import read_samples  # reading the store back, only for exports
     from eo_etl.store.taco import write_taco  # the taco extra
 
     for source in sources:
-        write_taco(
-            root / "taco" / source, read_samples(root, source, index=index),
-            dataset_id=re.sub(r"[^a-z0-9_-]", "-", f"{recipe.name}-{source}".lower()),
-            description=recipe.description, licenses=(recipe.publish.license if recipe.publish else "other",),
-            overwrite=True,
-        )  # fmt: skip
+        samples = read_samples(root.url, source, index=index, storage_options=root.storage_options)
+        with (root / "taco" / source).staged_folder(last=(".tacocat",)) as path:  # what tacoreader.load finds
+            write_taco(
+                path, samples, dataset_id=re.sub(r"[^a-z0-9_-]", "-", f"{recipe.name}-{source}".lower()),
+                description=recipe.description, licenses=(recipe.publish.license if recipe.publish else "other",),
+                overwrite=True,
+            )  # fmt: skip

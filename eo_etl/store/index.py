@@ -15,6 +15,8 @@ import pandas as pd
 import shapely
 from rasterio.transform import Affine, array_bounds
 
+from eo_etl.store.location import Location
+
 INDEX_NAME = "index.parquet"
 
 # Where a stored sample's pixels are, beside its record; None where the format was not written.
@@ -60,8 +62,8 @@ def _footprints(frame: pd.DataFrame) -> pd.Series:
     return footprints
 
 
-def write_index(index: gpd.GeoDataFrame, path: Path) -> Path:
-    path = Path(path)
-    partial = path.with_name(path.name + ".partial")
-    index.to_parquet(partial, index=False, write_covering_bbox=True)
-    return partial.replace(path)
+def write_index(index: gpd.GeoDataFrame, path: Location | Path | str) -> Path | str:
+    target = Location.of(path)
+    with target.staged_file() as partial:
+        index.to_parquet(partial, index=False, write_covering_bbox=True)
+    return target.native

@@ -174,17 +174,19 @@ class ZarrWriter:
     times) is kept, any other is rewritten. A different layout or build starts the group afresh.
 
     Writers in several processes may share a group once it exists: open it first in one process, then
-    in the others with ``tidy=False`` (only the first removes a killed run's leftovers).
+    in the others with ``tidy=False`` (only the first removes a killed run's leftovers). ``root`` may be an
+    fsspec URL (``s3://…``), opened with ``storage_options``.
     """
 
     def __init__(
         self, root: str | Path, source: str, layout: PixelLayout, *, capacity: int, shard_size: int, build: str = "",
-        tidy: bool = True,
+        tidy: bool = True, storage_options: dict | None = None,
     ):  # fmt: skip
         self.root, self.source, self.layout, self.shard_size, self.build = str(root), source, layout, shard_size, build
         if tidy:
             _remove_partial_files(f"{self.root}/{source}")  # this source's group only: the others have their writers
-        group = zarr.open_group(self.root, mode="a", zarr_format=3, use_consolidated=False)  # edits, not reads
+        group = zarr.open_group(self.root, mode="a", zarr_format=3, use_consolidated=False,  # edits, not reads
+                                storage_options=storage_options)  # fmt: skip
         if source in group and group[source].attrs.get("layout") == self._layout_attrs():
             self.group = group[source]
             if self.group["pixels"].shape[0] < capacity:
@@ -197,11 +199,15 @@ class ZarrWriter:
         self.statistics = BandStatistics(layout.bands, layout.dtype, layout.nodata)
 
     @classmethod
-    def existing(cls, root: str | Path, source: str, *, tidy: bool = False) -> ZarrWriter:
+    def existing(
+        cls, root: str | Path, source: str, *, tidy: bool = False, storage_options: dict | None = None
+    ) -> ZarrWriter:
         """A writer of the group ``source`` as it was created (its layout and build from its attributes)."""
-        attrs = zarr.open_group(str(root), mode="r", use_consolidated=False)[source].attrs["layout"]
+        group = zarr.open_group(str(root), mode="r", use_consolidated=False, storage_options=storage_options)
+        attrs = group[source].attrs["layout"]
         layout = PixelLayout(tuple(attrs["bands"]), attrs["height"], attrs["width"], attrs["dtype"], attrs["nodata"])
-        return cls(root, source, layout, capacity=0, shard_size=attrs["shard_size"], build=attrs["build"], tidy=tidy)
+        return cls(root, source, layout, capacity=0, shard_size=attrs["shard_size"], build=attrs["build"], tidy=tidy,
+                   storage_options=storage_options)  # fmt: skip
 
     def _layout_attrs(self) -> dict:
         layout = self.layout
@@ -279,7 +285,7 @@ class ZarrWriter:
         statistics = statistics or self.statistics
         self.group.attrs.update({"band_statistics": statistics.as_dict(), "samples": count})
         with quiet_consolidated():
-            zarr.consolidate_metadata(self.root)
+            zarr.consolidate_metadata(self.group.store)  # the store's root: pixels.zarr
 
 
 @contextmanager
