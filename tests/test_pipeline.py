@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import tacoreader
 import yaml
 import zarr
 
@@ -163,7 +164,8 @@ def test_transient_asset_failures_cost_retries_not_samples(archive):
 
 def test_a_later_window_appends_a_version_without_rewriting_full_shards(archive):
     api, _, folder = archive
-    recipe = load_recipe(write_recipe(folder, api, shard_size=5))
+    outputs = {"path": str(folder / "demo"), "formats": ["zarr", "video", "taco"], "shard_size": 5}
+    recipe = load_recipe(write_recipe(folder, api, outputs=outputs))
     first = build(recipe)
     out = first.output
     shards = out / "pixels.zarr" / "s2l2a" / "pixels" / "c"
@@ -191,6 +193,9 @@ def test_a_later_window_appends_a_version_without_rewriting_full_shards(archive)
             pixels[row.zarr_index],
             pixels[index.zarr_index[(index.grid_cell == row.grid_cell) & (index.version == 1)].item()],
         )
+    # the TACO holds both acquisitions of each cell: the first by the cell's name, the later with its time
+    ids = {row["id"] for row in tacoreader.load(str(out / "taco" / "s2l2a")).data.to_arrow().to_pylist()}
+    assert ids == set(index.grid_cell) | {f"{cell}_{SEPTEMBER:%Y%m%dT%H%M%S}" for cell in index.grid_cell}
     assert build(recipe, since="LAST", until=date(2019, 12, 31)).up_to_date
 
 

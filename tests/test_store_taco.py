@@ -3,6 +3,7 @@ shards are spatial blocks; the same samples give the same bytes."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import subprocess
@@ -213,6 +214,20 @@ def test_nothing_to_write_is_an_error_and_leaves_nothing(tmp_path, samples):
     with pytest.raises(ValueError, match="no samples with status 'ok'"):
         write_taco(tmp_path / "empty", [rejected], dataset_id="s2-demo")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_cells_later_acquisition_gets_its_own_id_and_the_first_keeps_the_cells(tmp_path, samples):
+    later = dataclasses.replace(
+        samples[0], timestamp=samples[0].timestamp + timedelta(days=180), pixels=samples[1].pixels
+    )
+    path = tmp_path / "two"
+    write_taco(path, [samples[0], later], dataset_id="s2-demo")
+    by_id = {row["id"]: row for row in rows(path)}
+    stamp = later.timestamp.astimezone(UTC).strftime("%Y%m%dT%H%M%S")
+    assert sorted(by_id) == sorted([samples[0].cell, f"{samples[0].cell}_{stamp}"])
+    for sample_id, sample in ((samples[0].cell, samples[0]), (f"{samples[0].cell}_{stamp}", later)):
+        with rasterio.open(by_id[sample_id]["internal:gdal_vsi"]) as src:
+            np.testing.assert_array_equal(src.read(), sample.pixels)
 
 
 def test_bad_input_is_refused(tmp_path, samples):

@@ -162,18 +162,20 @@ def write_taco(
 def _write_cogs(scratch: Path, samples: Iterable[Sample], block: int) -> list[tuple[tuple, TacoSample]]:
     """Each "ok" sample as a COG in ``scratch`` with its TACO metadata, as it arrives (only one sample's pixels
     are held); returns (sort key, tacotoolbox sample) pairs."""
-    entries, seen = [], set()
+    entries, cells, acquisitions = [], set(), set()
     for sample in samples:
         if sample.status != OK:
             continue
-        if sample.cell in seen:
-            raise ValueError(f"two samples of cell {sample.cell}: a TACO holds one per cell, write one per source")
         if sample.pixels is None or sample.timestamp is None:
             raise ValueError(f"sample {sample.key} is 'ok' but has no pixels or no timestamp")
-        seen.add(sample.cell)
-        cog = write_cog(scratch / f"{sample.cell}.tif", sample)
-        taco_sample = TacoSample(id=sample.cell, path=cog)
-        taco_sample.extend_with(_stac(sample))
+        if (sample.cell, sample.timestamp) in acquisitions:
+            raise ValueError(f"two samples of cell {sample.cell} at {sample.timestamp}: a TACO holds each once")
+        acquisitions.add((sample.cell, sample.timestamp))
+        sample_id = sample_id_of(sample, cells)
+        cells.add(sample.cell)
+        cog = write_cog(scratch / f"{sample_id}.tif", sample)
+        taco_sample = TacoSample(id=sample_id, path=cog)
+        taco_sample.extend_with(_stac(sample, sample_id))
         code = spatial_code(sample.row_u, sample.col_r, block)
         taco_sample.extend_with(_Record(values=_values(sample, code)))
         key = (sample.row_u // block, sample.col_r // block, sample.row_u, sample.col_r)
@@ -181,6 +183,14 @@ def _write_cogs(scratch: Path, samples: Iterable[Sample], block: int) -> list[tu
     if not entries:
         raise ValueError("no samples with status 'ok' to write: a TACO needs at least one")
     return sorted(entries, key=lambda entry: entry[0])
+
+
+def sample_id_of(sample: Sample, cells_seen: set[str]) -> str:
+    """The cell's name; a later acquisition of a cell seen before (a dataset's next version) adds its time,
+    so the ids of earlier samples never change."""
+    if sample.cell not in cells_seen:
+        return sample.cell
+    return f"{sample.cell}_{sample.timestamp.astimezone(UTC):%Y%m%dT%H%M%S}"
 
 
 def write_cog(path: Path, sample: Sample) -> Path:
@@ -202,12 +212,12 @@ def write_cog(path: Path, sample: Sample) -> Path:
     return path
 
 
-def _stac(sample: Sample) -> STAC:
+def _stac(sample: Sample, sample_id: str) -> STAC:
     """tacotoolbox's STAC fields; the sample is one acquisition, so it starts and ends at its timestamp."""
     a, b, c, d, e, f = sample.transform[:6]
     micros = _micros(sample.timestamp)
     return STAC(
-        sample_id=sample.cell,
+        sample_id=sample_id,
         crs=sample.crs,
         tensor_shape=tuple(int(n) for n in sample.pixels.shape),
         geotransform=(c, a, b, f, d, e),  # GDAL's order
