@@ -205,3 +205,16 @@ def test_since_last_needs_an_earlier_version(tmp_path, archive):
                             capture_output=True, text=True, timeout=120)  # fmt: skip
     assert result.returncode == 2
     assert "--since LAST" in result.stderr and "no finished version yet" in result.stderr
+
+
+def test_another_recipe_into_the_same_folder_leaves_nothing_of_the_first(archive):
+    api, _, folder = archive
+    build(load_recipe(write_recipe(folder, api)))  # 12 samples: 3 shards of 4
+    cells = ["5329D_5053L", "5329D_5052L", "5328D_5054L"]
+    report = build(load_recipe(write_recipe(folder, api, aoi={"cells": cells})))
+    index = pd.read_parquet(report.output / "index.parquet")
+    assert sorted(index.grid_cell) == sorted(cells) and report.version == 1
+    assert sorted(p.name for p in (report.output / "video" / "s2l2a").iterdir()) == ["shard-00000"]
+    assert sorted(stored_pixels(report.output)) == sorted(cells)
+    assert zarr.open_group(str(report.output / "pixels.zarr"), mode="r")["s2l2a/pixels"].shape[0] == 3
+    assert [p.parts[-4] for p in (report.output / "pixels.zarr" / "s2l2a" / "pixels").rglob("c/*/0/0/0")] == ["0"]

@@ -94,12 +94,20 @@ def finish_dataset(
     root = Location.of(root)
     for source, (count, statistics) in stored.items():
         existing_pixel_store(root, source, tidy=True).close(count, statistics)
+        _remove_video_shards_from(root / "video" / source, -(-count // recipe.outputs.shard_size))
     index = index_frame(records, cells)
     write_catalog(root, index, recipe, {source: statistics.as_dict() for source, (_, statistics) in stored.items()})
     if "taco" in recipe.outputs.formats:
         _write_taco(root, recipe, index, list(stored))
     write_index(index, root / INDEX_NAME)
     return index
+
+
+def _remove_video_shards_from(folder: Location, first: int) -> None:
+    """Cubes of shards past the end of a store that shrank (a rebuild with fewer samples)."""
+    for shard in folder.glob("shard-*"):
+        if int(shard.name.removeprefix("shard-")) >= first:
+            shard.remove(recursive=True)
 
 
 def _write_taco(root: Location, recipe: Recipe, index: gpd.GeoDataFrame, sources: list[str]) -> None:
