@@ -67,8 +67,9 @@ def test_a_beam_builds_searches_keep_to_the_stac_apis_rate(archive):  # noqa: F8
         report = build(recipe.model_copy(update={"runner": limited}))
     searches = sorted(t for t, path in faults.requests if path == "/search")
     assert len(searches) == 6  # 12 cells in batches of 2 over 2 workers
-    # 2 a second in all, 1 a second in each worker: no 0.9 s holds more than one search of each worker
-    assert max(sum(start <= t < start + 0.9 for t in searches) for start in searches) <= 2
+    # 2 a second in all, 1 a second in each worker: no 0.7 s (a second less what a loaded machine may delay
+    # a request on its way) holds more than one search of each worker
+    assert max(sum(start <= t < start + 0.7 for t in searches) for start in searches) <= 2
     assert searches[-1] - searches[0] >= 1.8  # at least three searches in some worker, one second apart
     assert set(pd.read_parquet(report.output / "index.parquet").status) == {"ok"}
     assert yaml.safe_load(report.output.joinpath("recipe.json").read_text())["runner"]["limits"][host]["qps"] == 2
