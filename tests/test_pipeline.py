@@ -197,6 +197,9 @@ def test_a_later_window_appends_a_version_without_rewriting_full_shards(archive)
     ids = {row["id"] for row in tacoreader.load(str(out / "taco" / "s2l2a")).data.to_arrow().to_pylist()}
     assert ids == set(index.grid_cell) | {f"{cell}_{SEPTEMBER:%Y%m%dT%H%M%S}" for cell in index.grid_cell}
     assert build(recipe, since="LAST", until=date(2019, 12, 31)).up_to_date
+    third = build(recipe, since="LAST", until=date(2020, 3, 31))  # no scene in the window: nothing new
+    assert third.version == 3 and third.metrics["rejected: no scene over the cell in the time window"] == 12
+    assert pd.read_parquet(out / "index.parquet").equals(index) and third.versions[-1]["samples"] == 0
 
 
 def test_since_last_needs_an_earlier_version(tmp_path, archive):

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from eo_etl.pipeline.state import ShardEntry
 from eo_etl.recipe import Recipe
 from eo_etl.sample import OK, REJECTED
+from eo_etl.sources.patch import NO_SCENE
 
 
 @dataclass(frozen=True)
@@ -64,3 +65,15 @@ def assign_positions(records: list[dict], recipe: Recipe, cell_order: dict[str, 
         for k, start in enumerate(range(0, len(stored), size)):
             assignment.tasks.append(ShardTask(source, k, tuple(stored[start : start + size])))
     return assignment
+
+
+def index_records(records: list[dict]) -> list[dict]:
+    """The records the index lists: every outcome of the first version; of later versions, every cell that
+    had something in its window. A later window with no scene over a cell is nothing new, not a gap: left
+    out, a daily ``--since LAST`` does not add a row per cell per day."""
+    first = min((record["version"] for record in records), default=None)
+    return [
+        record
+        for record in records
+        if record["version"] == first or record["status"] != REJECTED or record["reason"] != NO_SCENE
+    ]

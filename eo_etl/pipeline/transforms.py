@@ -10,7 +10,7 @@ import geopandas as gpd
 import pandas as pd
 from apache_beam.metrics import Metrics
 
-from eo_etl.pipeline.shards import ShardTask, assign_positions
+from eo_etl.pipeline.shards import ShardTask, assign_positions, index_records
 from eo_etl.pipeline.state import BuildState
 from eo_etl.recipe import Recipe
 from eo_etl.sample import FAILED, REJECTED, Sample
@@ -188,7 +188,7 @@ def finish(_shards_done: int, recipe: Recipe, root: Location) -> None:
         state.forget_shards_from(source, len(tasks))
         stored[source] = (count, statistics)
     state.finish_versions(assignment.added)
-    finish_dataset(root, recipe, cells, assignment.records, stored)
+    finish_dataset(root, recipe, cells, index_records(assignment.records), stored)
     size = recipe.outputs.shard_size
     for task in assignment.tasks:
         if len(task.entries) == size:
