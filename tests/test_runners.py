@@ -80,8 +80,9 @@ def test_spark_goes_through_a_job_server_with_loopback_workers_by_default():
 
 
 def test_flink_uses_the_flink_runner_or_a_job_server_when_one_is_named():
-    options = pipeline_options(Runner(kind="flink"), {"flink_version": "1.19"})
+    options = pipeline_options(Runner(kind="flink", workers=6), {"flink_version": "1.19"})
     assert options.view_as(StandardOptions).runner == "FlinkRunner"
+    assert options.view_as(FlinkRunnerOptions).parallelism == 6  # runner.workers
     assert options.view_as(FlinkRunnerOptions).flink_master == "localhost:8081"
     assert options.view_as(FlinkRunnerOptions).flink_version == "1.19"
     assert options.view_as(PortableOptions).environment_type == "LOOPBACK"

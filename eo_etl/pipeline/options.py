@@ -54,9 +54,10 @@ def runner_flags(runner: Runner, overrides: Mapping[str, Any] | None = None) -> 
     elif kind == "spark":
         base = {"runner": "PortableRunner", "job_endpoint": DEFAULT_JOB_ENDPOINT, "environment_type": "LOOPBACK"}
     elif "job_endpoint" in extra:  # flink through a job server
-        base = {"runner": "PortableRunner", "environment_type": "LOOPBACK"}
+        base = {"runner": "PortableRunner", "environment_type": "LOOPBACK", "parallelism": runner.workers}
     else:
-        base = {"runner": "FlinkRunner", "flink_master": "localhost:8081", "environment_type": "LOOPBACK"}
+        base = {"runner": "FlinkRunner", "flink_master": "localhost:8081", "environment_type": "LOOPBACK",
+                "parallelism": runner.workers}  # fmt: skip
     values = {**base, **extra}
     missing = [name for name in REQUIRED.get(kind, ()) if not values.get(name)]
     if missing:
