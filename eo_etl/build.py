@@ -6,20 +6,16 @@ workers share no disk (Dataflow, Spark, Flink) need the latter. Every worker rea
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
-import apache_beam as beam
 import geopandas as gpd
-from apache_beam.options.pipeline_options import GoogleCloudOptions
 
-from eo_etl.pipeline.graph import build_graph
 from eo_etl.pipeline.options import pipeline_options
-from eo_etl.pipeline.progress import build_progress
+from eo_etl.pipeline.run import make_pipeline, run_pipeline, stages_a_template
 from eo_etl.pipeline.state import BuildState
-from eo_etl.pipeline.transforms import NAMESPACE, PLAN_NAME
+from eo_etl.pipeline.transforms import PLAN_NAME
 from eo_etl.plan import plan, write_plan
 from eo_etl.recipe import Recipe
 from eo_etl.recipe.models import TimeRange
@@ -99,13 +95,13 @@ def build(
         for source in recipe.sources:
             done = state.done_cells(report.version, source.name)
             todo[source.name] = [cell for cell in targets if cell.name not in done]
-        if beam_options.view_as(GoogleCloudOptions).template_location:
-            # Staging a (classic or Flex) template only writes the job's graph: the job runs later, so there is
-            # nothing to wait for or read back here.
-            _pipeline(recipe, location, report.version, todo, beam_options).run()
+        if stages_a_template(beam_options):  # the job runs later: nothing to wait for or read back
+            make_pipeline(recipe, location, report.version, todo, beam_options).run()
             report.stages.append(StageReport("acquire", "not available", "staged as a Dataflow template"))
             return report
-        report.metrics = _run(recipe, location, report.version, todo, beam_options, progress, len(targets))
+        report.metrics = run_pipeline(
+            recipe, location, report.version, todo, beam_options, progress=progress, cells=len(targets)
+        )
         report.metrics["cells planned"] = len(targets) * len(recipe.sources)
         report.metrics["cells already finished"] = report.metrics["cells planned"] - sum(map(len, todo.values()))
         index = location / INDEX_NAME
@@ -138,36 +134,6 @@ def window_since(state: BuildState, since: str, until: date | None) -> TimeRange
     if datetime.combine(end + timedelta(days=1), datetime.min.time(), tzinfo=UTC) <= start:
         return None
     return TimeRange(start=start, end=end)
-
-
-def _pipeline(recipe, location: Location, version, todo, options) -> beam.Pipeline:
-    logging.getLogger("apache_beam").setLevel(logging.ERROR)  # workers' start-up chatter
-    pipeline = beam.Pipeline(options=options)
-    build_graph(pipeline, recipe, location, version, todo)
-    return pipeline
-
-
-def _run(recipe, location: Location, version, todo, options, progress, cells) -> dict[str, int]:
-    """Run the build's pipeline to its end; its counters."""
-    pipeline = _pipeline(recipe, location, version, todo, options)
-    state = BuildState(location)
-    if progress and location.local:  # the view polls the state folder: cheap on a disk, not in a bucket
-        samples_dir = state.dir.local_path / "versions" / f"{version:04d}" / "samples"
-        with build_progress(samples_dir, state.dir.local_path / "shards", cells * len(recipe.sources)):
-            result = pipeline.run()
-            result.wait_until_finish()
-    else:
-        result = pipeline.run()
-        result.wait_until_finish()
-    return _counters(result)
-
-
-def _counters(result) -> dict[str, int]:
-    totals: dict[str, int] = {}
-    for counter in result.metrics().query(beam.metrics.MetricsFilter().with_namespace(NAMESPACE))["counters"]:
-        value = counter.committed if counter.committed is not None else counter.attempted
-        totals[counter.key.metric.name] = totals.get(counter.key.metric.name, 0) + int(value or 0)
-    return totals
 
 
 def _stage_reports(recipe: Recipe, location: Location, report: BuildReport) -> list[StageReport]:
