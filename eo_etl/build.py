@@ -80,6 +80,8 @@ def build(
             return BuildReport(output, gpd.GeoDataFrame(), up_to_date=True)
         recipe = recipe.model_copy(update={"time": window})
     beam_options = pipeline_options(recipe.runner, options)  # a runner without its options fails before any work
+    if recipe.runner.kind == "dataflow" and location.local:
+        raise ValueError(f"--out {location}: Dataflow's workers share no disk; write the dataset to gs://… or s3://…")
 
     location.mkdir()
     cells = plan(recipe)

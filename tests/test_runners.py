@@ -31,8 +31,10 @@ from apache_beam.options.pipeline_options import (
     _BeamArgumentParser,
 )
 
+from eo_etl.build import build
 from eo_etl.pipeline import flex_template
 from eo_etl.pipeline.options import RunnerOptionsError, parse_option, pipeline_options, runner_flags
+from eo_etl.recipe import load_recipe
 from eo_etl.recipe.models import Runner
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -136,6 +138,13 @@ def test_a_missing_dataflow_option_is_named_before_beam_starts():
     assert message.startswith("runner dataflow needs region, temp_location: ")  # an empty value is missing too
     assert "--option region=…" in message and "--option temp_location=…" in message
     assert "project" not in message
+
+
+def test_a_dataflow_build_into_a_local_folder_is_refused_before_any_work(tmp_path):
+    recipe = load_recipe(ROOT / "pipelines" / "demo.yaml")
+    with pytest.raises(ValueError, match="Dataflow's workers share no disk; write the dataset to gs://"):
+        build(recipe, tmp_path / "demo", runner="dataflow", options=DATAFLOW)
+    assert list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.parametrize("text", ["region", "=europe-west4", "  =x", "temp location=gs://b", "--=x", "1region=x"])
