@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -28,7 +29,7 @@ from eo_etl.sample import OK
 from eo_etl.sources.acquire import acquire_source
 from eo_etl.sources.cell import cells_of
 from tests.imagery import write_item_collection
-from tests.servers import Faults, file_server, stac_api
+from tests.servers import Faults, file_server, free_port, stac_api
 
 ROOT = Path(__file__).resolve().parents[1]
 EO_ETL = str(Path(sys.executable).parent / "eo-etl")
@@ -50,12 +51,16 @@ def archive(tmp_path):
             yield api, faults, tmp_path
 
 
-def write_recipe(folder: Path, api: str, *, end="2019-06-30", shard_size=4, workers=2, threads=2, **changes) -> Path:
+def write_recipe(
+    folder: Path, api: str, *, end="2019-06-30", workers=2, threads=2, outputs: dict | None = None, **changes
+) -> Path:
+    """The demo recipe over ``api``, into ``folder/demo`` (zarr and video, 4 a shard); ``outputs`` are changed
+    key by key, other ``changes`` replace whole sections."""
     data = yaml.safe_load((ROOT / "pipelines" / "demo.yaml").read_text())
     data["sources"] = [{"name": "s2l2a", "kind": "stac", "url": api, "collection": "sentinel-2-l2a", "bands": BANDS,
                         "resolution_m": 10, "resampling": "bilinear", "max_cloud": 20, "patch_size": 64}]  # fmt: skip
     data["time"] = {"start": "2019-01-01", "end": end}
-    data["outputs"] = {"path": str(folder / "demo"), "formats": ["zarr", "video"], "shard_size": shard_size}
+    data["outputs"] = {"path": str(folder / "demo"), "formats": ["zarr", "video"], "shard_size": 4} | (outputs or {})
     data["runner"] = {"kind": "direct", "workers": workers, "threads": threads}
     data |= changes
     path = folder / f"recipe-{len(list(folder.glob('recipe-*.yaml')))}.yaml"
@@ -116,8 +121,7 @@ def test_a_rejected_cell_is_counted_by_its_reason(archive):
 
 def test_a_killed_build_resumes_to_the_same_dataset_without_duplicates(archive):
     api, faults, folder = archive
-    outputs = {"path": str(folder / "whole"), "formats": ["zarr", "video"], "shard_size": 4}
-    build(load_recipe(write_recipe(folder, api, outputs=outputs)))  # uninterrupted, in another folder
+    build(load_recipe(write_recipe(folder, api, outputs={"path": str(folder / "whole")})))  # uninterrupted, elsewhere
 
     faults.delay_s = 0.05  # a slow network, so that the build is still cutting cells when it is killed
     recipe = write_recipe(folder, api, workers=2, threads=1)
@@ -164,8 +168,7 @@ def test_transient_asset_failures_cost_retries_not_samples(archive):
 
 def test_a_later_window_appends_a_version_without_rewriting_full_shards(archive):
     api, _, folder = archive
-    outputs = {"path": str(folder / "demo"), "formats": ["zarr", "video", "taco"], "shard_size": 5}
-    recipe = load_recipe(write_recipe(folder, api, outputs=outputs))
+    recipe = load_recipe(write_recipe(folder, api, outputs={"formats": ["zarr", "video", "taco"], "shard_size": 5}))
     first = build(recipe)
     out = first.output
     shards = out / "pixels.zarr" / "s2l2a" / "pixels" / "c"
@@ -221,3 +224,38 @@ def test_another_recipe_into_the_same_folder_leaves_nothing_of_the_first(archive
     assert sorted(stored_pixels(report.output)) == sorted(cells)
     assert zarr.open_group(str(report.output / "pixels.zarr"), mode="r")["s2l2a/pixels"].shape[0] == 3
     assert [p.parts[-4] for p in (report.output / "pixels.zarr" / "s2l2a" / "pixels").rglob("c/*/0/0/0")] == ["0"]
+
+
+@pytest.fixture
+def job_server():
+    """Beam's own job server on loopback: the Job API that Spark's and Flink's job servers expose, so a build
+    with ``--runner spark|flink --option job_endpoint=…`` takes its real submission path (no cluster runs here)."""
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "apache_beam.runners.portability.local_job_service_main", "--port", str(port)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            with socket.socket() as probe:
+                if probe.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            time.sleep(0.1)
+        yield f"localhost:{port}"
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+@pytest.mark.parametrize("runner", ["spark", "flink"])
+def test_the_portable_runners_submit_to_a_job_server_and_build_the_same_dataset(archive, job_server, runner):
+    api, _, folder = archive
+    direct = build(load_recipe(write_recipe(folder, api, outputs={"path": str(folder / "direct")})))
+    options = {"job_endpoint": job_server, "environment_type": "LOOPBACK"}
+    portable = build(load_recipe(write_recipe(folder, api)), runner=runner, options=options)
+    pd.testing.assert_frame_equal(
+        pd.read_parquet(direct.output / "index.parquet"), pd.read_parquet(portable.output / "index.parquet")
+    )
+    assert file_digests(direct.output / "pixels.zarr") == file_digests(portable.output / "pixels.zarr")
+    assert portable.metrics["samples written"] == 12 and portable.metrics["shards written"] == 3
