@@ -84,6 +84,7 @@ def build(
         raise ValueError(f"--out {location}: Dataflow's workers share no disk; write the dataset to gs://… or s3://…")
 
     location.mkdir()
+    location.remove_partial_files()  # a killed build's half-written files; this build is the folder's only writer
     cells = plan(recipe)
     write_plan(cells, location / PLAN_NAME)
     (location / "recipe.json").write_text(recipe.model_dump_json(indent=2) + "\n")

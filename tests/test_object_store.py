@@ -134,6 +134,17 @@ def test_a_local_write_is_whole_or_absent(tmp_path):
     assert not target.exists() and list((tmp_path / "a").iterdir()) == []
 
 
+def test_what_killed_writers_left_is_removed_and_nothing_else(tmp_path):
+    (tmp_path / "_build" / "s").mkdir(parents=True)
+    (tmp_path / "_build" / "s" / "c.json.123.partial").write_text("{")  # killed between write and rename
+    (tmp_path / "_build" / "s" / "d.json").write_text("{}")
+    (tmp_path / "video" / ".shard-00001.partial").mkdir(parents=True)  # a cube folder being built
+    (tmp_path / "video" / ".shard-00001.partial" / "b.mkv").write_bytes(b"x")
+    assert Location(tmp_path).remove_partial_files() == 2
+    assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file()) == ["_build/s/d.json"]
+    assert Location("s3://bucket/x").remove_partial_files() == 0  # an object store's PUT is whole
+
+
 def test_urls_join_like_paths_and_relative_paths_become_absolute(tmp_path, monkeypatch):
     root = Location("s3://bucket/prefix/")
     leaf = root / "_build" / "versions.json"

@@ -207,6 +207,19 @@ class Location:
     def _relative(self, paths: list[str]) -> list[str]:
         return [path[len(self.path) + 1 :] for path in paths if path.startswith(self.path + "/")]
 
+    def remove_partial_files(self) -> int:
+        """What killed writers left under this folder (``*.partial`` files and folders); how many. Only on a
+        local disk: an object store's PUT is whole. Call it when no writer is at work in the folder."""
+        if not self.local:
+            return 0
+        leftovers = sorted(Path(self.url).rglob("*.partial"), key=lambda path: len(path.parts), reverse=True)
+        for path in leftovers:
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+        return len(leftovers)
+
     def remove(self, recursive: bool = False) -> None:
         """The file (or, ``recursive``, the folder and all under it); nothing when there is none."""
         if self.local:
