@@ -159,9 +159,9 @@ def test_transient_asset_failures_cost_retries_not_samples(archive):
     for band in ("B02", "B04", "B11", "SCL"):
         faults.plan(f"/S2B_20190315_demo/{band}.tif", 503, 429)
     report = build(load_recipe(write_recipe(folder, api)))
-    sent = sum(len(statuses) for statuses in faults.sent.values())
-    assert sent == 8
-    assert report.metrics["retries"] >= sent
+    assert sum(len(statuses) for statuses in faults.sent.values()) == 8
+    # every faulted file cost retries (one GDAL open may meet two faults before it gives up, so not one each)
+    assert report.metrics["retries"] >= len(faults.sent) == 4
     index = pd.read_parquet(report.output / "index.parquet")
     assert set(index.status) == {OK} and len(index) == 12 and report.metrics["samples written"] == 12
 
