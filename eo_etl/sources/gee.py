@@ -23,7 +23,6 @@ import threading
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from eo_etl.recipe.models import Source
 from eo_etl.sample import Sample
 from eo_etl.sources.cell import Cell
 from eo_etl.sources.patch import (
@@ -37,7 +36,7 @@ from eo_etl.sources.patch import (
 )
 from eo_etl.sources.patch_grid import PatchGrid, patch_grid
 from eo_etl.sources.profile import QualityRule
-from eo_etl.sources.remote import HostLimiter, RetryPolicy, limited_call
+from eo_etl.sources.remote import limited_call
 
 HIGH_VOLUME_URL = "https://earthengine-highvolume.googleapis.com"
 MAX_RANKED = 8  # scenes whose quality band is fetched per cell
@@ -76,21 +75,14 @@ class Scene:
 class EarthEngineReader(SourceReader):
     """Cuts patches of one Earth Engine source; thread-safe, one per source per worker."""
 
-    def __init__(
-        self,
-        source: Source,
-        window: tuple[datetime, datetime],
-        *,
-        policy: RetryPolicy | None = None,
-        limiter: HostLimiter | None = None,
-    ):
+    def __init__(self, *args, **kwargs):  # SourceReader's
         import ee
 
         self.ee = ee
-        super().__init__(source, window, policy=policy, limiter=limiter)
+        super().__init__(*args, **kwargs)
         self.names = self.profile.earth_engine
-        self.url = source.url or HIGH_VOLUME_URL
-        project = source.project or os.environ.get("EE_PROJECT") or os.environ.get("GOOGLE_CLOUD_PROJECT")
+        self.url = self.source.url or HIGH_VOLUME_URL
+        project = self.source.project or os.environ.get("EE_PROJECT") or os.environ.get("GOOGLE_CLOUD_PROJECT")
         self.policy.call(initialize, self.url, project)
         optional = [self.names.cloud_property, self.names.baseline_property]
         self.columns = ["system:index", "system:time_start", *[p for p in optional if p]]  # of the scene listing
