@@ -19,15 +19,13 @@ from pathlib import Path
 
 from eo_etl.build import build
 from eo_etl.demo import write_demo_catalog
-from eo_etl.pipeline.shards import assign_positions
 from eo_etl.pipeline.state import BuildState
-from eo_etl.pipeline.transforms import PLAN_NAME, finish
+from eo_etl.pipeline.transforms import PLAN_NAME, WriteShard, assign, finish, shards_to_write
 from eo_etl.plan import plan, write_plan
 from eo_etl.recipe import load_recipe
-from eo_etl.sample import Sample
 from eo_etl.sources.acquire import acquire_source
 from eo_etl.sources.cell import cells_of
-from eo_etl.store.dataset import open_pixel_store, write_shard
+from eo_etl.store.location import Location
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -44,22 +42,12 @@ def plain_build(recipe, root: Path) -> int:
     for source in recipe.sources:
         for sample in acquire_source(recipe, source, cells_of(recipe, cells), workers=recipe.runner.threads):
             state.stage(version, sample, recipe_hash)
-    assignment = assign_positions(state.records(), recipe, {c: i for i, c in enumerate(cells.grid_cell)})
-    writers = {}
-    for task in assignment.tasks:
-        samples = [
-            Sample.from_record(
-                state.record(e.version, task.source, e.cell), state.load_pixels(e.version, task.source, e.cell)
-            )  # fmt: skip
-            for e in task.entries
-        ]
-        if task.source not in writers:
-            writers[task.source] = open_pixel_store(root, recipe, samples[0], assignment.counts[task.source])
-        writer = writers[task.source]
-        writer.statistics = type(writer.statistics)(writer.layout.bands, writer.layout.dtype, writer.layout.nodata)
-        write_shard(root, recipe, writer, task.k, samples)
-        state.record_shard(task.source, task.k, list(task.entries), writer.statistics)
-    finish(0, recipe, root)
+    assignment = assign(0, recipe, Location.of(root))
+    writer = WriteShard(recipe, Location.of(root))  # the pipeline's own steps, called in order
+    writer.setup()
+    for task in shards_to_write(assignment, recipe, Location.of(root)):
+        list(writer.process(task))
+    finish(0, recipe, root, assignment)
     return sum(assignment.counts.values())
 
 

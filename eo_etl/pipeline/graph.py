@@ -18,6 +18,7 @@ from eo_etl.pipeline.transforms import (
     CountOutcomes,
     StageSample,
     WriteShard,
+    assign,
     finish,
     shards_to_write,
 )
@@ -47,11 +48,12 @@ def build_graph(pipeline: beam.Pipeline, recipe: Recipe, root: Location, version
         | "stage" >> beam.ParDo(StageSample(root, version, recipe.fingerprint()))
         | "all cells finished" >> beam.combiners.Count.Globally()
     )
+    assignment = cells_done | "positions" >> beam.Map(assign, recipe, root)
     shards_done = (
-        cells_done
-        | "positions" >> beam.FlatMap(shards_to_write, recipe, root)
+        assignment
+        | "open stores" >> beam.FlatMap(shards_to_write, recipe, root)
         | "spread shards" >> beam.Reshuffle()
         | "write shards" >> beam.ParDo(WriteShard(recipe, root))
         | "all shards written" >> beam.combiners.Count.Globally()
     )
-    return shards_done | "index, STAC, exports" >> beam.Map(finish, recipe, root)
+    return shards_done | "index, STAC, exports" >> beam.Map(finish, recipe, root, beam.pvalue.AsSingleton(assignment))

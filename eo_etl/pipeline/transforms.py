@@ -10,7 +10,7 @@ import geopandas as gpd
 import pandas as pd
 from apache_beam.metrics import Metrics
 
-from eo_etl.pipeline.shards import ShardTask, assign_positions, index_records
+from eo_etl.pipeline.shards import Assignment, ShardTask, assign_positions, index_records
 from eo_etl.pipeline.state import BuildState
 from eo_etl.recipe import Recipe
 from eo_etl.sample import FAILED, REJECTED, Sample
@@ -86,12 +86,17 @@ class StageSample(beam.DoFn):
         yield sample.key
 
 
-def shards_to_write(_cells_done: int, recipe: Recipe, root: Location) -> Iterator[ShardTask]:
-    """Once every cell is finished: positions for all stored samples, each source's store opened (created or
-    grown), and the shards that are not yet written as they should be."""
+def assign(_cells_done: int, recipe: Recipe, root: Location) -> Assignment:
+    """Once every cell is finished: positions for all stored samples, from the records of every version (read
+    once here; the closing step gets this assignment as a side input)."""
+    root = Location.of(root)
+    return assign_positions(BuildState(root).records(), recipe, _cell_order(root))
+
+
+def shards_to_write(assignment: Assignment, recipe: Recipe, root: Location) -> Iterator[ShardTask]:
+    """Each source's store opened (created or grown) and the shards not yet written as ``assignment`` says."""
     root = Location.of(root)
     state = BuildState(root)
-    assignment = assign_positions(state.records(), recipe, _cell_order(root))
     for source, count in assignment.counts.items():
         tasks = [task for task in assignment.tasks if task.source == source]
         existing = _existing_store(root, source)
@@ -167,14 +172,13 @@ class WriteShard(beam.DoFn):
         yield task.source, task.k
 
 
-def finish(_shards_done: int, recipe: Recipe, root: Location) -> None:
+def finish(_shards_done: int, recipe: Recipe, root: Location, assignment: Assignment) -> None:
     """The dataset's closing writes: store statistics, STAC, exports, versions and, last, the index; then
     the pixels staged for full shards are let go (a partial last shard keeps them for the next version)."""
     root = Location.of(root)
     state = BuildState(root)
     plan = root / PLAN_NAME
     cells = gpd.read_parquet(plan.url, storage_options=plan.storage_options)
-    assignment = assign_positions(state.records(), recipe, _cell_order(root))
     stored = {}
     for source, count in assignment.counts.items():
         layout = existing_pixel_store(root, source).layout
