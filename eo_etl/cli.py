@@ -6,7 +6,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Optional, get_args
 
 import pandas as pd
 import typer
@@ -17,6 +17,7 @@ from eo_etl import __version__
 from eo_etl.grid import CellNameError, get_grid
 from eo_etl.grid.points import PointsError, locate_points, read_points, write_points
 from eo_etl.recipe import Recipe, RecipeError, load_recipe
+from eo_etl.recipe.models import Runner
 
 app = typer.Typer(
     help="Build and curate ML-ready Earth observation datasets from a recipe.",
@@ -32,7 +33,7 @@ app.add_typer(grid_app, name="grid")
 out = Console()
 err = Console(stderr=True)
 
-RUNNERS = ("direct", "dataflow", "spark", "flink")
+RUNNERS = get_args(Runner.model_fields["kind"].annotation)  # the recipe's runner kinds
 RecipePath = Annotated[Path, typer.Argument(help="Recipe YAML file, e.g. pipelines/demo.yaml.", show_default=False)]
 
 
