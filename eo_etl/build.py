@@ -12,6 +12,7 @@ from pathlib import Path
 
 import geopandas as gpd
 
+from eo_etl.pipeline.lock import DatasetLock
 from eo_etl.pipeline.options import pipeline_options
 from eo_etl.pipeline.run import make_pipeline, run_pipeline, stages_a_template
 from eo_etl.pipeline.state import BuildState
@@ -84,7 +85,13 @@ def build(
         raise ValueError(f"--out {location}: Dataflow's workers share no disk; write the dataset to gs://… or s3://…")
 
     location.mkdir()
-    location.remove_partial_files()  # a killed build's half-written files; this build is the folder's only writer
+    with DatasetLock(location):  # one writer per dataset, from here to the end
+        return _build_locked(recipe, location, state, beam_options, progress=progress)
+
+
+def _build_locked(recipe: Recipe, location: Location, state: BuildState, beam_options, *, progress: bool):
+    output = location.native
+    location.remove_partial_files()  # a killed build's half-written files; the lock makes this build the only writer
     cells = plan(recipe)
     write_plan(cells, location / PLAN_NAME)
     (location / "recipe.json").write_text(recipe.model_dump_json(indent=2) + "\n")

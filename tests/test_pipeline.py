@@ -5,6 +5,7 @@ resuming a killed build, transient read failures, and new versions over later ti
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import signal
 import socket
@@ -136,6 +137,7 @@ def test_a_killed_build_resumes_to_the_same_dataset_without_duplicates(archive):
     process.wait()
     finished = len(list(samples.glob("*.json")))
     assert 3 <= finished < 12 and not (out / "index.parquet").exists()
+    assert json.loads((out / "_build.lock").read_text())["pid"] == process.pid  # its lock is left, stale
 
     faults.delay_s = 0.0
     resumed = subprocess.run([EO_ETL, "build", str(recipe)], cwd=folder, capture_output=True, text=True, timeout=300)
@@ -151,7 +153,7 @@ def test_a_killed_build_resumes_to_the_same_dataset_without_duplicates(archive):
         assert hashlib.sha256(reference[cell]).digest() == hashlib.sha256(rebuilt[cell]).digest()
     assert file_digests(folder / "whole" / "pixels.zarr") == file_digests(out / "pixels.zarr")
     assert file_digests(folder / "whole" / "video") == file_digests(out / "video")
-    assert not list(out.rglob("*.partial"))
+    assert not list(out.rglob("*.partial")) and not (out / "_build.lock").exists()
 
 
 def test_transient_asset_failures_cost_retries_not_samples(archive):
@@ -259,3 +261,33 @@ def test_the_portable_runners_submit_to_a_job_server_and_build_the_same_dataset(
     )
     assert file_digests(direct.output / "pixels.zarr") == file_digests(portable.output / "pixels.zarr")
     assert portable.metrics["samples written"] == 12 and portable.metrics["shards written"] == 3
+
+
+def test_a_second_build_into_the_same_folder_is_refused_naming_the_first_which_finishes_whole(archive):
+    api, faults, folder = archive
+    build(load_recipe(write_recipe(folder, api, outputs={"path": str(folder / "whole")})))  # a single clean build
+
+    faults.delay_s = 0.5  # a slow network: the first build is still reading scenes when the second starts
+    faults.requests.clear()
+    recipe = write_recipe(folder, api, workers=2, threads=1)
+    first = subprocess.Popen([EO_ETL, "build", str(recipe)], cwd=folder, start_new_session=True,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    deadline = time.monotonic() + 120
+    while not faults.requests and time.monotonic() < deadline:  # the first holds the lock and reads scenes
+        time.sleep(0.02)
+    second = subprocess.run([EO_ETL, "build", str(recipe)], cwd=folder, capture_output=True, text=True, timeout=120)
+    assert first.poll() is None, "the first build ended before the second started: nothing was tested"
+    assert second.returncode == 2 and "Traceback" not in second.stderr
+    assert len(second.stderr.strip().splitlines()) == 1, second.stderr
+    assert f"another build is writing this dataset (build pid {first.pid} on {socket.gethostname()}" in second.stderr
+
+    faults.delay_s = 0.0
+    stdout, stderr = first.communicate(timeout=300)
+    assert first.returncode == 0, stderr
+    out = folder / "demo"
+    pd.testing.assert_frame_equal(
+        pd.read_parquet(folder / "whole" / "index.parquet"), pd.read_parquet(out / "index.parquet")
+    )
+    assert file_digests(folder / "whole" / "pixels.zarr") == file_digests(out / "pixels.zarr")
+    assert file_digests(folder / "whole" / "video") == file_digests(out / "video")
+    assert not (out / "_build.lock").exists() and not list(out.rglob("*.partial"))
