@@ -16,7 +16,7 @@ from eo_etl.pipeline.lock import DatasetLock
 from eo_etl.pipeline.options import pipeline_options
 from eo_etl.pipeline.run import make_pipeline, run_pipeline, stages_a_template
 from eo_etl.pipeline.state import BuildState
-from eo_etl.pipeline.transforms import PLAN_NAME
+from eo_etl.pipeline.transforms import PLAN_NAME, SKIPPED_ITEM
 from eo_etl.plan import plan, write_plan
 from eo_etl.recipe import Recipe
 from eo_etl.recipe.models import TimeRange
@@ -43,6 +43,7 @@ class BuildReport:
     version: int | None = None  # the version this build made
     versions: list[dict] = field(default_factory=list)  # every version of the dataset (versions.json)
     up_to_date: bool = False  # --since found no new time to build
+    warnings: list[str] = field(default_factory=list)  # what was skipped on the way (unreadable catalogue items)
 
 
 # Stages after storing, in pipeline order: which recipe section configures each.
@@ -112,6 +113,9 @@ def _build_locked(recipe: Recipe, location: Location, state: BuildState, beam_op
         report.metrics = run_pipeline(
             recipe, location, report.version, todo, beam_options, progress=progress, cells=len(targets)
         )
+        report.warnings = sorted(name for name in report.metrics if name.startswith(SKIPPED_ITEM))
+        for name in report.warnings:
+            del report.metrics[name]
         report.metrics["cells planned"] = len(targets) * len(recipe.sources)
         report.metrics["cells already finished"] = report.metrics["cells planned"] - sum(map(len, todo.values()))
         index = location / INDEX_NAME
@@ -154,6 +158,8 @@ def _stage_reports(recipe: Recipe, location: Location, report: BuildReport) -> l
     resumed = m.get("cells already finished", 0)
     acquire = f"{acquired} in version {report.version}" + (f" ({resumed} finished before)" if resumed else "")
     acquire += f", {m.get('retries', 0)} retries"
+    if report.warnings:
+        acquire += f", {len(report.warnings)} catalogue items skipped (unreadable)"
     written = f"{m.get('shards written', 0)} shards written, {m.get('shards already written', 0)} kept"
     store = f"{written} → {', '.join(recipe.outputs.formats)}, {location / INDEX_NAME}"
     return [StageReport("acquire", "done", acquire), StageReport("store", "done", store)]

@@ -11,6 +11,7 @@ from typing import Annotated, Optional, get_args
 import pandas as pd
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from eo_etl import __version__
@@ -134,6 +135,8 @@ def build(
     if report.up_to_date:
         out.print(f"[bold]{parsed.name}[/bold] → {report.output}: up to date, no new days since the last version")
         return
+    for warning in report.warnings:
+        err.print(f"[yellow]warning:[/yellow] {escape(warning)}", highlight=False, soft_wrap=True)
     out.print(f"[bold]{parsed.name}[/bold] → {report.output} (version {report.version})", highlight=False)
     marks = {"done": "[green]✓[/green]", "not configured": "[dim]–[/dim]", "not available": "[yellow]![/yellow]"}
     for stage in report.stages:

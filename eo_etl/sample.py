@@ -35,6 +35,7 @@ class Sample:
     processing_baseline: str | None = None
     cloud_fraction: float | None = None  # of the valid pixels; None when the source has no cloud mask
     scene_cloud: float | None = None  # the primary item's own cloud cover, percent
+    cloud_basis: str | None = None  # what cloud_cover is from: the quality band's name, or "scene" (the item's)
     nodata_fraction: float | None = None
     centre_lat: float | None = None
     centre_lon: float | None = None
@@ -68,6 +69,7 @@ class Sample:
             # Over the cell when the source has a cloud mask, else the scene's: Major TOM's cloud_cover.
             "cloud_cover": self.scene_cloud if self.cloud_fraction is None else 100.0 * self.cloud_fraction,
             "scene_cloud_cover": self.scene_cloud,
+            "cloud_basis": self.cloud_basis,
             "nodata": self.nodata_fraction,
             "centre_lat": self.centre_lat,
             "centre_lon": self.centre_lon,
@@ -103,6 +105,7 @@ class Sample:
             processing_baseline=record["processing_baseline"],
             # record() gives the cell's cloud when the source has a mask, else the scene's
             cloud_fraction=cloud_cover / 100.0 if masked else None, scene_cloud=scene_cloud,
+            cloud_basis=record.get("cloud_basis"),
             nodata_fraction=record["nodata"], centre_lat=record["centre_lat"], centre_lon=record["centre_lon"],
             status=record["status"], reason=record["reason"],
         )  # fmt: skip

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -9,12 +10,14 @@ from pathlib import Path
 
 import geopandas as gpd
 import pandas as pd
+import pyarrow.parquet as pq
 import pytest
 import shapely
 import xarray as xr
 import yaml
 
 from eo_etl.demo import write_demo_catalog
+from eo_etl.store.index import INDEX_SCHEMA
 
 ROOT = Path(__file__).resolve().parents[1]
 EO_ETL = shutil.which("eo-etl", path=str(Path(sys.executable).parent)) or "eo-etl"
@@ -95,6 +98,14 @@ def test_build_of_the_demo_writes_plan_index_and_pixels_and_says_which_stages_di
         assert row.geometry.contains(shapely.Point(row.centre_lon, row.centre_lat))
     assert "labels" in result.stdout and "not configured" in result.stdout
     assert "eo_etl.open_dataset(" in result.stdout
+    assert_declared_schema(out / "index.parquet")  # no failures here; every cell failed below: the same schema
+
+
+def assert_declared_schema(index: Path) -> None:
+    """The index has the declared Arrow schema, whatever its rows hold (``reason`` all null, no heights)."""
+    schema = pq.read_schema(index)
+    assert schema.equals(INDEX_SCHEMA, check_metadata=False), schema
+    assert schema.field("reason").type == "string" and schema.field("height").type == "int64"
 
 
 def test_build_with_no_sources_plans_only(tmp_path):
@@ -124,6 +135,7 @@ def test_build_with_an_unreachable_source_records_every_cell_as_failed(tmp_path,
     index = pd.read_parquet(tmp_path / "demo" / "index.parquet")
     assert len(index) > 0 and set(index.status) == {"failed"}
     assert index.reason.str.startswith(reason).all()
+    assert_declared_schema(tmp_path / "demo" / "index.parquet")
 
 
 def test_grid_locate_a_single_point():
@@ -184,3 +196,22 @@ def test_help_and_version_read_well():
     for command in ("validate", "plan", "build", "grid", "schema"):
         assert command in result.stdout
     assert run("--version").stdout.startswith("eo-etl ")
+
+
+def test_a_catalogue_item_that_cannot_be_read_is_skipped_reported_once_and_the_others_build(tmp_path):
+    recipe = demo_recipe(tmp_path)
+    collection = tmp_path / "catalog" / "sentinel-2-l2a" / "collection.json"
+    data = json.loads(collection.read_text())
+    data["links"].append({"rel": "item", "href": "./broken/broken.json", "type": "application/geo+json"})
+    collection.write_text(json.dumps(data))
+    broken = collection.parent / "broken" / "broken.json"
+    broken.parent.mkdir()
+    broken.write_text('{"type": "Feature", "stac_version": "1.1.0", "id": "bro')  # cut short
+    result = run("build", str(recipe), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    index = pd.read_parquet(tmp_path / "demo" / "index.parquet")
+    assert len(index) == 12 and set(index.status) == {"ok"}  # the good item covers every cell
+    warnings = [line for line in result.stderr.splitlines() if str(broken) in line]
+    assert len(warnings) == 1 and "catalogue item skipped" in warnings[0] and "JSONDecodeError" in warnings[0]
+    assert "1 catalogue items skipped" in result.stdout and str(broken) not in result.stdout
+    assert "Traceback" not in result.stderr

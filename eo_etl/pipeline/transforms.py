@@ -22,6 +22,7 @@ from eo_etl.store.location import Location
 from eo_etl.store.zarr import BandStatistics, ZarrWriter
 
 NAMESPACE = "eo_etl"
+SKIPPED_ITEM = "catalogue item skipped: "  # a counter named by the item's href and why: one line in the report
 PLAN_NAME = "plan.parquet"
 
 
@@ -46,6 +47,7 @@ class AcquireCells(beam.DoFn):
             for source in self.recipe.sources
         }  # fmt: skip
         self.retries_counted = 0
+        self.skipped_counted: set[str] = set()
 
     def process(self, element: tuple[str, list[Cell]]) -> Iterator[Sample]:
         source, cells = element
@@ -53,6 +55,10 @@ class AcquireCells(beam.DoFn):
         retries = self.policy.retries
         counter("retries").inc(retries - self.retries_counted)
         self.retries_counted = retries
+        for href, why in self.acquisitions[source].skipped_items.items():
+            if href not in self.skipped_counted:  # every worker walks the catalogue: the name, not the count, says it
+                counter(f"{SKIPPED_ITEM}{href} ({why})").inc()
+                self.skipped_counted.add(href)
 
     def teardown(self):
         for acquisition in getattr(self, "acquisitions", {}).values():

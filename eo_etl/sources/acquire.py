@@ -3,10 +3,11 @@
 The rule, in order:
 1. Candidates are the items whose footprint meets the cell's patch, inside the time window, with scene
    cloud cover ≤ ``max_cloud`` and every requested band as an asset.
-2. With a quality band (Sentinel-2 SCL, Landsat QA_PIXEL), the mask is read on the patch for the best
+2. With a quality band (Sentinel-2 SCL, Landsat QA_PIXEL) on every candidate, the mask is read on the patch for the best
    ``MAX_RANKED`` candidates (by scene cloud, then time) and candidates whose cloud over the *cell*
    exceeds ``max_cloud`` are dropped. Ranking: least cloud over the cell, then nearest to the middle of
-   the time window, then item id.
+   the time window, then item id. When a candidate lacks the quality band (and the recipe did not ask for it),
+   the cell is ranked by the scenes' own cloud cover, and the sample says so (``cloud_basis`` "scene").
 3. The best candidate gives the patch; pixels it does not cover are filled, band by band, from the next ranked items
    acquired on the same UTC day (the same pass, e.g. the neighbouring tile), never from another date.
 4. Pixels no item covers stay nodata and are counted in ``nodata_fraction``.
@@ -42,10 +43,9 @@ from eo_etl.sources.patch import (
     is_nodata,
     no_clear_scene,
     rank_key,
-    with_quality_band,
 )
 from eo_etl.sources.patch_grid import PatchGrid, patch_grid
-from eo_etl.sources.profile import CollectionProfile
+from eo_etl.sources.profile import CollectionProfile, QualityRule
 from eo_etl.sources.raster import read_band
 from eo_etl.sources.remote import HostLimiter, RetryPolicy, gdal_env, gdal_path, limited_call
 from eo_etl.sources.stac import StacCatalog, item_time, scene_cloud
@@ -154,50 +154,49 @@ class StacReader(SourceReader):
         over = [it for it in items if it.geometry is not None and shape(it.geometry).intersects(fp_lonlat)]
         if not over:
             return sample.reject(NO_SCENE)
-        lacking = [it for it in over if any(self.asset(it, b) is None for b in self.needed_bands)]
+        lacking = [it for it in over if any(self.asset(it, b) is None for b in self.bands)]
         usable = [it for it in over if it not in lacking]
         if not usable:
-            missing = [b for b in self.needed_bands if self.asset(lacking[0], b) is None]
+            missing = [b for b in self.bands if self.asset(lacking[0], b) is None]
             sample.status, sample.reason = FAILED, f"items lack assets for bands {missing}"
             return sample
+        rule = self.quality  # the mask, where every scene has it; else the scenes' own cloud cover
+        if rule is not None and any(self.asset(it, rule.band) is None for it in usable):
+            rule = None
         candidates = sorted(
             (_Candidate(it, item_time(it), scene_cloud(it, self.profile.cloud_property) / 100) for it in usable),
             key=self._rank,
         )
         grid = self.grid_for(cell, candidates)
-        if self.quality is not None:
-            seen = self._with_cell_cloud(candidates[:MAX_RANKED], grid)
+        if rule is not None:
+            seen = self._with_cell_cloud(candidates[:MAX_RANKED], grid, rule)
             candidates = sorted((c for c in seen if c.cloud * 100 <= self.source.max_cloud), key=self._rank)
             if not candidates:
                 return sample.reject(no_clear_scene(bool(seen), self.source.max_cloud))
-        return self._mosaic(candidates, grid, sample)
-
-    @property
-    def needed_bands(self) -> tuple[str, ...]:
-        return with_quality_band(self.bands, self.quality)
+        return self._mosaic(candidates, grid, sample, rule)
 
     def _rank(self, candidate: _Candidate) -> tuple:
         return rank_key(candidate.cloud, candidate.when, candidate.item.id, self.target_time)
 
-    def _with_cell_cloud(self, candidates: list[_Candidate], grid: PatchGrid) -> list[_Candidate]:
+    def _with_cell_cloud(self, candidates: list[_Candidate], grid: PatchGrid, rule: QualityRule) -> list[_Candidate]:
         """The candidates with any valid pixel on the grid, their quality mask read and cloud over the cell."""
         seen = []
         for candidate in candidates:
-            quality, _ = self.read(candidate.item, self.quality.band, grid)
-            cloud = cell_cloud(self.quality, quality)
+            quality, _ = self.read(candidate.item, rule.band, grid)
+            cloud = cell_cloud(rule, quality)
             if cloud is not None:
                 candidate.quality, candidate.cloud = quality, cloud
                 seen.append(candidate)
         return seen
 
-    def _read_item(self, candidate: _Candidate, grid: PatchGrid):
+    def _read_item(self, candidate: _Candidate, grid: PatchGrid, rule: QualityRule | None):
         """All bands of one item on the grid: (arrays, per-band nodata, quality mask)."""
         arrays, nodatas = [], []
         quality = candidate.quality
-        if self.quality is not None and quality is None:
-            quality, _ = self.read(candidate.item, self.quality.band, grid)
+        if rule is not None and quality is None:
+            quality, _ = self.read(candidate.item, rule.band, grid)
         for band in self.bands:
-            if self.quality is not None and band == self.quality.band:
+            if rule is not None and band == rule.band:
                 arrays.append(quality.copy())
                 nodatas.append(self._band_info(self.asset(candidate.item, band))[0])
             else:
@@ -206,26 +205,28 @@ class StacReader(SourceReader):
                 nodatas.append(nodata)
         return arrays, nodatas, quality
 
-    def _mosaic(self, candidates: list[_Candidate], grid: PatchGrid, sample: Sample) -> Sample:
+    def _mosaic(
+        self, candidates: list[_Candidate], grid: PatchGrid, sample: Sample, rule: QualityRule | None
+    ) -> Sample:
         primary = candidates[0]
         same_pass = [c for c in candidates if c.when.date() == primary.when.date()]
-        arrays, nodatas, quality = self._read_item(primary, grid)
+        arrays, nodatas, quality = self._read_item(primary, grid, rule)
         used = [primary]
         for extra in same_pass[1:]:
-            if not any_band_missing(arrays, nodatas, self.quality, quality).any():
+            if not any_band_missing(arrays, nodatas, rule, quality).any():
                 break
-            more, more_nodatas, more_quality = self._read_item(extra, grid)
+            more, more_nodatas, more_quality = self._read_item(extra, grid, rule)
             filled = False
             for target, source, nodata, source_nodata in zip(arrays, more, nodatas, more_nodatas):
                 hole = is_nodata(target, nodata) & ~is_nodata(source, source_nodata)
                 target[hole] = source[hole]
                 filled |= bool(hole.any())
             if quality is not None:
-                hole = masks.missing_pixels(self.quality, quality) & ~masks.missing_pixels(self.quality, more_quality)
+                hole = masks.missing_pixels(rule, quality) & ~masks.missing_pixels(rule, more_quality)
                 quality[hole] = more_quality[hole]
             if filled:
                 used.append(extra)
-        fill_pixels(sample, grid, self.bands, arrays, nodatas, self.quality, quality)
+        fill_pixels(sample, grid, self.bands, arrays, nodatas, rule, quality)
         infos = [self._band_info(self.asset(primary.item, b)) for b in self.bands]
         sample.scales = tuple(info[1] for info in infos)
         sample.offsets = tuple(info[2] for info in infos)
@@ -289,6 +290,11 @@ class SourceAcquisition:
             yield from (cell.sample(self.source.name).fail(error, "search failed: ") for cell in cells)
             return
         yield from self.pool.map(self.reader.acquire, cells, repeat(items))
+
+    @property
+    def skipped_items(self) -> dict[str, str]:
+        """The catalogue's items that could not be read (href -> why): skipped, the other items used."""
+        return dict(self.catalog.skipped) if self.catalog is not None else {}
 
     def _earth_engine(self, cells: list[Cell]) -> Iterator[Sample]:
         """Earth Engine needs no search: each cell asks the server. No ee credentials fail every cell, recorded."""

@@ -110,4 +110,5 @@ def fill_pixels(
     sample.nodata_fraction = float(missing.mean())
     if quality is not None:
         sample.cloud_fraction = masks.cloud_fraction(masks.cloud_pixels(rule, quality), ~missing)
+    sample.cloud_basis = rule.band if sample.cloud_fraction is not None else "scene"
     return sample

@@ -1,12 +1,15 @@
 """Finding items in a STAC API with pystac-client, or in a static catalog on disk or on the web.
 
 A server that conforms to the query or filter extension filters cloud cover itself; for any other
-(and for static catalogs, which are walked and filtered here) the same rule runs on the client.
+(and for static catalogs, which are walked and filtered here) the same rule runs on the client. A static
+catalog's item (or child) that cannot be read is skipped and kept in ``StacCatalog.skipped`` with its path and
+why: one bad file never fails the cells the other items cover.
 """
 
 from __future__ import annotations
 
 import warnings
+from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 
@@ -33,6 +36,7 @@ class StacCatalog:
             self.client = self._call(Client.open, url, stac_io=StacApiIO(max_retries=None))
         self.searchable = self.client.conforms_to(ConformanceClasses.ITEM_SEARCH)
         self._walked: list[pystac.Item] | None = None  # a static catalog's items, read once
+        self.skipped: dict[str, str] = {}  # a static catalog's unreadable items or children: href -> why
 
     def search(
         self, bbox: tuple[float, float, float, float], start: datetime, end: datetime, max_cloud: float = 100.0
@@ -55,8 +59,25 @@ class StacCatalog:
     def _static_items(self) -> list[pystac.Item]:
         if self._walked is None:
             with _static_is_fine():
-                self._walked = self._call(lambda: list(self.client.get_items(recursive=True)))
+                self._walked = list(self._walk(self.client))
         return self._walked
+
+    def _walk(self, catalog: pystac.Catalog) -> Iterator[pystac.Item]:
+        """Every item under ``catalog``, each link resolved on its own (transient errors retried), so that an
+        unreadable item or child is skipped and recorded instead of ending the walk."""
+        root = catalog.get_root()
+        for rel in (pystac.RelType.ITEM, pystac.RelType.CHILD):
+            for link in catalog.get_links(rel):
+                try:
+                    target = self._call(lambda link=link: link.resolve_stac_object(root=root).target)
+                except Exception as error:
+                    cause = error.__cause__ or error
+                    self.skipped[link.get_absolute_href() or link.href] = f"{type(cause).__name__}: {cause}"[:200]
+                    continue
+                if isinstance(target, pystac.Item):
+                    yield target
+                elif isinstance(target, pystac.Catalog):
+                    yield from self._walk(target)
 
     def _call(self, fn, *args, **kwargs):
         return limited_call(self.policy, self.limiter, self.url, lambda: fn(*args, **kwargs))
