@@ -175,6 +175,6 @@ def test_every_recipe_in_pipelines_is_valid():
         assert load_recipe(path).name == path.stem
 
 
-def test_the_json_schema_in_schemas_is_current():
+def test_the_json_schemas_in_schemas_recipe_and_index_are_current():
     stale = stale_schemas(ROOT / "schemas")
     assert not stale, f"regenerate with `eo-etl schema`: {stale}"
