@@ -3,6 +3,7 @@ searched with pystac-client and read with GDAL; patches checked pixel for pixel 
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -268,3 +269,23 @@ def test_a_static_catalog_is_walked_once_for_all_batches(tmp_path, monkeypatch):
     samples = acquire(recipe(str(write_demo_catalog(tmp_path / "catalog")), kind="local"))
     assert sum(s.status == OK for s in samples.values()) == 12
     assert walks == [True, False, False, False]  # read on the first search, reused after
+
+
+def test_items_without_the_quality_band_fall_back_to_the_scene_cloud_unless_the_recipe_asks_for_it(tmp_path):
+    catalog = write_demo_catalog(tmp_path / "catalog")
+    masked = acquire(recipe(str(catalog), kind="local", bands=["B02", "B04"]))
+    (item_path,) = (tmp_path / "catalog").rglob("S2B_*.json")
+    item = json.loads(item_path.read_text())
+    del item["assets"]["scl"]  # a catalogue without SCL
+    item["properties"]["eo:cloud_cover"] = 7.5
+    item_path.write_text(json.dumps(item))
+
+    unmasked = acquire(recipe(str(catalog), kind="local", bands=["B02", "B04"]))
+    assert {s.status for s in unmasked.values()} == {OK} and unmasked.keys() == masked.keys()
+    assert {s.cloud_basis for s in masked.values()} == {"SCL"}
+    assert {s.cloud_basis for s in unmasked.values()} == {"scene"}  # said in the index's cloud_basis column
+    for cell, sample in unmasked.items():
+        assert sample.cloud_fraction is None and sample.record()["cloud_cover"] == 7.5
+        np.testing.assert_array_equal(sample.pixels, masked[cell].pixels)
+    asked = acquire(recipe(str(catalog), kind="local", bands=["B02", "SCL"]))
+    assert {(s.status, s.reason) for s in asked.values()} == {(FAILED, "items lack assets for bands ['SCL']")}
