@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -23,8 +24,9 @@ ROOT = Path(__file__).resolve().parents[1]
 EO_ETL = shutil.which("eo-etl", path=str(Path(sys.executable).parent)) or "eo-etl"
 
 
-def run(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
-    return subprocess.run([EO_ETL, *args], cwd=cwd, capture_output=True, text=True, timeout=120)
+def run(*args: str, cwd: Path = ROOT, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([EO_ETL, *args], cwd=cwd, capture_output=True, text=True, timeout=120,
+                          env=None if env is None else os.environ | env)  # fmt: skip
 
 
 def test_validate_accepts_the_demo_and_summarises_it():
@@ -78,8 +80,12 @@ def demo_recipe(tmp_path: Path, **changes) -> Path:
 
 
 def test_build_of_the_demo_writes_plan_index_and_pixels_and_says_which_stages_did_not_run(tmp_path):
-    result = run("build", str(demo_recipe(tmp_path)), cwd=tmp_path)
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    result = run("build", str(demo_recipe(tmp_path)), cwd=tmp_path, env={"TMPDIR": str(temp)})
     assert result.returncode == 0, result.stderr
+    assert result.stderr == ""  # no start-up chatter of Beam's worker processes ("apitools not found", …)
+    assert not list(temp.iterdir())  # nor temporary folders left behind
     out = tmp_path / "demo"
     plan, index = pd.read_parquet(out / "plan.parquet"), gpd.read_parquet(out / "index.parquet")
     assert (out / "recipe.json").is_file()
@@ -144,6 +150,16 @@ def test_grid_locate_a_single_point():
     assert result.stdout.splitlines() == [
         "lat,lon,grid_cell,grid_row_u,grid_col_r",
         "40.8518,14.2681,454U_120R,454,120",
+    ]
+
+
+def test_grid_locate_ends_its_csv_row_before_the_warning_on_a_shared_stream():
+    result = subprocess.run([EO_ETL, "grid", "locate", "--lat", "89.99", "--lon", "0"], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, timeout=60)  # fmt: skip
+    assert result.stdout.splitlines() == [
+        "lat,lon,grid_cell,grid_row_u,grid_col_r",
+        "89.99,0.0,,,",
+        "warning: 1 of 1 points are outside the grid (empty cell)",
     ]
 
 

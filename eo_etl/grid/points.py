@@ -79,6 +79,7 @@ def write_points(table: pd.DataFrame, out: Path | None) -> None:
     """Write next to the input's format by suffix; CSV on stdout when ``out`` is None."""
     if out is None:
         _plain(table).to_csv(sys.stdout, index=False)
+        sys.stdout.flush()  # whole lines out before any warning on stderr, also when both share one pipe
     elif out.suffix.lower() == ".csv":
         _plain(table).to_csv(out, index=False)
     elif out.suffix.lower() in (".parquet", ".geoparquet", ".pq"):
