@@ -7,6 +7,7 @@
       taco/<source>/       TACO export of the stored samples (formats: taco)
       collection.json, items.parquet   STAC Collection and one STAC item per stored sample (stac-geoparquet)
       plan.parquet, recipe.json        the cells planned and the recipe as resolved
+      _build/, _build.lock             the build's state (pipeline/state.py); while it runs, its lock (lock.py)
 
 The folder may be local or an object store's prefix (``s3://…``, ``gs://…``: store/location.py); video
 cubes and TACO are written in a local scratch folder there and uploaded.
