@@ -48,6 +48,16 @@ def test_another_hosts_lock_holds_while_it_beats_and_is_taken_over_when_it_stops
         assert json.loads(marker.read_text())["host"] == socket.gethostname()
 
 
+def test_a_lock_its_writer_never_filled_holds_until_it_is_stale(tmp_path):
+    marker = tmp_path / LOCK_NAME
+    marker.touch()  # killed between creating the file and writing its owner
+    with pytest.raises(DatasetLocked, match="a build that is starting"):
+        DatasetLock(Location(tmp_path), stale_after_s=60).acquire()
+    os.utime(marker, (time.time() - 61, time.time() - 61))
+    with DatasetLock(Location(tmp_path), stale_after_s=60) as lock:
+        assert json.loads(marker.read_text())["token"] == lock.owner["token"]
+
+
 def test_the_heartbeat_keeps_the_lock_fresh(tmp_path):
     marker = tmp_path / LOCK_NAME
     with DatasetLock(Location(tmp_path), heartbeat_s=0.05):

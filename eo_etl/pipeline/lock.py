@@ -30,7 +30,7 @@ import socket
 import threading
 import time
 import uuid
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -105,15 +105,17 @@ class DatasetLock:
 
     # ---------------------------------------------------------------------------------- the holder
     def _holder(self) -> tuple[dict, float]:
-        """Who holds the lock and how many seconds ago it last beat; ({}, 0) when the lock is gone or unreadable."""
+        """Who holds the lock and how many seconds ago it last beat; ({}, 0) when the lock is gone, ({}, its age)
+        when it cannot be read."""
         try:
             text = self.marker.read_bytes()
             mtime = self.marker.local_path.stat().st_mtime if self.root.local else None
+            holder = json.loads(text)
         except FileNotFoundError:
             return {}, 0.0
-        try:
-            holder = json.loads(text)
         except ValueError:  # being written (held), or its writer died before writing it (stale in time)
+            with suppress(OSError, NotImplementedError):
+                mtime = mtime or self.marker.fs.modified(self.marker.path).timestamp()
             return {}, 0.0 if mtime is None else max(0.0, time.time() - mtime)
         if mtime is None:
             beat = holder.get("heartbeat") or holder.get("started")
@@ -185,7 +187,8 @@ def _serialised(folder: Path):
     """Contenders for a local lock one at a time: an flock on the dataset folder (released if the process dies)."""
     fd = os.open(folder, os.O_RDONLY)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        with suppress(OSError):  # a disk without flock: the O_EXCL create alone decides, takeovers may race
+            fcntl.flock(fd, fcntl.LOCK_EX)
         yield
     finally:
         os.close(fd)
