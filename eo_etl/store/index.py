@@ -43,7 +43,7 @@ _TEXT, _FLOATS, _TEXTS = pa.string(), pa.list_(pa.float64()), pa.list_(pa.string
 INDEX_SCHEMA = pa.schema([
     _column("grid_cell", _TEXT, "Major TOM cell name, e.g. 454U_120R", nullable=False),
     _column("grid_row_u", pa.int64(), "Major TOM row (signed: U north of the equator, D south)", nullable=False),
-    _column("grid_col_r", pa.int64(), "Major TOM column (signed: R east of the cell's first, L west)", nullable=False),
+    _column("grid_col_r", pa.int64(), "Major TOM column (signed: R east of 0°, L west)", nullable=False),
     _column("source", _TEXT, "the recipe's source name", nullable=False),
     _column("product_id", _TEXT, "id of the item (scene) the pixels came from first"),
     _column("timestamp", pa.timestamp("us", tz="UTC"), "acquisition time of that item"),
@@ -125,8 +125,8 @@ def index_table(index: gpd.GeoDataFrame) -> pa.Table:
     # pandas' types too (kept in the file's metadata for pandas readers): the same whatever the rows hold
     for name in _GAPPED_INTEGERS:  # nullable integers, also where a failure leaves a gap (not floats)
         frame[name] = frame[name].astype("Int64")
-    for name in _TEXT_COLUMNS:
-        frame[name] = frame[name].astype("str")  # missing stays missing
+    for name in _TEXT_COLUMNS:  # text or None (pandas 2's astype(str) would make None "None")
+        frame[name] = frame[name].astype(object).where(frame[name].notna(), None)
     frame["timestamp"] = pd.to_datetime(frame["timestamp"], utc=True).astype("datetime64[us, UTC]")
     table = _geopandas_to_arrow(frame[[n for n in INDEX_SCHEMA.names if n != "bbox"]], index=False,
                                 write_covering_bbox=True)  # fmt: skip
