@@ -11,13 +11,17 @@ from typing import Annotated, Optional, get_args
 import pandas as pd
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from eo_etl import __version__
 from eo_etl.grid import CellNameError, get_grid
 from eo_etl.grid.points import PointsError, locate_points, read_points, write_points
 from eo_etl.recipe import Recipe, RecipeError, load_recipe
+from eo_etl.recipe.load import parse_section
 from eo_etl.recipe.models import Runner
+from eo_etl.store.location import is_url, local_folder_problem
+from eo_etl.text import printable
 
 app = typer.Typer(
     help="Build and curate ML-ready Earth observation datasets from a recipe.",
@@ -37,6 +41,16 @@ RUNNERS = get_args(Runner.model_fields["kind"].annotation)  # the recipe's runne
 RecipePath = Annotated[Path, typer.Argument(help="Recipe YAML file, e.g. pipelines/demo.yaml.", show_default=False)]
 
 
+def safe(value: object) -> str:
+    """Text from users, recipes, catalogues or errors, fit for Rich: markup escaped (``[/red]`` in a band name
+    prints as itself), control characters escaped, cut to a line's length."""
+    return escape(printable(str(value)))
+
+
+def say_error(message: object) -> None:
+    err.print(f"[red]error:[/red] {safe(message)}", highlight=False, soft_wrap=True)
+
+
 @contextmanager
 def user_errors() -> Iterator[None]:
     """Bad input ends the command with one line per problem on stderr and exit code 2, no traceback."""
@@ -44,10 +58,10 @@ def user_errors() -> Iterator[None]:
         yield
     except RecipeError as error:
         for problem in error.problems:
-            err.print(f"[red]error:[/red] {error.path}: {problem}", highlight=False, soft_wrap=True)
+            say_error(f"{error.path}: {problem}")
         raise typer.Exit(2) from None
     except (PointsError, CellNameError, ValueError) as error:
-        err.print(f"[red]error:[/red] {error}", highlight=False, soft_wrap=True)
+        say_error(error)
         raise typer.Exit(2) from None
 
 
@@ -71,8 +85,8 @@ def validate(recipe: RecipePath) -> None:
     """Check a recipe; print a summary, or each problem with the field it is in."""
     with user_errors():
         parsed = load_recipe(recipe)
-    out.print(f"[green]✓[/green] {recipe} is a valid recipe: [bold]{parsed.name}[/bold]", highlight=False)
-    out.print(_summary(parsed), highlight=False)
+    out.print(f"[green]✓[/green] {safe(recipe)} is a valid recipe: [bold]{parsed.name}[/bold]", highlight=False)
+    out.print(escape(_summary(parsed)), highlight=False)
 
 
 @app.command()
@@ -90,9 +104,13 @@ def plan(
 
     with user_errors():
         parsed = load_recipe(recipe)
+        target = Location.of(out_file or Location.of(parsed.output_path) / "plan.parquet")
+        problem = target.local and local_folder_problem(target.local_path.parent)
+        if problem or target.local and target.local_path.is_dir():
+            raise ValueError(f"{'--out' if out_file else 'outputs.path'}: {problem or f'{target} is a folder'}")
         cells = plan_cells(parsed)
-    target = write_plan(cells, out_file or Location.of(parsed.output_path) / "plan.parquet")
-    out.print(f"{len(cells)} cells of the {parsed.grid.distance_km:g} km {parsed.grid.kind} grid → {target}")
+        target = write_plan(cells, target)
+    out.print(f"{len(cells)} cells of the {parsed.grid.distance_km:g} km {parsed.grid.kind} grid → {safe(target)}")
     _print_cells(cells)
 
 
@@ -125,23 +143,29 @@ def build(
 
         if runner is not None and runner not in RUNNERS:
             raise ValueError(f"--runner {runner!r}: expected one of {', '.join(RUNNERS)}")
+        if runner is not None:  # the recipe's runner section, checked again for this kind (direct: workers)
+            parse_section(Runner, {**parsed.runner.model_dump(), "kind": runner}, f"--runner {runner}", "runner")
         options = dict(parse_option(text) for text in option or [])
         kind = runner or parsed.runner.kind
+        target = output or parsed.output_path
+        problem = None if is_url(target) else local_folder_problem(Path(target))
+        if problem:
+            raise ValueError(f"{'--out' if output else 'outputs.path'}: {problem}")
         report = run_build(
             parsed, output, since=since, until=until.date() if until else None, runner=runner, options=options,
             progress=kind == "direct" and out.is_terminal,
         )  # fmt: skip
     if report.up_to_date:
-        out.print(f"[bold]{parsed.name}[/bold] → {report.output}: up to date, no new days since the last version")
+        out.print(f"[bold]{parsed.name}[/bold] → {safe(report.output)}: up to date, no new days since the last version")
         return
-    out.print(f"[bold]{parsed.name}[/bold] → {report.output} (version {report.version})", highlight=False)
+    out.print(f"[bold]{parsed.name}[/bold] → {safe(report.output)} (version {report.version})", highlight=False)
     marks = {"done": "[green]✓[/green]", "not configured": "[dim]–[/dim]", "not available": "[yellow]![/yellow]"}
     for stage in report.stages:
-        line = f"{marks[stage.status]} {stage.name:<9} {stage.status:<15} [dim]{stage.detail}[/dim]"
+        line = f"{marks[stage.status]} {stage.name:<9} {stage.status:<15} [dim]{safe(stage.detail)}[/dim]"
         out.print(line, highlight=False, soft_wrap=True)
     if report.metrics:
         counters = ", ".join(f"{name} {value}" for name, value in sorted(report.metrics.items()))
-        out.print(f"[dim]counters: {counters}[/dim]", highlight=False, soft_wrap=True)
+        out.print(f"[dim]counters: {safe(counters)}[/dim]", highlight=False, soft_wrap=True)
     if report.samples:
         _print_samples(report.samples, report.output)
     else:
@@ -171,7 +195,7 @@ def grid_locate(
     if outside:
         err.print(f"[yellow]warning:[/yellow] {outside} of {len(located)} points are outside the grid (empty cell)")
     if out_file is not None:
-        err.print(f"{len(located)} points → {out_file}")
+        err.print(f"{len(located)} points → {safe(out_file)}", highlight=False)
 
 
 @grid_app.command("cell")
@@ -188,7 +212,7 @@ def grid_cell(
     lat, lon = (float(v[0]) for v in the_grid.centre(row, col))
     fp = the_grid.footprints(row, col)
     table = Table(box=None, show_header=False, pad_edge=False)
-    table.add_row("cell", f"{name}  (row {int(row[0])}, col {int(col[0])}, {dist:g} km {grid})")
+    table.add_row("cell", f"{safe(name)}  (row {int(row[0])}, col {int(col[0])}, {dist:g} km {grid})")
     table.add_row("bounds", f"west {west:.6f}, south {south:.6f}, east {east:.6f}, north {north:.6f}")
     table.add_row("centre", f"lat {lat:.6f}, lon {lon:.6f}")
     table.add_row("crs", f"EPSG:{int(fp.epsg[0])}")
@@ -211,10 +235,10 @@ def schema(
     if check:
         stale = stale_schemas(out_dir)
         for path in stale:
-            err.print(f"[red]stale:[/red] {path} (run eo-etl schema)")
+            err.print(f"[red]stale:[/red] {safe(path)} (run eo-etl schema)")
         raise typer.Exit(1 if stale else 0)
     for path in write_schemas(out_dir):
-        out.print(f"wrote {path}")
+        out.print(f"wrote {safe(path)}")
 
 
 def _summary(recipe: Recipe) -> str:
@@ -225,7 +249,7 @@ def _summary(recipe: Recipe) -> str:
         f"  aoi      {where}",
         f"  grid     {recipe.grid.kind}, {recipe.grid.distance_km:g} km",
         f"  time     {recipe.time.start} → {recipe.time.end}",
-        f"  sources  {sources or 'none'}",
+        f"  sources  {sources or 'none: a build writes only the plan of cells'}",
         f"  output   {recipe.output_path} ({', '.join(recipe.outputs.formats)})",
         f"  runner   {recipe.runner.kind}, {recipe.runner.workers} workers",
     ]
@@ -238,7 +262,7 @@ def _print_cells(cells: pd.DataFrame, limit: int = 8) -> None:
         return
     table = Table("grid_cell", "centre_lat", "centre_lon", "crs", box=None, header_style="bold")
     for row in cells.head(limit).itertuples():
-        table.add_row(row.grid_cell, f"{row.centre_lat:.5f}", f"{row.centre_lon:.5f}", row.crs)
+        table.add_row(safe(row.grid_cell), f"{row.centre_lat:.5f}", f"{row.centre_lon:.5f}", safe(row.crs))
     out.print(table)
     if len(cells) > limit:
         out.print(f"[dim]… and {len(cells) - limit} more[/dim]")
@@ -250,15 +274,18 @@ def _print_samples(records: list[dict], output: Path | str, limit: int = 8) -> N
     for r in made[:limit]:
         cloud = "" if pd.isna(r["cloud_cover"]) else f"{r['cloud_cover']:.1f}"
         when = r["timestamp"].strftime("%Y-%m-%d %H:%M")
-        table.add_row(r["grid_cell"], r["source"], r["product_id"], when, cloud, f"{100 * r['nodata']:.1f}")
+        nodata = f"{100 * r['nodata']:.1f}"
+        table.add_row(*map(safe, (r["grid_cell"], r["source"], r["product_id"], when, cloud, nodata)))
     out.print(table)
     if len(made) > limit:
         out.print(f"[dim]… and {len(made) - limit} more[/dim]")
     if made:
         out.print(
-            f"open it: eo_etl.open_dataset('{output}', '{made[0]['source']}') (xarray), "
-            f"xarray.open_zarr('{output}/pixels.zarr', group='{made[0]['source']}'), "
-            f"or the index: geopandas.read_parquet('{output}/index.parquet')",
+            safe(
+                f"open it: eo_etl.open_dataset('{output}', '{made[0]['source']}') (xarray), "
+                f"xarray.open_zarr('{output}/pixels.zarr', group='{made[0]['source']}'), "
+                f"or the index: geopandas.read_parquet('{output}/index.parquet')"
+            ),
             highlight=False,
             soft_wrap=True,
         )

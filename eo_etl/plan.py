@@ -12,7 +12,7 @@ from shapely.geometry.base import BaseGeometry
 from eo_etl.grid import MajorTomGrid, get_grid, unique_cells
 from eo_etl.grid.table import cells_frame
 from eo_etl.recipe import Recipe
-from eo_etl.recipe.models import Aoi
+from eo_etl.recipe.models import MAX_CELLS, Aoi, too_many_cells
 from eo_etl.store.location import Location
 
 
@@ -41,7 +41,11 @@ def aoi_cells(grid: MajorTomGrid, aoi: Aoi) -> tuple[np.ndarray, np.ndarray]:
         return unique_cells(rows, cols)
     if aoi.bbox is not None:
         return grid.cells_in_bbox(*aoi.bbox)
-    return geometry_cells(grid, read_aoi_file(aoi))
+    geometry = read_aoi_file(aoi)
+    count = sum(grid.count_in_bbox(*shapely.bounds(part)) for part in shapely.get_parts(geometry))
+    if count > MAX_CELLS:  # before the cells are listed: their arrays would not fit in memory
+        raise ValueError(too_many_cells("aoi.file", count, grid))
+    return geometry_cells(grid, geometry)
 
 
 def read_aoi_file(aoi: Aoi) -> BaseGeometry:

@@ -221,18 +221,31 @@ class MajorTomGrid:
         if west > east:
             parts = [self.cells_in_bbox(west, south, 180.0, north), self.cells_in_bbox(-180.0, south, east, north)]
             return unique_cells(np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]))
+        idx, lo, hi = self._bbox_ranges(west, south, east, north)
+        rows, cols = self._row_ranges(idx, lo, hi)
+        rows = np.concatenate([rows, self.row_u[idx]])  # the eastmost cells, for their wrapped part
+        cols = np.concatenate([cols, self.n_east[idx] - 1])
+        w, _, e, _ = self.bounds(rows, cols)
+        keep = ((w < east) & (e > west)) | ((w - 360 < east) & (e - 360 > west))
+        return unique_cells(rows[keep], cols[keep])
+
+    def count_in_bbox(self, west: float, south: float, east: float, north: float) -> int:
+        """At least as many cells as :meth:`cells_in_bbox` finds (a few more per row), counted without listing
+        them: how big a plan would be before it is made."""
+        if west > east:
+            return self.count_in_bbox(west, south, 180.0, north) + self.count_in_bbox(-180.0, south, east, north)
+        idx, lo, hi = self._bbox_ranges(west, south, east, north)
+        return int(np.maximum(hi - lo + 1, 0).sum()) + idx.size
+
+    def _bbox_ranges(self, west: float, south: float, east: float, north: float) -> tuple[NDArray, NDArray, NDArray]:
+        """Row indices whose band overlaps [south, north], and in each the column range that may reach the box."""
         north_edges = self.bounds(self.row_u, self.n_east - self.n_cols)[3]
         idx = np.flatnonzero((self.row_lat < north) & (north_edges > south))
         n, n_east = self.n_cols[idx], self.n_east[idx]
         step = 360.0 / n
         lo = np.maximum(np.floor(west / step).astype(np.int64) - 1, n_east - n)
         hi = np.minimum(np.floor(east / step).astype(np.int64) + 1, n_east - 1)
-        rows, cols = self._row_ranges(idx, lo, hi)
-        rows = np.concatenate([rows, self.row_u[idx]])  # the eastmost cells, for their wrapped part
-        cols = np.concatenate([cols, n_east - 1])
-        w, _, e, _ = self.bounds(rows, cols)
-        keep = ((w < east) & (e > west)) | ((w - 360 < east) & (e - 360 > west))
-        return unique_cells(rows[keep], cols[keep])
+        return idx, lo, hi
 
     def _row_ranges(self, idx: NDArray, lo: NDArray, hi: NDArray) -> tuple[NDArray, NDArray]:
         """All (row_u, col_r) with col_r in [lo, hi] for each row index in ``idx``."""
