@@ -20,7 +20,7 @@ from eo_etl.grid.points import PointsError, locate_points, read_points, write_po
 from eo_etl.recipe import Recipe, RecipeError, load_recipe
 from eo_etl.recipe.load import parse_section
 from eo_etl.recipe.models import Runner
-from eo_etl.store.location import is_url, local_folder_problem
+from eo_etl.store.location import is_url, local_file_problem, local_folder_problem
 from eo_etl.text import printable
 
 app = typer.Typer(
@@ -105,9 +105,9 @@ def plan(
     with user_errors():
         parsed = load_recipe(recipe)
         target = Location.of(out_file or Location.of(parsed.output_path) / "plan.parquet")
-        problem = target.local and local_folder_problem(target.local_path.parent)
-        if problem or target.local and target.local_path.is_dir():
-            raise ValueError(f"{'--out' if out_file else 'outputs.path'}: {problem or f'{target} is a folder'}")
+        problem = target.local and local_file_problem(target.local_path)
+        if problem:
+            raise ValueError(f"{'--out' if out_file else 'outputs.path'}: {problem}")
         cells = plan_cells(parsed)
         target = write_plan(cells, target)
     out.print(f"{len(cells)} cells of the {parsed.grid.distance_km:g} km {parsed.grid.kind} grid → {safe(target)}")

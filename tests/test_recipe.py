@@ -86,7 +86,7 @@ def test_time_range_dates_include_both_days_and_datetimes_are_exact():
         ({"time": {"start": "2023-06-30", "end": "2023-06-01"}}, "time: empty time range: end (2023-06-01)"),
         ({"time": {"start": "2023-06-01", "end": "June"}}, "time.end: expected a date (2023-06-01)"),
         ({"grid": {"kind": "h3"}}, "grid.kind: unknown grid 'h3'; allowed: majortom"),
-        ({"grid": {"kind": "majortom", "distance_km": -5}}, "grid.distance_km: input should be greater than or equal to 0.1"),
+        ({"grid": {"distance_km": -5}}, "grid.distance_km: input should be greater than or equal to 0.1"),
         ({"grid": {"knd": "majortom"}}, "grid: unknown field 'knd'; allowed: kind, distance_km"),
         ({"aoi": {"cells": ["454U_120R", "0D_3R"]}}, "aoi.cells[1]: '0D_3R' is not a cell name"),
         ({"aoi": {"cells": ["454U_99999R"]}}, "aoi.cells[0]: '454U_99999R' is not in the 10 km grid"),

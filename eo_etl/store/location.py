@@ -261,6 +261,14 @@ def local_folder_problem(path: Path) -> str | None:
     return f"{path} is a file, not a folder" if existing == path else f"{path} is under the file {existing}"
 
 
+def local_file_problem(path: Path) -> str | None:
+    """Why a file cannot be written at the local ``path``, or None (an existing file is replaced)."""
+    path = Path(path).absolute()
+    if path.is_dir():
+        return f"{path} is a folder, not a file"
+    return local_folder_problem(path.parent if path.is_file() else path)
+
+
 def read_each(locations: Sequence[Location]) -> list[bytes]:
     """The bytes of each file, in order; an object store's are fetched concurrently (one request each)."""
     if not locations or locations[0].local:
