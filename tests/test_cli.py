@@ -24,7 +24,7 @@ def run(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
     return subprocess.run([EO_ETL, *args], cwd=cwd, capture_output=True, text=True, timeout=120)
 
 
-def test_validate_accepts_the_demo_and_summarises_it():
+def test_validate_accepts_the_demo_and_summarises_it(demo_catalog):
     result = run("validate", "pipelines/demo.yaml")
     assert result.returncode == 0, result.stderr
     assert "valid recipe: demo" in result.stdout
@@ -40,8 +40,9 @@ def test_validate_accepts_the_demo_and_summarises_it():
         ({"sources": [{"collection": "sentinel-2-l2a", "url": "http://x", "bands": ["B99"]}]}, "sources[0].bands"),
     ],
 )
-def test_a_bad_recipe_gets_one_line_naming_the_field_and_exit_2(tmp_path, change, field):
+def test_a_bad_recipe_gets_one_line_naming_the_field_and_exit_2(tmp_path, demo_catalog, change, field):
     data = yaml.safe_load((ROOT / "pipelines" / "demo.yaml").read_text()) | change
+    data["sources"][0]["url"] = str(demo_catalog)
     bad = tmp_path / "bad.yaml"
     bad.write_text(yaml.safe_dump(data))
     for command in ("validate", "plan", "build"):
@@ -52,7 +53,7 @@ def test_a_bad_recipe_gets_one_line_naming_the_field_and_exit_2(tmp_path, change
         assert "Traceback" not in result.stderr + result.stdout
 
 
-def test_plan_writes_geoparquet_with_the_major_tom_columns(tmp_path):
+def test_plan_writes_geoparquet_with_the_major_tom_columns(tmp_path, demo_catalog):
     target = tmp_path / "cells.parquet"
     result = run("plan", "pipelines/demo.yaml", "--out", str(target))
     assert result.returncode == 0, result.stderr
