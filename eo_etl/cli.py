@@ -34,8 +34,8 @@ app = typer.Typer(
 grid_app = typer.Typer(help="The Major TOM grid: map points to cells, describe a cell.", no_args_is_help=True)
 app.add_typer(grid_app, name="grid")
 
-out = Console()
-err = Console(stderr=True)
+out = Console(emoji=False)  # a recipe's ":warning:" stays text
+err = Console(stderr=True, emoji=False)
 
 RUNNERS = get_args(Runner.model_fields["kind"].annotation)  # the recipe's runner kinds
 RecipePath = Annotated[Path, typer.Argument(help="Recipe YAML file, e.g. pipelines/demo.yaml.", show_default=False)]

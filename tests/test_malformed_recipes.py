@@ -9,6 +9,7 @@ script, without a Python start-up per case); a few cases also run as a real subp
 from __future__ import annotations
 
 import copy
+import io
 import os
 import subprocess
 import time
@@ -18,11 +19,13 @@ import pytest
 import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from rich.console import Console
 from typer.testing import CliRunner
 
-from eo_etl.cli import app
+from eo_etl.cli import app, safe
 from eo_etl.recipe import RecipeError, parse_recipe
 from eo_etl.recipe.models import IDENTIFIER
+from eo_etl.text import printable
 from tests.test_cli import EO_ETL
 
 S2 = {"name": "s2", "kind": "stac", "url": "http://127.0.0.1:9", "collection": "sentinel-2-l2a", "bands": ["B04"]}
@@ -369,3 +372,13 @@ def test_any_source_name_is_an_identifier_or_refused_naming_the_field(name):
         assert not IDENTIFIER.fullmatch(name)
     else:
         assert recipe.sources[0].name == name and IDENTIFIER.fullmatch(name)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(max_size=300))
+def test_any_text_prints_as_written_with_control_characters_escaped(text):
+    console = Console(file=io.StringIO(), width=80, color_system=None, emoji=False)  # as the CLI's consoles
+    console.print(f"[red]error:[/red] {safe(text)}", highlight=False, soft_wrap=True)
+    printed = console.file.getvalue()
+    assert printed == f"error: {printable(text)}\n"
+    assert printed.count("\n") == 1 and not any(ord(c) < 32 and c != "\n" for c in printed)
