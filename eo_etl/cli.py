@@ -19,7 +19,7 @@ from eo_etl.grid import CellNameError, get_grid
 from eo_etl.grid.points import PointsError, locate_points, read_points, write_points
 from eo_etl.recipe import Recipe, RecipeError, load_recipe
 from eo_etl.recipe.load import parse_section
-from eo_etl.recipe.models import Runner
+from eo_etl.recipe.models import MAX_CELLS, Runner
 from eo_etl.store.location import is_url, local_file_problem, local_folder_problem
 from eo_etl.text import printable
 
@@ -86,7 +86,7 @@ def validate(recipe: RecipePath) -> None:
     with user_errors():
         parsed = load_recipe(recipe)
     out.print(f"[green]✓[/green] {safe(recipe)} is a valid recipe: [bold]{parsed.name}[/bold]", highlight=False)
-    out.print(escape(_summary(parsed)), highlight=False)
+    out.print(escape(_summary(parsed)), highlight=False, soft_wrap=True)
 
 
 @app.command()
@@ -97,9 +97,9 @@ def plan(
         typer.Option("--out", help="GeoParquet to write (a path or URL); <outputs.path>/plan.parquet by default."),
     ] = None,
 ) -> None:
-    """List the grid cells of the recipe's AOI into a GeoParquet file (Major TOM columns + geometry)."""
-    from eo_etl.plan import plan as plan_cells
-    from eo_etl.plan import write_plan
+    """List the grid cells of the recipe's AOI into a GeoParquet file (Major TOM columns + geometry); an AOI of
+    any size, in bands of grid rows."""
+    from eo_etl.plan import plan_bands, write_plan
     from eo_etl.store.location import Location
 
     with user_errors():
@@ -108,10 +108,19 @@ def plan(
         problem = target.local and local_file_problem(target.local_path)
         if problem:
             raise ValueError(f"{'--out' if out_file else 'outputs.path'}: {problem}")
-        cells = plan_cells(parsed)
-        target = write_plan(cells, target)
-    out.print(f"{len(cells)} cells of the {parsed.grid.distance_km:g} km {parsed.grid.kind} grid → {safe(target)}")
-    _print_cells(cells)
+        counts, first = [], []
+
+        def noted(bands: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+            for band in bands:  # what the summary shows: how many, and the first few
+                counts.append(len(band))
+                if sum(map(len, first)) < 8:
+                    first.append(band.head(8))
+                yield band
+
+        target = write_plan(noted(plan_bands(parsed)), target)
+    count = sum(counts)
+    out.print(f"{count} cells of the {parsed.grid.distance_km:g} km {parsed.grid.kind} grid → {safe(target)}")
+    _print_cells(pd.concat(first) if first else pd.DataFrame(), total=count)
 
 
 @app.command()
@@ -140,6 +149,7 @@ def build(
         parsed = load_recipe(recipe)  # before Beam is imported: a bad recipe fails at once
         from eo_etl.build import build as run_build
         from eo_etl.pipeline.options import parse_option
+        from eo_etl.plan import check_buildable
 
         if runner is not None and runner not in RUNNERS:
             raise ValueError(f"--runner {runner!r}: expected one of {', '.join(RUNNERS)}")
@@ -151,6 +161,10 @@ def build(
         problem = None if is_url(target) else local_folder_problem(Path(target))
         if problem:
             raise ValueError(f"{'--out' if output else 'outputs.path'}: {problem}")
+        try:
+            check_buildable(parsed)
+        except ValueError as error:  # the recipe's AOI: said as a recipe's problems are
+            raise RecipeError(recipe, [str(error)]) from None
         report = run_build(
             parsed, output, since=since, until=until.date() if until else None, runner=runner, options=options,
             progress=kind == "direct" and out.is_terminal,
@@ -244,6 +258,10 @@ def schema(
 def _summary(recipe: Recipe) -> str:
     aoi = recipe.aoi
     where = f"bbox {list(aoi.bbox)}" if aoi.bbox else f"file {aoi.file}" if aoi.file else f"{len(aoi.cells)} cells"
+    if aoi.bbox:
+        count = get_grid(recipe.grid.kind, recipe.grid.distance_km).count_in_bbox(*aoi.bbox)
+        if count > MAX_CELLS:
+            where += f": about {count:,} cells, for `plan`; a build takes at most {MAX_CELLS:,}"
     sources = ", ".join(f"{s.name} ({s.kind}, {len(s.bands)} bands @ {s.resolution_m:g} m)" for s in recipe.sources)
     lines = [
         f"  aoi      {where}",
@@ -256,7 +274,8 @@ def _summary(recipe: Recipe) -> str:
     return "\n".join(lines)
 
 
-def _print_cells(cells: pd.DataFrame, limit: int = 8) -> None:
+def _print_cells(cells: pd.DataFrame, limit: int = 8, total: int | None = None) -> None:
+    total = len(cells) if total is None else total
     if cells.empty:
         out.print("[yellow]no cells: the AOI overlaps no grid cell[/yellow]")
         return
@@ -264,8 +283,8 @@ def _print_cells(cells: pd.DataFrame, limit: int = 8) -> None:
     for row in cells.head(limit).itertuples():
         table.add_row(safe(row.grid_cell), f"{row.centre_lat:.5f}", f"{row.centre_lon:.5f}", safe(row.crs))
     out.print(table)
-    if len(cells) > limit:
-        out.print(f"[dim]… and {len(cells) - limit} more[/dim]")
+    if total > limit:
+        out.print(f"[dim]… and {total - limit} more[/dim]")
 
 
 def _print_samples(records: list[dict], output: Path | str, limit: int = 8) -> None:

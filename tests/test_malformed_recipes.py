@@ -157,11 +157,6 @@ CASES = [
     ("time-a-string", {"time": "2023"}, "time: input should be a valid dictionary"),
     ("time-end-missing", {"time": {"start": "2023-06-01"}}, "time.end: required field is missing"),
     # sizes
-    (
-        "world-at-1-km",
-        {"aoi": {"bbox": [-180, -90, 180, 90]}, "grid": {"distance_km": 1}},
-        "aoi.bbox: the AOI covers about 509,304,205 cells of the 1 km grid; a build takes at most 6,000,000",
-    ),
     ("patch-200000", source(patch_size=200000), "sources[0].patch_size: input should be less than or equal to 4096"),
     ("patch-0", source(patch_size=0), "sources[0].patch_size: input should be greater than 0"),
     (
@@ -226,7 +221,14 @@ CASES = [
         {"curation": {"max_cloud_fraction": 2}},
         "curation.max_cloud_fraction: input should be less than or equal to 1",
     ),
+    ("nul-in-source-name", source(name="a\x00b"), "sources[0].name: 'a\\x00b' is not a name"),
+    (
+        "options-300",
+        {"runner": {"options": {f"o{i}": i for i in range(300)}}},
+        "runner.options: dictionary should have at most 256 items",
+    ),
     # the rest of what a new user gets wrong
+    ("layer-without-file", {"aoi": {"bbox": [14.0, 40.5, 14.5, 41.0], "layer": "x"}}, "aoi: layer is only for file"),
     ("bbox-three-numbers", {"aoi": {"bbox": [14.0, 40.5, 14.5]}}, "aoi.bbox: list should have at least 4 items"),
     (
         "bbox-longitude-190",
@@ -254,7 +256,7 @@ CASES = [
 BUILT_TOO = {  # a representative subset also goes through `build`, which must fail the same way before any work
     "source-name-climbs-out", "source-name-absolute", "recipe-name-climbs-out", "markup-in-band", "bracketed-hint",
     "huge-collection", "output-in-proc", "output-under-a-file", "catalog-is-etc-passwd", "not-utf8",
-    "end-before-start", "world-at-1-km", "patch-200000", "workers-100000", "shard-over-memory",
+    "end-before-start", "patch-200000", "workers-100000", "shard-over-memory",
 }  # fmt: skip
 
 
@@ -343,6 +345,24 @@ def test_the_installed_command_refuses_them_too(workdir, case):
         result = subprocess.run([EO_ETL, command, "bad.yaml"], capture_output=True, text=True, timeout=60)
         assert result.returncode == 2
         check_refused(result.stderr, result.stdout, expected, time.monotonic() - started)
+    assert files_under(workdir.parent) == before
+
+
+def test_a_world_on_the_1_km_grid_is_a_valid_plan_that_a_build_refuses_before_any_work(workdir):
+    (workdir / "world.yaml").write_text(
+        yaml.safe_dump(copy.deepcopy(BASE) | {"aoi": {"bbox": [-180, -90, 180, 90]}, "grid": {"distance_km": 1}})
+    )
+    result = CliRunner().invoke(app, ["validate", "world.yaml"])
+    assert result.exit_code == 0, result.output
+    assert "about 509,304,205 cells, for `plan`; a build takes at most 6,000,000" in result.stdout
+    before = files_under(workdir.parent)
+    started = time.monotonic()
+    result = CliRunner().invoke(app, ["build", "world.yaml"])
+    assert result.exit_code == 2 and time.monotonic() - started < 10
+    assert result.stderr == (
+        "error: world.yaml: aoi.bbox: the AOI covers about 509,304,205 cells of the 1 km grid; a build takes at "
+        "most 6,000,000: split the AOI into several recipes or use a coarser grid\n"
+    )
     assert files_under(workdir.parent) == before
 
 

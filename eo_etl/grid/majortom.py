@@ -221,7 +221,7 @@ class MajorTomGrid:
         if west > east:
             parts = [self.cells_in_bbox(west, south, 180.0, north), self.cells_in_bbox(-180.0, south, east, north)]
             return unique_cells(np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]))
-        idx, lo, hi = self._bbox_ranges(west, south, east, north)
+        idx, lo, hi = self.column_ranges_in_bbox(west, south, east, north)
         rows, cols = self._row_ranges(idx, lo, hi)
         rows = np.concatenate([rows, self.row_u[idx]])  # the eastmost cells, for their wrapped part
         cols = np.concatenate([cols, self.n_east[idx] - 1])
@@ -234,10 +234,12 @@ class MajorTomGrid:
         them: how big a plan would be before it is made."""
         if west > east:
             return self.count_in_bbox(west, south, 180.0, north) + self.count_in_bbox(-180.0, south, east, north)
-        idx, lo, hi = self._bbox_ranges(west, south, east, north)
+        idx, lo, hi = self.column_ranges_in_bbox(west, south, east, north)
         return int(np.maximum(hi - lo + 1, 0).sum()) + idx.size
 
-    def _bbox_ranges(self, west: float, south: float, east: float, north: float) -> tuple[NDArray, NDArray, NDArray]:
+    def column_ranges_in_bbox(
+        self, west: float, south: float, east: float, north: float
+    ) -> tuple[NDArray, NDArray, NDArray]:
         """Row indices whose band overlaps [south, north], and in each the column range that may reach the box."""
         north_edges = self.bounds(self.row_u, self.n_east - self.n_cols)[3]
         idx = np.flatnonzero((self.row_lat < north) & (north_edges > south))

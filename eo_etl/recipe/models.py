@@ -561,10 +561,6 @@ class Recipe(Section):
                     f"({len(source.bands)} bands, {source.patch_size} px) holds up to {shard_bytes / 2**30:.0f} GiB "
                     f"in memory; at most {MAX_SHARD_BYTES / 2**30:.0f} GiB: lower shard_size"
                 )
-        if self.aoi.bbox is not None:
-            count = grid.count_in_bbox(*self.aoi.bbox)
-            if count > MAX_CELLS:
-                raise ValueError(too_many_cells("aoi.bbox", count, grid))
         if isinstance(self.output_path, Path):
             problem = local_folder_problem(self.output_path)
             if problem:
