@@ -25,7 +25,7 @@ from eo_etl.recipe import Recipe
 from eo_etl.recipe.models import MAX_CELLS, Aoi, too_many_cells
 from eo_etl.store.location import Location
 
-BAND_CELLS = 250_000  # cells listed at once: about 100 MB of table
+BAND_CELLS = 100_000  # cells listed at once: about 150 MB at the peak of making their table
 
 
 def plan(recipe: Recipe) -> gpd.GeoDataFrame:
