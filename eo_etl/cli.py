@@ -13,6 +13,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from eo_etl import __version__
 from eo_etl.grid import CellNameError, get_grid
@@ -42,13 +43,23 @@ RecipePath = Annotated[Path, typer.Argument(help="Recipe YAML file, e.g. pipelin
 
 
 def safe(value: object) -> str:
-    """Text from users, recipes, catalogues or errors, fit for Rich: markup escaped (``[/red]`` in a band name
-    prints as itself), control characters escaped, cut to a line's length."""
+    """Text from users, recipes, catalogues or errors, to put inside Rich markup: markup escaped (``[/red]`` in a
+    band name prints as itself), control characters escaped, cut to a line's length. Where nothing follows it,
+    print with ``markup=False`` or as :func:`plain` instead (Rich doubles a trailing backslash)."""
     return escape(printable(str(value)))
 
 
+def plain(value: object, style: str = "") -> Text:
+    """The same text as :func:`safe`, as a Rich Text: never read as markup, for table cells and whole values."""
+    return Text(printable(str(value)), style=style)
+
+
+def error_line(message: object) -> Text:
+    return Text.assemble(("error:", "red"), " ", plain(message))
+
+
 def say_error(message: object) -> None:
-    err.print(f"[red]error:[/red] {safe(message)}", highlight=False, soft_wrap=True)
+    err.print(error_line(message), highlight=False, soft_wrap=True)
 
 
 @contextmanager
@@ -86,7 +97,8 @@ def validate(recipe: RecipePath) -> None:
     with user_errors():
         parsed = load_recipe(recipe)
     out.print(f"[green]✓[/green] {safe(recipe)} is a valid recipe: [bold]{parsed.name}[/bold]", highlight=False)
-    out.print(escape(_summary(parsed)), highlight=False, soft_wrap=True)
+    summary = "\n".join(map(printable, _summary(parsed).splitlines()))  # each line cleaned, the lines kept
+    out.print(summary, markup=False, highlight=False, soft_wrap=True)
 
 
 @app.command()
@@ -119,7 +131,8 @@ def plan(
 
         target = write_plan(noted(plan_bands(parsed)), target)
     count = sum(counts)
-    out.print(f"{count} cells of the {parsed.grid.distance_km:g} km {parsed.grid.kind} grid → {safe(target)}")
+    grid = f"{parsed.grid.distance_km:g} km {parsed.grid.kind} grid"
+    out.print(f"{count} cells of the {grid} → {printable(str(target))}", markup=False, highlight=False)
     _print_cells(pd.concat(first) if first else pd.DataFrame(), total=count)
 
 
@@ -209,7 +222,7 @@ def grid_locate(
     if outside:
         err.print(f"[yellow]warning:[/yellow] {outside} of {len(located)} points are outside the grid (empty cell)")
     if out_file is not None:
-        err.print(f"{len(located)} points → {safe(out_file)}", highlight=False)
+        err.print(f"{len(located)} points → {printable(str(out_file))}", markup=False, highlight=False)
 
 
 @grid_app.command("cell")
@@ -226,7 +239,7 @@ def grid_cell(
     lat, lon = (float(v[0]) for v in the_grid.centre(row, col))
     fp = the_grid.footprints(row, col)
     table = Table(box=None, show_header=False, pad_edge=False)
-    table.add_row("cell", f"{safe(name)}  (row {int(row[0])}, col {int(col[0])}, {dist:g} km {grid})")
+    table.add_row("cell", plain(f"{name}  (row {int(row[0])}, col {int(col[0])}, {dist:g} km {grid})"))
     table.add_row("bounds", f"west {west:.6f}, south {south:.6f}, east {east:.6f}, north {north:.6f}")
     table.add_row("centre", f"lat {lat:.6f}, lon {lon:.6f}")
     table.add_row("crs", f"EPSG:{int(fp.epsg[0])}")
@@ -252,7 +265,7 @@ def schema(
             err.print(f"[red]stale:[/red] {safe(path)} (run eo-etl schema)")
         raise typer.Exit(1 if stale else 0)
     for path in write_schemas(out_dir):
-        out.print(f"wrote {safe(path)}")
+        out.print(f"wrote {printable(str(path))}", markup=False)
 
 
 def _summary(recipe: Recipe) -> str:
@@ -281,7 +294,7 @@ def _print_cells(cells: pd.DataFrame, limit: int = 8, total: int | None = None) 
         return
     table = Table("grid_cell", "centre_lat", "centre_lon", "crs", box=None, header_style="bold")
     for row in cells.head(limit).itertuples():
-        table.add_row(safe(row.grid_cell), f"{row.centre_lat:.5f}", f"{row.centre_lon:.5f}", safe(row.crs))
+        table.add_row(plain(row.grid_cell), f"{row.centre_lat:.5f}", f"{row.centre_lon:.5f}", plain(row.crs))
     out.print(table)
     if total > limit:
         out.print(f"[dim]… and {total - limit} more[/dim]")
@@ -294,17 +307,18 @@ def _print_samples(records: list[dict], output: Path | str, limit: int = 8) -> N
         cloud = "" if pd.isna(r["cloud_cover"]) else f"{r['cloud_cover']:.1f}"
         when = r["timestamp"].strftime("%Y-%m-%d %H:%M")
         nodata = f"{100 * r['nodata']:.1f}"
-        table.add_row(*map(safe, (r["grid_cell"], r["source"], r["product_id"], when, cloud, nodata)))
+        table.add_row(*map(plain, (r["grid_cell"], r["source"], r["product_id"], when, cloud, nodata)))
     out.print(table)
     if len(made) > limit:
         out.print(f"[dim]… and {len(made) - limit} more[/dim]")
     if made:
         out.print(
-            safe(
+            printable(
                 f"open it: eo_etl.open_dataset('{output}', '{made[0]['source']}') (xarray), "
                 f"xarray.open_zarr('{output}/pixels.zarr', group='{made[0]['source']}'), "
                 f"or the index: geopandas.read_parquet('{output}/index.parquet')"
             ),
+            markup=False,
             highlight=False,
             soft_wrap=True,
         )

@@ -163,7 +163,7 @@ def test_grid_locate_a_geoparquet_of_points_at_50km(tmp_path):
         (["grid", "locate"], "give a POINTS file, or both --lat and --lon"),
         (["grid", "locate", "--lat", "95", "--lon", "0"], "lat must be within [-90, 90]"),
         (["grid", "locate", "--lat", "1", "--lon", "1", "--grid", "h3"], "unknown grid 'h3'; allowed: majortom"),
-        (["grid", "locate", "--lat", "1", "--lon", "1", "--dist", "0"], "grid distance must be positive"),
+        (["grid", "locate", "--lat", "1", "--lon", "1", "--dist", "0"], "grid distance must be 0.1 to 1000 km, got 0"),
         (["grid", "cell", "0D_1R"], "'0D_1R' is not a cell name"),
     ],
 )

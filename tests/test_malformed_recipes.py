@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 from rich.console import Console
 from typer.testing import CliRunner
 
-from eo_etl.cli import app, safe
+from eo_etl.cli import app, error_line, safe
 from eo_etl.recipe import RecipeError, parse_recipe
 from eo_etl.recipe.models import IDENTIFIER
 from eo_etl.text import printable
@@ -398,7 +398,8 @@ def test_any_source_name_is_an_identifier_or_refused_naming_the_field(name):
 @given(st.text(max_size=300))
 def test_any_text_prints_as_written_with_control_characters_escaped(text):
     console = Console(file=io.StringIO(), width=80, color_system=None, emoji=False)  # as the CLI's consoles
-    console.print(f"[red]error:[/red] {safe(text)}", highlight=False, soft_wrap=True)
+    console.print(error_line(text), highlight=False, soft_wrap=True)
+    console.print(f"[dim]{safe(text)}[/dim]", highlight=False, soft_wrap=True)  # inside markup
     printed = console.file.getvalue()
-    assert printed == f"error: {printable(text)}\n"
-    assert printed.count("\n") == 1 and not any(ord(c) < 32 and c != "\n" for c in printed)
+    assert printed == f"error: {printable(text)}\n{printable(text)}\n"
+    assert printed.count("\n") == 2 and not any(ord(c) < 32 and c != "\n" for c in printed)

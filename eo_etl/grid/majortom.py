@@ -28,6 +28,9 @@ RADIUS_EQUATOR_KM = 6378.137
 CELL_NAME = re.compile(r"^(\d+)([UD])_(\d+)([RL])$")
 
 
+MIN_DISTANCE_KM, MAX_DISTANCE_KM = 0.1, 1000.0
+
+
 class CellNameError(ValueError):
     """A cell name that is malformed or not in the grid."""
 
@@ -62,8 +65,8 @@ class MajorTomGrid:
         latitude_range: tuple[float, float] = (-85.0, 85.0),
         margin_m: float = 340.0,
     ):
-        if not dist_km > 0:
-            raise ValueError(f"grid distance must be positive, got {dist_km}")
+        if not MIN_DISTANCE_KM <= dist_km <= MAX_DISTANCE_KM:  # finer: millions of rows; coarser: hardly two
+            raise ValueError(f"grid distance must be {MIN_DISTANCE_KM:g} to {MAX_DISTANCE_KM:g} km, got {dist_km:g}")
         self.dist_km = float(dist_km)
         self.radius_km = float(radius_km)
         self.latitude_range = (float(latitude_range[0]), float(latitude_range[1]))

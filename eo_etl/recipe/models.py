@@ -28,6 +28,7 @@ from pydantic import (
 )
 
 from eo_etl.grid import CellNameError, get_grid, grid_definition
+from eo_etl.grid.majortom import MAX_DISTANCE_KM, MIN_DISTANCE_KM
 from eo_etl.sources.profile import collection_profiles, find_profile
 from eo_etl.store.location import local_folder_problem
 from eo_etl.text import ECHO_LIMIT, printable, shown
@@ -153,7 +154,9 @@ class GridSpec(Section):
     """The grid of cells that drives the build."""
 
     kind: str = Field("majortom", description="A grid defined in grids/ (majortom).")
-    distance_km: float = Field(10.0, ge=0.1, le=1000, description="Grid spacing in km (Major TOM Core: 10).")
+    distance_km: float = Field(
+        10.0, ge=MIN_DISTANCE_KM, le=MAX_DISTANCE_KM, description="Grid spacing in km (Major TOM Core: 10)."
+    )
 
     @field_validator("kind")
     @classmethod
