@@ -223,6 +223,11 @@ CASES = [
     ),
     ("nul-in-source-name", source(name="a\x00b"), "sources[0].name: 'a\\x00b' is not a name"),
     (
+        "processes-by-option",
+        {"runner": {"options": {"direct_num_workers": 100000}}},
+        f"runner.options: direct_num_workers 100000: at most {4 * CPUS} processes here (4 per CPU)",
+    ),
+    (
         "options-300",
         {"runner": {"options": {f"o{i}": i for i in range(300)}}},
         "runner.options: dictionary should have at most 256 items",
@@ -315,18 +320,22 @@ def test_a_malformed_recipe_is_refused_in_one_line_naming_the_field(workdir, cas
     assert not (workdir.parent.parent / "escape").exists()
 
 
+CLUSTER = {"runner": {"kind": "dataflow", "workers": 1000}}
+
+
 @pytest.mark.parametrize(
-    ("args", "expected"),
+    ("change", "args", "expected"),
     [
-        (["--out", "a-file/x"], "error: --out: {tmp}/a-file/x is under the file {tmp}/a-file"),
-        (["--out", "/proc/eo-etl"], "error: --out: /proc/eo-etl is in /proc, not on a disk"),
-        (["--runner", "direct"], "error: --runner direct: runner.workers: 1000 processes for the direct runner"),
+        ({}, ["--out", "a-file/x"], "error: --out: {tmp}/a-file/x is under the file {tmp}/a-file"),
+        ({}, ["--out", "/proc/eo-etl"], "error: --out: /proc/eo-etl is in /proc, not on a disk"),
+        (CLUSTER, ["--runner", "direct"], "error: --runner direct: runner.workers: 1000 processes for the direct"),
+        ({}, ["--option", "direct_num_workers=100000"], "error: direct_num_workers 100000: at most"),
     ],
-    ids=["out-under-a-file", "out-in-proc", "cluster-workers-on-the-direct-runner"],
+    ids=["out-under-a-file", "out-in-proc", "cluster-workers-on-direct", "processes-by-option"],
 )
-def test_a_build_refuses_what_only_its_command_line_gets_wrong_before_any_work(workdir, args, expected):
-    recipe = copy.deepcopy(BASE) | {"runner": {"kind": "dataflow", "workers": 1000}}
-    (workdir / "ok.yaml").write_text(yaml.safe_dump(recipe))
+def test_a_build_refuses_what_it_alone_can_check_before_any_work(workdir, change, args, expected):
+    (workdir / "ok.yaml").write_text(yaml.safe_dump(copy.deepcopy(BASE) | change))
+    assert CliRunner().invoke(app, ["validate", "ok.yaml"]).exit_code == 0
     before = files_under(workdir.parent)
     result = CliRunner().invoke(app, ["build", "ok.yaml", *args])
     assert result.exit_code == 2, result.output

@@ -312,6 +312,23 @@ class Source(Section):
         return self
 
 
+def direct_workers_limit() -> int:
+    """The most worker processes the direct runner may start on this machine."""
+    return DIRECT_WORKERS_PER_CPU * (os.cpu_count() or 1)
+
+
+def direct_processes_problem(value: Any) -> str | None:
+    """Why ``direct_num_workers`` (a pipeline option) is too many processes for this machine, or None."""
+    try:
+        processes = int(value)
+    except (TypeError, ValueError):
+        return f"direct_num_workers {shown(value)}: expected a number"
+    most = direct_workers_limit()
+    if processes > most:
+        return f"direct_num_workers {processes}: at most {most} processes here ({DIRECT_WORKERS_PER_CPU} per CPU)"
+    return None
+
+
 def _name_of(collection: str) -> str:
     """A source's default name: its collection id as an identifier (COPERNICUS/S2_SR → copernicus-s2_sr)."""
     name = re.sub(r"[^a-z0-9_-]+", "-", collection.lower()).strip("-_")[:64]
@@ -512,14 +529,21 @@ class Runner(Section):
     @classmethod
     def _fits_the_machine(cls, workers: int, info: ValidationInfo) -> int:
         """The direct runner starts ``workers`` processes here: more than a few per CPU only thrash."""
-        cpus = os.cpu_count() or 1
-        most = DIRECT_WORKERS_PER_CPU * cpus
+        most = direct_workers_limit()
         if info.data.get("kind") == "direct" and workers > most:
             raise ValueError(
-                f"{workers} processes for the direct runner on a machine with {cpus} CPUs; "
+                f"{workers} processes for the direct runner on a machine with {os.cpu_count() or 1} CPUs; "
                 f"at most {most} ({DIRECT_WORKERS_PER_CPU} per CPU)"
             )
         return workers
+
+    @field_validator("options")
+    @classmethod
+    def _options_fit_the_machine(cls, options: dict, info: ValidationInfo) -> dict:
+        problem = "direct_num_workers" in options and direct_processes_problem(options["direct_num_workers"])
+        if info.data.get("kind") == "direct" and problem:
+            raise ValueError(problem)
+        return options
 
 
 # ----------------------------------------------------------------------------------------- recipe
