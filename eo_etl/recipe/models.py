@@ -54,6 +54,7 @@ MAX_SHARD_BYTES = 8 << 30  # a shard is held in memory while written
 MAX_THREADS = 256
 MAX_WORKERS = 4096  # a cluster's most workers; the direct runner is held to the machine's CPUs below
 DIRECT_WORKERS_PER_CPU = 4
+MAX_AOI_FILE_BYTES = 1 << 30
 
 
 def _instant(value: Any) -> date | datetime:
@@ -147,6 +148,9 @@ class Aoi(Section):
         problem = _file_problem(resolved)
         if problem:
             raise ValueError(problem)
+        if resolved.stat().st_size > MAX_AOI_FILE_BYTES:  # planning reads it whole
+            size = resolved.stat().st_size >> 20
+            raise ValueError(f"{printable(str(resolved), ECHO_LIMIT)} is {size} MB; an AOI file is at most 1024 MB")
         return resolved
 
 
@@ -371,6 +375,7 @@ class OsmLabels(Section):
     url: str | None = Field(None, max_length=4096, description="Overpass API endpoint when source is overpass.")
     tags: list[str] = Field(
         default_factory=lambda: ["landuse", "natural", "building", "highway", "waterway"],
+        max_length=256,
         description="OSM keys whose features are kept.",
     )
 
