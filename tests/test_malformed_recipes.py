@@ -130,6 +130,7 @@ CASES = [
         "sources[0].url: {tmp}/item.json is not a STAC catalog: its JSON has no type Catalog",
     ),
     ("aoi-file-missing", {"aoi": {"file": "missing.gpkg"}}, "aoi.file: no such file: missing.gpkg"),
+    ("aoi-file-is-a-device", {"aoi": {"file": "/dev/zero"}}, "aoi.file: /dev/zero is not a regular file"),
     ("aoi-file-is-a-folder", {"aoi": {"file": "a-folder"}}, "aoi.file: a-folder is a folder, not a file"),
     # the file itself
     ("not-utf8", b"name: fuzz\ndescription: caf\xe9\n", "line 2: not UTF-8 text (byte 0xe9); save it as UTF-8"),

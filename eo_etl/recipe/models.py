@@ -348,6 +348,8 @@ def _file_problem(path: Path) -> str | None:
             return None if os.access(path, os.R_OK) else f"{printable(str(path), ECHO_LIMIT)} is not readable"
         if path.is_dir():
             return f"{printable(str(path), ECHO_LIMIT)} is a folder, not a file"
+        if path.exists():  # a device, a pipe, a socket
+            return f"{printable(str(path), ECHO_LIMIT)} is not a regular file"
     except OSError as error:  # a name too long, a loop of links
         return f"cannot read {printable(str(path), ECHO_LIMIT)}: {error.strerror}"
     return f"no such file: {printable(str(path), ECHO_LIMIT)}"
