@@ -21,7 +21,7 @@ from eo_etl.grid.points import PointsError, locate_points, read_points, write_po
 from eo_etl.recipe import Recipe, RecipeError, load_recipe
 from eo_etl.recipe.load import parse_section
 from eo_etl.recipe.models import MAX_CELLS, Runner
-from eo_etl.store.location import is_url, local_file_problem, local_folder_problem
+from eo_etl.store.location import Location, local_file_problem, local_folder_problem
 from eo_etl.text import printable
 
 app = typer.Typer(
@@ -112,7 +112,6 @@ def plan(
     """List the grid cells of the recipe's AOI into a GeoParquet file (Major TOM columns + geometry); an AOI of
     any size, in bands of grid rows."""
     from eo_etl.plan import plan_bands, write_plan
-    from eo_etl.store.location import Location
 
     with user_errors():
         parsed = load_recipe(recipe)
@@ -170,8 +169,8 @@ def build(
             parse_section(Runner, {**parsed.runner.model_dump(), "kind": runner}, f"--runner {runner}", "runner")
         options = dict(parse_option(text) for text in option or [])
         kind = runner or parsed.runner.kind
-        target = output or parsed.output_path
-        problem = None if is_url(target) else local_folder_problem(Path(target))
+        target = Location.of(output or parsed.output_path)
+        problem = target.local and local_folder_problem(target.local_path)
         if problem:
             raise ValueError(f"{'--out' if output else 'outputs.path'}: {problem}")
         try:
