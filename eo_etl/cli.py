@@ -13,12 +13,16 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from eo_etl import __version__
 from eo_etl.grid import CellNameError, get_grid
 from eo_etl.grid.points import PointsError, locate_points, read_points, write_points
 from eo_etl.recipe import Recipe, RecipeError, load_recipe
-from eo_etl.recipe.models import Runner
+from eo_etl.recipe.load import parse_section
+from eo_etl.recipe.models import MAX_CELLS, Runner
+from eo_etl.store.location import Location, local_file_problem, local_folder_problem
+from eo_etl.text import printable
 
 app = typer.Typer(
     help="Build and curate ML-ready Earth observation datasets from a recipe.",
@@ -31,11 +35,31 @@ app = typer.Typer(
 grid_app = typer.Typer(help="The Major TOM grid: map points to cells, describe a cell.", no_args_is_help=True)
 app.add_typer(grid_app, name="grid")
 
-out = Console()
-err = Console(stderr=True)
+out = Console(emoji=False)  # a recipe's ":warning:" stays text
+err = Console(stderr=True, emoji=False)
 
 RUNNERS = get_args(Runner.model_fields["kind"].annotation)  # the recipe's runner kinds
 RecipePath = Annotated[Path, typer.Argument(help="Recipe YAML file, e.g. pipelines/demo.yaml.", show_default=False)]
+
+
+def safe(value: object) -> str:
+    """Text from users, recipes, catalogues or errors, to put inside Rich markup: markup escaped (``[/red]`` in a
+    band name prints as itself), control characters escaped, cut to a line's length. Where nothing follows it,
+    print with ``markup=False`` or as :func:`plain` instead (Rich doubles a trailing backslash)."""
+    return escape(printable(str(value)))
+
+
+def plain(value: object, style: str = "") -> Text:
+    """The same text as :func:`safe`, as a Rich Text: never read as markup, for table cells and whole values."""
+    return Text(printable(str(value)), style=style)
+
+
+def error_line(message: object) -> Text:
+    return Text.assemble(("error:", "red"), " ", plain(message))
+
+
+def say_error(message: object) -> None:
+    err.print(error_line(message), highlight=False, soft_wrap=True)
 
 
 @contextmanager
@@ -45,10 +69,10 @@ def user_errors() -> Iterator[None]:
         yield
     except RecipeError as error:
         for problem in error.problems:
-            err.print(f"[red]error:[/red] {error.path}: {problem}", highlight=False, soft_wrap=True)
+            say_error(f"{error.path}: {problem}")
         raise typer.Exit(2) from None
     except (PointsError, CellNameError, ValueError) as error:
-        err.print(f"[red]error:[/red] {error}", highlight=False, soft_wrap=True)
+        say_error(error)
         raise typer.Exit(2) from None
 
 
@@ -72,8 +96,9 @@ def validate(recipe: RecipePath) -> None:
     """Check a recipe; print a summary, or each problem with the field it is in."""
     with user_errors():
         parsed = load_recipe(recipe)
-    out.print(f"[green]✓[/green] {recipe} is a valid recipe: [bold]{parsed.name}[/bold]", highlight=False)
-    out.print(_summary(parsed), highlight=False)
+    out.print(f"[green]✓[/green] {safe(recipe)} is a valid recipe: [bold]{parsed.name}[/bold]", highlight=False)
+    summary = "\n".join(map(printable, _summary(parsed).splitlines()))  # each line cleaned, the lines kept
+    out.print(summary, markup=False, highlight=False, soft_wrap=True)
 
 
 @app.command()
@@ -84,17 +109,30 @@ def plan(
         typer.Option("--out", help="GeoParquet to write (a path or URL); <outputs.path>/plan.parquet by default."),
     ] = None,
 ) -> None:
-    """List the grid cells of the recipe's AOI into a GeoParquet file (Major TOM columns + geometry)."""
-    from eo_etl.plan import plan as plan_cells
-    from eo_etl.plan import write_plan
-    from eo_etl.store.location import Location
+    """List the grid cells of the recipe's AOI into a GeoParquet file (Major TOM columns + geometry); an AOI of
+    any size, in bands of grid rows."""
+    from eo_etl.plan import plan_bands, write_plan
 
     with user_errors():
         parsed = load_recipe(recipe)
-        cells = plan_cells(parsed)
-    target = write_plan(cells, out_file or Location.of(parsed.output_path) / "plan.parquet")
-    out.print(f"{len(cells)} cells of the {parsed.grid.distance_km:g} km {parsed.grid.kind} grid → {target}")
-    _print_cells(cells)
+        target = Location.of(out_file or Location.of(parsed.output_path) / "plan.parquet")
+        problem = target.local and local_file_problem(target.local_path)
+        if problem:
+            raise ValueError(f"{'--out' if out_file else 'outputs.path'}: {problem}")
+        counts, first = [], []
+
+        def noted(bands: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+            for band in bands:  # what the summary shows: how many, and the first few
+                counts.append(len(band))
+                if sum(map(len, first)) < 8:
+                    first.append(band.head(8))
+                yield band
+
+        target = write_plan(noted(plan_bands(parsed)), target)
+    count = sum(counts)
+    grid = f"{parsed.grid.distance_km:g} km {parsed.grid.kind} grid"
+    out.print(f"{count} cells of the {grid} → {printable(str(target))}", markup=False, highlight=False)
+    _print_cells(pd.concat(first) if first else pd.DataFrame(), total=count)
 
 
 @app.command()
@@ -123,28 +161,39 @@ def build(
         parsed = load_recipe(recipe)  # before Beam is imported: a bad recipe fails at once
         from eo_etl.build import build as run_build
         from eo_etl.pipeline.options import parse_option
+        from eo_etl.plan import check_buildable
 
         if runner is not None and runner not in RUNNERS:
             raise ValueError(f"--runner {runner!r}: expected one of {', '.join(RUNNERS)}")
+        if runner is not None:  # the recipe's runner section, checked again for this kind (direct: workers)
+            parse_section(Runner, {**parsed.runner.model_dump(), "kind": runner}, f"--runner {runner}", "runner")
         options = dict(parse_option(text) for text in option or [])
         kind = runner or parsed.runner.kind
+        target = Location.of(output or parsed.output_path)
+        problem = target.local and local_folder_problem(target.local_path)
+        if problem:
+            raise ValueError(f"{'--out' if output else 'outputs.path'}: {problem}")
+        try:
+            check_buildable(parsed)
+        except ValueError as error:  # the recipe's AOI: said as a recipe's problems are
+            raise RecipeError(recipe, [str(error)]) from None
         report = run_build(
             parsed, output, since=since, until=until.date() if until else None, runner=runner, options=options,
             progress=kind == "direct" and out.is_terminal,
         )  # fmt: skip
     if report.up_to_date:
-        out.print(f"[bold]{parsed.name}[/bold] → {report.output}: up to date, no new days since the last version")
+        out.print(f"[bold]{parsed.name}[/bold] → {safe(report.output)}: up to date, no new days since the last version")
         return
     for warning in report.warnings:
-        err.print(f"[yellow]warning:[/yellow] {escape(warning)}", highlight=False, soft_wrap=True)
-    out.print(f"[bold]{parsed.name}[/bold] → {report.output} (version {report.version})", highlight=False)
+        err.print(Text.assemble(("warning: ", "yellow"), plain(warning)), highlight=False, soft_wrap=True)
+    out.print(f"[bold]{parsed.name}[/bold] → {safe(report.output)} (version {report.version})", highlight=False)
     marks = {"done": "[green]✓[/green]", "not configured": "[dim]–[/dim]", "not available": "[yellow]![/yellow]"}
     for stage in report.stages:
-        line = f"{marks[stage.status]} {stage.name:<9} {stage.status:<15} [dim]{stage.detail}[/dim]"
+        line = f"{marks[stage.status]} {stage.name:<9} {stage.status:<15} [dim]{safe(stage.detail)}[/dim]"
         out.print(line, highlight=False, soft_wrap=True)
     if report.metrics:
         counters = ", ".join(f"{name} {value}" for name, value in sorted(report.metrics.items()))
-        out.print(f"[dim]counters: {counters}[/dim]", highlight=False, soft_wrap=True)
+        out.print(f"[dim]counters: {safe(counters)}[/dim]", highlight=False, soft_wrap=True)
     if report.samples:
         _print_samples(report.samples, report.output)
     else:
@@ -174,7 +223,7 @@ def grid_locate(
     if outside:
         err.print(f"[yellow]warning:[/yellow] {outside} of {len(located)} points are outside the grid (empty cell)")
     if out_file is not None:
-        err.print(f"{len(located)} points → {out_file}")
+        err.print(f"{len(located)} points → {printable(str(out_file))}", markup=False, highlight=False)
 
 
 @grid_app.command("cell")
@@ -191,7 +240,7 @@ def grid_cell(
     lat, lon = (float(v[0]) for v in the_grid.centre(row, col))
     fp = the_grid.footprints(row, col)
     table = Table(box=None, show_header=False, pad_edge=False)
-    table.add_row("cell", f"{name}  (row {int(row[0])}, col {int(col[0])}, {dist:g} km {grid})")
+    table.add_row("cell", plain(f"{name}  (row {int(row[0])}, col {int(col[0])}, {dist:g} km {grid})"))
     table.add_row("bounds", f"west {west:.6f}, south {south:.6f}, east {east:.6f}, north {north:.6f}")
     table.add_row("centre", f"lat {lat:.6f}, lon {lon:.6f}")
     table.add_row("crs", f"EPSG:{int(fp.epsg[0])}")
@@ -214,37 +263,42 @@ def schema(
     if check:
         stale = stale_schemas(out_dir)
         for path in stale:
-            err.print(f"[red]stale:[/red] {path} (run eo-etl schema)")
+            err.print(f"[red]stale:[/red] {safe(path)} (run eo-etl schema)")
         raise typer.Exit(1 if stale else 0)
     for path in write_schemas(out_dir):
-        out.print(f"wrote {path}")
+        out.print(f"wrote {printable(str(path))}", markup=False)
 
 
 def _summary(recipe: Recipe) -> str:
     aoi = recipe.aoi
     where = f"bbox {list(aoi.bbox)}" if aoi.bbox else f"file {aoi.file}" if aoi.file else f"{len(aoi.cells)} cells"
+    if aoi.bbox:
+        count = get_grid(recipe.grid.kind, recipe.grid.distance_km).count_in_bbox(*aoi.bbox)
+        if count > MAX_CELLS:
+            where += f": about {count:,} cells, for `plan`; a build takes at most {MAX_CELLS:,}"
     sources = ", ".join(f"{s.name} ({s.kind}, {len(s.bands)} bands @ {s.resolution_m:g} m)" for s in recipe.sources)
     lines = [
         f"  aoi      {where}",
         f"  grid     {recipe.grid.kind}, {recipe.grid.distance_km:g} km",
         f"  time     {recipe.time.start} → {recipe.time.end}",
-        f"  sources  {sources or 'none'}",
+        f"  sources  {sources or 'none: a build writes only the plan of cells'}",
         f"  output   {recipe.output_path} ({', '.join(recipe.outputs.formats)})",
         f"  runner   {recipe.runner.kind}, {recipe.runner.workers} workers",
     ]
     return "\n".join(lines)
 
 
-def _print_cells(cells: pd.DataFrame, limit: int = 8) -> None:
+def _print_cells(cells: pd.DataFrame, limit: int = 8, total: int | None = None) -> None:
+    total = len(cells) if total is None else total
     if cells.empty:
         out.print("[yellow]no cells: the AOI overlaps no grid cell[/yellow]")
         return
     table = Table("grid_cell", "centre_lat", "centre_lon", "crs", box=None, header_style="bold")
     for row in cells.head(limit).itertuples():
-        table.add_row(row.grid_cell, f"{row.centre_lat:.5f}", f"{row.centre_lon:.5f}", row.crs)
+        table.add_row(plain(row.grid_cell), f"{row.centre_lat:.5f}", f"{row.centre_lon:.5f}", plain(row.crs))
     out.print(table)
-    if len(cells) > limit:
-        out.print(f"[dim]… and {len(cells) - limit} more[/dim]")
+    if total > limit:
+        out.print(f"[dim]… and {total - limit} more[/dim]")
 
 
 def _print_samples(records: list[dict], output: Path | str, limit: int = 8) -> None:
@@ -253,15 +307,19 @@ def _print_samples(records: list[dict], output: Path | str, limit: int = 8) -> N
     for r in made[:limit]:
         cloud = "" if pd.isna(r["cloud_cover"]) else f"{r['cloud_cover']:.1f}"
         when = r["timestamp"].strftime("%Y-%m-%d %H:%M")
-        table.add_row(r["grid_cell"], r["source"], r["product_id"], when, cloud, f"{100 * r['nodata']:.1f}")
+        nodata = f"{100 * r['nodata']:.1f}"
+        table.add_row(*map(plain, (r["grid_cell"], r["source"], r["product_id"], when, cloud, nodata)))
     out.print(table)
     if len(made) > limit:
         out.print(f"[dim]… and {len(made) - limit} more[/dim]")
     if made:
         out.print(
-            f"open it: eo_etl.open_dataset('{output}', '{made[0]['source']}') (xarray), "
-            f"xarray.open_zarr('{output}/pixels.zarr', group='{made[0]['source']}'), "
-            f"or the index: geopandas.read_parquet('{output}/index.parquet')",
+            printable(
+                f"open it: eo_etl.open_dataset('{output}', '{made[0]['source']}') (xarray), "
+                f"xarray.open_zarr('{output}/pixels.zarr', group='{made[0]['source']}'), "
+                f"or the index: geopandas.read_parquet('{output}/index.parquet')"
+            ),
+            markup=False,
             highlight=False,
             soft_wrap=True,
         )

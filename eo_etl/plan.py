@@ -1,34 +1,140 @@
-"""Planning: the recipe's area of interest → the grid cells a build covers."""
+"""Planning: the recipe's area of interest → the grid cells a build covers.
+
+A plan of any size is made in bounded memory: the cells come in bands of whole grid rows, south to north, each
+of about ``BAND_CELLS`` cells, and are written band by band (a world on the 1 km grid is 509 M cells, a
+legitimate plan; a build takes at most ``MAX_CELLS`` of them, and says so before it lists any).
+"""
 
 from __future__ import annotations
 
+import json
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import geopandas as gpd
 import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
 import shapely
+from geopandas.io.arrow import _geopandas_to_arrow
 from shapely.geometry.base import BaseGeometry
 
 from eo_etl.grid import MajorTomGrid, get_grid, unique_cells
 from eo_etl.grid.table import cells_frame
 from eo_etl.recipe import Recipe
-from eo_etl.recipe.models import Aoi
+from eo_etl.recipe.models import MAX_CELLS, Aoi, too_many_cells
 from eo_etl.store.location import Location
+
+BAND_CELLS = 100_000  # cells listed at once: about 150 MB at the peak of making their table
 
 
 def plan(recipe: Recipe) -> gpd.GeoDataFrame:
-    """The cells of the recipe's AOI, south to north and west to east, with Major TOM's columns."""
+    """The cells of the recipe's AOI, south to north and west to east, with Major TOM's columns; refused (a
+    ValueError naming the AOI) beyond what a build takes, before they are listed."""
+    check_buildable(recipe)
+    bands = list(plan_bands(recipe))
+    if len(bands) > 1:
+        return pd.concat(bands, ignore_index=True)
+    return bands[0] if bands else cells_frame(get_grid(recipe.grid.kind, recipe.grid.distance_km), [], [])
+
+
+def check_buildable(recipe: Recipe) -> None:
+    """Raise a ValueError naming the AOI when it has more cells than a build takes (``MAX_CELLS``)."""
     grid = get_grid(recipe.grid.kind, recipe.grid.distance_km)
-    rows, cols = aoi_cells(grid, recipe.aoi)
-    return cells_frame(grid, rows, cols)
+    count = estimate_cells(grid, recipe.aoi)
+    if count > MAX_CELLS:
+        aoi = recipe.aoi
+        field = "aoi.bbox" if aoi.bbox is not None else "aoi.file" if aoi.file is not None else "aoi.cells"
+        raise ValueError(too_many_cells(field, count, grid))
 
 
-def write_plan(cells: gpd.GeoDataFrame, path: Location | Path | str) -> Path | str:
-    """Write the plan as GeoParquet (a path or a URL), whole or not at all: a killed run never leaves half."""
+def plan_bands(recipe: Recipe, band_cells: int = BAND_CELLS) -> Iterator[gpd.GeoDataFrame]:
+    """The cells of the recipe's AOI as tables of whole grid rows, south to north, of about ``band_cells``
+    cells each (one row more at most): together they are :func:`plan`'s table, for an AOI of any size."""
+    grid = get_grid(recipe.grid.kind, recipe.grid.distance_km)
+    aoi = recipe.aoi
+    if aoi.cells is not None:
+        yield cells_frame(grid, *aoi_cells(grid, aoi))  # a list the recipe holds: bounded by its validation
+        return
+    geometry = read_aoi_file(aoi) if aoi.file is not None else None
+    boxes = [aoi.bbox] if geometry is None else [shapely.bounds(part) for part in shapely.get_parts(geometry)]
+    area = None if geometry is None else _area(geometry)
+    for first, last in row_bands(grid, boxes, band_cells):
+        if geometry is None:
+            rows, cols = grid.cells_in_bbox(*_in_rows(grid, aoi.bbox, first, last))
+        else:
+            rows, cols = geometry_cells(grid, geometry, row_range=(first, last), area=area)
+        if len(rows):
+            yield cells_frame(grid, rows, cols)
+
+
+def write_plan(cells: gpd.GeoDataFrame | Iterable[gpd.GeoDataFrame], path: Location | Path | str) -> Path | str:
+    """Write the plan, one table or bands of it, as GeoParquet (a path or a URL), whole or not at all: a killed
+    run never leaves half. Bands are written as they come, so the plan never has to fit in memory."""
     target = Location.of(path)
+    bands = [cells] if isinstance(cells, gpd.GeoDataFrame) else cells
     with target.staged_file() as partial:
-        cells.to_parquet(partial, index=False)
+        writer = None
+        for band in bands:
+            table = _geopandas_to_arrow(band, index=False)
+            if writer is None:
+                # The GeoParquet metadata of the first band, less its bbox (optional): that of the whole is
+                # only known at the end, after the schema is written.
+                geo = json.loads(table.schema.metadata[b"geo"])
+                for column in geo["columns"].values():
+                    column.pop("bbox", None)
+                schema = table.schema.with_metadata({**table.schema.metadata, b"geo": json.dumps(geo).encode()})
+                writer = pq.ParquetWriter(partial, schema)
+            writer.write_table(table.replace_schema_metadata(schema.metadata))
+        if writer is None:  # no bands: an empty plan
+            cells_frame(get_grid(), [], []).to_parquet(partial, index=False)
+        else:
+            writer.close()
     return target.native
+
+
+def estimate_cells(grid: MajorTomGrid, aoi: Aoi) -> int:
+    """At least as many cells as the AOI covers, from its bounds alone (a file is read, its cells not listed)."""
+    if aoi.cells is not None:
+        return len(aoi.cells)
+    boxes = [aoi.bbox] if aoi.bbox is not None else map(shapely.bounds, shapely.get_parts(read_aoi_file(aoi)))
+    return sum(grid.count_in_bbox(*box) for box in boxes)
+
+
+def row_bands(grid: MajorTomGrid, boxes: Iterable, band_cells: int) -> list[tuple[int, int]]:
+    """(first, last) row indices of consecutive bands of grid rows holding about ``band_cells`` cells of the
+    boxes each; rows no box reaches are left out."""
+    counts = np.zeros(grid.n_rows, dtype=np.int64)
+    for west, south, east, north in boxes:
+        spans = [(west, 180.0), (-180.0, east)] if west > east else [(west, east)]
+        for w, e in spans:  # a point on a row's edge belongs to the row below: reach a hair past each edge
+            idx, lo, hi = grid.column_ranges_in_bbox(w, south - 1e-9, e, north + 1e-9)
+            np.add.at(counts, idx, np.maximum(hi - lo + 1, 0) + 1)
+    used = np.flatnonzero(counts)
+    if not used.size:
+        return []
+    band = (np.cumsum(counts[used]) - counts[used]) // band_cells  # a band may end one row past band_cells
+    starts = np.flatnonzero(np.diff(band, prepend=-1))
+    ends = np.append(starts[1:], used.size) - 1
+    return [(int(used[a]), int(used[b])) for a, b in zip(starts, ends)]
+
+
+def _in_rows(grid: MajorTomGrid, box, first: int, last: int) -> tuple[float, float, float, float]:
+    """The part of a (west, south, east, north) box within grid rows ``first`` to ``last`` (indices)."""
+    west, south, east, north = box
+    top = grid.bounds(grid.row_u[last : last + 1], grid.n_east[last : last + 1] - 1)[3][0]
+    return west, max(south, float(grid.row_lat[first])), east, min(north, float(top))
+
+
+def _area(geometry: BaseGeometry) -> BaseGeometry | None:
+    """The union of the geometry's polygons and lines, prepared for many tests; None when it has only points."""
+    parts = shapely.get_parts(geometry)
+    shapes = parts[shapely.get_type_id(parts) != 0]
+    if not len(shapes):
+        return None
+    area = shapely.union_all(shapes)
+    shapely.prepare(area)
+    return area
 
 
 def aoi_cells(grid: MajorTomGrid, aoi: Aoi) -> tuple[np.ndarray, np.ndarray]:
@@ -54,21 +160,32 @@ def read_aoi_file(aoi: Aoi) -> BaseGeometry:
     return frame.geometry.union_all()
 
 
-def geometry_cells(grid: MajorTomGrid, geometry: BaseGeometry) -> tuple[np.ndarray, np.ndarray]:
-    """Cells overlapping any geometry in EPSG:4326: polygons and lines by area, points by containment."""
+def geometry_cells(
+    grid: MajorTomGrid,
+    geometry: BaseGeometry,
+    row_range: tuple[int, int] | None = None,
+    area: BaseGeometry | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Cells overlapping any geometry in EPSG:4326: polygons and lines by area, points by containment; only
+    those in the grid rows ``row_range`` (first and last index) when given. ``area``: :func:`_area` of the
+    geometry, when the caller has it already."""
+    first, last = row_range if row_range is not None else (0, grid.n_rows - 1)
     parts = shapely.get_parts(geometry)
     points = parts[shapely.get_type_id(parts) == 0]
     shapes = parts[shapely.get_type_id(parts) != 0]
     found_rows, found_cols = [], []
     if len(points):
         rows, cols, inside = grid.locate(shapely.get_y(points), shapely.get_x(points))
+        inside &= (rows - grid.row_u[first] >= 0) & (rows - grid.row_u[last] <= 0)
         found_rows.append(rows[inside])
         found_cols.append(cols[inside])
     if len(shapes):
-        area = shapely.union_all(shapes)
-        shapely.prepare(area)
+        area = area if area is not None else _area(geometry)
         for part in shapes:
-            rows, cols = grid.cells_in_bbox(*shapely.bounds(part))
+            west, south, east, north = _in_rows(grid, shapely.bounds(part), first, last)
+            if south > north:  # the part lies outside these rows (a line may have no height)
+                continue
+            rows, cols = grid.cells_in_bbox(west, south, east, north)
             west, south, east, north = grid.bounds(rows, cols)
             # the eastmost cell of a row may reach past 180°: test its part beyond from -180° too
             hit = _overlaps(shapely.box(west, south, east, north), area)

@@ -29,7 +29,7 @@ def run(*args: str, cwd: Path = ROOT, env: dict | None = None) -> subprocess.Com
                           env=None if env is None else os.environ | env)  # fmt: skip
 
 
-def test_validate_accepts_the_demo_and_summarises_it():
+def test_validate_accepts_the_demo_and_summarises_it(demo_catalog):
     result = run("validate", "pipelines/demo.yaml")
     assert result.returncode == 0, result.stderr
     assert "valid recipe: demo" in result.stdout
@@ -45,8 +45,9 @@ def test_validate_accepts_the_demo_and_summarises_it():
         ({"sources": [{"collection": "sentinel-2-l2a", "url": "http://x", "bands": ["B99"]}]}, "sources[0].bands"),
     ],
 )
-def test_a_bad_recipe_gets_one_line_naming_the_field_and_exit_2(tmp_path, change, field):
+def test_a_bad_recipe_gets_one_line_naming_the_field_and_exit_2(tmp_path, demo_catalog, change, field):
     data = yaml.safe_load((ROOT / "pipelines" / "demo.yaml").read_text()) | change
+    data["sources"][0]["url"] = str(demo_catalog)
     bad = tmp_path / "bad.yaml"
     bad.write_text(yaml.safe_dump(data))
     for command in ("validate", "plan", "build"):
@@ -57,7 +58,7 @@ def test_a_bad_recipe_gets_one_line_naming_the_field_and_exit_2(tmp_path, change
         assert "Traceback" not in result.stderr + result.stdout
 
 
-def test_plan_writes_geoparquet_with_the_major_tom_columns(tmp_path):
+def test_plan_writes_geoparquet_with_the_major_tom_columns(tmp_path, demo_catalog):
     target = tmp_path / "cells.parquet"
     result = run("plan", "pipelines/demo.yaml", "--out", str(target))
     assert result.returncode == 0, result.stderr
@@ -190,7 +191,7 @@ def test_grid_locate_a_geoparquet_of_points_at_50km(tmp_path):
         (["grid", "locate"], "give a POINTS file, or both --lat and --lon"),
         (["grid", "locate", "--lat", "95", "--lon", "0"], "lat must be within [-90, 90]"),
         (["grid", "locate", "--lat", "1", "--lon", "1", "--grid", "h3"], "unknown grid 'h3'; allowed: majortom"),
-        (["grid", "locate", "--lat", "1", "--lon", "1", "--dist", "0"], "grid distance must be positive"),
+        (["grid", "locate", "--lat", "1", "--lon", "1", "--dist", "0"], "grid distance must be 0.1 to 1000 km, got 0"),
         (["grid", "cell", "0D_1R"], "'0D_1R' is not a cell name"),
     ],
 )

@@ -214,5 +214,6 @@ def test_footprint_covers_the_cell_near_the_central_meridian(grid):
 
 
 def test_a_bad_distance_is_refused():
-    with pytest.raises(ValueError, match="positive"):
-        MajorTomGrid(0)
+    for distance in (0, -1, 0.001, 20_000):
+        with pytest.raises(ValueError, match=f"grid distance must be 0.1 to 1000 km, got {distance:g}"):
+            MajorTomGrid(distance)

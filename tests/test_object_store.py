@@ -24,8 +24,16 @@ from moto.server import ThreadedMotoServer
 
 import eo_etl
 from eo_etl.build import build
+from eo_etl.pipeline.state import BuildState
 from eo_etl.recipe import load_recipe, parse_recipe
-from eo_etl.store.location import Location, is_url, read_each
+from eo_etl.store.location import (
+    Location,
+    OutsideError,
+    is_url,
+    local_file_problem,
+    local_folder_problem,
+    read_each,
+)
 from tests.servers import free_port
 from tests.test_pipeline import EO_ETL, archive, file_digests, write_recipe  # noqa: F401 (a fixture)
 from tests.test_recipe import problems_of, recipe_with
@@ -156,6 +164,33 @@ def test_urls_join_like_paths_and_relative_paths_become_absolute(tmp_path, monke
     assert Location("out/demo").native == tmp_path / "out" / "demo"
     assert Location(f"file://{tmp_path}/x").native == tmp_path / "x"
     assert (Location("out") / "demo").url == str(tmp_path / "out" / "demo")
+
+
+def test_a_name_never_leads_out_of_the_folder_it_is_joined_to(tmp_path):
+    root = Location(tmp_path / "dataset")
+    for name in ("..", "../x", "a/../../x", "/../etc/passwd", "samples/../../../escape"):
+        with pytest.raises(OutsideError, match="leads out of"):
+            root / name
+    with pytest.raises(OutsideError):
+        Location("s3://bucket/prefix").join("x", "..", "..", "y")
+    assert (root / "/abs").url == f"{root.url}/abs" and (root / "a/../b").url == f"{root.url}/a/../b"  # inside
+    # the writers join every name through a Location: a source name from a recipe cannot climb out either
+    with pytest.raises(OutsideError):
+        BuildState(root).done_cells(1, "../../../escape")
+    assert not (tmp_path / "escape").exists() and not root.exists()
+
+
+def test_an_output_folder_that_cannot_be_one_is_named_with_why(tmp_path):
+    (tmp_path / "file").write_text("x")
+    assert local_folder_problem(tmp_path / "new" / "dataset") is None
+    assert local_folder_problem(tmp_path / "file") == f"{tmp_path / 'file'} is a file, not a folder"
+    assert (
+        local_folder_problem(tmp_path / "file" / "x")
+        == f"{tmp_path / 'file' / 'x'} is under the file {tmp_path / 'file'}"
+    )
+    assert local_folder_problem(Path("/proc/self/x")) == "/proc/self/x is in /proc, not on a disk"
+    assert local_file_problem(tmp_path / "file") is None  # a file is replaced
+    assert local_file_problem(tmp_path) == f"{tmp_path} is a folder, not a file"
 
 
 def test_a_folder_is_uploaded_with_its_completing_file_last_and_stale_objects_removed(tmp_path):

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import itertools
+import tracemalloc
+
 import geopandas as gpd
 import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
 import pytest
 import shapely
 from pyproj import Transformer
 
 from eo_etl.grid import get_grid
-from eo_etl.grid.table import CELL_COLUMNS
-from eo_etl.plan import plan
+from eo_etl.grid.table import CELL_COLUMNS, cells_frame
+from eo_etl.plan import BAND_CELLS, aoi_cells, plan, plan_bands, row_bands, write_plan
 from eo_etl.recipe import parse_recipe
 
 
@@ -104,3 +109,58 @@ def test_an_empty_aoi_file_is_an_error(tmp_path):
     gpd.GeoDataFrame({"a": []}, geometry=[], crs=4326).to_file(tmp_path / "empty.gpkg")
     with pytest.raises(ValueError, match="has no features"):
         plan(recipe({"file": "empty.gpkg"}, base_dir=tmp_path))
+
+
+def banded(aoi, band_cells, base_dir=None, distance_km=1):
+    """The plan in bands of about ``band_cells`` cells, and the same AOI's cells listed at once."""
+    r = recipe(aoi, base_dir=base_dir, distance_km=distance_km)
+    grid = get_grid("majortom", distance_km)
+    return list(plan_bands(r, band_cells=band_cells)), cells_frame(grid, *aoi_cells(grid, r.aoi))
+
+
+def test_a_plan_in_bands_of_grid_rows_is_the_plan_listed_at_once(tmp_path):
+    grid = get_grid("majortom", 1)
+    edge = float(grid.row_lat[grid.row_index([4540])[0]])  # a point on a row's south edge belongs to the row below
+    points = [shapely.Point(14.3, edge), shapely.Point(14.9, 40.95), shapely.Point(-60, -20)]
+    polygons = [shapely.box(14.0, 40.6, 14.6, 41.1).difference(shapely.box(14.2, 40.8, 14.4, 40.9))]
+    lines = [shapely.LineString([(15.0, 40.9), (15.4, 40.9)])]  # no height
+    gpd.GeoDataFrame(geometry=points + polygons + lines, crs=4326).to_file(tmp_path / "mixed.gpkg")
+    for aoi in ({"bbox": [14.0, 40.6, 14.5, 41.0]}, {"bbox": [179.5, -17.2, -179.5, -16.5]}, {"file": "mixed.gpkg"}):
+        bands, whole = banded(aoi, band_cells=300, base_dir=tmp_path)
+        assert len(bands) > 3 and len(whole) > 1000
+        cells = pd.concat(bands, ignore_index=True)
+        assert cells.grid_cell.tolist() == whole.grid_cell.tolist()  # same cells, same order, no duplicates
+        assert cells.drop(columns="geometry").equals(whole.drop(columns="geometry"))
+        widest_row = int(grid.n_cols.max())
+        assert all(len(band) <= 300 + widest_row for band in bands)
+    rows, cols, _ = grid.locate([edge, -20], [14.3, -60])
+    assert set(grid.names(rows, cols)) <= set(cells.grid_cell)  # the points, on an edge and far away
+    assert rows[0] == 4539  # the row below the edge
+
+
+def test_a_world_on_the_1_km_grid_is_planned_in_bounded_bands_south_to_north():
+    world = recipe({"bbox": [-180, -90, 180, 90]}, distance_km=1)
+    grid = get_grid("majortom", 1)
+    bands = row_bands(grid, [world.aoi.bbox], BAND_CELLS)
+    assert bands[0][0] == 0 and bands[-1][1] == grid.n_rows - 1  # every row, once, in order
+    assert all(b[0] == a[1] + 1 for a, b in zip(bands, bands[1:]))
+    assert 4000 < len(bands) < 6000  # 509 M cells in bands of ~100 k
+    tracemalloc.start()
+    first = list(itertools.islice(plan_bands(world, band_cells=20_000), 3))
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 200 << 20  # not the 3.8 GiB of listing every cell
+    assert all(15_000 <= len(band) <= 20_000 + int(grid.n_cols.max()) for band in first), [len(b) for b in first]
+    rows = np.concatenate([band.grid_row_u.to_numpy() for band in first])
+    assert (np.diff(rows) >= 0).all() and rows[0] == grid.row_u[0]
+
+
+def test_write_plan_streams_bands_into_one_geoparquet(tmp_path):
+    r = recipe({"bbox": [14.0, 40.6, 14.5, 41.0]}, distance_km=1)
+    target = write_plan(plan_bands(r, band_cells=500), tmp_path / "plan.parquet")
+    assert pq.ParquetFile(target).num_row_groups > 1
+    written, whole = gpd.read_parquet(target), plan(r)
+    assert written.crs.to_epsg() == 4326 and written.grid_cell.tolist() == whole.grid_cell.tolist()
+    assert written.geometry.geom_equals(whole.geometry).all()
+    empty = write_plan(plan_bands(recipe({"bbox": [0, 88, 1, 89]})), tmp_path / "none.parquet")  # beyond the grid
+    assert gpd.read_parquet(empty).empty

@@ -86,7 +86,7 @@ def test_time_range_dates_include_both_days_and_datetimes_are_exact():
         ({"time": {"start": "2023-06-30", "end": "2023-06-01"}}, "time: empty time range: end (2023-06-01)"),
         ({"time": {"start": "2023-06-01", "end": "June"}}, "time.end: expected a date (2023-06-01)"),
         ({"grid": {"kind": "h3"}}, "grid.kind: unknown grid 'h3'; allowed: majortom"),
-        ({"grid": {"kind": "majortom", "distance_km": -5}}, "grid.distance_km: input should be greater than 0"),
+        ({"grid": {"distance_km": -5}}, "grid.distance_km: input should be greater than or equal to 0.1"),
         ({"grid": {"knd": "majortom"}}, "grid: unknown field 'knd'; allowed: kind, distance_km"),
         ({"aoi": {"cells": ["454U_120R", "0D_3R"]}}, "aoi.cells[1]: '0D_3R' is not a cell name"),
         ({"aoi": {"cells": ["454U_99999R"]}}, "aoi.cells[0]: '454U_99999R' is not in the 10 km grid"),
@@ -115,7 +115,7 @@ def test_time_range_dates_include_both_days_and_datetimes_are_exact():
         ({"outputs": {"video": {"crf": 60}}}, "outputs.video.crf: input should be less than or equal to 51"),
         ({"publish": {"repo_id": "no-slash"}}, "publish.repo_id: string should match pattern"),
         ({"runner": {"kind": "local"}}, "runner.kind: input should be 'direct', 'dataflow', 'spark' or 'flink'"),
-        ({"name": "My Set"}, "name: string should match pattern"),
+        ({"name": "My Set"}, "name: 'My Set' is not a name: 1 to 64 of a-z, 0-9, _ and -"),
         ({"extra": 1}, "recipe: unknown field 'extra'; allowed: name, description, aoi"),
     ],
 )
@@ -168,7 +168,7 @@ def test_aoi_file_is_relative_to_the_recipe_and_counts_by_content(tmp_path):
     assert first.fingerprint() != parse_recipe(recipe_with()).fingerprint()
 
 
-def test_every_recipe_in_pipelines_is_valid():
+def test_every_recipe_in_pipelines_is_valid(demo_catalog):
     recipes = sorted((ROOT / "pipelines").glob("*.yaml"))
     assert any(path.name == "demo.yaml" for path in recipes)
     for path in recipes:

@@ -140,7 +140,7 @@ def test_a_missing_dataflow_option_is_named_before_beam_starts():
     assert "project" not in message
 
 
-def test_a_dataflow_build_into_a_local_folder_is_refused_before_any_work(tmp_path):
+def test_a_dataflow_build_into_a_local_folder_is_refused_before_any_work(tmp_path, demo_catalog):
     recipe = load_recipe(ROOT / "pipelines" / "demo.yaml")
     with pytest.raises(ValueError, match="Dataflow's workers share no disk; write the dataset to gs://"):
         build(recipe, tmp_path / "demo", runner="dataflow", options=DATAFLOW)
@@ -327,7 +327,7 @@ class _PrefixedLocal(LocalFileSystem):
         return super().open(path.removeprefix("eotest://"), *args, **kwargs)
 
 
-def test_the_launcher_reads_a_recipe_through_beams_filesystems(tmp_path):
+def test_the_launcher_reads_a_recipe_through_beams_filesystems(tmp_path, demo_catalog):
     recipe = tmp_path / "bucket" / "recipes" / "majortom.yaml"
     recipe.parent.mkdir(parents=True)
     recipe.write_text((ROOT / "pipelines" / "majortom-core-s2l2a.yaml").read_text())
@@ -337,7 +337,7 @@ def test_the_launcher_reads_a_recipe_through_beams_filesystems(tmp_path):
     assert flex_template.read_recipe(str(ROOT / "pipelines" / "demo.yaml")).name == "demo"
 
 
-def test_the_launcher_builds_on_dataflow_with_the_worker_image(monkeypatch):
+def test_the_launcher_builds_on_dataflow_with_the_worker_image(monkeypatch, demo_catalog):
     import eo_etl.build
 
     calls = []

@@ -28,6 +28,9 @@ RADIUS_EQUATOR_KM = 6378.137
 CELL_NAME = re.compile(r"^(\d+)([UD])_(\d+)([RL])$")
 
 
+MIN_DISTANCE_KM, MAX_DISTANCE_KM = 0.1, 1000.0
+
+
 class CellNameError(ValueError):
     """A cell name that is malformed or not in the grid."""
 
@@ -62,8 +65,8 @@ class MajorTomGrid:
         latitude_range: tuple[float, float] = (-85.0, 85.0),
         margin_m: float = 340.0,
     ):
-        if not dist_km > 0:
-            raise ValueError(f"grid distance must be positive, got {dist_km}")
+        if not MIN_DISTANCE_KM <= dist_km <= MAX_DISTANCE_KM:  # finer: millions of rows; coarser: hardly two
+            raise ValueError(f"grid distance must be {MIN_DISTANCE_KM:g} to {MAX_DISTANCE_KM:g} km, got {dist_km:g}")
         self.dist_km = float(dist_km)
         self.radius_km = float(radius_km)
         self.latitude_range = (float(latitude_range[0]), float(latitude_range[1]))
@@ -221,18 +224,33 @@ class MajorTomGrid:
         if west > east:
             parts = [self.cells_in_bbox(west, south, 180.0, north), self.cells_in_bbox(-180.0, south, east, north)]
             return unique_cells(np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]))
+        idx, lo, hi = self.column_ranges_in_bbox(west, south, east, north)
+        rows, cols = self._row_ranges(idx, lo, hi)
+        rows = np.concatenate([rows, self.row_u[idx]])  # the eastmost cells, for their wrapped part
+        cols = np.concatenate([cols, self.n_east[idx] - 1])
+        w, _, e, _ = self.bounds(rows, cols)
+        keep = ((w < east) & (e > west)) | ((w - 360 < east) & (e - 360 > west))
+        return unique_cells(rows[keep], cols[keep])
+
+    def count_in_bbox(self, west: float, south: float, east: float, north: float) -> int:
+        """At least as many cells as :meth:`cells_in_bbox` finds (a few more per row), counted without listing
+        them: how big a plan would be before it is made."""
+        if west > east:
+            return self.count_in_bbox(west, south, 180.0, north) + self.count_in_bbox(-180.0, south, east, north)
+        idx, lo, hi = self.column_ranges_in_bbox(west, south, east, north)
+        return int(np.maximum(hi - lo + 1, 0).sum()) + idx.size
+
+    def column_ranges_in_bbox(
+        self, west: float, south: float, east: float, north: float
+    ) -> tuple[NDArray, NDArray, NDArray]:
+        """Row indices whose band overlaps [south, north], and in each the column range that may reach the box."""
         north_edges = self.bounds(self.row_u, self.n_east - self.n_cols)[3]
         idx = np.flatnonzero((self.row_lat < north) & (north_edges > south))
         n, n_east = self.n_cols[idx], self.n_east[idx]
         step = 360.0 / n
         lo = np.maximum(np.floor(west / step).astype(np.int64) - 1, n_east - n)
         hi = np.minimum(np.floor(east / step).astype(np.int64) + 1, n_east - 1)
-        rows, cols = self._row_ranges(idx, lo, hi)
-        rows = np.concatenate([rows, self.row_u[idx]])  # the eastmost cells, for their wrapped part
-        cols = np.concatenate([cols, n_east - 1])
-        w, _, e, _ = self.bounds(rows, cols)
-        keep = ((w < east) & (e > west)) | ((w - 360 < east) & (e - 360 > west))
-        return unique_cells(rows[keep], cols[keep])
+        return idx, lo, hi
 
     def _row_ranges(self, idx: NDArray, lo: NDArray, hi: NDArray) -> tuple[NDArray, NDArray]:
         """All (row_u, col_r) with col_r in [lo, hi] for each row index in ``idx``."""

@@ -24,7 +24,7 @@ from typing import Any
 
 from apache_beam.options.pipeline_options import PipelineOptions, _BeamArgumentParser
 
-from eo_etl.recipe.models import Runner
+from eo_etl.recipe.models import Runner, direct_processes_problem
 
 DEFAULT_JOB_ENDPOINT = "localhost:8099"
 OPTION_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*")  # Beam's option names: temp_location, sdk_container_image
@@ -59,6 +59,9 @@ def runner_flags(runner: Runner, overrides: Mapping[str, Any] | None = None) -> 
         base = {"runner": "FlinkRunner", "flink_master": "localhost:8081", "environment_type": "LOOPBACK",
                 "parallelism": runner.workers}  # fmt: skip
     values = {**base, **extra}
+    problem = kind == "direct" and direct_processes_problem(values["direct_num_workers"])
+    if problem:  # --option may set the processes too: held to the bound of runner.workers
+        raise RunnerOptionsError(problem)
     missing = [name for name in REQUIRED.get(kind, ()) if not values.get(name)]
     if missing:
         flags = ", ".join(f"--option {name}=…" for name in missing)

@@ -6,9 +6,13 @@ import re
 from pathlib import Path
 
 import yaml
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from eo_etl.recipe.models import Recipe
+from eo_etl.text import shown
+
+MAX_RECIPE_BYTES = 16 << 20  # a recipe is a page of YAML; a list of cells may make it a few MB
+SafeLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml's, when PyYAML has it: ~10× faster
 
 FIELD_PREFIX = re.compile(r"^[a-z_]+(\[\d+\])?(\.[a-z_]+(\[\d+\])?)*: ")
 
@@ -26,11 +30,20 @@ def load_recipe(path: Path | str) -> Recipe:
     """Read and validate the recipe at ``path``; raises :class:`RecipeError`."""
     path = Path(path)
     try:
-        text = path.read_text()
+        with path.open("rb") as file:  # read at most the limit: the path may be /dev/zero or a pipe
+            raw = file.read(MAX_RECIPE_BYTES + 1)
     except OSError as error:
         raise RecipeError(path, [f"cannot read the recipe: {error.strerror}"]) from None
+    if len(raw) > MAX_RECIPE_BYTES:
+        raise RecipeError(path, [f"the recipe is larger than {MAX_RECIPE_BYTES >> 20} MB; is it a recipe?"])
     try:
-        data = yaml.safe_load(text)
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        line = raw[: error.start].count(b"\n") + 1
+        problem = f"line {line}: not UTF-8 text (byte {raw[error.start]:#04x}); save it as UTF-8"
+        raise RecipeError(path, [problem]) from None
+    try:
+        data = yaml.load(text, Loader=SafeLoader)
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
@@ -49,6 +62,16 @@ def parse_recipe(data: object, source: Path | str = "<recipe>", base_dir: Path |
         raise RecipeError(source, [_describe(e) for e in error.errors(include_url=False)]) from None
 
 
+def parse_section(model: type[BaseModel], data: object, source: str, field: str) -> BaseModel:
+    """Validate one recipe section (``field``) on its own, e.g. the runner with a kind from the command line;
+    raises :class:`RecipeError`."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as error:
+        problems = [_describe({**e, "loc": (field, *e["loc"])}) for e in error.errors(include_url=False)]
+        raise RecipeError(source, problems) from None
+
+
 def _describe(error: dict) -> str:
     """One line for one pydantic error: ``field.path[0]: what is wrong (got …)``."""
     if error["type"] == "value_error":
@@ -58,7 +81,7 @@ def _describe(error: dict) -> str:
     else:
         message = error["msg"][0].lower() + error["msg"][1:]
         if not isinstance(error.get("input"), (dict, list)):
-            message += f" (got {error['input']!r})"
+            message += f" (got {shown(error['input'])})"
     field = _field_path(error["loc"])
     if not field and FIELD_PREFIX.match(message):  # a whole-recipe check that names its own field
         return message

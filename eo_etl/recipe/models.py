@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import re
 from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -26,9 +28,33 @@ from pydantic import (
 )
 
 from eo_etl.grid import CellNameError, get_grid, grid_definition
+from eo_etl.grid.majortom import MAX_DISTANCE_KM, MIN_DISTANCE_KM
 from eo_etl.sources.profile import collection_profiles, find_profile
+from eo_etl.store.location import local_folder_problem
+from eo_etl.text import ECHO_LIMIT, printable, shown
 
 Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
+
+# Names that become paths in the dataset (a Zarr group, a folder, a file): nothing that can climb out of it.
+IDENTIFIER = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+
+
+def _identifier(value: Any) -> Any:
+    if isinstance(value, str) and not IDENTIFIER.fullmatch(value):
+        raise ValueError(f"{shown(value)} is not a name: 1 to 64 of a-z, 0-9, _ and -, starting with a letter or digit")
+    return value
+
+
+Identifier = Annotated[str, BeforeValidator(_identifier), Field(pattern=IDENTIFIER.pattern)]
+
+# Bounds on sizes users set: beyond them a build would exhaust memory or the machine, not make a dataset.
+MAX_CELLS = 6_000_000  # cells per build: the whole world on the 10 km grid (5.2 M) fits; at 1 km it does not
+MAX_PATCH = 4096  # pixels per side of a sample
+MAX_SHARD_BYTES = 8 << 30  # a shard is held in memory while written
+MAX_THREADS = 256
+MAX_WORKERS = 4096  # a cluster's most workers; the direct runner is held to the machine's CPUs below
+DIRECT_WORKERS_PER_CPU = 4
+MAX_AOI_FILE_BYTES = 1 << 30
 
 
 def _instant(value: Any) -> date | datetime:
@@ -40,7 +66,7 @@ def _instant(value: Any) -> date | datetime:
             return date.fromisoformat(value) if len(value) == 10 else datetime.fromisoformat(value)
         except ValueError:
             pass
-    raise ValueError(f"expected a date (2023-06-01) or a datetime (2023-06-01T10:00:00Z), got {value!r}")
+    raise ValueError(f"expected a date (2023-06-01) or a datetime (2023-06-01T10:00:00Z), got {shown(value)}")
 
 
 Instant = Annotated[datetime | date, BeforeValidator(_instant)]
@@ -58,7 +84,7 @@ class Section(BaseModel):
             unknown = [key for key in data if key not in cls.model_fields]
             if unknown:
                 allowed = ", ".join(cls.model_fields)
-                raise ValueError(f"unknown field {unknown[0]!r}; allowed: {allowed}")
+                raise ValueError(f"unknown field {shown(unknown[0])}; allowed: {allowed}")
         return data
 
 
@@ -77,8 +103,10 @@ class Aoi(Section):
     file: Path | None = Field(
         None, description="GeoJSON, GeoPackage or any OGR vector file, relative to the recipe file."
     )
-    layer: str | None = Field(None, description="Layer of a multi-layer vector file (GeoPackage).")
-    cells: list[str] | None = Field(None, description="Grid cell names, e.g. ['454U_120R'].", min_length=1)
+    layer: str | None = Field(None, max_length=256, description="Layer of a multi-layer vector file (GeoPackage).")
+    cells: list[str] | None = Field(
+        None, description="Grid cell names, e.g. ['454U_120R'].", min_length=1, max_length=MAX_CELLS
+    )
 
     @model_validator(mode="after")
     def _exactly_one(self) -> Aoi:
@@ -117,8 +145,12 @@ class Aoi(Section):
             return path
         base = (info.context or {}).get("base_dir")
         resolved = path if path.is_absolute() or base is None else Path(base) / path
-        if not resolved.is_file():
-            raise ValueError(f"no such file: {resolved}")
+        problem = _file_problem(resolved)
+        if problem:
+            raise ValueError(problem)
+        if resolved.stat().st_size > MAX_AOI_FILE_BYTES:  # planning reads it whole
+            size = resolved.stat().st_size >> 20
+            raise ValueError(f"{printable(str(resolved), ECHO_LIMIT)} is {size} MB; an AOI file is at most 1024 MB")
         return resolved
 
 
@@ -126,7 +158,9 @@ class GridSpec(Section):
     """The grid of cells that drives the build."""
 
     kind: str = Field("majortom", description="A grid defined in grids/ (majortom).")
-    distance_km: float = Field(10.0, gt=0, description="Grid spacing in km (Major TOM Core: 10).")
+    distance_km: float = Field(
+        10.0, ge=MIN_DISTANCE_KM, le=MAX_DISTANCE_KM, description="Grid spacing in km (Major TOM Core: 10)."
+    )
 
     @field_validator("kind")
     @classmethod
@@ -154,8 +188,18 @@ class TimeRange(Section):
 
     @model_validator(mode="after")
     def _not_empty(self) -> TimeRange:
-        if self.end_exclusive_utc <= self.start_utc:
+        start, end = self.start_utc, self.end_exclusive_utc
+        if end < start:
             raise ValueError(f"empty time range: end ({self.end}) is before start ({self.start})")
+        if end == start and isinstance(self.end, datetime):
+            raise ValueError(
+                f"empty time range: end ({self.end}) is start ({self.start}); datetimes are exact, so end must be "
+                "later (a date is a whole day: start and end on one date is that day)"
+            )
+        if end == start:
+            raise ValueError(
+                f"empty time range: end ({self.end}, the whole day) is over when start ({self.start}) begins"
+            )
         return self
 
 
@@ -171,26 +215,42 @@ def _utc(value: datetime | date) -> datetime:
 class Source(Section):
     """One imagery source: a collection at a STAC API, in Earth Engine, or in a static catalog on disk."""
 
-    name: str | None = Field(None, description="Key of this source in the dataset; defaults to the collection.")
+    name: Identifier | None = Field(
+        None,
+        description="Key of this source in the dataset (a Zarr group, a folder): a-z, 0-9, _ and -; defaults to "
+        "the collection id, lowercased, with other characters as -.",
+    )
     kind: Literal["stac", "gee", "local"] = "stac"
     url: str | None = Field(
         None,
+        max_length=4096,
         description="STAC API root (stac), path/URL of a catalog.json (local), or the Earth Engine REST endpoint "
         "(gee; the high-volume endpoint if unset).",
     )
     project: str | None = Field(
-        None, description="Google Cloud project for Earth Engine (gee); EE_PROJECT or GOOGLE_CLOUD_PROJECT if unset."
+        None,
+        max_length=256,
+        description="Google Cloud project for Earth Engine (gee); EE_PROJECT or GOOGLE_CLOUD_PROJECT if unset.",
     )
     profile: str | None = Field(
-        None, description="Collection profile (bands, resolutions); found from the collection id if unset."
+        None,
+        max_length=256,
+        description="Collection profile (bands, resolutions); found from the collection id if unset.",
     )
-    collection: str = Field(description="Collection id at the provider (an Earth Engine asset id for gee).")
-    bands: list[str] | None = Field(None, min_length=1, description="Bands to keep; the profile's defaults if unset.")
+    collection: str = Field(
+        max_length=1024, description="Collection id at the provider (an Earth Engine asset id for gee)."
+    )
+    bands: list[str] | None = Field(
+        None, min_length=1, max_length=256, description="Bands to keep; the profile's defaults if unset."
+    )
     resolution_m: float | None = Field(None, gt=0, description="Output pixel size; the profile's default if unset.")
     resampling: Literal["nearest", "bilinear", "cubic", "average", "mode"] = "nearest"
     max_cloud: float = Field(100.0, ge=0, le=100, description="Largest scene cloud cover to accept, in percent.")
     patch_size: int | None = Field(
-        None, gt=0, description="Pixels per side; the grid's sample footprint at resolution_m if unset (1068)."
+        None,
+        gt=0,
+        le=MAX_PATCH,
+        description="Pixels per side; the grid's sample footprint at resolution_m if unset (1068).",
     )
 
     @field_validator("url")
@@ -198,16 +258,21 @@ class Source(Section):
     def _local_catalog_path(cls, url: str | None, info: ValidationInfo) -> str | None:
         """A local catalog's relative path is relative to the recipe file, like an AOI file."""
         base = (info.context or {}).get("base_dir")
-        if url and info.data.get("kind") == "local" and "://" not in url and base is not None:
+        if url and info.data.get("kind") == "local" and "://" not in url:
             path = Path(url)
-            return str(path if path.is_absolute() else (Path(base) / path).resolve())
+            if not path.is_absolute() and base is not None:
+                path = (Path(base) / path).resolve()
+            problem = _file_problem(path) or _catalog_problem(path)
+            if problem:
+                raise ValueError(problem)
+            return str(path)
         return url
 
     @field_validator("profile")
     @classmethod
     def _known_profile(cls, profile: str | None) -> str | None:
         if profile is not None and find_profile(profile) is None:
-            raise ValueError(f"unknown profile {profile!r}; allowed: {', '.join(collection_profiles())}")
+            raise ValueError(f"unknown profile {shown(profile)}; allowed: {', '.join(collection_profiles())}")
         return profile
 
     @field_validator("collection")
@@ -216,7 +281,8 @@ class Source(Section):
         profile_unset = "profile" in info.data and info.data["profile"] is None  # absent: it failed already
         if profile_unset and find_profile(collection) is None:
             raise ValueError(
-                f"no profile for collection {collection!r}; set profile: to one of {', '.join(collection_profiles())}"
+                f"no profile for collection {shown(collection)}; set profile: to one of "
+                f"{', '.join(collection_profiles())}"
             )
         return collection
 
@@ -226,7 +292,9 @@ class Source(Section):
         profile = find_profile(info.data.get("profile") or info.data.get("collection") or "")
         unknown = [band for band in bands or [] if profile is not None and band not in profile.bands]
         if unknown:
-            raise ValueError(f"unknown band {unknown[0]!r} for {profile.name}; allowed: {', '.join(profile.bands)}")
+            raise ValueError(
+                f"unknown band {shown(unknown[0])} for {profile.name}; allowed: {', '.join(profile.bands)}"
+            )
         return bands
 
     @model_validator(mode="after")
@@ -241,21 +309,75 @@ class Source(Section):
                 raise ValueError(
                     f"Earth Engine has no band for {unnamed} in {profile.name}; allowed: {', '.join(named)}"
                 )
-        self.name = self.name or self.collection
+        self.name = self.name or _name_of(self.collection)
         self.profile = profile.name
         self.bands = self.bands or list(profile.default_bands)
         self.resolution_m = self.resolution_m or profile.default_resolution_m
         return self
 
 
+def direct_workers_limit() -> int:
+    """The most worker processes the direct runner may start on this machine."""
+    return DIRECT_WORKERS_PER_CPU * (os.cpu_count() or 1)
+
+
+def direct_processes_problem(value: Any) -> str | None:
+    """Why ``direct_num_workers`` (a pipeline option) is too many processes for this machine, or None."""
+    try:
+        processes = int(value)
+    except (TypeError, ValueError):
+        return f"direct_num_workers {shown(value)}: expected a number"
+    most = direct_workers_limit()
+    if processes > most:
+        return f"direct_num_workers {processes}: at most {most} processes here ({DIRECT_WORKERS_PER_CPU} per CPU)"
+    return None
+
+
+def _name_of(collection: str) -> str:
+    """A source's default name: its collection id as an identifier (COPERNICUS/S2_SR → copernicus-s2_sr)."""
+    name = re.sub(r"[^a-z0-9_-]+", "-", collection.lower()).strip("-_")[:64]
+    if not IDENTIFIER.fullmatch(name):
+        raise ValueError(f"name: no name can be made of collection {shown(collection)}; set name:")
+    return name
+
+
+def _file_problem(path: Path) -> str | None:
+    """Why ``path`` is not a readable file, or None."""
+    try:
+        if path.is_file():
+            return None if os.access(path, os.R_OK) else f"{printable(str(path), ECHO_LIMIT)} is not readable"
+        if path.is_dir():
+            return f"{printable(str(path), ECHO_LIMIT)} is a folder, not a file"
+        if path.exists():  # a device, a pipe, a socket
+            return f"{printable(str(path), ECHO_LIMIT)} is not a regular file"
+    except OSError as error:  # a name too long, a loop of links
+        return f"cannot read {printable(str(path), ECHO_LIMIT)}: {error.strerror}"
+    return f"no such file: {printable(str(path), ECHO_LIMIT)}"
+
+
+def _catalog_problem(path: Path) -> str | None:
+    """Why the file at ``path`` is not the root of a static STAC catalog (a Catalog or Collection JSON), or None."""
+    shown_path = printable(str(path), ECHO_LIMIT)
+    try:
+        with path.open("rb") as file:
+            head = file.read(64 << 20)
+        root = json.loads(head)
+    except (OSError, ValueError):
+        return f"{shown_path} is not a STAC catalog (a catalog.json or collection.json)"
+    if not isinstance(root, dict) or root.get("type") not in ("Catalog", "Collection"):
+        return f"{shown_path} is not a STAC catalog: its JSON has no type Catalog or Collection"
+    return None
+
+
 class OsmLabels(Section):
     """OpenStreetMap features joined to each sample."""
 
     source: Literal["pbf", "overpass"] = "pbf"
-    path: str | None = Field(None, description="PBF extract (path or URL) when source is pbf.")
-    url: str | None = Field(None, description="Overpass API endpoint when source is overpass.")
+    path: str | None = Field(None, max_length=4096, description="PBF extract (path or URL) when source is pbf.")
+    url: str | None = Field(None, max_length=4096, description="Overpass API endpoint when source is overpass.")
     tags: list[str] = Field(
         default_factory=lambda: ["landuse", "natural", "building", "highway", "waterway"],
+        max_length=256,
         description="OSM keys whose features are kept.",
     )
 
@@ -272,7 +394,9 @@ class LandcoverLabels(Section):
     """A land-cover raster summarised per sample (class histogram, mask)."""
 
     product: Literal["esa-worldcover", "modis-mcd12c1", "esri-lulc", "dynamic-world"]
-    path: str | None = Field(None, description="Local raster or URL; the product's usual source if unset.")
+    path: str | None = Field(
+        None, max_length=4096, description="Local raster or URL; the product's usual source if unset."
+    )
 
 
 class Labels(Section):
@@ -284,12 +408,16 @@ class Captions(Section):
     """How each sample gets a caption: a template over its labels, or an LLM behind an OpenAI-compatible API."""
 
     kind: Literal["template", "llm"] = "template"
-    template: str | None = Field(None, description="Caption template (template kind); a built-in one if unset.")
-    url: str | None = Field(None, description="OpenAI-compatible base URL (llama.cpp, vLLM, …) for the llm kind.")
-    model: str | None = None
-    prompt_version: str = "v1"
-    max_tokens: int = Field(160, gt=0)
-    temperature: float = Field(0.0, ge=0)
+    template: str | None = Field(
+        None, max_length=10_000, description="Caption template (template kind); a built-in one if unset."
+    )
+    url: str | None = Field(
+        None, max_length=4096, description="OpenAI-compatible base URL (llama.cpp, vLLM, …) for the llm kind."
+    )
+    model: str | None = Field(None, max_length=256)
+    prompt_version: str = Field("v1", max_length=64)
+    max_tokens: int = Field(160, gt=0, le=32_768)
+    temperature: float = Field(0.0, ge=0, le=2)
 
     @model_validator(mode="after")
     def _llm_needs_server(self) -> Captions:
@@ -299,9 +427,9 @@ class Captions(Section):
 
 
 class Embedding(Section):
-    model: str = Field("efficientnet-lite0", description="Patch embedding model.")
+    model: str = Field("efficientnet-lite0", max_length=256, description="Patch embedding model.")
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    batch_size: int = Field(64, gt=0)
+    batch_size: int = Field(64, gt=0, le=4096)
 
 
 class Dedup(Section):
@@ -327,13 +455,16 @@ class VideoOutput(Section):
     lossy: bool = False
     crf: int = Field(6, ge=0, le=51, description="libx265 constant rate factor when lossy: lower is better.")
     # A shard's frames are different places: inter prediction gains nothing there (measured on S2 samples).
-    keyframe_interval: int = Field(1, ge=1, description="Frames (samples) between keyframes: the cost of a seek.")
+    keyframe_interval: int = Field(
+        1, ge=1, le=10_000, description="Frames (samples) between keyframes: the cost of a seek."
+    )
 
 
 class Outputs(Section):
     # A string, not a Path: a Path would make s3://bucket/x into s3:/bucket/x.
     path: str | None = Field(
         None,
+        max_length=4096,
         description="Dataset folder, relative to where eo-etl runs, or an object store URL (s3://bucket/prefix, "
         "gs://bucket/prefix; credentials from the environment); out/<name> if unset.",
     )
@@ -343,14 +474,14 @@ class Outputs(Section):
         description="zarr is the dataset's pixel store and always written; taco and video are written beside it.",
     )
     # A shard is held in memory while written: 16 Major TOM-size samples of 12 bands are ~440 MB.
-    shard_size: int = Field(16, gt=0, description="Samples per shard (Zarr shard, video file).")
+    shard_size: int = Field(16, gt=0, le=4096, description="Samples per shard (Zarr shard, video file).")
     video: VideoOutput = VideoOutput()
 
     @field_validator("path")
     @classmethod
     def _known_protocol(cls, path: str | None) -> str | None:
         if path is not None and get_protocol(path) not in fsspec.available_protocols():
-            raise ValueError(f"{path!r}: unknown protocol {get_protocol(path)!r}; a folder, s3://… or gs://…")
+            raise ValueError(f"{shown(path)}: unknown protocol {shown(get_protocol(path))}; a folder, s3://… or gs://…")
         return path
 
     @field_validator("formats")
@@ -362,32 +493,64 @@ class Outputs(Section):
 
 
 class Publish(Section):
-    repo_id: str = Field(pattern=r"^[\w.-]+/[\w.-]+$", description="Hugging Face dataset repo, owner/name.")
+    repo_id: str = Field(
+        pattern=r"^[\w.-]+/[\w.-]+$", max_length=200, description="Hugging Face dataset repo, owner/name."
+    )
     private: bool = False
-    license: str = "cc-by-4.0"
+    license: str = Field("cc-by-4.0", max_length=64)
 
 
 class ServiceLimit(Section):
     """How hard a build may press one service (a host: STAC API, object store, Earth Engine), in all."""
 
-    qps: float | None = Field(None, gt=0, description="Requests per second across all workers; unlimited if unset.")
-    concurrency: int = Field(8, ge=1, description="Requests in flight at once across all workers.")
+    qps: float | None = Field(
+        None, gt=0, le=1_000_000, description="Requests per second across all workers; unlimited if unset."
+    )
+    concurrency: int = Field(8, ge=1, le=4096, description="Requests in flight at once across all workers.")
 
 
 class Runner(Section):
     """Where the build's Beam pipeline runs. None of this changes the dataset it writes."""
 
     kind: Literal["direct", "dataflow", "spark", "flink"] = "direct"
-    workers: int = Field(2, ge=1, description="Worker processes (direct) or the most workers (dataflow).")
-    threads: int = Field(4, ge=1, description="Cells cut at once in each worker (reads wait on the network).")
+    workers: int = Field(
+        2,
+        ge=1,
+        le=MAX_WORKERS,
+        description="Worker processes (direct: at most 4 per CPU of the machine) or the most workers (dataflow).",
+    )
+    threads: int = Field(
+        4, ge=1, le=MAX_THREADS, description="Cells cut at once in each worker (reads wait on the network)."
+    )
     limits: dict[str, ServiceLimit] = Field(
         default_factory=dict,
+        max_length=256,
         description="Per host (e.g. earthengine-highvolume.googleapis.com): qps and concurrency, shared out "
         "between the workers; 8 requests in flight per host when unset.",
     )
     options: dict[str, str | int | float | bool] = Field(
-        default_factory=dict, description="Extra pipeline options, passed to the runner as --key=value."
+        default_factory=dict, max_length=256, description="Extra pipeline options, passed to the runner as --key=value."
     )
+
+    @field_validator("workers")
+    @classmethod
+    def _fits_the_machine(cls, workers: int, info: ValidationInfo) -> int:
+        """The direct runner starts ``workers`` processes here: more than a few per CPU only thrash."""
+        most = direct_workers_limit()
+        if info.data.get("kind") == "direct" and workers > most:
+            raise ValueError(
+                f"{workers} processes for the direct runner on a machine with {os.cpu_count() or 1} CPUs; "
+                f"at most {most} ({DIRECT_WORKERS_PER_CPU} per CPU)"
+            )
+        return workers
+
+    @field_validator("options")
+    @classmethod
+    def _options_fit_the_machine(cls, options: dict, info: ValidationInfo) -> dict:
+        problem = "direct_num_workers" in options and direct_processes_problem(options["direct_num_workers"])
+        if info.data.get("kind") == "direct" and problem:
+            raise ValueError(problem)
+        return options
 
 
 # ----------------------------------------------------------------------------------------- recipe
@@ -396,12 +559,12 @@ class Runner(Section):
 class Recipe(Section):
     """A dataset recipe."""
 
-    name: str = Field(pattern=r"^[a-z0-9][a-z0-9._-]*$", description="Dataset name: lowercase, digits, . _ -")
-    description: str = ""
+    name: Identifier = Field(description="Dataset name (the default output folder): a-z, 0-9, _ and -, at most 64.")
+    description: str = Field("", max_length=10_000)
     aoi: Aoi
     grid: GridSpec = GridSpec()
     time: TimeRange
-    sources: list[Source] = Field(default_factory=list)
+    sources: list[Source] = Field(default_factory=list, max_length=64)
     labels: Labels | None = None
     captions: Captions | None = None
     curation: Curation | None = None
@@ -416,9 +579,26 @@ class Recipe(Section):
         if duplicates:
             raise ValueError(f"sources: duplicate name {duplicates[0]!r}; give each source a distinct name")
         grid = get_grid(self.grid.kind, self.grid.distance_km)
-        for source in self.sources:
+        for i, source in enumerate(self.sources):
             if source.patch_size is None:
                 source.patch_size = round(grid.footprint_m / source.resolution_m)
+                if source.patch_size > MAX_PATCH:
+                    raise ValueError(
+                        f"sources[{i}].resolution_m: {source.resolution_m:g} m makes {source.patch_size} px patches "
+                        f"of the {grid.footprint_m:g} m footprint; at most {MAX_PATCH}: set patch_size or a coarser "
+                        "resolution"
+                    )
+            shard_bytes = 4 * self.outputs.shard_size * len(source.bands) * source.patch_size**2
+            if shard_bytes > MAX_SHARD_BYTES:
+                raise ValueError(
+                    f"outputs.shard_size: a shard of {self.outputs.shard_size} samples of {source.name} "
+                    f"({len(source.bands)} bands, {source.patch_size} px) holds up to {shard_bytes / 2**30:.0f} GiB "
+                    f"in memory; at most {MAX_SHARD_BYTES / 2**30:.0f} GiB: lower shard_size"
+                )
+        if isinstance(self.output_path, Path):
+            problem = local_folder_problem(self.output_path)
+            if problem:
+                raise ValueError(f"outputs.path: {problem}")
         if self.aoi.cells:
             for i, cell in enumerate(self.aoi.cells):
                 try:
@@ -456,3 +636,11 @@ class Recipe(Section):
         if self.aoi.file is not None:
             content["aoi"]["file"] = hashlib.sha256(self.aoi.file.read_bytes()).hexdigest()
         return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def too_many_cells(field: str, count: int, grid) -> str:
+    """The message for an AOI with more cells than a build takes."""
+    return (
+        f"{field}: the AOI covers about {count:,} cells of the {grid.dist_km:g} km grid; a build takes at most "
+        f"{MAX_CELLS:,}: split the AOI into several recipes or use a coarser grid"
+    )

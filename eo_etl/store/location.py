@@ -14,6 +14,7 @@ other processes write the same folder, and a cached listing would hide what they
 from __future__ import annotations
 
 import os
+import posixpath
 import shutil
 import tempfile
 from collections.abc import Iterator, Sequence
@@ -24,7 +25,14 @@ from pathlib import Path
 import fsspec
 from fsspec.utils import get_protocol
 
+from eo_etl.text import shown
+
 LOCAL_PROTOCOLS = ("file", "local")
+SYSTEM_FOLDERS = (Path("/proc"), Path("/sys"), Path("/dev"))  # kernel interfaces, not disks
+
+
+class OutsideError(ValueError):
+    """A name that would lead out of the folder it is joined to (``..``)."""
 
 
 def is_url(target: str | Path) -> bool:
@@ -55,9 +63,14 @@ class Location:
         return self.join(part)
 
     def join(self, *parts: str) -> Location:
+        """The file or folder at ``parts`` under this one; never above it: a ``..`` that climbs out is refused
+        (names reach here from recipes and catalogues; the recipe's checks are the first line, this the last)."""
+        relative = "/".join(str(p).strip("/") for p in parts)
+        if posixpath.normpath(relative).split("/")[0] == "..":
+            raise OutsideError(f"{shown(relative)} leads out of {self.url}")
         joined = Location.__new__(Location)
         joined.local, joined.options = self.local, self.options
-        joined.url = "/".join([self.url.rstrip("/"), *(str(p).strip("/") for p in parts)])
+        joined.url = "/".join([self.url.rstrip("/"), relative])
         return joined
 
     @property
@@ -231,6 +244,29 @@ class Location:
             return
         with suppress(FileNotFoundError):
             self.fs.rm(self.path, recursive=recursive)
+
+
+def local_folder_problem(path: Path) -> str | None:
+    """Why a dataset folder cannot be made or written at the local ``path``, or None: it is a file, it lies under
+    a file or in a kernel interface (/proc, /sys, /dev), or the nearest folder that exists is not writable."""
+    path = Path(path).absolute()
+    if any(path == folder or folder in path.parents for folder in SYSTEM_FOLDERS):
+        return f"{path} is in {next(f for f in SYSTEM_FOLDERS if f == path or f in path.parents)}, not on a disk"
+    try:
+        existing = next(p for p in (path, *path.parents) if p.exists())
+        if existing.is_dir():
+            return None if os.access(existing, os.W_OK) else f"{existing} is not writable"
+    except OSError as error:
+        return f"cannot use {path}: {error.strerror}"
+    return f"{path} is a file, not a folder" if existing == path else f"{path} is under the file {existing}"
+
+
+def local_file_problem(path: Path) -> str | None:
+    """Why a file cannot be written at the local ``path``, or None (an existing file is replaced)."""
+    path = Path(path).absolute()
+    if path.is_dir():
+        return f"{path} is a folder, not a file"
+    return local_folder_problem(path.parent if path.is_file() else path)
 
 
 def read_each(locations: Sequence[Location]) -> list[bytes]:

@@ -1,0 +1,27 @@
+"""Untrusted text made fit to show: values from recipes and catalogues echoed in messages stay short and
+printable, so a 50 MB field or a terminal escape sequence in one cannot flood or drive the terminal."""
+
+from __future__ import annotations
+
+import re
+
+ECHO_LIMIT = 200  # characters of a value echoed in a message
+LINE_LIMIT = 2000  # characters of a whole message line
+
+CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")  # and bidi overrides
+
+
+def shown(value: object, limit: int = ECHO_LIMIT) -> str:
+    """``repr(value)`` cut to about ``limit`` characters with an ellipsis: ``'aaaa…' (50000000 characters)``."""
+    if isinstance(value, str) and len(value) > limit:
+        return f"{value[:limit]!r}… ({len(value)} characters)"
+    if isinstance(value, (list, tuple, dict, set)) and len(value) > 20:
+        return f"{type(value).__name__} of {len(value)} items"
+    return printable(repr(value), limit)
+
+
+def printable(text: str, limit: int = LINE_LIMIT) -> str:
+    """``text`` with control characters escaped (``\\x1b``, ``\\n``) and cut to ``limit`` characters."""
+    if len(text) > limit:
+        text = text[:limit] + "…"
+    return CONTROL.sub(lambda match: match[0].encode("unicode_escape").decode("ascii"), text)

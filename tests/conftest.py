@@ -1,0 +1,30 @@
+"""Fixtures shared by test modules."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from eo_etl.demo import write_demo_catalog
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def demo_catalog() -> Path:
+    """The demo's static catalog where pipelines/demo.yaml expects it (out/demo-catalog), written as `make demo`
+    writes it when it is not there yet: validating the demo recipe checks that its catalog exists."""
+    target = ROOT / "out" / "demo-catalog"
+    if not (target / "catalog.json").is_file():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        scratch = Path(tempfile.mkdtemp(dir=target.parent, prefix=".demo-catalog-"))
+        write_demo_catalog(scratch)
+        try:
+            os.rename(scratch, target)  # whole or not at all: another test process may be writing it too
+        except OSError:
+            shutil.rmtree(scratch, ignore_errors=True)
+    return target / "catalog.json"
