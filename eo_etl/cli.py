@@ -11,9 +11,11 @@ from typing import Annotated, Optional, get_args
 import pandas as pd
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from eo_etl import __version__
+from eo_etl.extras import MissingExtras
 from eo_etl.grid import CellNameError, get_grid
 from eo_etl.grid.points import PointsError, locate_points, read_points, write_points
 from eo_etl.recipe import Recipe, RecipeError, load_recipe
@@ -43,8 +45,12 @@ def user_errors() -> Iterator[None]:
     try:
         yield
     except RecipeError as error:
+        for problem in error.problems:  # escaped: [west, …] or eo-etl[taco] is text, not rich markup
+            err.print(f"[red]error:[/red] {escape(f'{error.path}: {problem}')}", highlight=False, soft_wrap=True)
+        raise typer.Exit(2) from None
+    except MissingExtras as error:
         for problem in error.problems:
-            err.print(f"[red]error:[/red] {error.path}: {problem}", highlight=False, soft_wrap=True)
+            err.print(f"[red]error:[/red] {escape(problem)}", highlight=False, soft_wrap=True)
         raise typer.Exit(2) from None
     except (PointsError, CellNameError, ValueError) as error:
         err.print(f"[red]error:[/red] {error}", highlight=False, soft_wrap=True)
@@ -146,6 +152,22 @@ def build(
         _print_samples(report.samples, report.output)
     else:
         _print_cells(report.cells)
+
+
+@app.command()
+def demo(
+    out_dir: Annotated[Path, typer.Option("--out", help="Folder for the demo's catalogue, recipe and dataset.")] = Path(
+        "out"
+    ),
+) -> None:
+    """The offline demo, no clone needed: write the Sentinel-2 scene that xarray-spatial ships as a STAC catalog
+    (<out>/demo-catalog), the demo recipe reading it (<out>/demo.yaml), and build that (<out>/demo)."""
+    from eo_etl.demo import write_demo
+
+    with user_errors():
+        recipe = write_demo(out_dir)  # checks every extra it needs before writing anything
+    out.print(f"wrote the demo scene and {recipe}; building it", highlight=False)
+    build(recipe)
 
 
 @grid_app.command("locate")
