@@ -23,7 +23,7 @@ from eo_etl.recipe.models import Runner
 
 app = typer.Typer(
     help="Build and curate ML-ready Earth observation datasets from a recipe.",
-    epilog="Start with: eo-etl validate pipelines/demo.yaml, then eo-etl build pipelines/demo.yaml",
+    epilog="Start with: eo-etl demo (the offline demo), or eo-etl validate recipe.yaml, then eo-etl build recipe.yaml",
     no_args_is_help=True,
     add_completion=False,
     rich_markup_mode="rich",

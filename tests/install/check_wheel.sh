@@ -30,6 +30,7 @@ step "install [all], the CPU build of torch first (a bare torch requirement pull
 pip install --quiet "torch==2.13.0"
 pip install --quiet "$wheel[all]"
 pip check
+venv/bin/python -c "import torch; assert torch.version.cuda is None, torch.__version__; print('torch', torch.__version__)"
 mkdir all && (cd all && ../venv/bin/python "$here/extras_check.py" installed)
 
 step "eo-etl demo, outside the repository"
