@@ -156,9 +156,7 @@ def build(
 
 @app.command()
 def demo(
-    out_dir: Annotated[Path, typer.Option("--out", help="Folder for the demo's catalogue, recipe and dataset.")] = Path(
-        "out"
-    ),
+    out_dir: Annotated[Path, typer.Option("--out", help="Where the demo's files go.")] = Path("out"),
 ) -> None:
     """The offline demo, no clone needed: write the Sentinel-2 scene that xarray-spatial ships as a STAC catalog
     (<out>/demo-catalog), the demo recipe reading it (<out>/demo.yaml), and build that (<out>/demo)."""
