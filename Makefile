@@ -4,11 +4,10 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench schemas clean
+.PHONY: demo test lint bench schemas check-wheel clean
 
 demo: $(STAMP)  ## set up, write the demo scene as a static STAC catalog, build the offline demo recipe
-	$(BIN)/python -m eo_etl.demo out/demo-catalog
-	$(BIN)/eo-etl build pipelines/demo.yaml
+	$(BIN)/eo-etl demo --out out
 
 test: $(STAMP)  ## set up, then run the whole test suite
 	$(BIN)/python -m pytest
@@ -25,6 +24,9 @@ bench: $(STAMP)
 
 schemas: $(STAMP)
 	$(BIN)/eo-etl schema
+
+check-wheel:  ## the wheel installed as users do, outside the checkout: no extras, then [all] and the demo
+	bash tests/install/check_wheel.sh
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import geopandas as gpd
 
+from eo_etl.extras import require_extras
 from eo_etl.pipeline.lock import DatasetLock
 from eo_etl.pipeline.options import pipeline_options
 from eo_etl.pipeline.run import make_pipeline, run_pipeline, stages_a_template
@@ -71,19 +72,21 @@ def build(
     ``since`` ("LAST" or an ISO date) builds a new version from there (LAST: where the last version ended)
     to ``until`` (yesterday, UTC, by default). ``runner`` and ``options`` override the recipe's runner.
     """
+    output_given = output is not None
     location = Location.of(output or recipe.output_path)
     output = location.native
     state = BuildState(location)
     if runner:
         recipe = recipe.model_copy(update={"runner": recipe.runner.model_copy(update={"kind": runner})})
+    beam_options = pipeline_options(recipe.runner, options)  # a runner without its options fails before any work
+    if recipe.runner.kind == "dataflow" and location.local:
+        raise ValueError(f"--out {location}: Dataflow's workers share no disk; write the dataset to gs://… or s3://…")
+    require_extras(recipe, out=output if output_given else None, runner=runner)  # not a build lost at its end
     if since is not None:
         window = window_since(state, since, until)
         if window is None:
             return BuildReport(output, gpd.GeoDataFrame(), up_to_date=True)
         recipe = recipe.model_copy(update={"time": window})
-    beam_options = pipeline_options(recipe.runner, options)  # a runner without its options fails before any work
-    if recipe.runner.kind == "dataflow" and location.local:
-        raise ValueError(f"--out {location}: Dataflow's workers share no disk; write the dataset to gs://… or s3://…")
 
     location.mkdir()
     with DatasetLock(location):  # one writer per dataset, from here to the end

