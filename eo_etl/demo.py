@@ -15,6 +15,7 @@ clone. It needs the ``demo`` extra (xarray-spatial, which holds the scene), chec
 
 from __future__ import annotations
 
+import shutil
 import sys
 from datetime import UTC, datetime
 from importlib.resources import files
@@ -175,8 +176,15 @@ def write_demo(folder: Path) -> Path:
     data = yaml.safe_load(demo_recipe_path().read_text())
     data["sources"][0]["url"] = "demo-catalog/catalog.json"  # relative to the recipe, as in pipelines/
     data["outputs"]["path"] = str((folder / "demo").absolute())  # the same dataset wherever the build runs from
-    parse_recipe(data, "the demo recipe", base_dir=folder)  # the extras of its formats (taco, video) too
-    write_demo_catalog(folder / "demo-catalog")
+    catalog = folder / "demo-catalog"
+    created = next((path for path in (folder, catalog) if not path.exists()), None)  # what this call adds
+    write_demo_catalog(catalog)  # first: validating the recipe checks that its catalogue is there
+    try:
+        parse_recipe(data, "the demo recipe", base_dir=folder)  # the extras of its formats (taco, video) too
+    except Exception:
+        if created is not None:  # a recipe that cannot build leaves nothing behind
+            shutil.rmtree(created, ignore_errors=True)
+        raise
     recipe = folder / "demo.yaml"
     header = "# The offline demo recipe, as eo-etl demo wrote it: its scene is in demo-catalog/ beside it.\n"
     recipe.write_text(header + yaml.safe_dump(data, sort_keys=False, default_flow_style=None, allow_unicode=True))

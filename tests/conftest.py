@@ -14,7 +14,7 @@ from eo_etl.demo import write_demo_catalog
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="session", autouse=True)  # many tests load pipelines/demo.yaml
 def demo_catalog() -> Path:
     """The demo's static catalog where pipelines/demo.yaml expects it (out/demo-catalog), written as `make demo`
     writes it when it is not there yet: validating the demo recipe checks that its catalog exists."""

@@ -321,7 +321,7 @@ def test_a_malformed_recipe_is_refused_in_one_line_naming_the_field(workdir, cas
     assert not (workdir.parent.parent / "escape").exists()
 
 
-CLUSTER = {"runner": {"kind": "dataflow", "workers": 1000}}
+CLUSTER = {"runner": {"kind": "spark", "workers": 1000}}  # a cluster kind that needs no extra
 
 
 @pytest.mark.parametrize(

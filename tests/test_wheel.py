@@ -61,6 +61,9 @@ def opened_at_run_time(tmp_path: Path) -> set[str]:
         path = Path(name).resolve()
         if path.is_relative_to(ROOT) and path.suffix not in (".py", ".pyc") and path.is_file():
             found.add(path.relative_to(ROOT).as_posix())
+    # Only the project's own files: not the virtual environment or the demo catalogue written under out/.
+    tracked = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    found &= set(tracked.splitlines())
     return found
 
 
