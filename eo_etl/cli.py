@@ -11,6 +11,7 @@ from typing import Annotated, Optional, get_args
 import pandas as pd
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from eo_etl import __version__
@@ -135,7 +136,8 @@ def build(
         out.print(f"[bold]{parsed.name}[/bold] → {report.output}: up to date, no new days since the last version")
         return
     out.print(f"[bold]{parsed.name}[/bold] → {report.output} (version {report.version})", highlight=False)
-    marks = {"done": "[green]✓[/green]", "not configured": "[dim]–[/dim]", "not available": "[yellow]![/yellow]"}
+    marks = {"done": "[green]✓[/green]", "failed": "[red]✗[/red]", "not configured": "[dim]–[/dim]",
+             "not available": "[yellow]![/yellow]"}  # fmt: skip
     for stage in report.stages:
         line = f"{marks[stage.status]} {stage.name:<9} {stage.status:<15} [dim]{stage.detail}[/dim]"
         out.print(line, highlight=False, soft_wrap=True)
@@ -146,6 +148,18 @@ def build(
         _print_samples(report.samples, report.output)
     else:
         _print_cells(report.cells)
+    if report.failures:  # one line, most common reasons first: an unreachable catalogue is said once
+        failed = sum(r["status"] == "failed" for r in report.samples if r.get("version") == report.version)
+        cells = sum(1 for r in report.samples if r.get("version") == report.version)
+        reasons = "; ".join(f"{n} × {_clip(reason)}" for n, reason in report.failures)
+        level = "[red]error:[/red]" if report.failed else "[yellow]warning:[/yellow]"
+        allowed = f"runner.max_failed_fraction is {parsed.runner.max_failed_fraction:g}"
+        limit = f"too many: {allowed}" if report.failed else allowed
+        err.print(
+            f"{level} {failed} of {cells} cells failed ({limit}): {escape(reasons)}", highlight=False, soft_wrap=True
+        )
+    if report.failed:
+        raise typer.Exit(1)
 
 
 @grid_app.command("locate")
@@ -215,6 +229,10 @@ def schema(
         raise typer.Exit(1 if stale else 0)
     for path in write_schemas(out_dir):
         out.print(f"wrote {path}")
+
+
+def _clip(text: str, limit: int = 240) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _summary(recipe: Recipe) -> str:

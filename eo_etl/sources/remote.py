@@ -243,8 +243,10 @@ def gdal_call(
     try:
         return policy.call(attempt, host=host_of(path))
     except ReadError as error:
-        if error.unexplained and all(unexplained):  # no attempt showed a fault: the file is what fails
-            raise ReadError(f"{error} (the server serves the file, yet every read of it failed: it is damaged)", transient=False) from error
+        if error.unexplained and len(unexplained) > 1 and all(unexplained):  # no try showed a fault: the file did
+            raise ReadError(
+                f"{error} (the server serves the file, yet every read of it failed: it is damaged)", transient=False
+            ) from error
         raise
 
 
