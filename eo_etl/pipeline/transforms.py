@@ -52,8 +52,9 @@ class AcquireCells(beam.DoFn):
         source, cells = element
         yield from self.acquisitions[source].acquire(cells)
         retries = Counter(self.policy.by_host)  # what this worker's retries cost each host, since last counted
-        for host, count in (retries - self.retries_counted).items():
-            counter("retries").inc(count)
+        added = retries - self.retries_counted
+        counter("retries").inc(sum(added.values()))
+        for host, count in added.items():
             counter(f"retries: {host}").inc(count)
         self.retries_counted = retries
 
