@@ -264,6 +264,8 @@ def _print_cells(cells: pd.DataFrame, limit: int = 8) -> None:
 
 def _print_samples(records: list[dict], output: Path | str, limit: int = 8) -> None:
     made = [r for r in records if r["status"] == "ok"]
+    if not made:
+        return
     table = Table("grid_cell", "source", "product_id", "time", "cloud %", "nodata %", box=None, header_style="bold")
     for r in made[:limit]:
         cloud = "" if pd.isna(r["cloud_cover"]) else f"{r['cloud_cover']:.1f}"

@@ -48,7 +48,15 @@ from eo_etl.sources.patch import (
 from eo_etl.sources.patch_grid import PatchGrid, patch_grid
 from eo_etl.sources.profile import CollectionProfile
 from eo_etl.sources.raster import read_band
-from eo_etl.sources.remote import HostLimiter, RetryPolicy, gdal_call, gdal_env, gdal_path, is_transient
+from eo_etl.sources.remote import (
+    HostLimiter,
+    RetryPolicy,
+    gdal_call,
+    gdal_env,
+    gdal_path,
+    is_transient,
+    unreachable,
+)
 from eo_etl.sources.stac import StacCatalog, item_time, scene_cloud
 
 MAX_RANKED = 8  # candidates whose cloud mask is read per cell
@@ -272,6 +280,7 @@ class SourceAcquisition:
             items = self.catalog.search(_lonlat_bbox(cells), *self.window, max_cloud=self.source.max_cloud)
         except Exception as error:
             context = f"{TRANSIENT if is_transient(error) else ''}search failed: "
+            error = unreachable(error, self.source.url) or error  # one plain line, the same for every cell
             yield from (cell.sample(self.source.name).fail(error, context) for cell in cells)
             return
         yield from self.pool.map(self.reader.acquire, cells, repeat(items))

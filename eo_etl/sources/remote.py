@@ -116,6 +116,16 @@ def _transient_here(error: BaseException) -> bool:
     return False
 
 
+def unreachable(error: BaseException, url: str) -> ConnectionError | None:
+    """``error`` said plainly when it is that ``url`` could not be reached (a refused or dropped connection, a
+    name that does not resolve): the innermost cause, not the layers of clients around it."""
+    chain = list(_chain(error))
+    if not any(isinstance(e, requests.ConnectionError | requests.Timeout) for e in chain):
+        return None
+    cause = chain[-1]
+    return ConnectionError(f"{url} cannot be reached ({type(cause).__name__}: {cause})")
+
+
 def host_of(url: str) -> str:
     """The host a URL or GDAL path asks (``host:port``), the key of per-host limits; "local" for files."""
     return urlparse(url.removeprefix("/vsicurl/")).netloc or "local"
