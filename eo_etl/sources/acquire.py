@@ -263,6 +263,7 @@ class SourceAcquisition:
         self.pool = ThreadPoolExecutor(max_workers=max(1, threads))
         self.reader: SourceReader | None = None
         self.catalog: StacCatalog | None = None
+        self.unreachable: ConnectionError | None = None  # the catalogue, when opening it failed for want of a network
 
     def acquire(self, cells: list[Cell]) -> Iterator[Sample]:
         """The samples of ``cells``, in order; a catalogue or service that cannot be reached fails the cells."""
@@ -272,6 +273,8 @@ class SourceAcquisition:
         if self.reader is None:
             self.reader = StacReader(self.source, self.window, policy=self.policy, limiter=self.limiter)
         try:
+            if self.unreachable is not None:
+                raise self.unreachable
             if self.catalog is None:  # opened here so that an unreachable catalogue fails cells, not the build
                 self.catalog = StacCatalog(
                     self.source.url, self.source.collection, cloud_property=self.reader.profile.cloud_property,
@@ -280,7 +283,11 @@ class SourceAcquisition:
             items = self.catalog.search(_lonlat_bbox(cells), *self.window, max_cloud=self.source.max_cloud)
         except Exception as error:
             context = f"{TRANSIENT if is_transient(error) else ''}search failed: "
-            error = unreachable(error, self.source.url) or error  # one plain line, the same for every cell
+            plain = unreachable(error, self.source.url)  # one plain line, the same for every cell
+            if plain is not None and self.catalog is None:
+                # unreachable for a whole retry budget: later batches fail at once, not after another one
+                self.unreachable = plain
+            error = plain or error
             yield from (cell.sample(self.source.name).fail(error, context) for cell in cells)
             return
         yield from self.pool.map(self.reader.acquire, cells, repeat(items))

@@ -106,7 +106,7 @@ def is_transient(error: BaseException) -> bool:
 def _transient_here(error: BaseException) -> bool:
     if isinstance(error, ReadError):
         return error.transient
-    if isinstance(error, TransientError | requests.ConnectionError | requests.Timeout | TimeoutError):
+    if isinstance(error, TransientError | requests.ConnectionError | requests.Timeout | TimeoutError | ConnectionError):
         return True
     status = http_status(error)
     if status is not None:
