@@ -14,8 +14,11 @@ import pytest
 
 from eo_etl.build import build
 from eo_etl.demo import sentinel2_item
+from eo_etl.plan import plan
 from eo_etl.recipe import load_recipe
 from eo_etl.sample import FAILED, OK, TRANSIENT
+from eo_etl.sources.acquire import acquire_source
+from eo_etl.sources.cell import cells_of
 from eo_etl.sources.remote import RetryPolicy, forget, host_of
 from tests.imagery import write_item_collection
 from tests.servers import EMPTY, RANDOM_FAULTS, RESET, Faults, faulty_proxy, file_server, free_port, stac_api
@@ -91,10 +94,6 @@ def test_one_fault_fails_one_cell_at_most(faulty, fault):
     clean = acquire(r, quick())
     fresh(faulty)
     faulty["faults"].plan("/S2B_west/B02.tif", *fault)
-    from eo_etl.plan import plan
-    from eo_etl.sources.acquire import acquire_source
-    from eo_etl.sources.cell import cells_of
-
     samples = {s.cell: s for s in acquire_source(r, r.sources[0], cells_of(r, plan(r)), workers=1, policy=quick(1))}
     assert faulty["faults"].sent["/S2B_west/B02.tif"] == [f for f in fault if f is not None]
     failed = [s for s in samples.values() if s.status == FAILED]
