@@ -82,7 +82,7 @@ class Faults:
     ``seed`` and the request itself (path, range, how many times it was asked), so that a seed decides."""
 
     def __init__(self, rate: float = 0.0, seed: int = 0, kinds=RANDOM_FAULTS, slow_s: float = 0.3):
-        self.planned: dict[str, list[int | str]] = defaultdict(list)
+        self.planned: dict[str, list[int | str | None]] = defaultdict(list)
         self.sent: dict[str, list[int | str]] = defaultdict(list)
         self.rate, self.seed, self.kinds, self.slow_s = rate, seed, tuple(kinds), slow_s
         self.delay_s = 0.0  # before every answer: a slow network
@@ -90,7 +90,8 @@ class Faults:
         self.asked: Counter = Counter()  # (path, range) → times asked
         self.lock = threading.Lock()
 
-    def plan(self, path: str, *faults: int | str) -> None:
+    def plan(self, path: str, *faults: int | str | None) -> None:
+        """The next requests to ``path`` meet ``faults`` in order; a None lets its request through."""
         with self.lock:
             self.planned[path].extend(faults)
 
