@@ -279,6 +279,8 @@ def classify(error: BaseException, path: str, what: str) -> ReadError:
             head = next(answer.iter_content(16), b"") if answer.ok else b""
     except requests.RequestException as probe_error:
         return ReadError(f"{said} (and the server failed a check: {type(probe_error).__name__})", transient=True)
+    if answer.status_code in (401, 403, 407):  # GDAL may send credentials (headers, cookies) this check lacks
+        return ReadError(said, transient=True, unexplained=True)
     if not answer.ok:
         transient = answer.status_code in TRANSIENT_STATUS
         return ReadError(f"{said} (the server answers HTTP {answer.status_code})", transient=transient)
