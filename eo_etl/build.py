@@ -6,6 +6,7 @@ workers share no disk (Dataflow, Spark, Flink) need the latter. Every worker rea
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -21,7 +22,7 @@ from eo_etl.pipeline.transforms import PLAN_NAME, SKIPPED_ITEM
 from eo_etl.plan import plan, write_plan
 from eo_etl.recipe import Recipe
 from eo_etl.recipe.models import TimeRange
-from eo_etl.sample import FAILED, OK, REJECTED
+from eo_etl.sample import FAILED, OK, REJECTED, TRANSIENT
 from eo_etl.sources.cell import cells_of
 from eo_etl.store.index import INDEX_NAME
 from eo_etl.store.location import Location
@@ -30,7 +31,7 @@ from eo_etl.store.location import Location
 @dataclass
 class StageReport:
     name: str
-    status: str  # "done", "not configured" or "not available"
+    status: str  # "done", "failed" (done, but too many cells failed), "not configured" or "not available"
     detail: str
 
 
@@ -45,6 +46,12 @@ class BuildReport:
     versions: list[dict] = field(default_factory=list)  # every version of the dataset (versions.json)
     up_to_date: bool = False  # --since found no new time to build
     warnings: list[str] = field(default_factory=list)  # what was skipped on the way (unreadable catalogue items)
+    failures: list[tuple[int, str]] = field(default_factory=list)  # the most common reasons cells failed, counted
+
+    @property
+    def failed(self) -> bool:
+        """Too many cells failed (``runner.max_failed_fraction``, or all of them): the build's exit code says so."""
+        return any(stage.status == "failed" for stage in self.stages)
 
 
 # Stages after storing, in pipeline order: which recipe section configures each.
@@ -163,6 +170,14 @@ def _stage_reports(recipe: Recipe, location: Location, report: BuildReport) -> l
     acquire += f", {m.get('retries', 0)} retries"
     if report.warnings:
         acquire += f", {len(report.warnings)} catalogue items skipped (unreadable)"
+    reasons = [r["reason"] for r in records if r["status"] == FAILED]
+    transient = sum(reason.startswith(TRANSIENT) for reason in reasons)
+    if transient:
+        acquire += f", {transient} failed transiently (a rerun tries them again)"
+    report.failures = [(n, reason) for reason, n in Counter(reasons).most_common(3)]
+    too_many = bool(reasons) and (
+        len(reasons) == len(records) or len(reasons) > recipe.runner.max_failed_fraction * len(records)
+    )
     written = f"{m.get('shards written', 0)} shards written, {m.get('shards already written', 0)} kept"
     store = f"{written} → {', '.join(recipe.outputs.formats)}, {location / INDEX_NAME}"
-    return [StageReport("acquire", "done", acquire), StageReport("store", "done", store)]
+    return [StageReport("acquire", "failed" if too_many else "done", acquire), StageReport("store", "done", store)]

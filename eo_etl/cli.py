@@ -192,7 +192,8 @@ def build(
     for warning in report.warnings:
         err.print(Text.assemble(("warning: ", "yellow"), plain(warning)), highlight=False, soft_wrap=True)
     out.print(f"[bold]{parsed.name}[/bold] → {safe(report.output)} (version {report.version})", highlight=False)
-    marks = {"done": "[green]✓[/green]", "not configured": "[dim]–[/dim]", "not available": "[yellow]![/yellow]"}
+    marks = {"done": "[green]✓[/green]", "failed": "[red]✗[/red]", "not configured": "[dim]–[/dim]",
+             "not available": "[yellow]![/yellow]"}  # fmt: skip
     for stage in report.stages:
         line = f"{marks[stage.status]} {stage.name:<9} {stage.status:<15} [dim]{safe(stage.detail)}[/dim]"
         out.print(line, highlight=False, soft_wrap=True)
@@ -203,6 +204,17 @@ def build(
         _print_samples(report.samples, report.output)
     else:
         _print_cells(report.cells)
+    if report.failures:  # one line, most common reasons first: an unreachable catalogue is said once
+        failed = sum(r["status"] == "failed" for r in report.samples if r.get("version") == report.version)
+        cells = sum(1 for r in report.samples if r.get("version") == report.version)
+        reasons = "; ".join(f"{n} × {_clip(reason)}" for n, reason in report.failures)
+        level = ("error:", "red") if report.failed else ("warning:", "yellow")
+        allowed = f"runner.max_failed_fraction is {parsed.runner.max_failed_fraction:g}"
+        limit = f"too many: {allowed}" if report.failed else allowed
+        said = plain(f"{failed} of {cells} cells failed ({limit}): {reasons}")
+        err.print(Text.assemble(level, " ", said), highlight=False, soft_wrap=True)
+    if report.failed:
+        raise typer.Exit(1)
 
 
 @app.command()
@@ -288,6 +300,10 @@ def schema(
         out.print(f"wrote {printable(str(path))}", markup=False)
 
 
+def _clip(text: str, limit: int = 240) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 def _summary(recipe: Recipe) -> str:
     aoi = recipe.aoi
     where = f"bbox {list(aoi.bbox)}" if aoi.bbox else f"file {aoi.file}" if aoi.file else f"{len(aoi.cells)} cells"
@@ -322,6 +338,8 @@ def _print_cells(cells: pd.DataFrame, limit: int = 8, total: int | None = None) 
 
 def _print_samples(records: list[dict], output: Path | str, limit: int = 8) -> None:
     made = [r for r in records if r["status"] == "ok"]
+    if not made:
+        return
     table = Table("grid_cell", "source", "product_id", "time", "cloud %", "nodata %", box=None, header_style="bold")
     for r in made[:limit]:
         cloud = "" if pd.isna(r["cloud_cover"]) else f"{r['cloud_cover']:.1f}"

@@ -13,6 +13,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 OK, REJECTED, FAILED = "ok", "rejected", "failed"
+TRANSIENT = "transient: "  # starts the reason of a sample failed by a fault that may pass (a rerun retries it)
 
 
 @dataclass

@@ -2,8 +2,9 @@
 requests (what GDAL reads COGs through), a proxy that puts chosen failures in front of either, and a
 stub of Earth Engine's REST API (the one service here with no offline counterpart).
 
-Faults are real HTTP answers (429, 503, 404) sent by a real server, so the client code under test takes
-its production path.
+Faults are real HTTP answers (429, 503, 404) sent by a real server, or real broken connections (reset, closed
+without a reply), so the client code under test takes its production path. Besides faults planned per path,
+``Faults(rate=…, seed=…)`` breaks a random share of all requests, as an object store under load does.
 """
 
 from __future__ import annotations
@@ -11,15 +12,17 @@ from __future__ import annotations
 import io
 import json
 import os
+import random
 import re
 import socket
+import struct
 import subprocess
 import sys
 import threading
 import time
 import urllib.parse
 import urllib.request
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import partial
@@ -68,39 +71,71 @@ def stac_api(*hrefs: Path) -> Iterator[str]:
         process.wait(timeout=10)
 
 
-class Faults:
-    """Planned failures by URL path: each request to a path takes the next status from its list (then OK)."""
+RESET, EMPTY, SLOW = "reset", "empty", "slow"  # faults that are not a status: a reset, no reply, a late answer
+RANDOM_FAULTS = (503, 429, RESET, EMPTY, SLOW)
 
-    def __init__(self):
-        self.planned: dict[str, list[int]] = defaultdict(list)
-        self.sent: dict[str, list[int]] = defaultdict(list)
+
+class Faults:
+    """Planned failures by URL path: each request to a path takes the next fault from its list (then OK). A
+    fault is a status, or RESET (the connection reset), EMPTY (closed without a reply) or SLOW (answered
+    ``slow_s`` late). With ``rate``, that share of every other request meets one of ``kinds``, drawn from
+    ``seed`` and the request itself (path, range, how many times it was asked), so that a seed decides."""
+
+    def __init__(self, rate: float = 0.0, seed: int = 0, kinds=RANDOM_FAULTS, slow_s: float = 0.3):
+        self.planned: dict[str, list[int | str | None]] = defaultdict(list)
+        self.sent: dict[str, list[int | str]] = defaultdict(list)
+        self.rate, self.seed, self.kinds, self.slow_s = rate, seed, tuple(kinds), slow_s
         self.delay_s = 0.0  # before every answer: a slow network
         self.requests: list[tuple[float, str]] = []  # (monotonic time, path) of every request
+        self.asked: Counter = Counter()  # (path, range) → times asked
         self.lock = threading.Lock()
 
-    def plan(self, path: str, *statuses: int) -> None:
+    def plan(self, path: str, *faults: int | str | None) -> None:
+        """The next requests to ``path`` meet ``faults`` in order; a None lets its request through."""
         with self.lock:
-            self.planned[path].extend(statuses)
+            self.planned[path].extend(faults)
 
-    def next(self, path: str) -> int | None:
+    def next(self, path: str, byte_range: str = "") -> int | str | None:
         with self.lock:
             if self.planned.get(path):
-                status = self.planned[path].pop(0)
-                self.sent[path].append(status)
-                return status
-            return None
+                fault = self.planned[path].pop(0)
+            else:
+                self.asked[path, byte_range] += 1
+                draw = random.Random(f"{self.seed}:{path}:{byte_range}:{self.asked[path, byte_range]}")
+                fault = draw.choice(self.kinds) if self.rate and draw.random() < self.rate else None
+            if fault is not None:
+                self.sent[path].append(fault)
+            return fault
+
+    def counted(self) -> Counter:
+        """How many of each fault were sent, over all paths."""
+        with self.lock:
+            return Counter(fault for faults in self.sent.values() for fault in faults)
 
 
 def _answer_fault(handler: BaseHTTPRequestHandler, faults: Faults, key: str | None = None) -> bool:
-    """Send the next planned fault for ``key`` (the request's path by default); False when none is planned."""
+    """Send the next fault for ``key`` (the request's path by default); False when there is none (a SLOW
+    fault only delays the answer)."""
+    path = handler.path.split("?")[0]
     with faults.lock:
-        faults.requests.append((time.monotonic(), handler.path.split("?")[0]))
+        faults.requests.append((time.monotonic(), path))
     time.sleep(faults.delay_s)
-    status = faults.next(key or handler.path.split("?")[0])
-    if status is None:
+    fault = faults.next(key or path, handler.headers.get("Range", ""))
+    if fault is None:
         return False
-    handler.send_response(status)
-    if status == 429:
+    if fault == SLOW:
+        time.sleep(faults.slow_s)
+        return False
+    handler.close_connection = True
+    if fault == RESET:  # SO_LINGER 0: closing sends RST, the client sees "connection reset by peer"
+        handler.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        handler.rfile.close()  # the socket's last reference but one: closing it now resets, not a polite FIN
+        handler.connection.close()
+        return True
+    if fault == EMPTY:  # closed before a byte of the answer: curl says "Empty reply from server"
+        return True
+    handler.send_response(fault)
+    if fault == 429:
         handler.send_header("Retry-After", "0")
     handler.send_header("Content-Length", "0")
     handler.end_headers()

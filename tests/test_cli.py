@@ -127,7 +127,7 @@ def test_build_with_no_sources_plans_only(tmp_path):
     [
         (
             {"name": "s2", "collection": "sentinel-2-l2a", "url": "http://127.0.0.1:9", "patch_size": 64},
-            "search failed: APIError: HTTPConnectionPool",
+            "transient: search failed: ConnectionError: http://127.0.0.1:9 cannot be reached (",
         ),
         (
             {"name": "s2", "kind": "gee", "collection": "COPERNICUS/S2_SR_HARMONIZED", "patch_size": 64},
@@ -137,8 +137,9 @@ def test_build_with_no_sources_plans_only(tmp_path):
     ids=["dead-stac-api", "earth-engine-without-credentials"],
 )
 def test_build_with_an_unreachable_source_records_every_cell_as_failed(tmp_path, source, reason):
-    result = run("build", str(demo_recipe(tmp_path, sources=[source])), cwd=tmp_path)
-    assert result.returncode == 0, result.stderr
+    runner = {"limits": {"127.0.0.1:9": {"attempts": 2, "backoff_s": 0.01}}}  # a dead port: waiting cannot help
+    result = run("build", str(demo_recipe(tmp_path, sources=[source], runner=runner)), cwd=tmp_path)
+    assert result.returncode == 1, result.stderr  # every cell failed: a scheduler must see it
     index = pd.read_parquet(tmp_path / "demo" / "index.parquet")
     assert len(index) > 0 and set(index.status) == {"failed"}
     assert index.reason.str.startswith(reason).all()

@@ -8,12 +8,14 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pandas as pd
+import pytest
+import requests
 import yaml
 
 from eo_etl.build import build
-from eo_etl.recipe import load_recipe
+from eo_etl.recipe import load_recipe, parse_recipe
 from eo_etl.recipe.models import ServiceLimit
-from eo_etl.sources.remote import HostLimiter
+from eo_etl.sources.remote import HostLimiter, RetryPolicy
 from tests.servers import Faults, faulty_proxy
 from tests.test_pipeline import archive, write_recipe  # noqa: F401  (archive is a fixture)
 
@@ -73,3 +75,26 @@ def test_a_beam_builds_searches_keep_to_the_stac_apis_rate(archive):  # noqa: F8
     assert searches[-1] - searches[0] >= 1.8  # at least three searches in some worker, one second apart
     assert set(pd.read_parquet(report.output / "index.parquet").status) == {"ok"}
     assert yaml.safe_load(report.output.joinpath("recipe.json").read_text())["runner"]["limits"][host]["qps"] == 2
+
+
+def test_retry_budgets_come_per_host_from_the_recipe_and_retries_are_counted_per_host():
+    from tests.test_recipe import problems_of, recipe_with
+
+    limits = {"store.example": {"attempts": 3, "backoff_s": 0.001, "max_backoff_s": 0.002}}
+    recipe = parse_recipe(recipe_with(runner={"limits": limits}))
+    policy = RetryPolicy.of(recipe.runner.limits)
+    calls = []
+
+    def dropped():
+        calls.append(time.monotonic())
+        raise requests.ConnectionError("Connection reset by peer")
+
+    with pytest.raises(requests.ConnectionError):
+        policy.call(dropped, host="store.example")
+    assert len(calls) == 3 and policy.retries == 2 and policy.by_host == {"store.example": 2}
+    # hosts the recipe does not list get the defaults, which are ServiceLimit's
+    default = ServiceLimit()
+    assert policy.budget("other.example") == (default.attempts, default.backoff_s, default.max_backoff_s) == (8, 1, 60)
+    # bounded: a budget that would retry for hours is refused with its field named
+    problems = problems_of(recipe_with(runner={"limits": {"h": {"attempts": 1000}}, "max_failed_fraction": 2}))
+    assert any("runner.limits.h.attempts" in p for p in problems) and any("max_failed_fraction" in p for p in problems)

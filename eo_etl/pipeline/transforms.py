@@ -3,6 +3,7 @@ readers, thread pools, the store) open once per worker in ``setup``. Counters go
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterator
 
 import apache_beam as beam
@@ -39,21 +40,24 @@ class AcquireCells(beam.DoFn):
 
     def setup(self):
         runner = self.recipe.runner
-        self.policy = RetryPolicy()
+        self.policy = RetryPolicy.of(runner.limits)
         limiter = HostLimiter.share(runner.limits, runner.workers)
         self.acquisitions = {
             source.name: SourceAcquisition(self.recipe, source, threads=runner.threads, policy=self.policy,
                                            limiter=limiter)
             for source in self.recipe.sources
         }  # fmt: skip
-        self.retries_counted = 0
+        self.retries_counted: Counter[str] = Counter()
         self.skipped_counted: set[str] = set()
 
     def process(self, element: tuple[str, list[Cell]]) -> Iterator[Sample]:
         source, cells = element
         yield from self.acquisitions[source].acquire(cells)
-        retries = self.policy.retries
-        counter("retries").inc(retries - self.retries_counted)
+        retries = Counter(self.policy.by_host)  # what this worker's retries cost each host, since last counted
+        added = retries - self.retries_counted
+        counter("retries").inc(sum(added.values()))
+        for host, count in added.items():
+            counter(f"retries: {host}").inc(count)
         self.retries_counted = retries
         for href, why in self.acquisitions[source].skipped_items.items():
             if href not in self.skipped_counted:  # every worker walks the catalogue: the name, not the count, says it

@@ -501,12 +501,18 @@ class Publish(Section):
 
 
 class ServiceLimit(Section):
-    """How hard a build may press one service (a host: STAC API, object store, Earth Engine), in all."""
+    """How hard a build may press one service (a host: STAC API, object store, Earth Engine), in all, and
+    how long it waits out the service's transient failures."""
 
     qps: float | None = Field(
         None, gt=0, le=1_000_000, description="Requests per second across all workers; unlimited if unset."
     )
     concurrency: int = Field(8, ge=1, le=4096, description="Requests in flight at once across all workers.")
+    attempts: int = Field(8, ge=1, le=20, description="Tries of a request that fails transiently (429, 5xx, resets).")
+    backoff_s: float = Field(
+        1.0, gt=0, le=60, description="Longest wait before the first retry; it doubles with each (full jitter)."
+    )
+    max_backoff_s: float = Field(60.0, gt=0, le=600, description="Longest wait before any retry.")
 
 
 class Runner(Section):
@@ -526,7 +532,14 @@ class Runner(Section):
         default_factory=dict,
         max_length=256,
         description="Per host (e.g. earthengine-highvolume.googleapis.com): qps and concurrency, shared out "
-        "between the workers; 8 requests in flight per host when unset.",
+        "between the workers, and the retry budget; 8 requests in flight and 8 attempts per host when unset.",
+    )
+    max_failed_fraction: float = Field(
+        0.05,
+        ge=0,
+        le=1,
+        description="A build whose failed cells pass this share of its cells fails (exit 1), with the reasons; "
+        "a build where every cell failed always fails. The dataset is written either way.",
     )
     options: dict[str, str | int | float | bool] = Field(
         default_factory=dict, max_length=256, description="Extra pipeline options, passed to the runner as --key=value."

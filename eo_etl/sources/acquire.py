@@ -12,7 +12,8 @@ The rule, in order:
    acquired on the same UTC day (the same pass, e.g. the neighbouring tile), never from another date.
 4. Pixels no item covers stay nodata and are counted in ``nodata_fraction``.
 
-Any error left after retries makes a failed sample with the reason; one bad cell never stops a build.
+Any error left after retries makes a failed sample with the reason (``transient: …`` when its retries ran out
+on a fault that may pass: a rerun tries the cell again); one bad cell never stops a build.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
-from itertools import count, repeat
+from itertools import repeat
 
 import numpy as np
 import pystac
@@ -31,7 +32,7 @@ from shapely.geometry import box, shape
 
 from eo_etl.recipe import Recipe
 from eo_etl.recipe.models import Source
-from eo_etl.sample import FAILED, Sample
+from eo_etl.sample import FAILED, TRANSIENT, Sample
 from eo_etl.sources import masks
 from eo_etl.sources.cell import Cell
 from eo_etl.sources.patch import (
@@ -47,7 +48,15 @@ from eo_etl.sources.patch import (
 from eo_etl.sources.patch_grid import PatchGrid, patch_grid
 from eo_etl.sources.profile import CollectionProfile, QualityRule
 from eo_etl.sources.raster import read_band
-from eo_etl.sources.remote import HostLimiter, RetryPolicy, gdal_env, gdal_path, limited_call
+from eo_etl.sources.remote import (
+    HostLimiter,
+    RetryPolicy,
+    gdal_call,
+    gdal_env,
+    gdal_path,
+    is_transient,
+    unreachable,
+)
 from eo_etl.sources.stac import StacCatalog, item_time, scene_cloud
 
 MAX_RANKED = 8  # candidates whose cloud mask is read per cell
@@ -65,10 +74,6 @@ class _Candidate:
 
 class StacReader(SourceReader):
     """Cuts patches of one STAC (or static catalog) source; thread-safe, one per source per worker."""
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.failed_paths: set[str] = set()  # assets whose last read failed: GDAL's cache of them is stale
 
     # ----------------------------------------------------------------------------------------- assets
     def asset(self, item: pystac.Item, band: str) -> pystac.Asset | None:
@@ -88,23 +93,10 @@ class StacReader(SourceReader):
         nodata = self._band_info(asset)[0]
         role = self.profile.bands[band].role
         resampling = "nearest" if role == "mask" else self.source.resampling
-        path = gdal_path(href_of(asset))
-        tries = count()
-
-        def read_once():
-            # After a failure GDAL keeps the answer (a 404 says "no such file" to every later open in this
-            # process): a retry, or any read of a path that failed before, asks the server again.
-            if next(tries) == 0 and path not in self.failed_paths:
-                return read_band(path, grid, resampling=resampling, nodata=nodata)
-            with rasterio.Env(CPL_VSIL_CURL_NON_CACHED=path):
-                return read_band(path, grid, resampling=resampling, nodata=nodata)
-
-        try:
-            result = limited_call(self.policy, self.limiter, path, read_once)
-        except Exception:
-            self.failed_paths.add(path)
-            raise
-        self.failed_paths.discard(path)
+        href = href_of(asset)
+        what = f"band {band} of {href}"
+        result = gdal_call(self.policy, self.limiter, gdal_path(href), read_band, gdal_path(href), grid,
+                           resampling=resampling, nodata=nodata, what=what)  # fmt: skip
         return result.pixels, result.nodata
 
     # ------------------------------------------------------------------------------------------- grid
@@ -120,11 +112,12 @@ class StacReader(SourceReader):
         if code is not None and transform is not None:
             return int(code), (float(transform[2]), float(transform[5]))
 
-        def header():
-            with rasterio.open(gdal_path(href_of(asset))) as src:
+        def header(path: str):
+            with rasterio.open(path) as src:
                 return src.crs.to_epsg() if src.crs else None, (src.transform.c, src.transform.f)
 
-        return limited_call(self.policy, self.limiter, href_of(asset), header)
+        path = gdal_path(href_of(asset))
+        return gdal_call(self.policy, self.limiter, path, header, path, what=f"band {band} of {href_of(asset)}")
 
     def grid_for(self, cell: Cell, candidates: list[_Candidate]) -> PatchGrid:
         """The patch grid, on the pixel lattice of the first candidate in the cell's UTM zone, so that it is cut
@@ -147,7 +140,7 @@ class StacReader(SourceReader):
             with gdal_env():
                 return self._acquire(cell, list(items), sample)
         except Exception as error:  # recorded, not raised: the build goes on with the other cells
-            return sample.fail(error)
+            return sample.fail(error, TRANSIENT if is_transient(error) else "")
 
     def _acquire(self, cell: Cell, items: list[pystac.Item], sample: Sample) -> Sample:
         fp_lonlat = box(*cell.lonlat_bounds)
@@ -271,6 +264,7 @@ class SourceAcquisition:
         self.pool = ThreadPoolExecutor(max_workers=max(1, threads))
         self.reader: SourceReader | None = None
         self.catalog: StacCatalog | None = None
+        self.unreachable: ConnectionError | None = None  # the catalogue, when opening it failed for want of a network
 
     def acquire(self, cells: list[Cell]) -> Iterator[Sample]:
         """The samples of ``cells``, in order; a catalogue or service that cannot be reached fails the cells."""
@@ -280,6 +274,8 @@ class SourceAcquisition:
         if self.reader is None:
             self.reader = StacReader(self.source, self.window, policy=self.policy, limiter=self.limiter)
         try:
+            if self.unreachable is not None:
+                raise self.unreachable
             if self.catalog is None:  # opened here so that an unreachable catalogue fails cells, not the build
                 self.catalog = StacCatalog(
                     self.source.url, self.source.collection, cloud_property=self.reader.profile.cloud_property,
@@ -287,7 +283,13 @@ class SourceAcquisition:
                 )  # fmt: skip
             items = self.catalog.search(_lonlat_bbox(cells), *self.window, max_cloud=self.source.max_cloud)
         except Exception as error:
-            yield from (cell.sample(self.source.name).fail(error, "search failed: ") for cell in cells)
+            context = f"{TRANSIENT if is_transient(error) else ''}search failed: "
+            plain = unreachable(error, self.source.url)  # one plain line, the same for every cell
+            if plain is not None and self.catalog is None:
+                # unreachable for a whole retry budget: later batches fail at once, not after another one
+                self.unreachable = plain
+            error = plain or error
+            yield from (cell.sample(self.source.name).fail(error, context) for cell in cells)
             return
         yield from self.pool.map(self.reader.acquire, cells, repeat(items))
 

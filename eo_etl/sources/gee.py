@@ -23,7 +23,7 @@ import threading
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from eo_etl.sample import Sample
+from eo_etl.sample import TRANSIENT, Sample
 from eo_etl.sources.cell import Cell
 from eo_etl.sources.patch import (
     NO_SCENE,
@@ -36,7 +36,7 @@ from eo_etl.sources.patch import (
 )
 from eo_etl.sources.patch_grid import PatchGrid, patch_grid
 from eo_etl.sources.profile import QualityRule
-from eo_etl.sources.remote import limited_call
+from eo_etl.sources.remote import host_of, is_transient, limited_call
 
 HIGH_VOLUME_URL = "https://earthengine-highvolume.googleapis.com"
 MAX_RANKED = 8  # scenes whose quality band is fetched per cell
@@ -83,7 +83,7 @@ class EarthEngineReader(SourceReader):
         self.names = self.profile.earth_engine
         self.url = self.source.url or HIGH_VOLUME_URL
         project = self.source.project or os.environ.get("EE_PROJECT") or os.environ.get("GOOGLE_CLOUD_PROJECT")
-        self.policy.call(initialize, self.url, project)
+        self.policy.call(initialize, self.url, project, host=host_of(self.url))
         optional = [self.names.cloud_property, self.names.baseline_property]
         self.columns = ["system:index", "system:time_start", *[p for p in optional if p]]  # of the scene listing
 
@@ -149,7 +149,7 @@ class EarthEngineReader(SourceReader):
         try:
             return self._acquire(cell, sample)
         except Exception as error:  # recorded, not raised: the build goes on with the other cells
-            return sample.fail(error)
+            return sample.fail(error, TRANSIENT if is_transient(error) else "")
 
     def _acquire(self, cell: Cell, sample: Sample) -> Sample:
         grid = self.grid(cell)

@@ -1,23 +1,39 @@
-"""One policy for everything read over the network: retries with jittered backoff, a concurrency limit per
-host, and GDAL settings for reading cloud-optimised GeoTIFFs by HTTP range requests.
+"""One policy for everything read over the network: retries with jittered backoff (attempts and backoff per
+host), a concurrency limit per host, and GDAL settings for reading cloud-optimised GeoTIFFs by HTTP range
+requests.
 
-An error is *transient* when trying again can help (429, 5xx, timeouts, dropped connections); anything else
-(404, a corrupt file) fails at once, and the caller records it.
+An error is *transient* when trying again can help (429, 5xx, timeouts, dropped connections, empty replies);
+anything else (404, a file that is not a raster) fails at once, and the caller records it.
+
+GDAL words a failed HTTP request as the open or the block read it broke ("not recognized as being in a
+supported file format", "Read failed"), the status only in a debug message. So a GDAL failure on a remote
+path that names no status or network error is checked against the server with one small ranged GET: a
+failing or throttling server is transient, a 404 or bytes that are no raster are permanent, and a server
+that serves a raster now means the read met a fault that has passed (retried; if every attempt ends so,
+the file itself is at fault). After any failure GDAL's memory of the URL (existence, size, blocks) is
+dropped, so the next read, a retry or another cell's, asks the server again.
 """
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import functools
+import logging
 import math
 import re
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
+from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 from urllib.parse import urlparse
 
 import rasterio
 import requests
+from rasterio._err import CPLE_BaseError
 from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt, wait_random_exponential
 
 if TYPE_CHECKING:
@@ -41,11 +57,28 @@ GDAL_HTTP_OPTIONS = {
 
 TRANSIENT_STATUS = {408, 425, 429, 500, 502, 503, 504}
 _GDAL_STATUS = re.compile(r"HTTP (?:response )?code:?\s*(\d{3})", re.IGNORECASE)
-_GDAL_TRANSIENT_TEXT = ("timed out", "timeout", "connection reset", "couldn't connect", "could not connect")
+# curl's words for a request that never got a whole answer: every "CURL error" is the network's
+_GDAL_TRANSIENT_TEXT = ("curl error", "timed out", "timeout", "connection reset", "couldn't connect",
+                        "could not connect", "empty reply")  # fmt: skip
+# The first bytes of the rasters GDAL reads here: TIFF and BigTIFF (both byte orders), JPEG 2000, VRT
+RASTER_SIGNATURES = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+", b"\x00\x00\x00\x0cjP", b"\xff\x4f\xff\x51",
+                     b"<VRTDataset")  # fmt: skip
+PROBE_TIMEOUT_S = 30.0
+log = logging.getLogger(__name__)
 
 
 class TransientError(Exception):
     """A failure worth retrying, raised by our own code (e.g. a truncated read)."""
+
+
+class ReadError(Exception):
+    """A remote file that could not be read, said plainly (which file, what happened) and classified by what
+    happened: ``transient`` when trying again can help. ``unexplained``: GDAL failed while the server serves
+    the file; retried, but not evidence of a transient fault."""
+
+    def __init__(self, message: str, *, transient: bool, unexplained: bool = False):
+        super().__init__(message)
+        self.transient, self.unexplained = transient, unexplained
 
 
 def http_status(error: BaseException) -> int | None:
@@ -60,6 +93,8 @@ def http_status(error: BaseException) -> int | None:
 
 
 def is_transient(error: BaseException) -> bool:
+    if isinstance(error, ReadError):  # already classified by what happened
+        return error.transient
     # pystac-client re-raises dropped connections as APIError: look at what was being handled.
     while error.__cause__ or error.__context__:
         if _transient_here(error):
@@ -69,34 +104,70 @@ def is_transient(error: BaseException) -> bool:
 
 
 def _transient_here(error: BaseException) -> bool:
-    if isinstance(error, TransientError | requests.ConnectionError | requests.Timeout | TimeoutError):
+    if isinstance(error, ReadError):
+        return error.transient
+    if isinstance(error, TransientError | requests.ConnectionError | requests.Timeout | TimeoutError | ConnectionError):
         return True
     status = http_status(error)
     if status is not None:
         return status in TRANSIENT_STATUS
-    if isinstance(error, rasterio.errors.RasterioIOError):
+    if isinstance(error, rasterio.errors.RasterioIOError | CPLE_BaseError):
         return any(text in str(error).lower() for text in _GDAL_TRANSIENT_TEXT)
     return False
 
 
-class RetryPolicy:
-    """Exponential backoff with full jitter for transient errors; counts retries for the metrics."""
+def unreachable(error: BaseException, url: str) -> ConnectionError | None:
+    """``error`` said plainly when it is that ``url`` could not be reached (a refused or dropped connection, a
+    name that does not resolve): the innermost cause, not the layers of clients around it."""
+    chain = list(_chain(error))
+    if not any(isinstance(e, requests.ConnectionError | requests.Timeout) for e in chain):
+        return None
+    cause = chain[-1]
+    return ConnectionError(f"{url} cannot be reached ({type(cause).__name__}: {cause})")
 
-    def __init__(self, attempts: int = 5, initial_s: float = 0.5, max_s: float = 30.0):
+
+def host_of(url: str) -> str:
+    """The host a URL or GDAL path asks (``host:port``), the key of per-host limits; "local" for files."""
+    return urlparse(url.removeprefix("/vsicurl/")).netloc or "local"
+
+
+class RetryPolicy:
+    """Exponential backoff with full jitter for transient errors; counts retries, in all and per host.
+
+    The defaults (8 attempts, waits up to 1, 2, 4 … 60 s: about a minute in all) outlast an object store's
+    throttling burst; ``hosts`` gives some hosts their own (attempts, initial_s, max_s)."""
+
+    def __init__(self, attempts: int = 8, initial_s: float = 1.0, max_s: float = 60.0,
+                 hosts: Mapping[str, tuple[int, float, float]] | None = None):  # fmt: skip
         self.attempts, self.initial_s, self.max_s = attempts, initial_s, max_s
+        self.hosts = dict(hosts or {})
         self.retries = 0
+        self.by_host: Counter[str] = Counter()
         self._lock = threading.Lock()
 
-    def _count(self, state: RetryCallState) -> None:
-        with self._lock:
-            self.retries += 1
+    @classmethod
+    def of(cls, limits: Mapping[str, ServiceLimit]) -> RetryPolicy:
+        """The recipe's retry budgets (``runner.limits``), the defaults for hosts it does not list."""
+        return cls(
+            hosts={host: (limit.attempts, limit.backoff_s, limit.max_backoff_s) for host, limit in limits.items()}
+        )
 
-    def call(self, fn: Callable[..., T], *args, **kwargs) -> T:
+    def budget(self, host: str) -> tuple[int, float, float]:
+        return self.hosts.get(host, (self.attempts, self.initial_s, self.max_s))
+
+    def call(self, fn: Callable[..., T], *args, host: str = "", **kwargs) -> T:
+        attempts, initial_s, max_s = self.budget(host)
+
+        def count(state: RetryCallState) -> None:
+            with self._lock:
+                self.retries += 1
+                self.by_host[host or "other"] += 1
+
         retrying = Retrying(
             retry=retry_if_exception(is_transient),
-            wait=wait_random_exponential(multiplier=self.initial_s, max=self.max_s),
-            stop=stop_after_attempt(self.attempts),
-            before_sleep=self._count,
+            wait=wait_random_exponential(multiplier=initial_s, max=max_s),
+            stop=stop_after_attempt(attempts),
+            before_sleep=count,
             reraise=True,
         )
         return retrying(fn, *args, **kwargs)
@@ -122,7 +193,7 @@ class HostLimiter:
 
     @contextmanager
     def slot(self, url: str) -> Iterator[None]:
-        host = urlparse(url.removeprefix("/vsicurl/")).netloc or "local"
+        host = host_of(url)
         with self._lock:
             if host not in self._slots:
                 qps, concurrency = self.limits.get(host, (None, self.per_host))
@@ -158,7 +229,107 @@ def limited_call(policy: RetryPolicy, limiter: HostLimiter, url: str, fn: Callab
         with limiter.slot(url):
             return fn(*args)
 
-    return policy.call(attempt)
+    return policy.call(attempt, host=host_of(url))
+
+
+def gdal_call(
+    policy: RetryPolicy, limiter: HostLimiter, path: str, fn: Callable[..., T], *args, what: str = "", **kwargs
+) -> T:
+    """``fn(*args, **kwargs)``, which reads the GDAL ``path``, as ``limited_call`` does. A failure is a
+    ``ReadError`` that names ``what`` was read (the path by default), classified by what happened; GDAL
+    forgets the URL after it (see the module's notes)."""
+    unexplained = []
+
+    def attempt() -> T:
+        with limiter.slot(path):
+            try:
+                return fn(*args, **kwargs)
+            except (rasterio.errors.RasterioError, CPLE_BaseError) as error:
+                forget(path)
+                failure = classify(error, path, what or path)
+                unexplained.append(failure.unexplained)
+                raise failure from error
+
+    try:
+        return policy.call(attempt, host=host_of(path))
+    except ReadError as error:
+        if error.unexplained and len(unexplained) > 1 and all(unexplained):  # no try showed a fault: the file did
+            raise ReadError(
+                f"{error} (the server serves the file, yet every read of it failed: it is damaged)", transient=False
+            ) from error
+        raise
+
+
+def classify(error: BaseException, path: str, what: str) -> ReadError:
+    """What a GDAL failure reading ``path`` was: the status or network error GDAL names, else what one
+    small ranged GET of the file finds (http(s) only). The message starts with ``what``."""
+    said = f"{what}: {gdal_messages(error)}"
+    status = next((s for e in _chain(error) if (s := http_status(e)) is not None), None)
+    if status is not None:
+        return ReadError(said, transient=status in TRANSIENT_STATUS)
+    if any(is_transient(e) for e in _chain(error)):
+        return ReadError(said, transient=True)
+    url = path.removeprefix("/vsicurl/")
+    if not url.startswith(("http://", "https://")):
+        # a local file fails for good; an object store's path (/vsis3/ …) needs signed requests to check
+        remote = path.startswith("/vsi")
+        return ReadError(said, transient=remote, unexplained=remote)
+    try:
+        with requests.get(url, headers={"Range": "bytes=0-15"}, stream=True, timeout=PROBE_TIMEOUT_S) as answer:
+            head = next(answer.iter_content(16), b"") if answer.ok else b""
+    except requests.RequestException as probe_error:
+        return ReadError(f"{said} (and the server failed a check: {type(probe_error).__name__})", transient=True)
+    if answer.status_code in (401, 403, 407):  # GDAL may send credentials (headers, cookies) this check lacks
+        return ReadError(said, transient=True, unexplained=True)
+    if not answer.ok:
+        transient = answer.status_code in TRANSIENT_STATUS
+        return ReadError(f"{said} (the server answers HTTP {answer.status_code})", transient=transient)
+    if not head.lstrip().startswith(RASTER_SIGNATURES):
+        return ReadError(f"{what}: not a raster (the server answers {answer.status_code} with {head[:8]!r}…)",
+                         transient=False)  # fmt: skip
+    return ReadError(said, transient=True, unexplained=True)
+
+
+def gdal_messages(error: BaseException) -> str:
+    """GDAL's word for one failure: its outermost and innermost messages, without rasterio's "see previous
+    exception"."""
+    said = list(dict.fromkeys(str(e) for e in _chain(error) if "See previous exception" not in str(e)))
+    return "; ".join(said[:1] + said[1:][-1:]) or str(error)
+
+
+def _chain(error: BaseException) -> Iterator[BaseException]:
+    seen: BaseException | None = error
+    while seen is not None:
+        yield seen
+        seen = seen.__cause__ or seen.__context__
+
+
+def forget(path: str) -> None:
+    """Drop what GDAL's network file systems remember of ``path`` (that it exists, its size, its blocks)."""
+    library = _gdal_library()
+    if library is not None and path.startswith("/vsi"):
+        library.VSICurlPartialClearCache(path.encode())
+
+
+@functools.cache
+def _gdal_library() -> ctypes.CDLL | None:
+    """The GDAL library rasterio runs on, for the one call rasterio does not wrap (VSICurlPartialClearCache):
+    the copy bundled in rasterio's wheel, else the system's."""
+    bundled = Path(rasterio.__file__).parent
+    candidates = [
+        *sorted((bundled.parent / "rasterio.libs").glob("libgdal*")),
+        *sorted((bundled / ".dylibs").glob("libgdal*")),
+    ]
+    system = ctypes.util.find_library("gdal")
+    for candidate in [*map(str, candidates), *([system] if system else [])]:
+        try:
+            library = ctypes.CDLL(candidate)
+            library.VSICurlPartialClearCache.argtypes = [ctypes.c_char_p]
+            return library
+        except (OSError, AttributeError):
+            continue
+    log.warning("GDAL's library was not found: a failed remote read may be remembered by GDAL until restart")
+    return None
 
 
 def gdal_env(**overrides: str) -> rasterio.Env:
