@@ -39,6 +39,7 @@ app.add_typer(grid_app, name="grid")
 out = Console(emoji=False)  # a recipe's ":warning:" stays text
 err = Console(stderr=True, emoji=False)
 
+REASON_LIMIT = 240  # characters of each failure reason in the one line that counts them
 RUNNERS = get_args(Runner.model_fields["kind"].annotation)  # the recipe's runner kinds
 RecipePath = Annotated[Path, typer.Argument(help="Recipe YAML file, e.g. pipelines/demo.yaml.", show_default=False)]
 
@@ -207,7 +208,7 @@ def build(
     if report.failures:  # one line, most common reasons first: an unreachable catalogue is said once
         failed = sum(r["status"] == "failed" for r in report.samples if r.get("version") == report.version)
         cells = sum(1 for r in report.samples if r.get("version") == report.version)
-        reasons = "; ".join(f"{n} × {_clip(reason)}" for n, reason in report.failures)
+        reasons = "; ".join(f"{n} × {printable(reason, REASON_LIMIT)}" for n, reason in report.failures)
         level = ("error:", "red") if report.failed else ("warning:", "yellow")
         allowed = f"runner.max_failed_fraction is {parsed.runner.max_failed_fraction:g}"
         limit = f"too many: {allowed}" if report.failed else allowed
@@ -298,10 +299,6 @@ def schema(
         raise typer.Exit(1 if stale else 0)
     for path in write_schemas(out_dir):
         out.print(f"wrote {printable(str(path))}", markup=False)
-
-
-def _clip(text: str, limit: int = 240) -> str:
-    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _summary(recipe: Recipe) -> str:
