@@ -55,6 +55,7 @@ def samples_at(stack: np.ndarray, origin: Affine, places: list[tuple[int, int]],
             scales=(1.0,) * len(BANDS),
             offsets=(0.0,) * len(BANDS),
             timestamp=datetime(2019, 3, 15, tzinfo=UTC),
+            window_start=datetime(2019, 1, 1, tzinfo=UTC),
         )  # fmt: skip
         for k, (row, col) in enumerate(places)
     ]

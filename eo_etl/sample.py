@@ -7,13 +7,43 @@ Every stage takes and returns samples. A sample that could not be made keeps its
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 
 import numpy as np
 from numpy.typing import NDArray
 
 OK, REJECTED, FAILED = "ok", "rejected", "failed"
 TRANSIENT = "transient: "  # starts the reason of a sample failed by a fault that may pass (a rerun retries it)
+
+
+@dataclass(frozen=True, order=True)
+class SampleId:
+    """The one identity of a sample: its grid cell, its source, and the start (UTC) of the time window it was
+    chosen from — the build's window (a dataset version) today, a time slice's once a recipe slices time.
+
+    The string form, ``454U_120R.sentinel-2-l2a.20240601``, is the ``sample_id`` column of the index and of
+    every stage table. It never changes for a sample: a rerun or a later version adds rows, it renames none.
+    The parts are joined by ``.``, which neither a cell name nor a source name (an Identifier) holds.
+    """
+
+    cell: str
+    source: str
+    start: datetime
+
+    def __str__(self) -> str:
+        start = self.start.astimezone(UTC) if self.start.tzinfo else self.start
+        stamp = f"{start:%Y%m%d}" if (start.hour, start.minute, start.second) == (0, 0, 0) else f"{start:%Y%m%dT%H%M%S}"
+        return f"{self.cell}.{self.source}.{stamp}"
+
+    @classmethod
+    def parse(cls, text: str) -> SampleId:
+        """The identity a ``sample_id`` string names (``str()``'s inverse)."""
+        try:
+            cell, source, stamp = text.split(".")
+            start = datetime.strptime(stamp, "%Y%m%dT%H%M%S" if "T" in stamp else "%Y%m%d").replace(tzinfo=UTC)
+        except ValueError:
+            raise ValueError(f"not a sample id: {text[:100]!r} (expected CELL.SOURCE.YYYYMMDD)") from None
+        return cls(cell, source, start)
 
 
 @dataclass
@@ -40,6 +70,7 @@ class Sample:
     nodata_fraction: float | None = None
     centre_lat: float | None = None
     centre_lon: float | None = None
+    window_start: datetime | None = None  # start of the time window the sample was chosen from (its SampleId)
     status: str = OK
     reason: str | None = None
 
@@ -58,9 +89,17 @@ class Sample:
         """Identity of a sample in a dataset: its cell and source."""
         return f"{self.cell}/{self.source}"
 
+    @property
+    def sample_id(self) -> SampleId:
+        """The sample's identity (cell, source, window start): the ``sample_id`` column."""
+        if self.window_start is None:
+            raise ValueError(f"sample {self.key} has no window_start: its id is unknown")
+        return SampleId(self.cell, self.source, self.window_start)
+
     def record(self) -> dict:
         """One flat row for the index: the Major TOM columns, then provenance and status."""
         return {
+            "sample_id": None if self.window_start is None else str(self.sample_id),
             "grid_cell": self.cell,
             "grid_row_u": self.row_u,
             "grid_col_r": self.col_r,
@@ -108,5 +147,6 @@ class Sample:
             cloud_fraction=cloud_cover / 100.0 if masked else None, scene_cloud=scene_cloud,
             cloud_basis=record.get("cloud_basis"),
             nodata_fraction=record["nodata"], centre_lat=record["centre_lat"], centre_lon=record["centre_lon"],
+            window_start=SampleId.parse(record["sample_id"]).start if record.get("sample_id") else None,
             status=record["status"], reason=record["reason"],
         )  # fmt: skip

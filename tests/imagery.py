@@ -134,6 +134,7 @@ def sentinel2_samples(count: int, size: int = 64, source: str = "s2") -> list:
                 nodata=0.0, scales=(S2_SCALE,) * 4 + (1.0,), offsets=(S2_OFFSET,) * 4 + (0.0,),
                 timestamp=DEMO_TIME.replace(day=1 + k % 28), product_id=DEMO_ITEM, items=(DEMO_ITEM,),
                 centre_lat=-47.85 - k / 1000, centre_lon=-67.64 + k / 1000, cloud_fraction=0.0, nodata_fraction=0.0,
+                window_start=DEMO_TIME.replace(day=1, hour=0, minute=0, second=0, microsecond=0),
             )
         )  # fmt: skip
     return samples

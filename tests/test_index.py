@@ -20,7 +20,14 @@ RECIPE = parse_recipe({
 
 
 def failed(sample: Sample) -> Sample:
-    gone = Sample(cell=sample.cell, row_u=sample.row_u, col_r=sample.col_r, source=sample.source, crs=sample.crs)
+    gone = Sample(
+        cell=sample.cell,
+        row_u=sample.row_u,
+        col_r=sample.col_r,
+        source=sample.source,
+        crs=sample.crs,
+        window_start=sample.window_start,
+    )
     return gone.fail(OSError("HTTP 503"))
 
 

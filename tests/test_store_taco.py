@@ -71,6 +71,7 @@ def make_samples() -> list[Sample]:
                 nodata_fraction=0.0,
                 centre_lat=-47.85,
                 centre_lon=-67.64,
+                window_start=datetime(2019, 1, 1, tzinfo=UTC),
             )  # fmt: skip
         )
     return samples

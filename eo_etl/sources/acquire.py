@@ -135,7 +135,7 @@ class StacReader(SourceReader):
     # ------------------------------------------------------------------------------------------ cells
     def acquire(self, cell: Cell, items: Iterable[pystac.Item]) -> Sample:
         """The cell's sample from ``items`` (the search results around it), or a rejected/failed one."""
-        sample = cell.sample(self.source.name)
+        sample = cell.sample(self.source.name, self.start)
         try:
             with gdal_env():
                 return self._acquire(cell, list(items), sample)
@@ -289,7 +289,7 @@ class SourceAcquisition:
                 # unreachable for a whole retry budget: later batches fail at once, not after another one
                 self.unreachable = plain
             error = plain or error
-            yield from (cell.sample(self.source.name).fail(error, context) for cell in cells)
+            yield from (cell.sample(self.source.name, self.window[0]).fail(error, context) for cell in cells)
             return
         yield from self.pool.map(self.reader.acquire, cells, repeat(items))
 
@@ -306,7 +306,8 @@ class SourceAcquisition:
             if self.reader is None:
                 self.reader = EarthEngineReader(self.source, self.window, policy=self.policy, limiter=self.limiter)
         except Exception as error:
-            yield from (cell.sample(self.source.name).fail(error, "Earth Engine unavailable: ") for cell in cells)
+            failed = (cell.sample(self.source.name, self.window[0]) for cell in cells)
+            yield from (sample.fail(error, "Earth Engine unavailable: ") for sample in failed)
             return
         yield from self.pool.map(self.reader.acquire, cells)
 

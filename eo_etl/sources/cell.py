@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 from functools import cached_property
 
 import geopandas as gpd
@@ -29,11 +30,12 @@ class Cell:
         scene footprints are compared with."""
         return transform_bounds(f"EPSG:{self.epsg}", "EPSG:4326", *self.footprint, densify_pts=21)
 
-    def sample(self, source: str) -> Sample:
-        """An empty sample of this cell, to be filled, rejected or failed."""
+    def sample(self, source: str, window_start: datetime) -> Sample:
+        """An empty sample of this cell, chosen from the window beginning at ``window_start``, to be filled,
+        rejected or failed."""
         return Sample(
             self.name, self.row_u, self.col_r, source, f"EPSG:{self.epsg}",
-            centre_lat=self.centre_lat, centre_lon=self.centre_lon,
+            centre_lat=self.centre_lat, centre_lon=self.centre_lon, window_start=window_start,
         )  # fmt: skip
 
 

@@ -145,7 +145,7 @@ class EarthEngineReader(SourceReader):
     # ----------------------------------------------------------------------------------------- cells
     def acquire(self, cell: Cell) -> Sample:
         """The cell's sample, or a rejected/failed one with its reason."""
-        sample = cell.sample(self.source.name)
+        sample = cell.sample(self.source.name, self.start)
         try:
             return self._acquire(cell, sample)
         except Exception as error:  # recorded, not raised: the build goes on with the other cells

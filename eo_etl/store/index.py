@@ -41,6 +41,8 @@ def _column(name: str, kind: pa.DataType, description: str, nullable: bool = Tru
 
 _TEXT, _FLOATS, _TEXTS = pa.string(), pa.list_(pa.float64()), pa.list_(pa.string())
 INDEX_SCHEMA = pa.schema([
+    _column("sample_id", _TEXT, "the sample's identity, CELL.SOURCE.WINDOW_START (eo_etl.sample.SampleId); "
+            "every stage table is keyed by it", nullable=False),
     _column("grid_cell", _TEXT, "Major TOM cell name, e.g. 454U_120R", nullable=False),
     _column("grid_row_u", pa.int64(), "Major TOM row (signed: U north of the equator, D south)", nullable=False),
     _column("grid_col_r", pa.int64(), "Major TOM column (signed: R east of 0°, L west)", nullable=False),
