@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import io
 import urllib.request
+from datetime import date
 from pathlib import Path
 
 import fsspec
@@ -45,6 +46,7 @@ from eo_etl.store.majortom import (
 from tests.servers import file_server
 from tests.test_cli import demo_recipe
 from tests.test_extras import setting
+from tests.test_pipeline import archive, write_recipe  # noqa: F401 (a fixture)
 from tests.test_recipe import problems_of, recipe_with
 
 SOURCE, SHARD = "s2l2a", 5
@@ -268,6 +270,29 @@ def test_a_resumed_build_writes_the_missing_part_and_every_file_comes_out_the_sa
     after = {p.name: hashlib.sha256(p.read_bytes()).digest() for p in folder.rglob("*.parquet")}
     assert after == before
     assert not list(demo.rglob("*.partial"))
+
+
+def test_a_later_version_rewrites_only_the_partial_last_part_and_metadata_lists_both(archive):  # noqa: F811
+    api, _, folder = archive
+    recipe = load_recipe(write_recipe(folder, api, outputs={"formats": ["zarr", "majortom"], "shard_size": SHARD}))
+    out = build(recipe).output
+    images = out / "majortom" / "s2l2a" / "images"
+    before = {k: (images / part_name(k)).stat() for k in range(3)}  # 5 + 5 + 2 samples
+
+    build(recipe, since="LAST", until=date(2019, 12, 31))  # September's pass: 12 more
+    for k in (0, 1):  # full parts of version 1 are the same files, untouched
+        after = (images / part_name(k)).stat()
+        assert (after.st_ino, after.st_mtime_ns) == (before[k].st_ino, before[k].st_mtime_ns)
+    assert sorted(p.name for p in images.iterdir()) == [part_name(k) for k in range(5)]
+    metadata = pd.read_parquet(out / "majortom" / "s2l2a" / "metadata.parquet")
+    index = pd.read_parquet(out / "index.parquet").set_index("sample_id")
+    assert len(metadata) == 24 and metadata.sample_id.is_unique
+    assert sorted(metadata.timestamp.dt.month.unique()) == [3, 9]
+    pixels = zarr.open_array(out / "pixels.zarr" / "s2l2a" / "pixels", mode="r")
+    for row in metadata.itertuples():
+        group = pq.ParquetFile(images.parent / row.parquet_url).read_row_group(row.parquet_row, columns=["B08"])
+        expected = pixels[int(index.zarr_index[row.sample_id])][BANDS.index("B08")]
+        np.testing.assert_array_equal(read_tif_bytes(group["B08"][0].as_py()), expected)
 
 
 # ---- units ------------------------------------------------------------------------------------------------------
