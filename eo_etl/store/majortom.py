@@ -96,10 +96,12 @@ def write_part(folder: Location, k: int, samples: Sequence[Sample], profile: Col
 
 def sample_row(sample: Sample, profile: CollectionProfile | None) -> dict[str, str | bytes]:
     """One sample as a row of Core's data parquets."""
+    when = pd.Timestamp(sample.timestamp)
+    when = when.tz_localize("UTC") if when.tzinfo is None else when.tz_convert("UTC")  # naive times are UTC here
     row: dict[str, str | bytes] = {
         "product_id": sample.product_id or "",
         "grid_cell": sample.cell,
-        "product_datetime": f"{pd.Timestamp(sample.timestamp).tz_convert('UTC'):%Y-%m-%dT%H:%M:%SZ}",
+        "product_datetime": f"{when:%Y-%m-%dT%H:%M:%SZ}",
         "thumbnail": png_bytes(thumbnail(sample, profile)),
     }
     for i, column in enumerate(band_columns(sample.bands, profile)):
