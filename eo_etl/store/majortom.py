@@ -31,6 +31,7 @@ rewritten only with its shard, and the same samples give the same bytes (GeoTIFF
 from __future__ import annotations
 
 import io
+import itertools
 from collections.abc import Sequence
 
 import numpy as np
@@ -82,14 +83,15 @@ def band_columns(bands: Sequence[str], profile: CollectionProfile | None) -> lis
 def write_part(folder: Location, k: int, samples: Sequence[Sample], profile: CollectionProfile | None) -> Location:
     """Shard ``k``'s samples as ``folder/images/part_….parquet``, one row group each, in order."""
     target = folder / IMAGES / part_name(k)
-    rows = [sample_row(sample, profile) for sample in samples]
-    schema = pa.schema([(name, pa.string() if name in TEXT_COLUMNS else pa.binary()) for name in rows[0]])
+    rows = (sample_row(sample, profile) for sample in samples)  # one sample's images in memory at a time
+    first = next(rows)
+    schema = pa.schema([(name, pa.string() if name in TEXT_COLUMNS else pa.binary()) for name in first])
     with target.staged_file() as partial, pq.ParquetWriter(
         partial, schema,
         compression="none",  # GeoTIFFs are deflated and PNGs compressed already
         use_dictionary=False, write_statistics=list(TEXT_COLUMNS),  # no min/max copies of image bytes in the footer
     ) as writer:  # fmt: skip
-        for row in rows:
+        for row in itertools.chain([first], rows):
             writer.write_table(pa.Table.from_pylist([row], schema=schema))  # a table per sample: its row group
     return target
 
