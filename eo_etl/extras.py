@@ -28,6 +28,7 @@ MODULES: dict[str, tuple[str, ...]] = {
     "gee": ("ee",),
     "taco": ("tacotoolbox", "tacoreader", "duckdb"),
     "video": ("av", "skimage"),
+    "majortom": ("PIL",),  # PNG thumbnails of the Major TOM export
     "s3": ("s3fs",),
     "gcs": ("gcsfs",),
     "dataflow": ("apitools", "google.cloud.storage"),  # apache-beam[gcp]: Dataflow's API client, gs:// for Beam
@@ -85,6 +86,7 @@ def _stored_in(extra: str) -> Callable[[Recipe], Iterable[tuple[str, object]]]:
 FEATURES: tuple[Feature, ...] = (
     Feature("taco", _format("taco")),
     Feature("video", _format("video")),
+    Feature("majortom", _format("majortom")),
     Feature("gee", lambda r: [(f"sources[{i}].kind", "gee") for i, s in enumerate(r.sources) if s.kind == "gee"]),
     Feature("s3", _stored_in("s3")),
     Feature("gcs", _stored_in("gcs")),

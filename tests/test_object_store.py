@@ -70,7 +70,7 @@ def object_digests(fs: s3fs.S3FileSystem, prefix: str) -> dict[str, str]:
 def test_a_beam_build_to_s3_equals_a_local_build_and_resumes_there(archive, s3, monkeypatch):  # noqa: F811
     api, _, folder = archive
     monkeypatch.chdir(folder)  # where a URL mistaken for a path would become a folder
-    formats = {"formats": ["zarr", "taco", "video"], "shard_size": 4}
+    formats = {"formats": ["zarr", "taco", "video", "majortom"], "shard_size": 4}
     local = build(load_recipe(write_recipe(folder, api, outputs={"path": str(folder / "local"), **formats})))
     recipe = load_recipe(write_recipe(folder, api, outputs={"path": URL, **formats}))
     remote = build(recipe)
@@ -84,10 +84,11 @@ def test_a_beam_build_to_s3_equals_a_local_build_and_resumes_there(archive, s3, 
     assert list(ds.sample.values) == list(reference.sample.values) and len(ds.sample) == 12
     np.testing.assert_array_equal(ds.pixels.values, reference.pixels.values)
 
-    # the same objects as the local folder's files, byte for byte: Zarr, video, TACO, STAC, index, state
+    # the same objects as the local folder's files, byte for byte: Zarr, video, TACO, Major TOM, STAC, index, state
     objects = object_digests(s3, f"{BUCKET}/demo")
     files = file_digests(local.output)
-    assert {"collection.json", "items.parquet", "versions.json", "video/s2l2a/shard-00002/video.json"} <= set(objects)
+    assert {"collection.json", "items.parquet", "versions.json", "video/s2l2a/shard-00002/video.json",
+            "majortom/s2l2a/metadata.parquet", "majortom/s2l2a/images/part_00003.parquet"} <= set(objects)  # fmt: skip
     assert any(name.startswith("taco/s2l2a/.tacocat/") for name in objects)
     assert any(name.endswith(".tacozip") for name in objects)
     del objects["recipe.json"], files["recipe.json"]  # they say where the dataset is written

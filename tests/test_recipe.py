@@ -110,7 +110,10 @@ def test_time_range_dates_include_both_days_and_datetimes_are_exact():
             "sources[0].max_cloud: input should be less than or equal to 100 (got 120)",
         ),
         ({"captions": {"kind": "llm"}}, "captions: url and model are required when kind is llm"),
-        ({"outputs": {"formats": ["hdf5"]}}, "outputs.formats[0]: input should be 'zarr', 'taco' or 'video'"),
+        (
+            {"outputs": {"formats": ["hdf5"]}},
+            "outputs.formats[0]: input should be 'zarr', 'taco', 'video' or 'majortom'",
+        ),
         ({"outputs": {"formats": ["taco"]}}, "outputs.formats: zarr is the dataset's pixel store: list it too"),
         ({"outputs": {"video": {"crf": 60}}}, "outputs.video.crf: input should be less than or equal to 51"),
         ({"publish": {"repo_id": "no-slash"}}, "publish.repo_id: string should match pattern"),

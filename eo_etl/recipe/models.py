@@ -468,10 +468,11 @@ class Outputs(Section):
         description="Dataset folder, relative to where eo-etl runs, or an object store URL (s3://bucket/prefix, "
         "gs://bucket/prefix; credentials from the environment); out/<name> if unset.",
     )
-    formats: list[Literal["zarr", "taco", "video"]] = Field(
+    formats: list[Literal["zarr", "taco", "video", "majortom"]] = Field(
         default_factory=lambda: ["zarr"],
         min_length=1,
-        description="zarr is the dataset's pixel store and always written; taco and video are written beside it.",
+        description="zarr is the dataset's pixel store and always written; taco, video and majortom (Major TOM "
+        "Core's parquet layout) are written beside it.",
     )
     # A shard is held in memory while written: 16 Major TOM-size samples of 12 bands are ~440 MB.
     shard_size: int = Field(16, gt=0, le=4096, description="Samples per shard (Zarr shard, video file).")

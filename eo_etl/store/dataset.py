@@ -5,6 +5,8 @@
       pixels.zarr/         sharded Zarr v3, a group per source (store/zarr.py)
       video/<source>/shard-NNNNN/   video-codec cubes, a shard's samples as frames (formats: video)
       taco/<source>/       TACO export of the stored samples (formats: taco)
+      majortom/<source>/   Major TOM Core's layout: images/part_NNNNN.parquet per shard, metadata.parquet
+                           (formats: majortom; store/majortom.py)
       collection.json, items.parquet   STAC Collection and one STAC item per stored sample (stac-geoparquet)
       plan.parquet, recipe.json        the cells planned and the recipe as resolved
       _build/, _build.lock             the build's state (pipeline/state.py); while it runs, its lock (lock.py)
@@ -54,8 +56,11 @@ def existing_pixel_store(root: Root, source: str, *, tidy: bool = False) -> Zarr
 
 
 def write_shard(root: Root, recipe: Recipe, writer: ZarrWriter, k: int, samples: Sequence[Sample]) -> str | None:
-    """Shard ``k`` of a source in every format the recipe asks for; the video folder (relative), if any."""
+    """Shard ``k`` of a source in every format the recipe asks for (the one place a shard's formats are chosen);
+    the video folder (relative), if any."""
     writer.write_shard(k, samples)
+    if "majortom" in recipe.outputs.formats:
+        _write_majortom_part(Location.of(root), recipe, k, samples)
     if "video" not in recipe.outputs.formats:
         return None
     folder = f"video/{samples[0].source}/shard-{k:05d}"
@@ -74,6 +79,18 @@ def _write_video(folder: Location, recipe: Recipe, samples: Sequence[Sample]) ->
             nodata=samples[0].nodata,
             options=VideoOptions(lossy=options.lossy, crf=options.crf, keyframe_interval=options.keyframe_interval),
         )  # fmt: skip
+
+
+def _write_majortom_part(root: Location, recipe: Recipe, k: int, samples: Sequence[Sample]) -> None:
+    from eo_etl.store.majortom import FOLDER, write_part  # the majortom extra
+
+    source = samples[0].source
+    write_part(root / FOLDER / source, k, samples, _profile(recipe, source))
+
+
+def _profile(recipe: Recipe, source: str):
+    spec = next(s for s in recipe.sources if s.name == source)
+    return find_profile(spec.profile)
 
 
 def _masks(recipe: Recipe, source: str) -> set[str]:
@@ -100,6 +117,11 @@ def finish_dataset(
     write_catalog(root, index, recipe, {source: statistics.as_dict() for source, (_, statistics) in stored.items()})
     if "taco" in recipe.outputs.formats:
         _write_taco(root, recipe, index, list(stored))
+    if "majortom" in recipe.outputs.formats:
+        from eo_etl.store.majortom import FOLDER, write_metadata  # the majortom extra
+
+        for source in stored:
+            write_metadata(root / FOLDER / source, index, source, recipe.outputs.shard_size)
     write_index(index, root / INDEX_NAME)
     return index
 

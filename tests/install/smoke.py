@@ -1,6 +1,7 @@
 """Run by check_wheel.sh after ``eo-etl demo --out out`` in a folder outside the checkout, with the Python of
 the virtual environment that holds the wheel and ``[all]``: the dataset the demo built opens with the readers
-users have, and they agree on the pixels (Zarr through xarray, the TACO's COGs, the video cubes, PyTorch)."""
+users have, and they agree on the pixels (Zarr through xarray, the TACO's COGs, the video cubes, Major TOM's
+parquets, PyTorch)."""
 
 from __future__ import annotations
 
@@ -8,8 +9,10 @@ from pathlib import Path
 
 import geopandas as gpd
 import numpy as np
+import pyarrow.parquet as pq
 import rasterio
 import tacoreader
+from rasterio.io import MemoryFile
 
 import eo_etl
 from eo_etl.store.torch_dataset import SampleDataset
@@ -39,7 +42,19 @@ for row in index.itertuples():
     cube = read_cube(ROOT / row.video_path, frames=[int(row.video_frame)])
     np.testing.assert_array_equal(cube[0], pixels[row.grid_cell])  # lossless by default
 
+majortom = ROOT / "majortom" / "s2l2a"
+metadata = pq.read_table(majortom / "metadata.parquet").to_pylist()
+assert sorted(row["grid_cell"] for row in metadata) == sorted(pixels)
+for row in metadata:  # as Major TOM's read_row reads Core: the row group, then each band's GeoTIFF
+    group = pq.ParquetFile(majortom / row["parquet_url"]).read_row_group(row["parquet_row"])
+    for b, band in enumerate(BANDS):
+        with MemoryFile(group[band][0].as_py()) as memory, memory.open() as src:
+            np.testing.assert_array_equal(src.read(1), pixels[row["grid_cell"]][b])
+
 data = SampleDataset(str(ROOT), "s2l2a", bands=["B04", "B03", "B02"])
 item = data[0]
 assert len(data) == 12 and tuple(item["pixels"].shape) == (3, 64, 64) and str(item["pixels"].dtype) == "torch.float32"
-print(f"ok  the demo dataset: 12 samples agree in Zarr, {len(taco)} TACO file(s), video cubes; PyTorch reads it")
+print(
+    f"ok  the demo dataset: 12 samples agree in Zarr, {len(taco)} TACO file(s), video cubes, Major TOM parquets; "
+    "PyTorch reads it"
+)
