@@ -5,10 +5,12 @@ read per cell (what an object store would bill as PUT / GET / LIST requests); th
 
     python bench/scale.py [--cells 1000 10000 100000] [--workers 2] [--patch 8] [--plan-europe]
 
-Each build runs in a process of its own (so that peak memory is its own), on the local runner in one process
-(Beam's in-memory FnApiRunner: the driver's memory is then an upper bound, workers included); its file system
-calls are counted by an audit hook. Targets (issue 17): time per cell within 1.3× from 1 k to 100 k cells;
-the graph's size and the driver's memory flat in the number of cells; planning Europe at 1 km under 1 GB.
+Each build runs in a process of its own (so that peak memory is its own), on the local runner: in one process
+(``--mode in_memory``, the default: the peak is then the driver's and the workers' together, and the file system
+calls under the dataset are counted by an audit hook; files in the multi-process mode are not counted), or with
+``--workers`` worker processes (``--mode multi_processing``: the driver's own peak, the largest worker's apart).
+Targets (issue 17): time per cell within 1.3× from 1 k to 100 k cells; the graph's size and the driver's memory
+flat in the number of cells; planning Europe at 1 km under 1 GB.
 """
 
 from __future__ import annotations
@@ -83,7 +85,7 @@ def count_files(out: Path) -> Counter:
     return counts
 
 
-def one_build(cells: int, patch: int, workers: int, resume: bool) -> dict:
+def one_build(cells: int, patch: int, workers: int, resume: bool, mode: str) -> dict:
     """One build in this process: what the parent prints."""
     from eo_etl.build import build
 
@@ -92,16 +94,17 @@ def one_build(cells: int, patch: int, workers: int, resume: bool) -> dict:
     size = graph_bytes(recipe, out)
     counts = count_files(out)
     start = time.perf_counter()
-    report = build(recipe, options={"direct_running_mode": "in_memory"})
+    report = build(recipe, options={"direct_running_mode": mode})
     seconds = time.perf_counter() - start
     result = {
         "cells": report.planned, "seconds": seconds, "graph_bytes": size, "counts": dict(counts),
         "samples": report.metrics.get("samples written", 0),
         "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "worker_peak_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024,
     }  # fmt: skip
     if resume:  # a second build of the same folder: nothing to acquire, the same dataset
         index = (out / "index.parquet").read_bytes()
-        again = build(recipe, options={"direct_running_mode": "in_memory"})
+        again = build(recipe, options={"direct_running_mode": mode})
         result["resumed_same"] = (out / "index.parquet").read_bytes() == index
         result["resumed_finished"] = again.metrics.get("cells already finished", 0)
     return result
@@ -138,30 +141,39 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--patch", type=int, default=8, help="pixels per side of each synthetic sample")
     parser.add_argument("--resume", action="store_true", help="build each twice: the second must change nothing")
+    parser.add_argument(
+        "--mode",
+        choices=["in_memory", "multi_processing"],
+        default="in_memory",
+        help="in_memory: one process, its file calls counted; multi_processing: worker processes "
+        "apart, so the driver's own peak memory shows (files not counted)",
+    )
     parser.add_argument("--plan-europe", action="store_true", help="plan Europe on the 1 km grid (about 8.4 M)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         kind, *values = args.child.split(",")
         if kind == "build":
-            result = one_build(int(values[0]), args.patch, args.workers, args.resume)
+            result = one_build(int(values[0]), args.patch, args.workers, args.resume, args.mode)
         else:
             result = one_plan([float(v) for v in values[1:]], float(values[0]))
         print(json.dumps(result))
         return
 
-    print(f"builds: synthetic source, {args.patch}² px × 4 bands, local runner (in-memory), one process each")
+    print(f"builds: synthetic source, {args.patch}² px × 4 bands, local runner ({args.mode}), a process each")
     header = f"{'cells':>8} {'s/cell':>9} {'total s':>8} {'peak MB':>8} {'graph B':>8} {'W/cell':>7} {'R/cell':>7}"
-    print(header + f" {'L/cell':>7}")
+    print(header + f" {'L/cell':>7} {'workers MB':>10}")
     baseline = None
     for cells in args.cells:
         extra = ["--resume"] if args.resume else []
+        extra.append(f"--mode={args.mode}")
         r = child(f"--child=build,{cells}", f"--patch={args.patch}", f"--workers={args.workers}", *extra)
         n, c = r["cells"], r["counts"]
         per = r["seconds"] / n
         baseline = baseline or per
         print(f"{n:>8} {per * 1000:>7.2f}ms {r['seconds']:>8.1f} {r['peak_mb']:>8.0f} {r['graph_bytes']:>8} "
               f"{c.get('written', 0) / n:>7.2f} {c.get('read', 0) / n:>7.2f} {c.get('listed', 0) / n:>7.3f}"
+              f" {r['worker_peak_mb']:>10.0f}"
               f"  ({per / baseline:.2f}× the first)"
               + (f"  rerun: {r['resumed_finished']} finished before, index same: {r['resumed_same']}"
                  if args.resume else ""))  # fmt: skip
