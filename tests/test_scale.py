@@ -14,7 +14,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 import eo_etl.plan
 from eo_etl.build import build
 from eo_etl.pipeline.graph import build_graph
-from eo_etl.pipeline.plan_rows import PlanReader, plan_length, plan_ranges, range_size
+from eo_etl.pipeline.plan_rows import PlanReader, plan_length, plan_ranges, range_size, work_ranges
 from eo_etl.pipeline.state import BuildState
 from eo_etl.plan import plan, plan_bands, write_plan
 from eo_etl.recipe.load import parse_recipe
@@ -71,6 +71,10 @@ def test_a_plan_is_read_back_by_ranges_of_rows_across_its_row_groups(tmp_path, m
 def test_ranges_grow_with_the_plan_up_to_one_catalogue_search():
     assert [range_size(n) for n in (4, 127, 128, 1_000, 10_000, 2_250_000)] == [1, 1, 2, 15, 64, 64]
     assert len(plan_ranges(2_250_000)) == 35_157
+    # a worker takes whole ranges at once, enough for every worker to stay busy: one search per element
+    assert work_ranges(12, 2) == [(i, i + 2) for i in range(0, 12, 2)]
+    assert work_ranges(100, 1) == [(i, min(i + 25, 100)) for i in range(0, 100, 25)]  # 1-cell ranges, 25 a search
+    assert work_ranges(10_000, 2) == plan_ranges(10_000)  # 64 cells: one range each
 
 
 def test_the_synthetic_source_makes_the_same_pixels_from_a_cells_name_without_io(tmp_path):

@@ -26,7 +26,7 @@ def build_graph(pipeline: beam.Pipeline, recipe: Recipe, root: Location, version
     cells_done = (
         pipeline
         | "plan" >> beam.Create([sources])
-        | "ranges of plan rows" >> beam.FlatMap(ranges_of_plan, root)
+        | "ranges of plan rows" >> beam.FlatMap(ranges_of_plan, root, recipe.runner.workers)
         | "spread cells" >> beam.Reshuffle()
         | "acquire and stage" >> beam.ParDo(AcquireRange(recipe, root, version))
         | "all cells finished" >> beam.combiners.Count.Globally()

@@ -3,7 +3,9 @@
 The plan (``plan.parquet``, GeoParquet) is written in row groups of ``PLAN_ROW_GROUP`` rows, so a worker reads
 the few thousand rows around its range, a handful of columns, not the plan. A range is also the unit of the
 build's state (``state.py``): its cells are recorded together, in one file. Ranges depend on the number of
-rows alone, which a recipe's plan fixes: every run of a build, and every version, cuts the same ranges.
+rows alone, which a recipe's plan fixes: every run of a build, and every version, cuts the same ranges. A
+worker takes one or more whole ranges at once (one catalogue search for them), as many as keep every worker
+busy.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from eo_etl.store.location import Location
 
 PLAN_ROW_GROUP = 8192  # rows a worker reads to find its range's cells
 MAX_RANGE = 64  # cells per range: one catalogue search, one state file
+BATCHES_PER_WORKER = 4  # elements per worker at least, so that every worker stays busy to the end
 RANGES_AT_LEAST = 64  # a small plan is cut finer, so that its cells still spread over the workers
 CELL_COLUMNS = ["grid_cell", "grid_row_u", "grid_col_r", "centre_lat", "centre_lon"]
 
@@ -26,9 +29,19 @@ def range_size(rows: int) -> int:
     return max(1, min(MAX_RANGE, rows // RANGES_AT_LEAST))
 
 
-def plan_ranges(rows: int) -> list[tuple[int, int]]:
-    """(first, stop) row ranges covering a plan of ``rows`` cells, in plan order."""
+def plan_ranges(rows: int, first: int = 0, stop: int | None = None) -> list[tuple[int, int]]:
+    """(first, stop) row ranges covering a plan of ``rows`` cells (rows ``first`` to ``stop`` of it, which
+    begin a range), in plan order."""
     size = range_size(rows)
+    stop = rows if stop is None else min(stop, rows)
+    return [(start, min(start + size, stop)) for start in range(first, stop, size)]
+
+
+def work_ranges(rows: int, workers: int) -> list[tuple[int, int]]:
+    """The elements the workers share: whole ranges, enough of them to keep ``workers`` busy to the end, each
+    of at most ``MAX_RANGE`` cells (one catalogue search) unless a range alone is larger."""
+    batch = max(1, min(MAX_RANGE, -(-rows // (max(1, workers) * BATCHES_PER_WORKER))))
+    size = range_size(rows) * max(1, -(-batch // range_size(rows)))
     return [(first, min(first + size, rows)) for first in range(0, rows, size)]
 
 

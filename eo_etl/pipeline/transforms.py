@@ -11,7 +11,7 @@ import geopandas as gpd
 import pandas as pd
 from apache_beam.metrics import Metrics
 
-from eo_etl.pipeline.plan_rows import PlanReader, plan_length, plan_ranges
+from eo_etl.pipeline.plan_rows import PlanReader, plan_length, plan_ranges, range_size, work_ranges
 from eo_etl.pipeline.shards import Assignment, ShardTask, assign_positions, index_records
 from eo_etl.pipeline.state import BuildState
 from eo_etl.recipe import Recipe
@@ -32,19 +32,19 @@ def counter(name: str):
     return Metrics.counter(NAMESPACE, name)
 
 
-def ranges_of_plan(sources: list[str], root: Location) -> Iterator[tuple[str, int, int]]:
+def ranges_of_plan(sources: list[str], root: Location, workers: int) -> Iterator[tuple[str, int, int]]:
     """(source, first, stop): the plan's cells as ranges of its rows, read from its footer on a worker, so the
     job graph holds no cell however large the plan."""
-    for first, stop in plan_ranges(plan_length(Location.of(root) / PLAN_NAME)):
+    for first, stop in work_ranges(plan_length(Location.of(root) / PLAN_NAME), workers):
         for source in sources:
             yield source, first, stop
 
 
 class AcquireRange(beam.DoFn):
-    """(source, first, stop) → the range's cells not finished before, acquired and staged: cut in the worker's
-    threads under its share of the recipe's per-service limits (transient errors retried, and counted), each
-    outcome counted (the quality step's tally), then recorded in the build's state together, the unit of
-    resuming. Yields the number of cells the range holds."""
+    """(source, first, stop) → the cells of those plan rows (whole ranges) not finished before, acquired and
+    staged: cut in the worker's threads under its share of the recipe's per-service limits (transient errors
+    retried, and counted), each outcome counted (the quality step's tally), then recorded in the build's state
+    range by range, the unit of resuming. Yields the number of cells it holds."""
 
     def __init__(self, recipe: Recipe, root: Location, version: int):
         self.recipe, self.root, self.version = recipe, root, version
@@ -62,24 +62,33 @@ class AcquireRange(beam.DoFn):
         self.skipped_counted: set[str] = set()
         self.state = BuildState(self.root)
         self.plan = PlanReader(Location.of(self.root) / PLAN_NAME)
+        self.rows = plan_length(Location.of(self.root) / PLAN_NAME)
         self.recipe_hash = self.recipe.fingerprint()
 
     def process(self, element: tuple[str, int, int]) -> Iterator[int]:
         source, first, stop = element
-        kept = [r for r in self.state.range_records(self.version, source, first, stop) if r["status"] != FAILED]
-        done = {record["grid_cell"] for record in kept}
+        ranges = plan_ranges(self.rows, first, stop)  # each recorded in its own file
+        kept = {}
+        for part in ranges:
+            records = self.state.range_records(self.version, source, *part)
+            kept[part] = [record for record in records if record["status"] != FAILED]
+        done = {record["grid_cell"]: part for part, records in kept.items() for record in records}
         counter("cells already finished").inc(len(done))
-        cells = [cell for cell in cells_of(self.recipe, self.plan.rows(first, stop)) if cell.name not in done]
-        if not cells:
+        cells = cells_of(self.recipe, self.plan.rows(first, stop))
+        part_of = {cell.name: ranges[i // range_size(self.rows)] for i, cell in enumerate(cells)}
+        todo = [cell for cell in cells if cell.name not in done]
+        if not todo:
             yield stop - first
             return
-        records = list(kept)
-        for sample in self.acquisitions[source].acquire(cells):
+        new: dict[tuple[int, int], list[dict]] = {}
+        for sample in self.acquisitions[source].acquire(todo):
             count_outcome(sample)
-            records.append(self.state.stage(self.version, sample, self.recipe_hash))  # pixels now, not held
+            record = self.state.stage(self.version, sample, self.recipe_hash)  # pixels now, not held
+            new.setdefault(part_of[sample.cell], []).append(record)
             if sample.status == OK:
                 counter("pixel bytes staged").inc(sample.pixels.nbytes)
-        self.state.stage_range(self.version, source, first, stop, records)
+        for part, records in new.items():
+            self.state.stage_range(self.version, source, *part, kept[part] + records)
         self._count_retries(source)
         yield stop - first
 
