@@ -19,6 +19,7 @@ from pathlib import Path
 
 from eo_etl.build import build
 from eo_etl.demo import write_demo_catalog
+from eo_etl.pipeline.plan_rows import plan_ranges
 from eo_etl.pipeline.state import BuildState
 from eo_etl.pipeline.transforms import PLAN_NAME, WriteShard, assign, finish, shards_to_write
 from eo_etl.plan import plan, write_plan
@@ -39,9 +40,12 @@ def plain_build(recipe, root: Path) -> int:
     state = BuildState(root)
     version = state.open_version(recipe)
     recipe_hash = recipe.fingerprint()
+    ranges = plan_ranges(len(cells))
     for source in recipe.sources:
-        for sample in acquire_source(recipe, source, cells_of(recipe, cells), workers=recipe.runner.threads):
-            state.stage(version, sample, recipe_hash)
+        samples = acquire_source(recipe, source, cells_of(recipe, cells), workers=recipe.runner.threads)
+        for first, stop in ranges:  # recorded as the pipeline does: one state file per range of plan rows
+            records = [state.stage(version, next(samples), recipe_hash) for _ in range(first, stop)]
+            state.stage_range(version, source.name, first, stop, records)
     assignment = assign(0, recipe, Location.of(root))
     writer = WriteShard(recipe, Location.of(root))  # the pipeline's own steps, called in order
     writer.setup()

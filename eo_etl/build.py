@@ -12,18 +12,19 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import geopandas as gpd
+import pyarrow.parquet as pq
 
 from eo_etl.extras import require_extras
 from eo_etl.pipeline.lock import DatasetLock
 from eo_etl.pipeline.options import pipeline_options
+from eo_etl.pipeline.plan_rows import plan_length
 from eo_etl.pipeline.run import make_pipeline, run_pipeline, stages_a_template
 from eo_etl.pipeline.state import BuildState
 from eo_etl.pipeline.transforms import PLAN_NAME, SKIPPED_ITEM
-from eo_etl.plan import plan, write_plan
+from eo_etl.plan import check_buildable, plan_bands, write_plan
 from eo_etl.recipe import Recipe
 from eo_etl.recipe.models import TimeRange
 from eo_etl.sample import FAILED, OK, REJECTED, TRANSIENT
-from eo_etl.sources.cell import cells_of
 from eo_etl.store.index import INDEX_NAME
 from eo_etl.store.location import Location
 
@@ -38,7 +39,7 @@ class StageReport:
 @dataclass
 class BuildReport:
     output: Path | str  # the dataset folder: an absolute path, or the URL of an object store's prefix
-    cells: gpd.GeoDataFrame
+    cells: gpd.GeoDataFrame  # the plan's cells; its first SHOWN_CELLS only, past that (``planned`` counts them)
     stages: list[StageReport] = field(default_factory=list)
     samples: list[dict] = field(default_factory=list)  # index records, one per (cell, source, version)
     metrics: dict[str, int] = field(default_factory=dict)  # the pipeline's counters, by name
@@ -47,6 +48,7 @@ class BuildReport:
     up_to_date: bool = False  # --since found no new time to build
     warnings: list[str] = field(default_factory=list)  # what was skipped on the way (unreadable catalogue items)
     failures: list[tuple[int, str]] = field(default_factory=list)  # the most common reasons cells failed, counted
+    planned: int | None = None  # cells in the plan
 
     @property
     def failed(self) -> bool:
@@ -103,31 +105,27 @@ def build(
 def _build_locked(recipe: Recipe, location: Location, state: BuildState, beam_options, *, progress: bool):
     output = location.native
     location.remove_partial_files()  # a killed build's half-written files; the lock makes this build the only writer
-    cells = plan(recipe)
-    write_plan(cells, location / PLAN_NAME)
+    check_buildable(recipe)
+    write_plan(plan_bands(recipe), location / PLAN_NAME)  # band by band: the driver never holds every cell
+    planned = plan_length(location / PLAN_NAME)
     (location / "recipe.json").write_text(recipe.model_dump_json(indent=2) + "\n")
-    report = BuildReport(output, cells, version=state.open_version(recipe))
-    report.stages.append(StageReport("plan", "done", f"{len(cells)} cells → {location / PLAN_NAME}"))
+    report = BuildReport(output, _cells_shown(location / PLAN_NAME, planned), version=state.open_version(recipe))
+    report.planned = planned
+    report.stages.append(StageReport("plan", "done", f"{planned} cells → {location / PLAN_NAME}"))
     if not recipe.sources:
         report.stages.append(StageReport("acquire", "not configured", "the recipe has no sources"))
     else:
-        targets = cells_of(recipe, cells)
-        todo = {}
-        for source in recipe.sources:
-            done = state.done_cells(report.version, source.name)
-            todo[source.name] = [cell for cell in targets if cell.name not in done]
+        # the workers read the cells from the plan and skip those finished before: nothing per cell here
         if stages_a_template(beam_options):  # the job runs later: nothing to wait for or read back
-            make_pipeline(recipe, location, report.version, todo, beam_options).run()
+            make_pipeline(recipe, location, report.version, beam_options).run()
             report.stages.append(StageReport("acquire", "not available", "staged as a Dataflow template"))
             return report
-        report.metrics = run_pipeline(
-            recipe, location, report.version, todo, beam_options, progress=progress, cells=len(targets)
-        )
+        report.metrics = run_pipeline(recipe, location, report.version, beam_options, progress=progress, cells=planned)
         report.warnings = sorted(name for name in report.metrics if name.startswith(SKIPPED_ITEM))
         for name in report.warnings:
             del report.metrics[name]
-        report.metrics["cells planned"] = len(targets) * len(recipe.sources)
-        report.metrics["cells already finished"] = report.metrics["cells planned"] - sum(map(len, todo.values()))
+        report.metrics["cells planned"] = planned * len(recipe.sources)
+        report.metrics.setdefault("cells already finished", 0)
         index = location / INDEX_NAME
         report.samples = gpd.read_parquet(index.url, storage_options=index.storage_options).to_dict("records")
         report.versions = state.versions()
@@ -140,6 +138,18 @@ def _build_locked(recipe: Recipe, location: Location, state: BuildState, beam_op
                 StageReport(stage, "not available", f"{section} is set, but this eo-etl cannot run {stage} yet")
             )
     return report
+
+
+SHOWN_CELLS = 100_000  # the plan's cells a report holds: all of a small plan, the first of a continent's
+
+
+def _cells_shown(plan: Location, planned: int) -> gpd.GeoDataFrame:
+    """The plan's cells for the report, read back: all of them up to ``SHOWN_CELLS``, else the first."""
+    if planned <= SHOWN_CELLS:
+        return gpd.read_parquet(plan.url, storage_options=plan.storage_options)
+    with plan.fs.open(plan.path, "rb") as file:
+        table = next(pq.ParquetFile(file).iter_batches(batch_size=SHOWN_CELLS))
+    return gpd.GeoDataFrame(table.to_pandas().drop(columns="geometry"))
 
 
 def window_since(state: BuildState, since: str, until: date | None) -> TimeRange | None:

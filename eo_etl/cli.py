@@ -204,7 +204,7 @@ def build(
     if report.samples:
         _print_samples(report.samples, report.output)
     else:
-        _print_cells(report.cells)
+        _print_cells(report.cells, total=report.planned)
     if report.failures:  # one line, most common reasons first: an unreachable catalogue is said once
         failed = sum(r["status"] == "failed" for r in report.samples if r.get("version") == report.version)
         cells = sum(1 for r in report.samples if r.get("version") == report.version)

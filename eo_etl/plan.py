@@ -21,6 +21,7 @@ from shapely.geometry.base import BaseGeometry
 
 from eo_etl.grid import MajorTomGrid, get_grid, unique_cells
 from eo_etl.grid.table import cells_frame
+from eo_etl.pipeline.plan_rows import PLAN_ROW_GROUP
 from eo_etl.recipe import Recipe
 from eo_etl.recipe.models import MAX_CELLS, Aoi, too_many_cells
 from eo_etl.store.location import Location
@@ -85,9 +86,10 @@ def write_plan(cells: gpd.GeoDataFrame | Iterable[gpd.GeoDataFrame], path: Locat
                     column.pop("bbox", None)
                 schema = table.schema.with_metadata({**table.schema.metadata, b"geo": json.dumps(geo).encode()})
                 writer = pq.ParquetWriter(partial, schema)
-            writer.write_table(table.replace_schema_metadata(schema.metadata))
+            # small row groups: a worker reads the rows around its range of cells, not the band (plan_rows.py)
+            writer.write_table(table.replace_schema_metadata(schema.metadata), row_group_size=PLAN_ROW_GROUP)
         if writer is None:  # no bands: an empty plan
-            cells_frame(get_grid(), [], []).to_parquet(partial, index=False)
+            cells_frame(get_grid(), [], []).to_parquet(partial, index=False, row_group_size=PLAN_ROW_GROUP)
         else:
             writer.close()
     return target.native

@@ -1,51 +1,34 @@
 """The Beam graph of a build, generated from the recipe:
 
-    cells ─► Reshuffle ─► acquire ─► quality ─► stage (per-cell state) ─┐
-                                                                         │ all cells finished
-    positions + open stores ◄────────────────────────────────────────────┘
+    sources ─► ranges of plan rows ─► Reshuffle ─► acquire + stage (each range's cells, read from the plan) ─┐
+                                                                                         all cells finished │
+    positions + open stores ◄───────────────────────────────────────────────────────────────────────────────┘
         ─► Reshuffle ─► write shards (Zarr, video) ─► all shards written ─► statistics, STAC, TACO, index
 
-Stages not in this version (labels, captions, embeddings and curation) are not in the graph. Work already
-recorded in the build's state is left out: cells finished before, shards already written.
+The graph holds no cell: the workers read the ranges from the written plan (``plan_rows.py``), so it is the same
+size for four cells and for the planet. Stages not in this version (labels, captions, embeddings and curation)
+are not in the graph. Work already recorded in the build's state is skipped where it runs: cells finished
+before (by range), shards already written.
 """
 
 from __future__ import annotations
 
 import apache_beam as beam
 
-from eo_etl.pipeline.transforms import (
-    AcquireCells,
-    CountOutcomes,
-    StageSample,
-    WriteShard,
-    assign,
-    finish,
-    shards_to_write,
-)
+from eo_etl.pipeline.transforms import AcquireRange, WriteShard, assign, finish, ranges_of_plan, shards_to_write
 from eo_etl.recipe import Recipe
-from eo_etl.sources.cell import Cell
 from eo_etl.store.location import Location
 
-BATCHES_PER_WORKER = 4  # enough elements to keep every worker busy to the end
-MAX_BATCH = 64  # cells per catalogue search
 
-
-def batch_cells(cells: list[Cell], workers: int) -> list[list[Cell]]:
-    """Cells in plan order, cut into batches (one catalogue search each) small enough to spread."""
-    size = max(1, min(MAX_BATCH, -(-len(cells) // (workers * BATCHES_PER_WORKER))))
-    return [cells[start : start + size] for start in range(0, len(cells), size)]
-
-
-def build_graph(pipeline: beam.Pipeline, recipe: Recipe, root: Location, version: int, todo: dict[str, list[Cell]]):
-    """Adds the build to ``pipeline``: ``todo`` holds the cells of each source still to acquire."""
-    batches = [(source, batch) for source, cells in todo.items() for batch in batch_cells(cells, recipe.runner.workers)]
+def build_graph(pipeline: beam.Pipeline, recipe: Recipe, root: Location, version: int):
+    """Adds the build to ``pipeline``: every source over every cell of the plan written at ``root``."""
+    sources = [source.name for source in recipe.sources]
     cells_done = (
         pipeline
-        | "cells" >> beam.Create(batches)
+        | "plan" >> beam.Create([sources])
+        | "ranges of plan rows" >> beam.FlatMap(ranges_of_plan, root, recipe.runner.workers)
         | "spread cells" >> beam.Reshuffle()
-        | "acquire" >> beam.ParDo(AcquireCells(recipe))
-        | "quality" >> beam.ParDo(CountOutcomes())
-        | "stage" >> beam.ParDo(StageSample(root, version, recipe.fingerprint()))
+        | "acquire and stage" >> beam.ParDo(AcquireRange(recipe, root, version))
         | "all cells finished" >> beam.combiners.Count.Globally()
     )
     assignment = cells_done | "positions" >> beam.Map(assign, recipe, root)

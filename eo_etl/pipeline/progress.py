@@ -18,7 +18,7 @@ POLL_S = 0.5
 
 @contextmanager
 def build_progress(samples_dir: Path, shards_dir: Path, cells: int, console: Console | None = None) -> Iterator[None]:
-    """Shows progress until the block ends: ``cells`` records expected under ``samples_dir``."""
+    """Shows progress until the block ends: ``cells`` records expected under ``samples_dir`` (state.py)."""
     started = time.time()
     columns = (TextColumn("{task.description:<8}"), BarColumn(), MofNCompleteColumn(), TextColumn("eta"),
                TimeRemainingColumn(), TimeElapsedColumn())  # fmt: skip
@@ -29,7 +29,7 @@ def build_progress(samples_dir: Path, shards_dir: Path, cells: int, console: Con
 
         def poll() -> None:
             while not stop.wait(POLL_S):
-                progress.update(finished, completed=_count(samples_dir, "*/*.json"))
+                progress.update(finished, completed=_cells(samples_dir))
                 progress.update(written, completed=_count(shards_dir, "*/*.json", since=started))
 
         thread = threading.Thread(target=poll, daemon=True)
@@ -39,9 +39,18 @@ def build_progress(samples_dir: Path, shards_dir: Path, cells: int, console: Con
         finally:
             stop.set()
             thread.join()
-            progress.update(finished, completed=_count(samples_dir, "*/*.json"))
+            progress.update(finished, completed=_cells(samples_dir))
             shards = _count(shards_dir, "*/*.json", since=started)
             progress.update(written, completed=shards, total=shards)
+
+
+def _cells(samples_dir: Path) -> int:
+    """Cells finished: a state file of rows A to B (``rows-AAAAAAAAA-BBBBBBBBB.json``) holds B - A of them."""
+    try:
+        spans = [path.stem.split("-")[1:] for path in samples_dir.glob("*/rows-*-*.json")]
+    except FileNotFoundError:
+        return 0
+    return sum(int(stop) - int(first) for first, stop in spans)
 
 
 def _count(folder: Path, pattern: str, since: float | None = None) -> int:

@@ -18,7 +18,6 @@ from eo_etl.pipeline.progress import build_progress
 from eo_etl.pipeline.state import BuildState
 from eo_etl.pipeline.transforms import NAMESPACE
 from eo_etl.recipe import Recipe
-from eo_etl.sources.cell import Cell
 from eo_etl.store.location import Location
 
 
@@ -27,17 +26,18 @@ def stages_a_template(options: PipelineOptions) -> bool:
     return bool(options.view_as(GoogleCloudOptions).template_location)
 
 
-def make_pipeline(recipe: Recipe, location: Location, version: int, todo: dict[str, list[Cell]], options):
+def make_pipeline(recipe: Recipe, location: Location, version: int, options):
     logging.getLogger("apache_beam").setLevel(logging.ERROR)  # workers' start-up chatter
     pipeline = beam.Pipeline(options=options)
-    build_graph(pipeline, recipe, location, version, todo)
+    build_graph(pipeline, recipe, location, version)
     return pipeline
 
 
-def run_pipeline(recipe: Recipe, location: Location, version: int, todo: dict[str, list[Cell]], options,
-                 *, progress: bool, cells: int) -> dict[str, int]:  # fmt: skip
-    """Run the build's pipeline to its end; its counters by name."""
-    pipeline = make_pipeline(recipe, location, version, todo, options)
+def run_pipeline(recipe: Recipe, location: Location, version: int, options, *, progress: bool,
+                 cells: int) -> dict[str, int]:  # fmt: skip
+    """Run the build's pipeline over the plan written at ``location`` (``cells`` cells) to its end; its counters
+    by name."""
+    pipeline = make_pipeline(recipe, location, version, options)
     state = BuildState(location)
     with beam_scratch():
         if progress and location.local:  # the view polls the state folder: cheap on a disk, not in a bucket

@@ -17,6 +17,7 @@ class ShardTask:
     source: str
     k: int
     entries: tuple[ShardEntry, ...]  # by position
+    records: tuple[dict, ...] = ()  # their records (as the build's state holds them), so no writer reads them again
 
 
 @dataclass
@@ -40,7 +41,7 @@ def assign_positions(records: list[dict], recipe: Recipe, cell_order: dict[str, 
     )
     out = list(records)
     assignment = Assignment(out, [])
-    entries: dict[str, list[ShardEntry]] = {}
+    entries: dict[str, list[tuple[ShardEntry, dict]]] = {}
     first_version: dict[tuple, int] = {}
     for i in order:
         record = records[i]
@@ -60,10 +61,11 @@ def assign_positions(records: list[dict], recipe: Recipe, cell_order: dict[str, 
         out[i] = record | {"zarr_group": source, "zarr_index": position}
         if video:
             out[i] |= {"video_path": f"video/{source}/shard-{position // size:05d}", "video_frame": position % size}
-        entries.setdefault(source, []).append(ShardEntry(version, cell))
+        entries.setdefault(source, []).append((ShardEntry(version, cell), record))
     for source, stored in entries.items():
         for k, start in enumerate(range(0, len(stored), size)):
-            assignment.tasks.append(ShardTask(source, k, tuple(stored[start : start + size])))
+            part = stored[start : start + size]
+            assignment.tasks.append(ShardTask(source, k, tuple(e for e, _ in part), tuple(r for _, r in part)))
     return assignment
 
 

@@ -4,8 +4,10 @@ missing work and a later time window becomes a new version of the same dataset.
     <dataset>/_build/
       series.json                          the recipe's series hash; another recipe starts the folder afresh
       versions/NNNN/window.json            a version's time window and recipe hash
-      versions/NNNN/samples/<source>/<cell>.json   a finished cell: its record (status, reason, provenance)
-      versions/NNNN/samples/<source>/<cell>.npy    its pixels, until a full shard holds them
+      versions/NNNN/samples/<source>/rows-AAAAAAAAA-BBBBBBBBB.json   finished cells: the records (status,
+                                           reason, provenance) of plan rows A to B (exclusive), one file per
+                                           range of rows (plan_rows.py), written once all its cells are done
+      versions/NNNN/samples/<source>/<cell>.npy    an ok cell's pixels, until a full shard holds them
       shards/<source>/shard-NNNNN.json     the samples a written shard holds, (version, cell) by position
       shards/<source>/shard-NNNNN.npz      their band statistics, merged into the dataset's at the end
       versions.json                        the finished versions, written with the dataset
@@ -31,6 +33,7 @@ from eo_etl.store.location import Location, read_each
 from eo_etl.store.zarr import BandStatistics
 
 STATE_DIR = "_build"
+RANGE_PREFIX = "rows-"
 
 
 @dataclass(frozen=True)
@@ -101,33 +104,39 @@ class BuildState:
     def _sample(self, version: int, source: str, cell: str, suffix: str) -> Location:
         return self._version_dir(version) / "samples" / source / f"{cell}{suffix}"
 
-    def done_cells(self, version: int, source: str) -> set[str]:
-        """Cells of ``source`` this version has finished; failed ones are tried again."""
-        paths = (self._version_dir(version) / "samples" / source).glob("*.json")
-        return {
-            path.name.removesuffix(".json")
-            for path, data in zip(paths, read_each(paths))
-            if json.loads(data)["status"] != FAILED
-        }
+    def _range(self, version: int, source: str, first: int, stop: int) -> Location:
+        return self._version_dir(version) / "samples" / source / f"{RANGE_PREFIX}{first:09d}-{stop:09d}.json"
 
-    def stage(self, version: int, sample: Sample, recipe_hash: str) -> int:
-        """Record a finished cell (pixels first, then the record that says it is done); bytes written."""
-        written = 0
+    def range_records(self, version: int, source: str, first: int, stop: int) -> list[dict]:
+        """The records of plan rows ``first`` to ``stop`` (a range, plan_rows.py) of ``source`` finished so far in
+        this version, failed ones included; none when the range was never finished."""
+        try:
+            return _parse_records(self._range(version, source, first, stop).read_bytes())
+        except FileNotFoundError:
+            return []
+
+    def stage(self, version: int, sample: Sample, recipe_hash: str) -> dict:
+        """Stage a finished cell's pixels (an ok one's); its record, which :meth:`stage_range` writes with the
+        others of its range."""
         if sample.status == OK:
             self.save_pixels(version, sample.source, sample.cell, sample.pixels)
-            written += sample.pixels.nbytes
-        record = sample.record() | {"recipe_hash": recipe_hash, "version": version}
-        text = json.dumps(record, default=_json)
-        self._sample(version, sample.source, sample.cell, ".json").write_bytes(text.encode())
-        return written
+        return sample.record() | {"recipe_hash": recipe_hash, "version": version}
+
+    def stage_range(self, version: int, source: str, first: int, stop: int, records: list[dict]) -> None:
+        """Record a range of cells as finished, once each one's pixels are staged: one file with the records of
+        every cell of the range (those finished before, then the new ones), which says the range is done."""
+        text = json.dumps(records, default=_json)
+        self._range(version, source, first, stop).write_bytes(text.encode())
+
+    def done_cells(self, version: int, source: str) -> set[str]:
+        """Cells of ``source`` this version has finished; failed ones are tried again."""
+        paths = (self._version_dir(version) / "samples" / source).glob(f"{RANGE_PREFIX}*.json")
+        return {r["grid_cell"] for data in read_each(paths) for r in json.loads(data) if r["status"] != FAILED}
 
     def records(self) -> list[dict]:
-        """Every finished cell's record, all versions, in version, source and cell order."""
-        paths = (self.dir / "versions").glob("*/samples/*/*.json")
-        return [_parse_record(data) for data in read_each(paths)]
-
-    def record(self, version: int, source: str, cell: str) -> dict:
-        return _parse_record(self._sample(version, source, cell, ".json").read_bytes())
+        """Every finished cell's record, all versions, in version, source and plan order (one read per range)."""
+        paths = (self.dir / "versions").glob(f"*/samples/*/{RANGE_PREFIX}*.json")
+        return [record for data in read_each(paths) for record in _parse_records(data)]
 
     def load_pixels(self, version: int, source: str, cell: str) -> np.ndarray | None:
         try:
@@ -177,8 +186,9 @@ class BuildState:
                 path.remove()
 
 
-def _parse_record(data: bytes) -> dict:
-    record = json.loads(data)
-    if record["timestamp"] is not None:
-        record["timestamp"] = datetime.fromisoformat(record["timestamp"])
-    return record
+def _parse_records(data: bytes) -> list[dict]:
+    records = json.loads(data)
+    for record in records:
+        if record["timestamp"] is not None:
+            record["timestamp"] = datetime.fromisoformat(record["timestamp"])
+    return records

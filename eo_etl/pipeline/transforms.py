@@ -11,12 +11,13 @@ import geopandas as gpd
 import pandas as pd
 from apache_beam.metrics import Metrics
 
+from eo_etl.pipeline.plan_rows import PlanReader, plan_length, plan_ranges, range_size, work_ranges
 from eo_etl.pipeline.shards import Assignment, ShardTask, assign_positions, index_records
 from eo_etl.pipeline.state import BuildState
 from eo_etl.recipe import Recipe
-from eo_etl.sample import FAILED, REJECTED, Sample
+from eo_etl.sample import FAILED, OK, REJECTED, Sample
 from eo_etl.sources.acquire import SourceAcquisition
-from eo_etl.sources.cell import Cell
+from eo_etl.sources.cell import cells_of
 from eo_etl.sources.remote import HostLimiter, RetryPolicy
 from eo_etl.store.dataset import existing_pixel_store, finish_dataset, open_pixel_store, write_shard
 from eo_etl.store.location import Location
@@ -31,12 +32,22 @@ def counter(name: str):
     return Metrics.counter(NAMESPACE, name)
 
 
-class AcquireCells(beam.DoFn):
-    """(source, cells) → the cells' samples, cut in the worker's threads under its share of the recipe's
-    per-service limits; transient errors are retried, and counted."""
+def ranges_of_plan(sources: list[str], root: Location, workers: int) -> Iterator[tuple[str, int, int]]:
+    """(source, first, stop): the plan's cells as ranges of its rows, read from its footer on a worker, so the
+    job graph holds no cell however large the plan."""
+    for first, stop in work_ranges(plan_length(Location.of(root) / PLAN_NAME), workers):
+        for source in sources:
+            yield source, first, stop
 
-    def __init__(self, recipe: Recipe):
-        self.recipe = recipe
+
+class AcquireRange(beam.DoFn):
+    """(source, first, stop) → the cells of those plan rows (whole ranges) not finished before, acquired and
+    staged: cut in the worker's threads under its share of the recipe's per-service limits (transient errors
+    retried, and counted), each outcome counted (the quality step's tally), then recorded in the build's state
+    range by range, the unit of resuming. Yields the number of cells it holds."""
+
+    def __init__(self, recipe: Recipe, root: Location, version: int):
+        self.recipe, self.root, self.version = recipe, root, version
 
     def setup(self):
         runner = self.recipe.runner
@@ -49,10 +60,39 @@ class AcquireCells(beam.DoFn):
         }  # fmt: skip
         self.retries_counted: Counter[str] = Counter()
         self.skipped_counted: set[str] = set()
+        self.state = BuildState(self.root)
+        self.plan = PlanReader(Location.of(self.root) / PLAN_NAME)
+        self.rows = plan_length(Location.of(self.root) / PLAN_NAME)
+        self.recipe_hash = self.recipe.fingerprint()
 
-    def process(self, element: tuple[str, list[Cell]]) -> Iterator[Sample]:
-        source, cells = element
-        yield from self.acquisitions[source].acquire(cells)
+    def process(self, element: tuple[str, int, int]) -> Iterator[int]:
+        source, first, stop = element
+        ranges = plan_ranges(self.rows, first, stop)  # each recorded in its own file
+        kept = {}
+        for part in ranges:
+            records = self.state.range_records(self.version, source, *part)
+            kept[part] = [record for record in records if record["status"] != FAILED]
+        done = {record["grid_cell"]: part for part, records in kept.items() for record in records}
+        counter("cells already finished").inc(len(done))
+        cells = cells_of(self.recipe, self.plan.rows(first, stop))
+        part_of = {cell.name: ranges[i // range_size(self.rows)] for i, cell in enumerate(cells)}
+        todo = [cell for cell in cells if cell.name not in done]
+        if not todo:
+            yield stop - first
+            return
+        new: dict[tuple[int, int], list[dict]] = {}
+        for sample in self.acquisitions[source].acquire(todo):
+            count_outcome(sample)
+            record = self.state.stage(self.version, sample, self.recipe_hash)  # pixels now, not held
+            new.setdefault(part_of[sample.cell], []).append(record)
+            if sample.status == OK:
+                counter("pixel bytes staged").inc(sample.pixels.nbytes)
+        for part, records in new.items():
+            self.state.stage_range(self.version, source, *part, kept[part] + records)
+        self._count_retries(source)
+        yield stop - first
+
+    def _count_retries(self, source: str) -> None:
         retries = Counter(self.policy.by_host)  # what this worker's retries cost each host, since last counted
         added = retries - self.retries_counted
         counter("retries").inc(sum(added.values()))
@@ -69,31 +109,14 @@ class AcquireCells(beam.DoFn):
             acquisition.close()
 
 
-class CountOutcomes(beam.DoFn):
+def count_outcome(sample: Sample) -> None:
     """The quality step's tally: the acquisition rules (cloud and nodata over the cell) decided each sample;
     here every outcome is counted, rejections by reason and failures by error."""
-
-    def process(self, sample: Sample) -> Iterator[Sample]:
-        counter(f"samples {sample.status}").inc()
-        if sample.status == REJECTED:
-            counter(f"rejected: {sample.reason}").inc()
-        elif sample.status == FAILED:
-            counter(f"failed: {sample.reason.split(':')[0]}").inc()
-        yield sample
-
-
-class StageSample(beam.DoFn):
-    """Records a finished cell in the build's state (its pixels, then its record): the unit of resuming."""
-
-    def __init__(self, root: Location, version: int, recipe_hash: str):
-        self.root, self.version, self.recipe_hash = root, version, recipe_hash
-
-    def setup(self):
-        self.state = BuildState(self.root)
-
-    def process(self, sample: Sample) -> Iterator[str]:
-        counter("pixel bytes staged").inc(self.state.stage(self.version, sample, self.recipe_hash))
-        yield sample.key
+    counter(f"samples {sample.status}").inc()
+    if sample.status == REJECTED:
+        counter(f"rejected: {sample.reason}").inc()
+    elif sample.status == FAILED:
+        counter(f"failed: {sample.reason.split(':')[0]}").inc()
 
 
 def assign(_cells_done: int, recipe: Recipe, root: Location) -> Assignment:
@@ -120,8 +143,7 @@ def shards_to_write(assignment: Assignment, recipe: Recipe, root: Location) -> I
             continue
         _restage_moved_pixels(state, root, source, pending, recipe.outputs.shard_size)
         first = pending[0].entries[0]
-        sample = Sample.from_record(state.record(first.version, source, first.cell),
-                                    state.load_pixels(first.version, source, first.cell))  # fmt: skip
+        sample = Sample.from_record(pending[0].records[0], state.load_pixels(first.version, source, first.cell))
         open_pixel_store(root, recipe, sample, capacity=count)
         yield from pending
 
@@ -167,10 +189,8 @@ class WriteShard(beam.DoFn):
         if writer is None:  # opened by shards_to_write; a worker only writes into it
             writer = self.writers[task.source] = existing_pixel_store(self.root, task.source)
         samples = [
-            Sample.from_record(
-                state.record(e.version, task.source, e.cell), state.load_pixels(e.version, task.source, e.cell)
-            )  # fmt: skip
-            for e in task.entries
+            Sample.from_record(record, state.load_pixels(e.version, task.source, e.cell))
+            for e, record in zip(task.entries, task.records)
         ]
         layout = writer.layout
         writer.statistics = BandStatistics(layout.bands, layout.dtype, layout.nodata)  # this shard's alone

@@ -213,14 +213,20 @@ def _utc(value: datetime | date) -> datetime:
 
 
 class Source(Section):
-    """One imagery source: a collection at a STAC API, in Earth Engine, or in a static catalog on disk."""
+    """One imagery source: a collection at a STAC API, in Earth Engine, or in a static catalog on disk; or, for
+    benchmarks and tests only, synthetic pixels made from each cell's name (no I/O, never imagery)."""
 
     name: Identifier | None = Field(
         None,
         description="Key of this source in the dataset (a Zarr group, a folder): a-z, 0-9, _ and -; defaults to "
         "the collection id, lowercased, with other characters as -.",
     )
-    kind: Literal["stac", "gee", "local"] = "stac"
+    kind: Literal["stac", "gee", "local", "synthetic"] = Field(
+        "stac",
+        description="stac (a STAC API), gee (Earth Engine), local (a static catalog on disk), or synthetic: "
+        "deterministic pixels made from the cell's name in the collection's bands, with no I/O — for benchmarks "
+        "and tests of the pipeline's own costs only, never a dataset to publish.",
+    )
     url: str | None = Field(
         None,
         max_length=4096,
