@@ -158,13 +158,7 @@ def plan_stage(stage: Stage, recipe: Recipe, root: Location, *, redo: bool = Fal
         state.dir.remove(recursive=True)
     forgotten = state.start(fingerprint)
     rows = read_stored_rows(root)
-    upstream = {}
-    for name in stage.reads:
-        try:
-            upstream[name] = read_table(root, name).set_index("sample_id")
-        except FileNotFoundError:
-            raise ValueError(f"stage {stage.name} reads the {name} table, which {root} does not have: "
-                             f"configure and run {name} first") from None  # fmt: skip
+    upstream = {name: _upstream_table(root, recipe, name) for name in stage.reads}
     work = []
     for record in _records(rows):
         tables = {name: _row_or_none(table, record["sample_id"]) for name, table in upstream.items()}
@@ -346,8 +340,24 @@ def _plain(value):
     return value
 
 
-def _row_or_none(table: pd.DataFrame, sample_id: str) -> dict | None:
-    if sample_id not in table.index:
+def _upstream_table(root: Location, recipe: Recipe, name: str) -> pd.DataFrame | None:
+    """An earlier stage's table by sample_id; None where the recipe does not configure that stage (a table
+    left by an earlier recipe is not read) or it has not written one."""
+    from eo_etl.stages.registry import STAGES  # the registry lists the stage modules: not imported by them
+
+    stage = next((stage for stage in STAGES if stage.name == name), None)
+    if stage is None:
+        raise ValueError(f"a stage reads the table of {name!r}, which is not a stage")
+    if stage_settings(stage, recipe) is None:
+        return None
+    try:
+        return read_table(root, name).set_index("sample_id")
+    except FileNotFoundError:
+        return None
+
+
+def _row_or_none(table: pd.DataFrame | None, sample_id: str) -> dict | None:
+    if table is None or sample_id not in table.index:
         return None
     return {key: _plain(value) for key, value in table.loc[sample_id].to_dict().items()}
 
