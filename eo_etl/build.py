@@ -25,9 +25,9 @@ from eo_etl.recipe import Recipe
 from eo_etl.recipe.models import TimeRange
 from eo_etl.sample import FAILED, OK, REJECTED, TRANSIENT
 from eo_etl.sources.cell import cells_of
-from eo_etl.stages.core import Stage
+from eo_etl.stages.core import Stage, stage_settings
 from eo_etl.stages.registry import STAGES, find_stages
-from eo_etl.stages.run import assemble, plan_stage, stage_settings
+from eo_etl.stages.run import assemble, plan_stage
 from eo_etl.store.index import INDEX_NAME
 from eo_etl.store.location import Location
 
