@@ -128,6 +128,14 @@ def test_build_of_the_demo_writes_plan_index_pixels_and_land_cover_labels_and_sa
     assert re.search(rf"landcover +done +{len(made)} samples run", rerun.stdout), rerun.stdout
     assert {path: path.read_bytes() for path in before} == before
     assert not (out / "pixels.zarr" / "s2l2a" / "landcover.class").exists()
+    # a whole build with another setting: acquisition and the store find their work done, the labels rerun
+    data["labels"]["landcover"]["threshold"] = 0.5
+    recipe.write_text(yaml.safe_dump(data))
+    rebuilt = run("build", str(recipe), cwd=tmp_path)
+    assert rebuilt.returncode == 0, rebuilt.stderr
+    assert f"({len(made)} finished before)" in rebuilt.stdout and "0 shards written" in rebuilt.stdout
+    assert re.search(rf"landcover +done +{len(made)} samples run", rebuilt.stdout), rebuilt.stdout
+    assert {path: path.read_bytes() for path in pixel_files} == {path: before[path] for path in pixel_files}
     unknown = run("build", str(recipe), "--stages", "lables", cwd=tmp_path)
     assert unknown.returncode == 2 and unknown.stderr.startswith("error: --stages: unknown stage 'lables'")
 

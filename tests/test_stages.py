@@ -238,3 +238,15 @@ def test_a_few_batches_run_in_the_direct_runners_own_process_and_many_in_its_wor
     few, many = _fitted(options, 3).view_as(DirectOptions), _fitted(options, 4).view_as(DirectOptions)
     assert (few.direct_running_mode, few.direct_num_workers) == ("in_memory", 1)
     assert (many.direct_running_mode, many.direct_num_workers) == ("multi_processing", 2)
+
+
+def test_a_part_of_a_section_that_no_registered_stage_runs_is_reported_not_available():
+    from eo_etl.build import _unavailable_parts
+
+    with_osm = recipe(osm={"source": "pbf", "path": "region.osm.pbf"})
+    [report] = _unavailable_parts(with_osm, "labels", [LANDCOVER])
+    assert (report.name, report.status) == ("osm", "not available")
+    assert report.detail == "labels.osm is set, but this eo-etl cannot run it yet"
+    osm = dataclasses.replace(READER, name="osm", group="labels", section="labels.osm")
+    assert _unavailable_parts(with_osm, "labels", [LANDCOVER, osm]) == []
+    assert _unavailable_parts(recipe(), "labels", [LANDCOVER]) == []
