@@ -14,11 +14,22 @@ import rasterio
 from pyproj import Transformer
 from rasterio.transform import Affine, from_origin
 
-from eo_etl.labels.landcover import CLASSES_DIR, NO_CLASS, STAGE, TABLES, class_table, mcd12c1_path, summarise
+from eo_etl.labels.landcover import (
+    CLASSES_DIR,
+    NO_CLASS,
+    STAGE,
+    TABLES,
+    LandcoverRaster,
+    class_table,
+    mcd12c1_path,
+    summarise,
+)
 from eo_etl.recipe import RecipeError, parse_recipe
 from eo_etl.recipe.models import LandcoverLabels
+from eo_etl.sources.remote import RetryPolicy
 from eo_etl.stages.core import Item
 from tests.datasets import place_sample
+from tests.servers import RESET, Faults, file_server
 
 
 def label(places, size=64, gsd=160.0, **settings):
@@ -146,3 +157,22 @@ def test_a_relative_raster_path_is_relative_to_the_recipe_file(tmp_path):
     (tmp_path / "lc.tif").write_bytes(b"")
     recipe = parse_recipe(recipe_with({"product": "esa-worldcover", "path": "lc.tif"}), base_dir=tmp_path)
     assert recipe.labels.landcover.path == str(tmp_path / "lc.tif")
+
+
+def test_a_raster_at_a_url_is_read_over_http_through_the_retrying_path(tmp_path):
+    """The WorldCover-coded GeoTIFF of the test above, served with range requests on loopback: a 503 and a reset
+    connection on the way cost retries, not labels."""
+    sample = place_sample(0, 10.0, 45.0, size=32, gsd=10.0)
+    codes = np.where(np.arange(32)[:, None] < 16, 10, 80).astype(np.uint8) * np.ones((1, 32), np.uint8)
+    with rasterio.open(tmp_path / "wc.tif", "w", driver="GTiff", width=32, height=32, count=1, dtype="uint8",
+                       crs=sample.crs, transform=from_origin(sample.transform[2], sample.transform[5], 10.0, 10.0),
+                       nodata=0) as dst:  # fmt: skip
+        dst.write(codes, 1)
+    faults = Faults()
+    faults.plan("/wc.tif", 503, RESET)
+    with file_server(tmp_path, faults) as url:
+        settings = LandcoverLabels(product="esa-worldcover", path=f"{url}/wc.tif", mask=True)
+        policy = RetryPolicy(attempts=4, initial_s=0.01, max_s=0.05)
+        raster = LandcoverRaster(settings.path, settings.product, policy=policy)
+        np.testing.assert_array_equal(raster.classes_on(sample.crs, sample.transform, 32, 32), codes)
+    assert faults.counted() == {503: 1, RESET: 1} and sum(policy.by_host.values()) == 2

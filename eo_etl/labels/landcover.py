@@ -30,7 +30,8 @@ from rasterio.transform import Affine, array_bounds
 from rasterio.warp import reproject, transform_bounds
 from rasterio.windows import Window, from_bounds
 
-from eo_etl.recipe.models import MCD12C1_PACKAGE, LandcoverLabels, Recipe
+from eo_etl.recipe.models import MCD12C1_PACKAGE, LandcoverLabels, Recipe, Runner
+from eo_etl.sources.remote import HostLimiter, RetryPolicy, gdal_call, gdal_env, gdal_path
 from eo_etl.stages.core import Item, Output, Stage
 
 CLASSES_DIR = Path(__file__).parent / "classes"
@@ -64,10 +65,14 @@ def mcd12c1_path() -> Path:
 
 
 class LandcoverRaster:
-    """One land-cover raster, open for reading windows onto sample grids."""
+    """One land-cover raster, open for reading windows onto sample grids. Its reads go through the project's
+    one retrying, rate-limited path for GDAL (``gdal_call``): a raster at a URL is a service like any other."""
 
-    def __init__(self, path: str | Path, product: str):
-        self.dataset = rasterio.open(path)
+    def __init__(self, path: str | Path, product: str, policy: RetryPolicy | None = None,
+                 limiter: HostLimiter | None = None):  # fmt: skip
+        self.path = gdal_path(str(path))  # a URL through /vsicurl/, /vsis3/ …
+        self.policy, self.limiter = policy or RetryPolicy(), limiter or HostLimiter()
+        self.dataset = self._gdal(rasterio.open, self.path)
         self.classes = class_table(product)
         self.nodata = self.dataset.nodata
         self.known = np.zeros(256, dtype=bool)  # uint8 code → has a class
@@ -79,6 +84,10 @@ class LandcoverRaster:
 
     def close(self) -> None:
         self.dataset.close()
+
+    def _gdal(self, fn, *args, **kwargs):
+        with gdal_env():  # GDAL's HTTP settings: its own retries off, ours on
+            return gdal_call(self.policy, self.limiter, self.path, fn, *args, what="land cover raster", **kwargs)
 
     def classes_on(self, crs: str, transform: Sequence[float], height: int, width: int) -> np.ndarray:
         """The class code under each pixel centre of a grid (uint8 (height, width)); ``NO_CLASS`` where none."""
@@ -97,7 +106,7 @@ class LandcoverRaster:
             window = window.intersection(full)
         except rasterio.errors.WindowError:  # outside the raster
             return out
-        source = self.dataset.read(1, window=window)
+        source = self._gdal(self.dataset.read, 1, window=window)
         fill = NO_CLASS if self.nodata is None else self.nodata
         codes = np.full((height, width), fill, dtype=source.dtype)
         reproject(source, codes, src_transform=self.dataset.window_transform(window), src_crs=self.crs,
@@ -134,7 +143,9 @@ def summarise(codes: np.ndarray, classes: dict[int, LandcoverClass], threshold: 
 
 def open_labeller(settings: LandcoverLabels, recipe: Recipe):
     """The stage's function: per batch of samples, their land-cover rows (and class masks)."""
-    raster = LandcoverRaster(settings.path or mcd12c1_path(), settings.product)
+    runner = recipe.runner if recipe is not None else Runner()
+    raster = LandcoverRaster(settings.path or mcd12c1_path(), settings.product, RetryPolicy.of(runner.limits),
+                             HostLimiter.share(runner.limits, runner.workers))  # fmt: skip
 
     def label(items: Sequence[Item]) -> list[Output]:
         outputs = []
