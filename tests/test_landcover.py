@@ -61,7 +61,7 @@ def mcd12c1_lookup(sample) -> np.ndarray:
         world = dataset.read(1)
     _, height, width = sample.pixels.shape
     cols, rows = np.meshgrid(np.arange(width) + 0.5, np.arange(height) + 0.5)
-    xs, ys = Affine(*sample.transform) * (cols, rows)
+    xs, ys = Affine(*sample.transform) @ (cols, rows)
     lons, lats = Transformer.from_crs(sample.crs, 4326, always_xy=True).transform(xs, ys)
     return world[np.floor((90 - lats) / 0.05).astype(int), np.floor((lons + 180) / 0.05).astype(int)]
 

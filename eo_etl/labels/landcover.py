@@ -28,7 +28,7 @@ from rasterio.crs import CRS
 from rasterio.enums import Resampling
 from rasterio.transform import Affine, array_bounds
 from rasterio.warp import reproject, transform_bounds
-from rasterio.windows import Window, from_bounds
+from rasterio.windows import Window
 
 from eo_etl.recipe.models import MCD12C1_PACKAGE, LandcoverLabels, Recipe, Runner
 from eo_etl.sources.remote import HostLimiter, RetryPolicy, gdal_call, gdal_env, gdal_path
@@ -97,10 +97,12 @@ class LandcoverRaster:
                                                     densify_pts=21)  # fmt: skip
         if right < left:  # across the antimeridian: every column of those rows
             left, right = self.dataset.bounds.left, self.dataset.bounds.right
-        window = from_bounds(left, bottom, right, top, self.dataset.transform)
-        col, row = math.floor(window.col_off) - 1, math.floor(window.row_off) - 1  # a pixel more on each side
-        window = Window(col, row, math.ceil(window.col_off + window.width) + 1 - col,
-                        math.ceil(window.row_off + window.height) + 1 - row)  # fmt: skip
+        inverse = ~self.dataset.transform  # map coordinates → (column, row) of the raster
+        corners = [(inverse.a * x + inverse.b * y + inverse.c, inverse.d * x + inverse.e * y + inverse.f)
+                   for x in (left, right) for y in (bottom, top)]  # fmt: skip
+        cols, rows = zip(*corners)
+        col, row = math.floor(min(cols)) - 1, math.floor(min(rows)) - 1  # a pixel more on each side
+        window = Window(col, row, math.ceil(max(cols)) + 1 - col, math.ceil(max(rows)) + 1 - row)
         full = Window(0, 0, self.dataset.width, self.dataset.height)
         try:
             window = window.intersection(full)
