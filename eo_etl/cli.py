@@ -161,8 +161,19 @@ def build(
     option: Annotated[
         Optional[list[str]], typer.Option(help="A pipeline option key=value for the runner (repeat it).")
     ] = None,
+    stages: Annotated[
+        Optional[str],
+        typer.Option(
+            help="Run only these stages after the store (names or groups, e.g. labels or landcover,osm) on "
+            "the dataset as built: no acquisition."
+        ),
+    ] = None,  # fmt: skip
+    redo: Annotated[
+        bool, typer.Option("--redo", help="With --stages: forget their recorded work and run them afresh.")
+    ] = False,
 ) -> None:
-    """Build the dataset through the Beam pipeline: resumes a killed build, extends one with --since."""
+    """Build the dataset through the Beam pipeline: resumes a killed build, extends one with --since; then the
+    stages after the store (labels, …), each skipped when up to date."""
     with user_errors():
         parsed = load_recipe(recipe)  # before Beam is imported: a bad recipe fails at once
         from eo_etl.build import build as run_build
@@ -183,18 +194,22 @@ def build(
             check_buildable(parsed)
         except ValueError as error:  # the recipe's AOI: said as a recipe's problems are
             raise RecipeError(recipe, [str(error)]) from None
+        if redo and stages is None:
+            raise ValueError("--redo: name the stages to run afresh with --stages")
+        selected = None if stages is None else [name.strip() for name in stages.split(",") if name.strip()]
         report = run_build(
             parsed, output, since=since, until=until.date() if until else None, runner=runner, options=options,
-            progress=kind == "direct" and out.is_terminal,
+            progress=kind == "direct" and out.is_terminal, stages=selected, redo=redo,
         )  # fmt: skip
     if report.up_to_date:
         out.print(f"[bold]{parsed.name}[/bold] → {safe(report.output)}: up to date, no new days since the last version")
         return
     for warning in report.warnings:
         err.print(Text.assemble(("warning: ", "yellow"), plain(warning)), highlight=False, soft_wrap=True)
-    out.print(f"[bold]{parsed.name}[/bold] → {safe(report.output)} (version {report.version})", highlight=False)
+    version = f" (version {report.version})" if report.version is not None else ""
+    out.print(f"[bold]{parsed.name}[/bold] → {safe(report.output)}{version}", highlight=False)
     marks = {"done": "[green]✓[/green]", "failed": "[red]✗[/red]", "not configured": "[dim]–[/dim]",
-             "not available": "[yellow]![/yellow]"}  # fmt: skip
+             "not available": "[yellow]![/yellow]", "up to date": "[green]✓[/green]"}  # fmt: skip
     for stage in report.stages:
         line = f"{marks[stage.status]} {stage.name:<9} {stage.status:<15} [dim]{safe(stage.detail)}[/dim]"
         out.print(line, highlight=False, soft_wrap=True)
@@ -203,7 +218,7 @@ def build(
         out.print(f"[dim]counters: {safe(counters)}[/dim]", highlight=False, soft_wrap=True)
     if report.samples:
         _print_samples(report.samples, report.output)
-    else:
+    elif stages is None:
         _print_cells(report.cells, total=report.planned)
     if report.failures:  # one line, most common reasons first: an unreachable catalogue is said once
         failed = sum(r["status"] == "failed" for r in report.samples if r.get("version") == report.version)
@@ -224,10 +239,12 @@ def demo(
 ) -> None:
     """The offline demo, no clone needed: write the Sentinel-2 scene that xarray-spatial ships as a STAC catalog
     (<out>/demo-catalog), the demo recipe reading it (<out>/demo.yaml), and build that (<out>/demo)."""
-    from eo_etl.demo import write_demo
+    from eo_etl.demo import LAND_COVER_HINT, land_cover_installed, write_demo
 
     with user_errors():
         recipe = write_demo(out_dir)  # checks every extra it needs before writing anything
+    if not land_cover_installed():
+        err.print(Text.assemble(("note: ", "yellow"), LAND_COVER_HINT), highlight=False, soft_wrap=True)
     out.print(f"wrote the demo scene and {recipe}; building it", highlight=False)
     build(recipe)
 
@@ -302,6 +319,9 @@ def schema(
 
 
 def _summary(recipe: Recipe) -> str:
+    from eo_etl.stages.core import stage_settings
+    from eo_etl.stages.registry import STAGES  # the stage modules (rasterio …): only where a summary is shown
+
     aoi = recipe.aoi
     where = f"bbox {list(aoi.bbox)}" if aoi.bbox else f"file {aoi.file}" if aoi.file else f"{len(aoi.cells)} cells"
     if aoi.bbox:
@@ -309,11 +329,13 @@ def _summary(recipe: Recipe) -> str:
         if count > MAX_CELLS:
             where += f": about {count:,} cells, for `plan`; a build takes at most {MAX_CELLS:,}"
     sources = ", ".join(f"{s.name} ({s.kind}, {len(s.bands)} bands @ {s.resolution_m:g} m)" for s in recipe.sources)
+    stages = [f"{stage.name} ({stage.section})" for stage in STAGES if stage_settings(stage, recipe) is not None]
     lines = [
         f"  aoi      {where}",
         f"  grid     {recipe.grid.kind}, {recipe.grid.distance_km:g} km",
         f"  time     {recipe.time.start} → {recipe.time.end}",
         f"  sources  {sources or 'none: a build writes only the plan of cells'}",
+        f"  stages   {', '.join(stages) or 'none after the store'}",
         f"  output   {recipe.output_path} ({', '.join(recipe.outputs.formats)})",
         f"  runner   {recipe.runner.kind}, {recipe.runner.workers} workers",
     ]
