@@ -1,0 +1,1 @@
+"""Labels joined to stored samples: OpenStreetMap tags, geometry statistics and masks (``osm``), land cover."""
