@@ -34,13 +34,17 @@ from pathlib import Path
 
 import geopandas as gpd
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import shapely
 from rasterio.features import rasterize
-from rasterio.transform import Affine
+from rasterio.transform import Affine, array_bounds
+from rasterio.warp import transform_bounds
 
 from eo_etl.labels.osm_pbf import read_pbf
 from eo_etl.labels.osm_tags import TagRules
+from eo_etl.labels.overpass import fetch_overpass, overpass_date, public_url
+from eo_etl.sources.remote import HostLimiter, RetryPolicy
 
 POLYGON, LINE, POINT = 0, 1, 2
 
@@ -114,6 +118,19 @@ class Region:
         """Every feature of a local extract, read once (``settings``: the recipe's ``labels.osm``)."""
         raw = read_pbf(path, points=settings.points)
         return cls.of(raw, TagRules.of(settings), Path(path).name)
+
+    @classmethod
+    def from_overpass(cls, row: Mapping, settings, policy: RetryPolicy, limiter: HostLimiter) -> Region:
+        """The features around one sample from ``settings.url``, as of its acquisition time unless ``settings.as_of``
+        is "latest" (or the row has no time)."""
+        crs, transform, height, width = sample_grid(row)
+        bounds = transform_bounds(crs, "EPSG:4326", *array_bounds(height, width, transform), densify_pts=21)
+        when = row.get("timestamp") if settings.as_of == "acquisition" else None
+        as_of = overpass_date(pd.Timestamp(when).to_pydatetime()) if when is not None and not pd.isna(when) else None
+        rules = TagRules.of(settings)
+        raw = fetch_overpass(settings.url, bounds, rules.query_keys(), as_of=as_of, timeout_s=settings.timeout_s,
+                             policy=policy, limiter=limiter)  # fmt: skip
+        return cls.of(raw, rules, public_url(settings.url), as_of)
 
     def projected(self, crs: str) -> tuple[np.ndarray, shapely.STRtree]:
         """The features in ``crs`` and their spatial index, made once per CRS."""

@@ -5,11 +5,14 @@ so what is matched is what is stored."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
 
 from eo_etl.text import stored
+
+PLAIN_KEY = re.compile(r"[A-Za-z0-9_:.-]{1,255}")  # a key sent to a server as it is: no quote can end the query
 
 
 def _matches(selector: str, key: str, value: str) -> bool:
@@ -60,4 +63,4 @@ class TagRules:
     def query_keys(self) -> list[str]:
         """The plain keys (no globs) to ask a server for: every allowed key and every mask key."""
         keys: Iterable[str] = [*self.allow, *(s.partition("=")[0] for ss in self.masks.values() for s in ss)]
-        return sorted({key for key in keys if not any(c in key for c in "*?[")})
+        return sorted({key for key in keys if PLAIN_KEY.fullmatch(key)})  # globs and odd keys: filtered here only
