@@ -1,1 +1,1 @@
-"""Labels joined to stored samples: OpenStreetMap tags, geometry statistics and masks (``osm``), land cover."""
+"""Labels per sample, each a stage after the store: land cover (landcover) and OpenStreetMap (osm)."""

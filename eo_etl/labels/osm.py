@@ -27,10 +27,11 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import geopandas as gpd
 import numpy as np
@@ -45,6 +46,10 @@ from eo_etl.labels.osm_pbf import read_pbf
 from eo_etl.labels.osm_tags import TagRules
 from eo_etl.labels.overpass import fetch_overpass, overpass_date, public_url
 from eo_etl.sources.remote import HostLimiter, RetryPolicy
+from eo_etl.stages.core import Item, Labeller, Output, Stage
+
+if TYPE_CHECKING:
+    from eo_etl.recipe.models import OsmLabels, Recipe
 
 POLYGON, LINE, POINT = 0, 1, 2
 
@@ -53,13 +58,13 @@ OSM_TAG_TYPE = pa.struct([
     ("length_m", pa.float64()), ("position", pa.list_(pa.float64(), 9)), ("orientation_deg", pa.float64()),
     ("orientation_strength", pa.float64()), ("extends_past", pa.bool_()),
 ])  # fmt: skip
-OSM_SCHEMA = pa.schema([
-    pa.field("sample_id", pa.string(), nullable=False),
+OSM_COLUMNS = pa.schema([
     pa.field("osm_tags", pa.list_(OSM_TAG_TYPE), metadata={"description": "kept OSM tags and their statistics"}),
     pa.field("osm_source", pa.string(), metadata={"description": "the extract's file name or the Overpass endpoint"}),
     pa.field("osm_as_of", pa.string(), metadata={"description": "OSM as of this UTC time (Overpass date:); "
                                                  "null: as the source holds it"}),
 ])  # fmt: skip
+OSM_SCHEMA = OSM_COLUMNS.insert(0, pa.field("sample_id", pa.string(), nullable=False))  # the osm.parquet table
 
 
 @dataclass
@@ -262,3 +267,34 @@ def _tag_statistics(tags, inside, kinds, seen, past, patch_area, ninths, ninth_o
             "orientation_strength": strength, "extends_past": bool(past[chosen].any()),
         })  # fmt: skip
     return entries
+
+
+def open_labeller(settings: OsmLabels, recipe: Recipe) -> Labeller:
+    """The stage's function: per batch of samples, their OSM rows and masks. A local extract is read here, once
+    per worker; Overpass is asked once per sample, within the recipe's limits for its host (``runner.limits``)."""
+    if settings.source == "pbf":
+        region = Region.from_pbf(settings.path, settings)
+        regions = lambda row: region  # noqa: E731
+    else:
+        policy = RetryPolicy.of(recipe.runner.limits)
+        limiter = HostLimiter.share(recipe.runner.limits, recipe.runner.workers)
+        regions = lambda row: Region.from_overpass(row, settings, policy, limiter)  # noqa: E731
+
+    def label(items: Sequence[Item]) -> list[Output]:
+        outputs = []
+        for item in items:
+            labels = label_sample(regions(item.row), item.row, settings)
+            outputs.append(Output({k: v for k, v in labels.row.items() if k != "sample_id"}, labels.masks))
+        return outputs
+
+    return label
+
+
+STAGE = Stage(
+    name="osm",
+    group="labels",
+    section="labels.osm",
+    open=open_labeller,
+    columns=OSM_COLUMNS,
+    masks=lambda settings: dict.fromkeys(settings.masks, 0),
+)
