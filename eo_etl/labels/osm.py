@@ -226,6 +226,19 @@ def _mask(geometries: list, transform: Affine, height: int, width: int) -> np.nd
     return rasterize(geometries, out_shape=(height, width), transform=transform, fill=0, default_value=1, dtype="uint8")
 
 
+def _overlapping_tags(shapes: np.ndarray, tags: list[dict[str, str]]) -> set[tuple[str, str]]:
+    """The key=value pairs two of whose polygons overlap (not merely touch): only their area needs a union."""
+    if len(shapes) < 2:
+        return set()
+    left, right = shapely.STRtree(shapes).query(shapes, predicate="intersects")
+    pairs = [(i, j) for i, j in zip(left, right) if i < j and tags[i].items() & tags[j].items()]
+    if not pairs:
+        return set()
+    first, second = np.array(pairs).T
+    overlap = shapely.relate_pattern(shapes[first], shapes[second], "2********")  # interiors share an area
+    return {kv for i, j, o in zip(first, second, overlap) if o for kv in tags[i].items() & tags[j].items()}
+
+
 def _tag_statistics(tags, inside, kinds, seen, past, patch_area, ninths, ninth_of) -> list[dict]:
     """One entry per kept key=value over the features that can be seen (see the module's notes)."""
     members: dict[tuple[str, str], list[int]] = defaultdict(list)
@@ -238,20 +251,27 @@ def _tag_statistics(tags, inside, kinds, seen, past, patch_area, ninths, ninth_o
     line_at = {int(i): n for n, i in enumerate(lines)}
     line_ninths = np.stack([shapely.length(shapely.clip_by_rect(inside[lines], *box)) for box in ninths], axis=1)
     directions = _line_directions(inside[lines])
+    polygons = np.flatnonzero(seen & (kinds == POLYGON))
+    polygon_at = {int(i): n for n, i in enumerate(polygons)}
+    areas = shapely.area(inside[polygons])
+    polygon_ninths = np.stack([shapely.area(shapely.clip_by_rect(inside[polygons], *box)) for box in ninths], axis=1)
+    overlapping = _overlapping_tags(inside[polygons], [tags[i] for i in polygons])
 
     entries = []
     for (key, value), chosen in members.items():
         chosen = np.asarray(chosen)
-        polygons = chosen[kinds[chosen] == POLYGON]
+        on_polygons = np.array([polygon_at[i] for i in chosen if i in polygon_at], dtype=int)
         on_lines = np.array([line_at[i] for i in chosen if i in line_at], dtype=int)
-        union = (
-            shapely.union_all(inside[polygons]) if len(polygons) > 1 else inside[polygons[0]] if len(polygons) else None
-        )
-        if union is not None and union.area > 0:
-            position = np.array([shapely.clip_by_rect(union, *box).area for box in ninths]) / union.area
-        elif len(on_lines) and directions[on_lines, 2].sum() > 0:
+        if (key, value) in overlapping:  # count shared ground once
+            union = shapely.union_all(inside[polygons[on_polygons]])
+            area = union.area
+            position = np.array([shapely.clip_by_rect(union, *box).area for box in ninths]) / area
+        else:
+            area = float(areas[on_polygons].sum())
+            position = polygon_ninths[on_polygons].sum(axis=0) / area if area > 0 else None
+        if area <= 0 and len(on_lines) and directions[on_lines, 2].sum() > 0:  # no area: where its lines run
             position = line_ninths[on_lines].sum(axis=0) / line_ninths[on_lines].sum()
-        else:  # points: the ninth each falls in
+        elif area <= 0:  # points: the ninth each falls in
             position = np.bincount([ninth_of(inside[i]) for i in chosen], minlength=9) / len(chosen)
         cos2, sin2, total = directions[on_lines].sum(axis=0) if len(on_lines) else (0.0, 0.0, 0.0)
         orientation = strength = None
@@ -261,7 +281,7 @@ def _tag_statistics(tags, inside, kinds, seen, past, patch_area, ninths, ninth_o
             strength = float(math.hypot(cos2, sin2) / total)
         entries.append({
             "key": key, "value": value, "count": len(chosen),
-            "area_fraction": float(union.area / patch_area) if union is not None else 0.0,
+            "area_fraction": float(area / patch_area),
             "length_m": float(directions[on_lines, 2].sum()) if len(on_lines) else 0.0,
             "position": [float(p) for p in position], "orientation_deg": orientation,
             "orientation_strength": strength, "extends_past": bool(past[chosen].any()),
