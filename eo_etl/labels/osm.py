@@ -38,6 +38,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import shapely
+import shapely.geometry
 from rasterio.features import rasterize
 from rasterio.transform import Affine, array_bounds
 from rasterio.warp import transform_bounds
@@ -98,7 +99,7 @@ class Region:
     classes: list[tuple[str, ...]]
     source: str
     as_of: str | None = None
-    _projected: dict[str, tuple[np.ndarray, shapely.STRtree]] = field(default_factory=dict, repr=False)
+    _projected: dict[str, Projected] = field(default_factory=dict, repr=False)
 
     @classmethod
     def of(cls, raw: gpd.GeoDataFrame, rules: TagRules, source: str, as_of: str | None = None) -> Region:
@@ -137,13 +138,48 @@ class Region:
                              policy=policy, limiter=limiter)  # fmt: skip
         return cls.of(raw, rules, public_url(settings.url), as_of)
 
-    def projected(self, crs: str) -> tuple[np.ndarray, shapely.STRtree]:
-        """The features in ``crs`` and their spatial index, made once per CRS."""
+    def projected(self, crs: str) -> Projected:
+        """The features in ``crs``, indexed, made once per CRS."""
         if crs not in self._projected:
             geometries = self.geometry.to_crs(crs).values if len(self.geometry) else np.array([])
-            geometries = np.asarray(geometries, dtype=object)
-            self._projected[crs] = (geometries, shapely.STRtree(geometries))
+            self._projected[crs] = Projected.of(np.asarray(geometries, dtype=object), self.kinds, self.tags)
         return self._projected[crs]
+
+
+@dataclass
+class Projected:
+    """A region's features in one CRS: their spatial index, the pairs of polygons with a tag in common whose
+    areas overlap (only their tags' areas need a union), and each feature as GeoJSON for the rasteriser, made
+    once (a feature lies in many overlapping samples)."""
+
+    geometries: np.ndarray
+    tree: shapely.STRtree
+    overlaps: tuple[np.ndarray, np.ndarray, list[set[tuple[str, str]]]]
+    _geojson: dict[int, dict] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, geometries: np.ndarray, kinds: np.ndarray, tags: list[dict[str, str]]) -> Projected:
+        tree = shapely.STRtree(geometries)
+        polygons = np.flatnonzero(kinds == POLYGON)
+        left, right = tree.query(geometries[polygons], predicate="intersects") if len(polygons) else ([], [])
+        pairs = [(polygons[i], j) for i, j in zip(left, right) if polygons[i] < j and kinds[j] == POLYGON]
+        shared = [tags[i].items() & tags[j].items() for i, j in pairs]
+        pairs = [pair for pair, common in zip(pairs, shared) if common]
+        first, second = (np.array(side, dtype=int) for side in zip(*pairs)) if pairs else (np.zeros(0, int),) * 2
+        overlap = shapely.relate_pattern(geometries[first], geometries[second], "2********")  # interiors share area
+        common = [set(tags[i].items() & tags[j].items()) for i, j in zip(first[overlap], second[overlap])]
+        return cls(geometries, tree, (first[overlap], second[overlap], common))
+
+    def overlapping(self, seen: np.ndarray) -> set[tuple[str, str]]:
+        """The tags two of whose polygons among ``seen`` (a mask over all features) overlap."""
+        first, second, common = self.overlaps
+        both = np.flatnonzero(seen[first] & seen[second])
+        return set().union(*(common[k] for k in both))
+
+    def geojson(self, index: int) -> dict:
+        if index not in self._geojson:
+            self._geojson[index] = shapely.geometry.mapping(self.geometries[index])
+        return self._geojson[index]
 
 
 def sample_grid(row: Mapping) -> tuple[str, Affine, int, int]:
@@ -190,7 +226,8 @@ def _line_directions(lines: np.ndarray) -> np.ndarray:
 def label_sample(region: Region, row: Mapping, settings) -> OsmLabel:
     """The OSM labels of the sample whose index row is ``row`` (``settings``: the recipe's ``labels.osm``)."""
     crs, transform, height, width = sample_grid(row)
-    geometries, tree = region.projected(crs)
+    projected = region.projected(crs)
+    geometries, tree = projected.geometries, projected.tree
     patch = shapely.Polygon([transform @ corner for corner in ((0, 0), (width, 0), (width, height), (0, height))])
     found = tree.query(patch, predicate="intersects") if len(geometries) else np.array([], dtype=int)
     found.sort()
@@ -209,10 +246,13 @@ def label_sample(region: Region, row: Mapping, settings) -> OsmLabel:
     seen &= ~shapely.is_empty(inside)
     ninths = _ninths(transform, height, width)
     ninth_of = partial(_ninth_of, transform=transform, height=height, width=width)
-    entries = _tag_statistics(tags, inside, kinds, seen, past, patch.area, ninths, ninth_of)
+    seen_anywhere = np.zeros(len(geometries), dtype=bool)
+    seen_anywhere[found[seen]] = True
+    overlapping = projected.overlapping(seen_anywhere)
+    entries = _tag_statistics(tags, inside, kinds, seen, past, patch.area, ninths, ninth_of, overlapping)
     entries.sort(key=lambda t: (-t["area_fraction"], -t["length_m"], -t["count"], t["key"], t["value"]))
     masks = {
-        name: _mask([g for g, c in zip(whole, classes) if name in c], transform, height, width)
+        name: _mask([projected.geojson(i) for i, c in zip(found, classes) if name in c], transform, height, width)
         for name in settings.masks
     }
     label_row = {"sample_id": row["sample_id"], "osm_tags": entries[: settings.max_tags], "osm_source": region.source,
@@ -226,20 +266,7 @@ def _mask(geometries: list, transform: Affine, height: int, width: int) -> np.nd
     return rasterize(geometries, out_shape=(height, width), transform=transform, fill=0, default_value=1, dtype="uint8")
 
 
-def _overlapping_tags(shapes: np.ndarray, tags: list[dict[str, str]]) -> set[tuple[str, str]]:
-    """The key=value pairs two of whose polygons overlap (not merely touch): only their area needs a union."""
-    if len(shapes) < 2:
-        return set()
-    left, right = shapely.STRtree(shapes).query(shapes, predicate="intersects")
-    pairs = [(i, j) for i, j in zip(left, right) if i < j and tags[i].items() & tags[j].items()]
-    if not pairs:
-        return set()
-    first, second = np.array(pairs).T
-    overlap = shapely.relate_pattern(shapes[first], shapes[second], "2********")  # interiors share an area
-    return {kv for i, j, o in zip(first, second, overlap) if o for kv in tags[i].items() & tags[j].items()}
-
-
-def _tag_statistics(tags, inside, kinds, seen, past, patch_area, ninths, ninth_of) -> list[dict]:
+def _tag_statistics(tags, inside, kinds, seen, past, patch_area, ninths, ninth_of, overlapping) -> list[dict]:
     """One entry per kept key=value over the features that can be seen (see the module's notes)."""
     members: dict[tuple[str, str], list[int]] = defaultdict(list)
     for i in np.flatnonzero(seen):
@@ -255,7 +282,6 @@ def _tag_statistics(tags, inside, kinds, seen, past, patch_area, ninths, ninth_o
     polygon_at = {int(i): n for n, i in enumerate(polygons)}
     areas = shapely.area(inside[polygons])
     polygon_ninths = np.stack([shapely.area(shapely.clip_by_rect(inside[polygons], *box)) for box in ninths], axis=1)
-    overlapping = _overlapping_tags(inside[polygons], [tags[i] for i in polygons])
 
     entries = []
     for (key, value), chosen in members.items():
