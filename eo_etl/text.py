@@ -1,5 +1,7 @@
 """Untrusted text made fit to show: values from recipes and catalogues echoed in messages stay short and
-printable, so a 50 MB field or a terminal escape sequence in one cannot flood or drive the terminal."""
+printable, so a 50 MB field or a terminal escape sequence in one cannot flood or drive the terminal. And fit to
+store: text from outside (OSM tags) kept in a dataset is normalised, bounded and free of control characters
+(``stored``) before it goes into tables, captions or prompts."""
 
 from __future__ import annotations
 

@@ -15,9 +15,12 @@ from rasterio.features import rasterize
 from rasterio.transform import Affine, array_bounds
 from rasterio.warp import transform_bounds
 
+from eo_etl.labels.osm import STAGE as OSM
 from eo_etl.labels.osm import Region, label_sample
+from eo_etl.recipe import parse_recipe
 from eo_etl.recipe.models import OsmLabels
 from eo_etl.sources.remote import HostLimiter, RetryPolicy, host_of
+from eo_etl.stages.core import Item
 from tests.osm_cells import cell_rows
 from tests.servers import SLOW, OverpassStub
 
@@ -148,5 +151,23 @@ def test_the_hosts_rate_limit_holds(overpass):
     limiter = HostLimiter(limits={host_of(url): (qps, 1)})
     for row in ROWS[:4]:
         Region.from_overpass(row, settings(url), quick_policy(), limiter)
+    times = np.array([t for t, _ in stub.queries])
+    assert len(times) == 4 and np.diff(times).min() >= 0.9 / qps
+
+
+def test_the_osm_stage_asks_overpass_per_sample_within_the_recipes_limits(overpass):
+    stub, url, square, _ = overpass
+    host, qps = host_of(url), 5.0
+    recipe = parse_recipe({
+        "name": "osm", "aoi": {"bbox": [24.9, 60.1, 25.0, 60.2]}, "time": {"start": "2024-06-01", "end": "2024-06-30"},
+        "labels": {"osm": {"source": "overpass", "url": url, "tags": ["building"], "masks": {"b": ["building"]}}},
+        "runner": {"workers": 1, "limits": {host: {"qps": qps, "concurrency": 1, "attempts": 2, "backoff_s": 0.01}}},
+    })  # fmt: skip
+    stub.faults.plan("/api/interpreter", 503)  # retried within the recipe's attempts
+    label = OSM.open(recipe.labels.osm, recipe)
+    outputs = label([Item(row["sample_id"], row) for row in ROWS[:3]])
+    assert [o.row["osm_as_of"] for o in outputs] == ["2024-06-01T00:00:00Z"] * 3
+    assert outputs[0].row["osm_tags"][0]["area_fraction"] == pytest.approx(square.area / (390 * 390 * 4.0), rel=1e-9)
+    assert "sample_id" not in outputs[0].row and set(outputs[0].masks) == {"b"}
     times = np.array([t for t, _ in stub.queries])
     assert len(times) == 4 and np.diff(times).min() >= 0.9 / qps
