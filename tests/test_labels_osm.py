@@ -228,3 +228,24 @@ def test_an_unreadable_extract_is_one_clear_error(tmp_path):
     bad.write_bytes(b"not a pbf")
     with pytest.raises(OsmReadError, match="bad.osm.pbf"):
         read_pbf(bad)
+
+
+def test_tagged_nodes_count_only_when_points_are_kept():
+    row = {"sample_id": "x", "crs": "EPSG:32635", "transform": [1.0, 0, 500_000.0, 0, -1.0, 6_700_300.0],
+           "height": 300, "width": 300}  # fmt: skip
+    x0, y1 = 500_000.0, 6_700_300.0
+    where = [(x0 + 50, y1 - 50), (x0 + 250, y1 - 250), (x0 + 260, y1 - 280), (x0 + 900, y1 - 50)]  # last: outside
+    raw = gpd.GeoDataFrame(
+        {"tags": [{"amenity": "bench"}] * 4},
+        geometry=gpd.GeoSeries([shapely.Point(p) for p in where], crs="EPSG:32635").to_crs(4326),
+    )
+    for points in (False, True):
+        rules = settings(masks={}, points=points)
+        tags = label_sample(Region.of(raw, TagRules.of(rules), "hand"), row, rules).row["osm_tags"]
+        if not points:
+            assert tags == []
+            continue
+        (bench,) = tags
+        assert bench["count"] == 3 and bench["area_fraction"] == 0 and bench["length_m"] == 0
+        assert bench["position"] == pytest.approx([1 / 3, 0, 0, 0, 0, 0, 0, 0, 2 / 3])
+        assert bench["orientation_deg"] is None and not bench["extends_past"]
