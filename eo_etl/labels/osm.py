@@ -120,13 +120,13 @@ class Region:
         return cls(geometry, np.asarray(kinds, dtype=np.int8), list(tags), list(classes), source, as_of)
 
     @classmethod
-    def from_pbf(cls, path: str | Path, settings) -> Region:
+    def from_pbf(cls, path: str | Path, settings: OsmLabels) -> Region:
         """Every feature of a local extract, read once (``settings``: the recipe's ``labels.osm``)."""
         raw = read_pbf(path, points=settings.points)
         return cls.of(raw, TagRules.of(settings), Path(path).name)
 
     @classmethod
-    def from_overpass(cls, row: Mapping, settings, policy: RetryPolicy, limiter: HostLimiter) -> Region:
+    def from_overpass(cls, row: Mapping, settings: OsmLabels, policy: RetryPolicy, limiter: HostLimiter) -> Region:
         """The features around one sample from ``settings.url``, as of its acquisition time unless ``settings.as_of``
         is "latest" (or the row has no time)."""
         crs, transform, height, width = sample_grid(row)
@@ -223,7 +223,7 @@ def _line_directions(lines: np.ndarray) -> np.ndarray:
     return sums
 
 
-def label_sample(region: Region, row: Mapping, settings) -> OsmLabel:
+def label_sample(region: Region, row: Mapping, settings: OsmLabels) -> OsmLabel:
     """The OSM labels of the sample whose index row is ``row`` (``settings``: the recipe's ``labels.osm``)."""
     crs, transform, height, width = sample_grid(row)
     projected = region.projected(crs)

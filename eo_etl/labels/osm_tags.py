@@ -9,8 +9,12 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
+from typing import TYPE_CHECKING
 
 from eo_etl.text import stored
+
+if TYPE_CHECKING:
+    from eo_etl.recipe.models import OsmLabels
 
 PLAIN_KEY = re.compile(r"[A-Za-z0-9_:.-]{1,255}")  # a key sent to a server as it is: no quote can end the query
 
@@ -28,7 +32,7 @@ class TagRules:
     limit: int = 255  # characters of a key or a value
 
     @classmethod
-    def of(cls, settings) -> TagRules:
+    def of(cls, settings: OsmLabels) -> TagRules:
         """The rules of a recipe's ``labels.osm`` (``OsmLabels``)."""
         masks = {name: tuple(selectors) for name, selectors in settings.masks.items()}
         return cls(tuple(settings.tags), tuple(settings.deny_tags), masks, settings.value_limit)
