@@ -21,6 +21,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/acquire.py
 	$(BIN)/python bench/store.py
 	$(BIN)/python bench/pipeline.py
+	$(BIN)/python bench/labels.py
 
 schemas: $(STAMP)
 	$(BIN)/eo-etl schema
