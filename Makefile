@@ -22,6 +22,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/store.py
 	$(BIN)/python bench/pipeline.py
 	$(BIN)/python bench/scale.py
+	$(BIN)/python bench/labels.py
 
 schemas: $(STAMP)
 	$(BIN)/eo-etl schema

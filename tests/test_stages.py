@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pyrosm
 import pytest
 import zarr
 
@@ -243,7 +244,7 @@ def test_a_few_batches_run_in_the_direct_runners_own_process_and_many_in_its_wor
 def test_a_part_of_a_section_that_no_registered_stage_runs_is_reported_not_available():
     from eo_etl.build import _unavailable_parts
 
-    with_osm = recipe(osm={"source": "pbf", "path": "region.osm.pbf"})
+    with_osm = recipe(osm={"source": "pbf", "path": pyrosm.get_data("test_pbf")})  # an extract that exists
     [report] = _unavailable_parts(with_osm, "labels", [LANDCOVER])
     assert (report.name, report.status) == ("osm", "not available")
     assert report.detail == "labels.osm is set, but this eo-etl cannot run it yet"
