@@ -354,8 +354,10 @@ def _coordinates(samples: Sequence[Sample]) -> dict[str, np.ndarray]:
         "y": np.stack(y),
         "scale": np.array([s.scales for s in samples], dtype="float64"),
         "offset": np.array([s.offsets for s in samples], dtype="float64"),
-        **{name: np.array([_missing(r[name], dtype) for r in records], dtype=dtype)
-           for name, dtype in INDEX_COLUMNS.items()},  # fmt: skip
+        **{
+            name: np.array([_missing(r[name], dtype) for r in records], dtype=dtype)
+            for name, dtype in INDEX_COLUMNS.items()
+        },  # fmt: skip
     }
 
 
