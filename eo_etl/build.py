@@ -135,11 +135,28 @@ def _build_locked(recipe: Recipe, location: Location, state: BuildState, beam_op
     for stage, section in LATER_STAGES:
         if not getattr(recipe, section):
             report.stages.append(StageReport(stage, "not configured", f"the recipe has no {section}"))
+        elif stage == "publish":
+            report.stages.append(_publish(recipe, location, report))
         else:
             report.stages.append(
                 StageReport(stage, "not available", f"{section} is set, but this eo-etl cannot run {stage} yet")
             )
     return report
+
+
+def _publish(recipe: Recipe, location: Location, report: BuildReport) -> StageReport:
+    """The build's last step: the card, then the upload (a folder only: the Hub client uploads local files)."""
+    from eo_etl.publish.hub import PublishError, publish
+
+    if report.failed or not report.samples:
+        return StageReport("publish", "not configured", "not run: the build stored nothing or failed")
+    if not location.local:
+        return StageReport("publish", "not available", "publishing uploads a local folder; build to one")
+    try:
+        done = publish(location.local_path, recipe, recipe.publish)
+    except PublishError as error:
+        return StageReport("publish", "failed", str(error))
+    return StageReport("publish", "done", f"{len(done.files)} files → {done.url or done.repo_id}")
 
 
 def window_since(state: BuildState, since: str, until: date | None) -> TimeRange | None:

@@ -492,12 +492,30 @@ class Outputs(Section):
         return list(dict.fromkeys(formats))
 
 
+REPO_ID = r"^[A-Za-z0-9][\w.-]{0,95}/[A-Za-z0-9][\w.-]{0,95}$"  # the Hub's owner/name
+REVISION = r"^[A-Za-z0-9][\w.-]{0,199}$"  # a branch name: no path climbing, no refs/…
+TAG = r"^[a-z0-9][a-z0-9-]{0,49}$"
+
+
 class Publish(Section):
-    repo_id: str = Field(
-        pattern=r"^[\w.-]+/[\w.-]+$", max_length=200, description="Hugging Face dataset repo, owner/name."
+    """Publishing to the Hugging Face Hub, the build's last step: a dataset card made from the recipe and the built
+    dataset, then the folder uploaded (``_build/`` and other internal files never)."""
+
+    repo_id: str = Field(pattern=REPO_ID, max_length=200, description="Hugging Face dataset repo, owner/name.")
+    private: bool = Field(False, description="Create the repo private (an existing repo keeps its visibility).")
+    revision: str = Field("main", pattern=REVISION, max_length=200, description="The branch to commit to.")
+    license: str = Field(
+        "cc-by-4.0", pattern=TAG, max_length=50, description="The dataset's licence, as the Hub names licences."
     )
-    private: bool = False
-    license: str = Field("cc-by-4.0", max_length=64)
+    pretty_name: str | None = Field(None, max_length=200, description="The card's title; the recipe's name if unset.")
+    task_categories: list[str] | None = Field(
+        None, max_length=16, description="Hub task categories; derived from the stages (labels, captions) if unset."
+    )
+    tags: list[Annotated[str, Field(pattern=TAG)]] = Field(
+        default_factory=list, max_length=64, description="Tags beside the ones the card derives (sources, grid)."
+    )
+    citation: str | None = Field(None, max_length=10_000, description="BibTeX for the card; a generated one if unset.")
+    thumbnails: int = Field(8, ge=0, le=64, description="Sample thumbnails rendered into the card, per source.")
 
 
 class ServiceLimit(Section):
@@ -636,12 +654,12 @@ class Recipe(Section):
         An AOI file counts by its content, not its path, so the same recipe hashes the same anywhere. The
         runner and the output folder are left out: where a build runs or writes does not change what it makes.
         """
-        return self._hash(exclude={"runner"})
+        return self._hash(exclude={"runner", "publish"})
 
     def series_fingerprint(self) -> str:
         """Hash of what makes a dataset one series of versions: the recipe less its time window and runner.
         A later window appends to the dataset; any other change starts it afresh."""
-        return self._hash(exclude={"runner", "time"})
+        return self._hash(exclude={"runner", "time", "publish"})
 
     def _hash(self, exclude: set[str]) -> str:
         content = self.model_dump(mode="json", exclude=exclude)
