@@ -248,7 +248,8 @@ def publish(
             raise ValueError("--repo: say which Hub repo (owner/name); the recipe has no publish.repo_id")
         settings = parse_section(Publish, settings, "--repo/--revision", "publish")
         from eo_etl.extras import require
-        from eo_etl.publish.hub import PublishError, publish as run_publish
+        from eo_etl.publish.hub import PublishError
+        from eo_etl.publish.hub import publish as run_publish
 
         require("publish", "eo-etl publish")
         try:

@@ -242,7 +242,7 @@ def _citation(recipe: Recipe, meta: dict) -> str:
     year = datetime.now(UTC).year
     key = recipe.name.replace("-", "_")
     return f"""@misc{{{key}_{year},
-  title        = {{{{{_bibtex(meta["pretty_name"])}}}: a Major TOM-gridded Earth observation dataset built with eo-etl}},
+  title        = {{{{{_bibtex(meta["pretty_name"])}}}: Major TOM-gridded Earth observation samples, built with eo-etl}},
   year         = {{{year}}},
   howpublished = {{\\url{{https://huggingface.co/datasets/{repo}}}}},
   note         = {{eo-etl recipe hash {recipe.fingerprint()}}}
