@@ -494,7 +494,7 @@ class Outputs(Section):
 
 REPO_ID = r"^[A-Za-z0-9][\w.-]{0,95}/[A-Za-z0-9][\w.-]{0,95}$"  # the Hub's owner/name
 REVISION = r"^[A-Za-z0-9][\w.-]{0,199}$"  # a branch name: no path climbing, no refs/…
-TAG = r"^[a-z0-9][a-z0-9-]{0,49}$"
+TAG = r"^[a-z0-9][a-z0-9.-]{0,49}$"  # a Hub licence id or tag: cc-by-4.0, sentinel-2
 
 
 class Publish(Section):
