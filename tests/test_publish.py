@@ -53,8 +53,9 @@ def hub_env(tmp: Path, url: str | None = None, token: str | None = TOKEN) -> dic
 def published(tmp_path_factory):
     """The demo built by `eo-etl build` with a publish: section, which uploads it last to the mock Hub."""
     tmp = tmp_path_factory.mktemp("publish")
-    recipe = demo_recipe(tmp, outputs={"path": str(tmp / "demo"), "formats": ["zarr", "taco", "video"], "shard_size": 5},
-                         publish={"repo_id": "eo-lab/demo", "tags": ["patagonia"], "thumbnails": 6})  # fmt: skip
+    outputs = {"path": str(tmp / "demo"), "formats": ["zarr", "taco", "video"], "shard_size": 5}
+    publish = {"repo_id": "eo-lab/demo", "tags": ["patagonia"], "thumbnails": 6}
+    recipe = demo_recipe(tmp, outputs=outputs, publish=publish)
     with mock_hub() as hub:
         result = subprocess.run([EO_ETL, "build", str(recipe)], cwd=tmp, capture_output=True, text=True,
                                 timeout=300, env=hub_env(tmp, hub.url))  # fmt: skip
@@ -154,8 +155,8 @@ print(len(index), sorted(index["sample_id"]) == sorted(labels["sample_id"]), lab
 
 def test_a_dry_run_writes_the_card_lists_the_files_and_sends_nothing(dataset, tmp_path):
     with mock_hub() as hub:
-        result = subprocess.run([EO_ETL, "publish", str(dataset), "--repo", "eo-lab/demo", "--dry-run"],
-                                capture_output=True, text=True, timeout=120, env=hub_env(tmp_path, hub.url))  # fmt: skip
+        command = [EO_ETL, "publish", str(dataset), "--repo", "eo-lab/demo", "--dry-run"]
+        result = subprocess.run(command, capture_output=True, text=True, timeout=120, env=hub_env(tmp_path, hub.url))
     assert result.returncode == 0, result.stderr
     assert hub.requests == []
     listed = [line.strip() for line in result.stdout.splitlines()[1:]]
