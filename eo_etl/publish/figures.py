@@ -2,8 +2,9 @@
 
 - a coverage map: every cell's footprint in longitude/latitude, coloured by its status (stored, rejected,
   failed), with a graticule;
-- thumbnails: a few stored samples per source in true colour (red/green/blue by common name, else the first
-  band in grey), each band stretched between the p01 and p99 of its stored statistics, nodata black.
+- thumbnails: the stored samples with the least nodata, per source, in true colour (red/green/blue by common
+  name, else the first band in grey), each band stretched between the p01 and p99 of its stored statistics,
+  nodata black.
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ import numpy as np
 import pandas as pd
 import shapely
 import zarr
-from PIL import Image, ImageDraw
 
 from eo_etl.sources.profile import find_profile
 from eo_etl.store.zarr import STORE_NAME, quiet_consolidated
@@ -27,6 +27,8 @@ THUMB = 128  # px per thumbnail side
 
 def coverage_map(index: pd.DataFrame, path: Path) -> Path:
     """A PNG of the index's footprints (``geometry``: WKB or shapely) by status; returns ``path``."""
+    from PIL import Image, ImageDraw  # the publish extra
+
     shapes = [g if isinstance(g, shapely.Geometry) else shapely.from_wkb(g) for g in index.geometry]
     west, south, east, north = shapely.total_bounds(shapes) if shapes else (-180.0, -90.0, 180.0, 90.0)
     pad = max(east - west, north - south, 1e-3) * 0.08
@@ -74,6 +76,8 @@ def thumbnails(root: Path, source: str, profile: str | None, rows: pd.DataFrame,
     rows), those with the least nodata, each labelled with its cell; None when there is nothing to show."""
     if count <= 0 or rows.empty:
         return None
+    from PIL import Image, ImageDraw  # the publish extra
+
     with quiet_consolidated():
         group = zarr.open_group(root / STORE_NAME, path=source, mode="r")
     pixels, bands = group["pixels"], [str(b) for b in group["band"][:]]
