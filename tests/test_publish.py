@@ -232,6 +232,8 @@ def test_the_stac_collection_and_every_item_validate_and_rustac_reads_the_items(
     validator = stac_validator()
     collection = pystac.Collection.from_file(str(root / "collection.json"))
     assert collection.validate(validator=validator)
+    hub_url = f"{published[1].url}/datasets/eo-lab/demo"
+    assert [link.href for link in collection.links if link.rel == "alternate"] == [hub_url]  # after publishing
     items = list(stac_table_to_items(pq.read_table(root / "items.parquet")))
     index = gpd.read_parquet(root / "index.parquet")
     assert sorted(item["id"] for item in items) == sorted(index.sample_id[index.status == "ok"])

@@ -5,7 +5,8 @@ What goes up: the dataset folder as written, less what is the build's own (``_bu
 (pixels, TACO, video) and then what makes it a dataset (the index, stage tables, STAC, the card): a repo whose
 card names a version holds all of it. Each publish adds commits on top of the branch (history is kept) whose
 message names the dataset version; files the Hub already has with the same content are not sent again, so
-rerunning an interrupted publish sends only what is missing.
+rerunning an interrupted publish sends only what is missing. ``collection.json`` gains a link to the Hub's copy
+(``rel: alternate``); its assets' and the items' hrefs are relative, so they resolve on the Hub as they do here.
 
 The token is huggingface_hub's: ``HF_TOKEN`` or the one ``hf auth login`` saved. It is never printed, logged or
 written into the card; errors are reported as one line without it.
@@ -21,7 +22,9 @@ from pathlib import Path
 from eo_etl.publish.card import FIGURES, write_card
 from eo_etl.recipe import Recipe
 from eo_etl.recipe.models import Publish
+from eo_etl.store.catalog import COLLECTION_NAME
 
+HUB_TITLE = "Hugging Face Hub"
 INTERNAL = ["_build/*", "_build.lock", "*.partial", ".*", "*/.*"]  # never uploaded
 
 
@@ -77,6 +80,7 @@ def publish(
     if not get_token():
         raise PublishError("no Hugging Face token: set HF_TOKEN or run `hf auth login` (a write token)")
     api = HfApi(endpoint=endpoint)
+    _link_collection(root, f"{api.endpoint}/datasets/{settings.repo_id}", settings.revision)
     version = _version(root)
     message = f"{recipe.name} version {version}" if version else recipe.name
     try:
@@ -99,6 +103,18 @@ def publish(
     except OSError as error:
         raise PublishError(f"publish to {settings.repo_id}: {type(error).__name__}; rerun to resume") from None
     return report
+
+
+def _link_collection(root: Path, url: str, revision: str) -> None:
+    """Name the Hub's copy in ``collection.json`` (its assets' relative hrefs resolve there as they do here)."""
+    path = root / COLLECTION_NAME
+    if not path.is_file():
+        return
+    collection = json.loads(path.read_text())
+    links = [link for link in collection.get("links", []) if link.get("title") != HUB_TITLE]
+    href = url if revision == "main" else f"{url}/tree/{revision}"
+    links.append({"rel": "alternate", "href": href, "type": "text/html", "title": HUB_TITLE})
+    path.write_text(json.dumps(collection | {"links": links}, indent=2))
 
 
 def _version(root: Path) -> int | None:
