@@ -28,7 +28,8 @@ from stac_geoparquet.arrow import stac_table_to_items
 
 from eo_etl.publish.card import write_card
 from eo_etl.publish.hub import PublishError, publish, upload_files
-from eo_etl.recipe import Recipe
+from eo_etl.recipe import Recipe, RecipeError
+from eo_etl.recipe.load import parse_section
 from eo_etl.recipe.models import Publish
 from eo_etl.store.catalog import EXTENSIONS
 from tests.hub_mock import git_oid, mock_hub
@@ -274,3 +275,20 @@ def test_publish_settings_are_not_part_of_what_the_dataset_is(published):
     other = recipe.model_copy(update={"publish": Publish(repo_id="someone/else", tags=["x"])})
     assert other.fingerprint() == recipe.fingerprint() and other.series_fingerprint() == recipe.series_fingerprint()
     assert yaml.safe_load((published[0] / "README.md").read_text().split("---")[1])["pretty_name"] == "demo"
+
+
+@pytest.mark.parametrize(
+    ("settings", "problem"),
+    [
+        ({"repo_id": "../../etc"}, "publish.repo_id"),
+        ({"repo_id": "a/b", "revision": "../main"}, "publish.revision"),
+        ({"repo_id": "a/b", "thumbnails": 10_000}, "publish.thumbnails"),
+        ({"repo_id": "a/b", "tags": ["Bad Tag\x1b[31m"]}, "publish.tags[0]"),
+        ({"repo_id": "a/b", "token": "hf_x"}, "publish: unknown field 'token'"),
+    ],
+)
+def test_bad_publish_settings_are_one_line_naming_the_field(settings, problem):
+    with pytest.raises(RecipeError) as caught:
+        parse_section(Publish, settings, "recipe.yaml", "publish")
+    assert len(caught.value.problems) == 1 and caught.value.problems[0].startswith(problem)
+    assert "\x1b" not in caught.value.problems[0]
