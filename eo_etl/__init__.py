@@ -14,3 +14,11 @@ def open_dataset(root, source=None, **options):
     from eo_etl.store.read import open_dataset as open_store  # xarray and zarr only when asked for
 
     return open_store(root, source, **options)
+
+
+def sample_array(dataset, position):
+    """One sample of ``open_dataset`` (or plain ``xarray.open_zarr``) as a DataArray with ``rio.crs`` and
+    ``rio.transform()`` set (see ``eo_etl.store.read.sample_array``)."""
+    from eo_etl.store.read import sample_array as one_sample
+
+    return one_sample(dataset, position)

@@ -144,6 +144,10 @@ def _build_locked(recipe: Recipe, location: Location, state: BuildState, beam_op
         report.versions = state.versions()
         report.stages += _stage_reports(recipe, location, report)
     report.stages += _later_stages(recipe, location, beam_options, metrics=report.metrics)
+    if not recipe.publish:
+        report.stages.append(StageReport("publish", "not configured", "the recipe has no publish"))
+    else:
+        report.stages.append(_publish(recipe, location, report))
     return report
 
 
@@ -224,6 +228,21 @@ def _later_stage(stage: Stage, recipe: Recipe, location: Location, beam_options,
         return StageReport(stage.name, "failed", f"{type(error).__name__}: {error}")
     kept = len(plan.order) - plan.todo
     return StageReport(stage.name, "done", f"{plan.todo} samples run, {kept} kept → {table}")
+
+
+def _publish(recipe: Recipe, location: Location, report: BuildReport) -> StageReport:
+    """The build's last step: the card, then the upload (a folder only: the Hub client uploads local files)."""
+    from eo_etl.publish.hub import PublishError, publish
+
+    if report.failed or not report.samples:
+        return StageReport("publish", "not configured", "not run: the build stored nothing or failed")
+    if not location.local:
+        return StageReport("publish", "not available", "publishing uploads a local folder; build to one")
+    try:
+        done = publish(location.local_path, recipe, recipe.publish)
+    except PublishError as error:
+        return StageReport("publish", "failed", str(error))
+    return StageReport("publish", "done", f"{len(done.files)} files → {done.url or done.repo_id}")
 
 
 def window_since(state: BuildState, since: str, until: date | None) -> TimeRange | None:

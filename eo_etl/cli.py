@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime
@@ -231,6 +232,53 @@ def build(
         err.print(Text.assemble(level, " ", said), highlight=False, soft_wrap=True)
     if report.failed:
         raise typer.Exit(1)
+
+
+@app.command()
+def publish(
+    dataset: Annotated[Path, typer.Argument(help="A built dataset folder (with index.parquet).", show_default=False)],
+    repo: Annotated[
+        Optional[str],
+        typer.Option(help="Hugging Face dataset repo, owner/name; the recipe's publish.repo_id if unset."),
+    ] = None,
+    private: Annotated[Optional[bool], typer.Option("--private", help="Create the repo private.")] = None,
+    revision: Annotated[Optional[str], typer.Option(help="The branch to commit to (main by default).")] = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Write the card and list the files; send nothing.")
+    ] = False,
+) -> None:
+    """Write the dataset card into DATASET and upload the dataset to the Hugging Face Hub (resumable: rerun an
+    interrupted publish). The token is HF_TOKEN's or the one `hf auth login` saved; it is never printed."""
+    from eo_etl.recipe.models import Publish
+
+    with user_errors():
+        built = dataset / "recipe.json"
+        if not built.is_file() or not (dataset / "index.parquet").is_file():
+            raise ValueError(f"{dataset}: not a built dataset (no recipe.json and index.parquet)")
+        parsed = parse_section(Recipe, json.loads(built.read_text()), str(built), "recipe")
+        settings = parsed.publish.model_dump() if parsed.publish else {}
+        given = {"repo_id": repo, "private": private, "revision": revision}
+        settings |= {key: value for key, value in given.items() if value is not None}
+        if "repo_id" not in settings:
+            raise ValueError("--repo: say which Hub repo (owner/name); the recipe has no publish.repo_id")
+        settings = parse_section(Publish, settings, "--repo/--revision", "publish")
+        from eo_etl.extras import require
+        from eo_etl.publish.hub import PublishError
+        from eo_etl.publish.hub import publish as run_publish
+
+        require("publish", "eo-etl publish")
+        try:
+            report = run_publish(dataset, parsed, settings, dry_run=dry_run)
+        except PublishError as error:
+            say_error(error)
+            raise typer.Exit(1) from None
+    size = f"{len(report.files)} files, {report.bytes / 2**20:.1f} MiB"
+    if report.dry_run:
+        out.print(f"dry run: would upload {size} to {safe(report.repo_id)}@{safe(report.revision)}", highlight=False)
+        for name in report.files:
+            out.print(plain(f"  {name}"), highlight=False)
+        return
+    out.print(f"published {size} → {safe(report.url)}", highlight=False)
 
 
 @app.command()

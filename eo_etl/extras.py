@@ -34,6 +34,7 @@ MODULES: dict[str, tuple[str, ...]] = {
     "dataflow": ("apitools", "google.cloud.storage"),  # apache-beam[gcp]: Dataflow's API client, gs:// for Beam
     "torch": ("torch",),
     "osm": ("osmnx",),  # OSM labels from an Overpass API (a local .osm.pbf needs nothing more)
+    "publish": ("huggingface_hub", "PIL"),
 }
 
 # Object stores that fsspec reaches through a package of an extra: URL protocol → extra.
@@ -93,6 +94,7 @@ FEATURES: tuple[Feature, ...] = (
     Feature("gcs", _stored_in("gcs")),
     Feature("dataflow", lambda r: [("runner.kind", "dataflow")] if r.runner.kind == "dataflow" else []),
     Feature("osm", lambda r: [("labels.osm.source", "overpass")] if _overpass(r) else []),
+    Feature("publish", lambda r: [("publish.repo_id", r.publish.repo_id)] if r.publish else []),
 )
 
 

@@ -127,10 +127,11 @@ def test_the_stac_collection_and_items_describe_the_stored_samples(demo):
         "SCL",
     }
     items = [pystac.Item.from_dict(i) for i in stac_table_to_items(pq.read_table(demo / "items.parquet"))]
-    assert sorted(i.id for i in items) == sorted(f"s2l2a-{cell}" for cell in made.grid_cell)
+    assert sorted(i.id for i in items) == sorted(made.sample_id)
     pixels = stored(demo)
     for item in items:
-        row = made[made.grid_cell == item.properties["grid:code"].removeprefix("MajorTOM-")].iloc[0]
+        row = made[made.grid_cell == item.properties["grid:code"].removeprefix("MAJORTOM1000M-")].iloc[0]
+        assert item.id == row.sample_id
         assert shapely.geometry.shape(item.geometry).equals_exact(row.geometry, 1e-9)
         assert item.properties["proj:code"] == "EPSG:32719" and item.properties["proj:shape"] == [64, 64]
         asset = item.assets["pixels"]

@@ -122,6 +122,18 @@ def test_lossy_lone_band_small_frames_and_other_types(tmp_path, s2_cube):
     assert np.array_equal(read_cube(tmp_path / "flat"), flat) and sidecar["bands"][0]["psnr_db"] is None
 
 
+def test_lossless_ranges_are_those_of_the_valid_pixels_as_the_range_rule_says(tmp_path, s2_cube):
+    cube = s2_cube[:, :3].copy()
+    cube[1, :, :20, :] = 0  # a swath edge
+    cube[:, 2] = 0  # a band with no data at all
+    sidecar = write_cube(tmp_path / "cube", cube, S2_BANDS[:3], nodata=0)
+    for b, band in enumerate(sidecar["bands"][:2]):
+        valid = cube[:, b][cube[:, b] != 0]
+        assert band["lossless"] and band["range"] == [valid.min(), valid.max()] and valid.min() > 0
+    assert sidecar["bands"][2]["range"] is None
+    np.testing.assert_array_equal(read_cube(tmp_path / "cube"), cube)
+
+
 def test_nodata_is_exact_in_lossy_mode_and_excluded_from_the_range(tmp_path, s2_cube):
     cube = s2_cube[:, :3].copy()
     cube[1, :, :20, :] = 0  # a swath edge

@@ -15,6 +15,7 @@ import pytest
 import xarray as xr
 import zarr
 
+import eo_etl
 from eo_etl.store.zarr import PixelLayout, ZarrWriter
 from tests.imagery import sentinel2_samples
 
@@ -62,6 +63,34 @@ def test_zarr_and_xarray_read_back_the_written_pixels_exactly_with_labels_and_co
     np.testing.assert_allclose(ds.scale.values, [s.scales for s in samples])
     np.testing.assert_allclose(ds.offset.values, [s.offsets for s in samples])
     assert ds.pixels.attrs["nodata"] == 0
+
+
+def test_plain_xarray_and_rioxarray_find_each_samples_crs_transform_and_index_columns(tmp_path):
+    import rioxarray  # noqa: F401  (the .rio accessor)
+
+    samples = sentinel2_samples(4)
+    write(tmp_path / "pixels.zarr", samples, shard_size=3)
+    ds = xr.open_zarr(tmp_path / "pixels.zarr", group="s2")  # no eo-etl code from here
+    for i, sample in enumerate(samples):
+        one = ds.pixels.isel(sample=i)
+        assert one.rio.crs.to_epsg() == 32719
+        assert tuple(one.rio.transform())[:6] == pytest.approx(sample.transform)
+        record = sample.record()
+        assert str(one.sample_id.values) == record["sample_id"] and str(one.crs.values) == "EPSG:32719"
+        assert str(one.product_id.values) == record["product_id"]
+        assert float(one.cloud_cover) == pytest.approx(record["cloud_cover"])
+        assert float(one.nodata) == pytest.approx(record["nodata"])
+
+    # a sample in another UTM zone: no one grid mapping fits the group, the documented call sets each sample's
+    other = sentinel2_samples(1)[0]
+    other.crs, other.cell = "EPSG:32720", "5330D_5050L"
+    write(tmp_path / "zones.zarr", [*samples, other], shard_size=3)
+    ds = xr.open_zarr(tmp_path / "zones.zarr", group="s2")
+    assert "spatial_ref" not in ds.variables and "grid_mapping" not in ds.pixels.attrs
+    assert ds.pixels.isel(sample=4).rio.crs is None
+    one = eo_etl.sample_array(ds, 4)
+    assert one.rio.crs.to_epsg() == 32720 and tuple(one.rio.transform())[:6] == pytest.approx(other.transform)
+    assert eo_etl.sample_array(ds, 0).rio.crs.to_epsg() == 32719
 
 
 def test_band_statistics_are_those_of_the_valid_pixels(tmp_path):

@@ -601,12 +601,30 @@ class Outputs(Section):
         return list(dict.fromkeys(formats))
 
 
+REPO_ID = r"^[A-Za-z0-9][\w.-]{0,95}/[A-Za-z0-9][\w.-]{0,95}$"  # the Hub's owner/name
+REVISION = r"^[A-Za-z0-9][\w.-]{0,199}$"  # a branch name: no path climbing, no refs/…
+TAG = r"^[a-z0-9][a-z0-9.-]{0,49}$"  # a Hub licence id or tag: cc-by-4.0, sentinel-2
+
+
 class Publish(Section):
-    repo_id: str = Field(
-        pattern=r"^[\w.-]+/[\w.-]+$", max_length=200, description="Hugging Face dataset repo, owner/name."
+    """Publishing to the Hugging Face Hub, the build's last step: a dataset card made from the recipe and the built
+    dataset, then the folder uploaded (``_build/`` and other internal files never)."""
+
+    repo_id: str = Field(pattern=REPO_ID, max_length=200, description="Hugging Face dataset repo, owner/name.")
+    private: bool = Field(False, description="Create the repo private (an existing repo keeps its visibility).")
+    revision: str = Field("main", pattern=REVISION, max_length=200, description="The branch to commit to.")
+    license: str = Field(
+        "cc-by-4.0", pattern=TAG, max_length=50, description="The dataset's licence, as the Hub names licences."
     )
-    private: bool = False
-    license: str = Field("cc-by-4.0", max_length=64)
+    pretty_name: str | None = Field(None, max_length=200, description="The card's title; the recipe's name if unset.")
+    task_categories: list[str] | None = Field(
+        None, max_length=16, description="Hub task categories; derived from the stages (labels, captions) if unset."
+    )
+    tags: list[Annotated[str, Field(pattern=TAG)]] = Field(
+        default_factory=list, max_length=64, description="Tags beside the ones the card derives (sources, grid)."
+    )
+    citation: str | None = Field(None, max_length=10_000, description="BibTeX for the card; a generated one if unset.")
+    thumbnails: int = Field(8, ge=0, le=64, description="Sample thumbnails rendered into the card, per source.")
 
 
 class ServiceLimit(Section):

@@ -60,6 +60,8 @@ class CollectionProfile(BaseModel):
     cloud_property: str = "eo:cloud_cover"
     baseline_properties: tuple[str, ...] = ("processing:version",)
     earth_engine: EarthEngineNames | None = None
+    license: str = Field("other", description="The data's licence (a dataset card's source list names it).")
+    license_url: str | None = None
 
     @model_validator(mode="after")
     def _bands_exist(self) -> CollectionProfile:

@@ -1,8 +1,11 @@
 """The dataset described in STAC: ``collection.json`` (extent, bands, statistics, the stores as assets) and
 ``items.parquet``, one item per stored sample as stac-geoparquet (one file, not a million JSON files).
 
-Items carry the Major TOM cell (``grid:code``), projection (``proj:code``, ``proj:shape``, ``proj:transform``),
-cloud cover, the source scenes and where the pixels are (``eo_etl:zarr_index`` in the ``pixels`` asset).
+Items (id: the sample id) carry the Major TOM cell (``grid:code``: ``MAJORTOM-454U_120R`` on the 10 km grid,
+``MAJORTOM1000M-5327D_5052L`` on others, the form the grid extension's pattern accepts), projection
+(``proj:code``, ``proj:shape``, ``proj:transform``), cloud cover, the source scenes, a ``collection`` link and
+where the pixels are (``eo_etl:zarr_index`` in the ``pixels`` asset, with STAC 1.1 band objects). Both validate
+against the STAC 1.1 and extension schemas, and rustac and stac-geoparquet read ``items.parquet``.
 """
 
 from __future__ import annotations
@@ -31,19 +34,24 @@ EXTENSIONS = [
 ]
 
 
-def stac_items(index: gpd.GeoDataFrame, collection_id: str) -> list[dict]:
+def grid_prefix(distance_km: float) -> str:
+    """``grid:code``'s prefix for the Major TOM grid at ``distance_km`` (upper-case letters and digits only)."""
+    return "MAJORTOM" if distance_km == 10 else f"MAJORTOM{round(distance_km * 1000)}M"
+
+
+def stac_items(index: gpd.GeoDataFrame, collection_id: str, distance_km: float = 10) -> list[dict]:
     """One STAC item (as a dict) per stored sample of the index."""
-    items = []
+    items, prefix = [], grid_prefix(distance_km)
     for row in index[index.zarr_index.notna()].itertuples():
         item = pystac.Item(
-            id=f"{row.source}-{row.grid_cell}",
+            id=row.sample_id,
             geometry=shapely.geometry.mapping(row.geometry),
             bbox=list(row.geometry.bounds),
             datetime=row.timestamp.to_pydatetime(),
             collection=collection_id,
             stac_extensions=EXTENSIONS,
             properties={
-                "grid:code": f"MajorTOM-{row.grid_cell}",
+                "grid:code": f"{prefix}-{row.grid_cell}",
                 "proj:code": row.crs,
                 "proj:shape": [int(row.height), int(row.width)],
                 "proj:transform": list(row.transform)[:6],
@@ -59,8 +67,10 @@ def stac_items(index: gpd.GeoDataFrame, collection_id: str) -> list[dict]:
         item.add_asset(
             "pixels",  # hrefs are relative to the dataset folder, where items.parquet is
             pystac.Asset(f"./{STORE_NAME}/{row.source}", media_type=ZARR_TYPE, roles=["data"],
-                         extra_fields={"eo_etl:zarr_index": int(row.zarr_index), "bands": list(row.bands)}),
+                         extra_fields={"eo_etl:zarr_index": int(row.zarr_index),
+                                       "bands": [{"name": band} for band in row.bands]}),
         )  # fmt: skip
+        item.add_link(pystac.Link("collection", f"./{COLLECTION_NAME}", media_type=pystac.MediaType.JSON))
         items.append(item.to_dict(include_self_link=False, transform_hrefs=False))
     return items
 
@@ -96,7 +106,7 @@ def write_catalog(
     collection.add_asset("pixels", pystac.Asset(f"./{STORE_NAME}", media_type=ZARR_TYPE, roles=["data"]))
     collection.add_asset("index", pystac.Asset("./index.parquet", media_type=PARQUET_TYPE, roles=["metadata"]))
     collection.add_link(pystac.Link("items", f"./{ITEMS_NAME}", media_type=PARQUET_TYPE, title="stac-geoparquet"))
-    items = stac_items(index, recipe.name)
+    items = stac_items(index, recipe.name, recipe.grid.distance_km)
     if items:
         with (root / ITEMS_NAME).staged_file() as partial:
             to_parquet(parse_stac_items_to_arrow(items), partial)

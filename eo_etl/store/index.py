@@ -142,9 +142,13 @@ def index_table(index: gpd.GeoDataFrame) -> pa.Table:
     return table.select(schema.names).cast(schema)
 
 
+INDEX_ROW_GROUP = 100_000
+
+
 def write_index(index: gpd.GeoDataFrame, path: Location | Path | str) -> Path | str:
     target = Location.of(path)
     table = index_table(index)
     with target.staged_file() as partial:
-        pq.write_table(table, partial)
+        # ~100 MB row groups at most (rows are ~1 kB): what the Hub's viewer and range readers take in one read
+        pq.write_table(table, partial, row_group_size=INDEX_ROW_GROUP, write_page_index=True)
     return target.native

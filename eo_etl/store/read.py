@@ -82,11 +82,23 @@ def open_dataset(
         dataset = xr.open_zarr(
             join_path(root, STORE_NAME), group=source, storage_options=storage_options, mask_and_scale=False
         )
+    missing = [column for column in SAMPLE_COLUMNS if column not in dataset.coords]  # stores before format 3
+    if not missing:
+        return dataset
     rows = stored_rows(read_index(root, storage_options), source)
-    columns = {column: ("sample", rows[column].to_numpy()) for column in SAMPLE_COLUMNS}
+    columns = {column: ("sample", rows[column].to_numpy()) for column in missing}
     extra = stage_columns(root, rows, stages, storage_options)
     columns |= {column: ("sample", extra[column].to_numpy()) for column in extra.columns}
     return dataset.assign_coords(columns)
+
+
+def sample_array(dataset: xr.Dataset, position: int) -> xr.DataArray:
+    """The pixels of the sample at ``position`` (its ``zarr_index``) as a georeferenced DataArray: ``rio.crs`` from
+    its ``epsg``, ``rio.transform()`` from its x/y (rioxarray, which any reader can call the same way)."""
+    import rioxarray  # noqa: F401  (registers the .rio accessor)
+
+    one = dataset.pixels.isel(sample=position)
+    return one.rio.write_crs(int(one.epsg)).rio.set_spatial_dims(x_dim="x", y_dim="y")
 
 
 def read_samples(

@@ -124,7 +124,7 @@ def write_cube(
             offset = int(np.iinfo(cube.dtype).min)  # signed types offset into unsigned
             codes[b] = (cube[:, b].astype(np.int32) - offset).astype(np.uint16)
             info[b] |= {"scale": 1, "offset": offset}
-            info[b]["range"] = [int(cube[:, b].min()), int(cube[:, b].max())]
+            info[b]["range"] = _valid_range(cube[:, b], nodata)  # RANGE_RULE, as for lossy bands
 
     # Streams: lossy bands, lossless data bands, masks, validity planes; never two of these in one stream.
     order = range(len(bands))
@@ -226,6 +226,12 @@ def _check(cube: np.ndarray, bands: list[str], masks: Collection[str], nodata) -
         limits = np.iinfo(cube.dtype)
         if not (float(nodata).is_integer() and limits.min <= nodata <= limits.max):
             raise ValueError(f"nodata {nodata} is not a {cube.dtype} value")
+
+
+def _valid_range(band: np.ndarray, nodata) -> list[int] | None:
+    """min..max of the band's valid pixels; None when it has none."""
+    valid = band if nodata is None else band[band != nodata]
+    return [int(valid.min()), int(valid.max())] if valid.size else None
 
 
 def _triples(members: list[int]) -> list[list[int]]:

@@ -8,8 +8,18 @@
     pixels.zarr/<source>/time, epsg, grid_row_u, grid_col_r, centre_lat, centre_lon   (sample,)
     pixels.zarr/<source>/scale, offset   (sample, band) physical value = pixel * scale + offset (per sample:
                                                         Sentinel-2 gained an offset with processing baseline 04.00)
+    pixels.zarr/<source>/sample_id, crs, product_id, cloud_cover, nodata, processing_baseline   (sample,)
+                                                        the index's columns of the same names (nodata: the share
+                                                        of pixels with no data; the value is the ``nodata`` attribute)
+    pixels.zarr/<source>/spatial_ref   ()               CF grid mapping of x/y when every sample shares one UTM
+                                                        zone (``pixels`` names it in ``grid_mapping``)
 
-``xarray.open_zarr(path, group=source)`` gives them as one labelled Dataset with no code of ours. Per-band
+The ``sample`` coordinate holds the grid cell: the index's ``grid_cell``. ``sample_id`` is the key of the index
+and of every stage table.
+
+``xarray.open_zarr(path, group=source)`` gives them as one labelled Dataset with no code of ours, and rioxarray
+finds the CRS (through ``spatial_ref``, or ``write_crs(int(epsg))`` on a selected sample when zones differ) and the
+transform (from a selected sample's x/y). Per-band
 statistics of the valid pixels (for normalisation) are in the group's ``band_statistics`` attribute.
 
 A shard is written in one put (zarr's local store writes a temporary file and renames it; an object
@@ -29,6 +39,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 import numpy as np
+import pyproj
 import zarr
 from zarr.codecs import BloscCodec
 from zarr.core.sync import sync  # zarr's own bridge to its async store API (there is no sync exists())
@@ -38,7 +49,14 @@ from eo_etl.sample import OK, Sample
 STORE_NAME = "pixels.zarr"
 COMPRESSOR = BloscCodec(cname="zstd", clevel=3, shuffle="bitshuffle")  # level 5 packs 1% more at half the speed
 EPOCH_UNITS = "milliseconds since 1970-01-01T00:00:00"
-FORMAT_VERSION = 2  # 2: scale and offset per sample
+FORMAT_VERSION = 3  # 2: scale and offset per sample; 3: the index's sample columns, CF grid mapping
+
+
+# Index columns stored per sample too, so a reader without the index (plain xarray) has them.
+INDEX_COLUMNS = {"sample_id": str, "crs": str, "product_id": str, "cloud_cover": "float64", "nodata": "float64",
+                 "processing_baseline": str}  # fmt: skip
+SAMPLE_COORDINATES = ("time", "epsg", "grid_row_u", "grid_col_r", "centre_lat", "centre_lon", "x", "y", "scale",
+                      "offset", *INDEX_COLUMNS)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -223,7 +241,7 @@ class ZarrWriter:
             chunks=(1, bands, height, width), shards=(n, bands, height, width), compressors=COMPRESSOR,
             fill_value=layout.nodata or 0, dimension_names=("sample", "band", "y", "x"),
             attributes={"long_name": f"{self.source} pixels as delivered (digital numbers)", "nodata": layout.nodata,
-                        "coordinates": "time epsg grid_row_u grid_col_r centre_lat centre_lon x y scale offset"},
+                        "coordinates": " ".join(SAMPLE_COORDINATES)},
         )  # fmt: skip
         array = group.create_array("band", shape=(bands,), dtype=str, dimension_names=("band",))
         array[:] = np.asarray(layout.bands, dtype=str)
@@ -240,6 +258,12 @@ class ZarrWriter:
             "y": ("float64", ("y", height), {"standard_name": "projection_y_coordinate", **metres}),
             "scale": ("float64", ("band", bands), {"long_name": "physical value = pixel * scale + offset"}),
             "offset": ("float64", ("band", bands), {"long_name": "physical value = pixel * scale + offset"}),
+            "sample_id": (str, (), {"long_name": "sample id: the key of index.parquet and every stage table"}),
+            "crs": (str, (), {"long_name": "CRS of the sample's x/y"}),
+            "product_id": (str, (), {"long_name": "id of the item (scene) the pixels came from first"}),
+            "cloud_cover": ("float64", (), {"units": "%", "long_name": "cloud cover over the cell (Major TOM)"}),
+            "nodata": ("float64", (), {"long_name": "share of the patch's pixels with no data, 0-1"}),
+            "processing_baseline": (str, (), {"long_name": "the provider's processing version of the item"}),
         }
         for name, (dtype, other, attrs) in per_sample.items():
             group.create_array(name, shape=(capacity, *other[1:]), dtype=dtype, chunks=(n, *other[1:]),
@@ -273,6 +297,22 @@ class ZarrWriter:
         self.pixels[rows] = pixels  # last: the shard's existence says the samples are all there
         return True
 
+    def _grid_mapping(self, count: int) -> None:
+        """CF grid mapping (what rioxarray reads) when the samples share one CRS; none when zones differ."""
+        zones = np.unique(self.arrays["epsg"][:count]) if count else []
+        pixels = self.group["pixels"]  # fresh: writing attrs through a handle from before the resize undoes it
+        if len(zones) == 1:
+            crs = pyproj.CRS.from_epsg(int(zones[0]))
+            attrs = {**crs.to_cf(), "spatial_ref": crs.to_wkt()}  # spatial_ref: GDAL's name, rioxarray reads it
+            self.group.create_array("spatial_ref", shape=(), dtype="int32", attributes=attrs, overwrite=True)
+            pixels.attrs.update(grid_mapping="spatial_ref", coordinates=" ".join([*SAMPLE_COORDINATES, "spatial_ref"]))
+        else:
+            if "spatial_ref" in self.group:
+                del self.group["spatial_ref"]
+            pixels.attrs.update(coordinates=" ".join(SAMPLE_COORDINATES))
+            if "grid_mapping" in pixels.attrs:
+                del pixels.attrs["grid_mapping"]
+
     def _resize(self, count: int) -> None:
         for _, array in self.group.arrays():
             if "sample" in (array.metadata.dimension_names or ()) and array.shape[0] != count:
@@ -284,6 +324,7 @@ class ZarrWriter:
         self._resize(count)
         statistics = statistics or self.statistics
         self.group.attrs.update({"band_statistics": statistics.as_dict(), "samples": count})
+        self._grid_mapping(count)
         with quiet_consolidated():
             zarr.consolidate_metadata(self.group.store)  # the store's root: pixels.zarr
 
@@ -300,6 +341,7 @@ def _coordinates(samples: Sequence[Sample]) -> dict[str, np.ndarray]:
     """The per-sample coordinate values of a shard's samples."""
     x = [s.transform[2] + s.transform[0] * (np.arange(s.pixels.shape[2]) + 0.5) for s in samples]
     y = [s.transform[5] + s.transform[4] * (np.arange(s.pixels.shape[1]) + 0.5) for s in samples]
+    records = [s.record() for s in samples]
     return {
         "sample": np.array([s.cell for s in samples], dtype=str),
         "time": np.array([round(s.timestamp.timestamp() * 1000) for s in samples], dtype="int64"),
@@ -312,7 +354,16 @@ def _coordinates(samples: Sequence[Sample]) -> dict[str, np.ndarray]:
         "y": np.stack(y),
         "scale": np.array([s.scales for s in samples], dtype="float64"),
         "offset": np.array([s.offsets for s in samples], dtype="float64"),
+        **{
+            name: np.array([_missing(r[name], dtype) for r in records], dtype=dtype)
+            for name, dtype in INDEX_COLUMNS.items()
+        },  # fmt: skip
     }
+
+
+def _missing(value, dtype) -> object:
+    """A missing value as the array can hold it: empty text, or NaN."""
+    return value if value is not None else ("" if dtype is str else np.nan)
 
 
 def _remove_partial_files(root: str) -> None:
