@@ -54,7 +54,7 @@ def hub_env(tmp: Path, url: str | None = None, token: str | None = TOKEN) -> dic
 def published(tmp_path_factory):
     """The demo built by `eo-etl build` with a publish: section, which uploads it last to the mock Hub."""
     tmp = tmp_path_factory.mktemp("publish")
-    outputs = {"path": str(tmp / "demo"), "formats": ["zarr", "taco", "video"], "shard_size": 5}
+    outputs = {"path": str(tmp / "demo"), "formats": ["zarr", "taco", "video", "majortom"], "shard_size": 5}
     publish = {"repo_id": "eo-lab/demo", "tags": ["patagonia"], "thumbnails": 6}
     recipe = demo_recipe(tmp, outputs=outputs, publish=publish)
     with mock_hub() as hub:
@@ -140,7 +140,8 @@ def test_hf_datasets_loads_the_index_and_each_stage_table_offline_through_the_ca
     pd.DataFrame({"x": [1]}).to_parquet(dataset / "notes.parquet")  # not keyed by sample_id: not a config
     write_card(dataset, built_recipe(dataset))
     configs = DatasetCard.load(dataset / "README.md").data.to_dict()["configs"]
-    assert [c["config_name"] for c in configs] == ["index", "labels"]
+    # the demo's own land-cover table is a stage table too
+    assert [c["config_name"] for c in configs] == ["index", "labels", "landcover"]
     script = f"""
 import datasets
 index = datasets.load_dataset({str(dataset)!r}, split="train")

@@ -83,7 +83,7 @@ def open_dataset(
             join_path(root, STORE_NAME), group=source, storage_options=storage_options, mask_and_scale=False
         )
     missing = [column for column in SAMPLE_COLUMNS if column not in dataset.coords]  # stores before format 3
-    if not missing:
+    if not missing and not stages:
         return dataset
     rows = stored_rows(read_index(root, storage_options), source)
     columns = {column: ("sample", rows[column].to_numpy()) for column in missing}
