@@ -249,7 +249,11 @@ CASES = [
     ),
     ("bad-cell", {"aoi": {"cells": ["0D_3R"]}}, "aoi.cells[0]: '0D_3R' is not a cell name"),
     ("unknown-grid", {"grid": {"kind": "h3"}}, "grid.kind: unknown grid 'h3'; allowed: majortom"),
-    ("unknown-kind", source(kind="ftp"), "sources[0].kind: input should be 'stac', 'gee' or 'local' (got 'ftp')"),
+    (
+        "unknown-kind",
+        source(kind="ftp"),
+        "sources[0].kind: input should be 'stac', 'gee', 'local' or 'synthetic' (got 'ftp')",
+    ),
     ("sources-not-a-list", {"sources": "s2"}, "sources: input should be a valid list"),
     ("unknown-field", {"extra": 1}, "recipe: unknown field 'extra'; allowed: name, description, aoi"),
     ("repo-id", {"publish": {"repo_id": "no-slash"}}, "publish.repo_id: string should match pattern"),

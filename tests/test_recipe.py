@@ -103,7 +103,7 @@ def test_time_range_dates_include_both_days_and_datetimes_are_exact():
         ({"sources": [{"collection": "sentinel-2-l2a"}]}, "sources[0]: url is required for a stac source"),
         (
             {"sources": [{"collection": "sentinel-2-l2a", "kind": "ftp", "url": "x"}]},
-            "sources[0].kind: input should be 'stac', 'gee' or 'local' (got 'ftp')",
+            "sources[0].kind: input should be 'stac', 'gee', 'local' or 'synthetic' (got 'ftp')",
         ),
         (
             {"sources": [{"collection": "sentinel-2-l2a", "url": "http://x", "max_cloud": 120}]},
