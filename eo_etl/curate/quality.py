@@ -40,7 +40,7 @@ def scores(pixels: np.ndarray, row: dict, profile: CollectionProfile | None, set
     rule = profile.quality if profile else None
     mask_band = rule.band if rule and rule.band in bands else None
     data = [i for i, b in enumerate(bands) if b != mask_band and (not profile or profile.bands[b].role == "data")]
-    nodata = row.get("nodata")
+    nodata = row.get("nodata_value")
     missing = np.zeros(pixels.shape[1:], dtype=bool)
     if nodata is not None and not np.isnan(nodata):
         missing |= (pixels[data] == nodata).any(axis=0)

@@ -491,8 +491,8 @@ class Embedding(Section):
     fragment_size: int = Field(
         224, ge=16, le=4096, description="Side of the square fragments a sample is cut into, in pixels."
     )
-    fragment_overlap: int = Field(
-        10, ge=0, le=2048, description="Target overlap between fragments (Major TOM's rule), in pixels."
+    target_overlap: float = Field(
+        0.1, ge=0, lt=1, description="Target overlap of neighbouring fragments, a share of their side (Major TOM's)."
     )
     bands: list[str] = Field(
         default_factory=lambda: ["B04", "B03", "B02"],
@@ -501,12 +501,6 @@ class Embedding(Section):
         description="The RGB composite's bands (red, green, blue) in the profile's names.",
     )
     gain: float = Field(2.5, gt=0, le=100, description="Reflectance × gain, clipped to 0-1, is the encoder input.")
-
-    @model_validator(mode="after")
-    def _overlap_fits(self) -> Embedding:
-        if self.fragment_overlap >= self.fragment_size:
-            raise ValueError("fragment_overlap must be smaller than fragment_size")
-        return self
 
 
 class Dedup(Section):
