@@ -160,7 +160,13 @@ def open_embedder(settings: Embedding, recipe: Recipe):
             sample_boxes = fragment_boxes(*composite.shape[1:], settings.fragment_size, settings.target_overlap)
             boxes.append(sample_boxes)
             fragments += [composite[:, r0:r1, c0:c1] for c0, r0, c1, r1 in sample_boxes]
-        vectors = embed_images(encoder, np.stack(fragments), device) if fragments else None
+        vectors = np.zeros((len(fragments), 0), np.float32)
+        for shape in {f.shape for f in fragments}:  # samples of a batch may differ in size
+            same = [k for k, f in enumerate(fragments) if f.shape == shape]
+            found = embed_images(encoder, np.stack([fragments[k] for k in same]), device)
+            if vectors.shape[1] == 0:
+                vectors = np.zeros((len(fragments), found.shape[1]), np.float32)
+            vectors[same] = found
         outputs, start = [], 0
         for sample_boxes in boxes:
             mine = vectors[start : start + len(sample_boxes)]

@@ -516,13 +516,17 @@ class Dedup(Section):
         description="Cosine similarities (epsilons) above which samples are near duplicates: one flag column each.",
     )
     clusters: int = Field(100, gt=0, le=1_000_000, description="k-means clusters of SemDeDup.")
-    keep: Literal["first", "central", "least_cloudy"] = Field(
+    keep: Literal["first", "least_cloudy"] = Field(
         "first",
-        description="Which of a group of duplicates stays unflagged: the first in index order, the one nearest "
-        "its cluster centre, or the least cloudy (quality table).",
+        description="Which of a group of duplicates stays unflagged: the first in index order, or the least cloudy "
+        "(the quality table's cloud_fraction).",
     )
+    neighbours: int = Field(16, gt=0, le=1024, description="Nearest vectors searched per sample (near method).")
     across_versions: bool = Field(
-        False, description="Count the same cell at another window (a later version) as a duplicate."
+        False, description="Count the same cell at another window (a later version) as a near duplicate."
+    )
+    across_neighbours: bool = Field(
+        False, description="Count neighbouring Major TOM cells (they overlap by design) as near duplicates."
     )
     seed: int = Field(0, ge=0, le=2**32 - 1)
 
