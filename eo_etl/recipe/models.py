@@ -554,6 +554,13 @@ class Balance(Section):
     split: Identifier = Field("curated", description="Name of the split (and the column) the subset is.")
     seed: int = Field(0, ge=0, le=2**32 - 1)
 
+    @field_validator("split")
+    @classmethod
+    def _not_a_column(cls, split: str) -> str:
+        if split in ("sample_id", "candidate", "stratum", "clusters", "split"):
+            raise ValueError(f"{split!r} is a column of the balance table; choose another name")
+        return split
+
 
 class Curation(Section):
     """Quality limits, embeddings, deduplication, balance. Curation flags samples; it never deletes them."""
