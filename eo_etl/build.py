@@ -13,6 +13,7 @@ from pathlib import Path
 
 import geopandas as gpd
 
+from eo_etl.curate.stages import write_views
 from eo_etl.extras import require_extras
 from eo_etl.pipeline.lock import DatasetLock
 from eo_etl.pipeline.options import pipeline_options
@@ -177,6 +178,12 @@ def _later_stages(recipe: Recipe, location: Location, beam_options, selected: li
         for stage in registered:
             if selected is None or stage in selected:
                 reports.append(_later_stage(stage, recipe, location, beam_options, redo=redo))
+        if (
+            group == "curate"
+            and (location / INDEX_NAME).exists()
+            and (selected is None or any(stage in registered for stage in selected))
+        ):
+            reports += [StageReport(*view) for view in write_views(recipe, location)]  # whole-dataset views
     return reports
 
 
