@@ -72,10 +72,12 @@ def test_a_fraction_target_and_failed_or_duplicate_samples_are_left_out(dataset)
     pd.DataFrame({"sample_id": ids, "passed": [sid != ids[0] for sid in ids]}).to_parquet(dataset / "quality.parquet")
     pd.DataFrame({"sample_id": ids, "duplicate": [sid == ids[1] for sid in ids]}).to_parquet(dataset / "dedup.parquet")
     try:
-        write_balance(recipe(target=1.0, levels=[3]), dataset)
+        write_balance(recipe(target=1.0, levels=[3], exclude=["Water Bodies"]), dataset)
         table = pd.read_parquet(dataset / "balance.parquet").set_index("sample_id")
+        water = table.index[table["stratum"] == "Water Bodies"]
+        assert len(water) == 1 and not table.loc[water, "candidate"].any()  # the Atlantic sample
         assert not table.loc[ids[0], "candidate"] and not table.loc[ids[1], "candidate"]
-        assert table["curated"].sum() == len(ids) - 2 and not table.loc[[ids[0], ids[1]], "curated"].any()
+        assert table["curated"].sum() == len(ids) - 3 and not table.loc[[ids[0], ids[1]], "curated"].any()
     finally:
         (dataset / "quality.parquet").unlink()
         (dataset / "dedup.parquet").unlink()

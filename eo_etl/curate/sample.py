@@ -1,7 +1,8 @@
 """A balanced subset as a view: ``<dataset>/balance.parquet`` marks the samples of a named split; none is deleted.
 
 Candidates are the stored samples with a vector (the embed table) that passed quality (the quality table, when
-written) and are not flagged duplicates (the dedup table, when written). Balancing follows hierarchical k-means
+written), are not flagged duplicates (the dedup table, when written) and whose land-cover majority class is not
+in ``exclude``. Balancing follows hierarchical k-means
 curation (Vo et al., 2024): k-means of the vectors into ``levels[0]`` clusters, k-means of those centroids into
 ``levels[1]``, and so on; the target is then shared top-down by water-filling (each cluster gets an equal share,
 what a small cluster cannot use goes to the others) and drawn at random within the finest clusters. With
@@ -120,10 +121,13 @@ def write_balance(recipe: Recipe, root) -> str:
             column = table[keep].reindex(stored).astype("boolean").fillna(keep == "duplicate")
             candidate &= column if keep == "passed" else ~column
     landcover = _read(root, "landcover.parquet")
-    if settings.stratify == "landcover" and landcover is None:
-        raise FileNotFoundError("curation.balance.stratify: landcover needs landcover.parquet; run the landcover stage")
+    if (settings.stratify == "landcover" or settings.exclude) and landcover is None:
+        raise FileNotFoundError(
+            "curation.balance: stratify and exclude need landcover.parquet; run the landcover stage"
+        )
     frame["stratum"] = (landcover["majority_name"].reindex(stored) if landcover is not None else pd.Series(
         None, index=frame.index, dtype=object)).fillna(UNKNOWN)  # fmt: skip
+    candidate &= ~frame["stratum"].isin(settings.exclude)
     frame["candidate"] = candidate
     chosen, labels, strata = balance(frame[candidate], settings) if candidate.any() else ([], None, None)
     frame["clusters"] = None

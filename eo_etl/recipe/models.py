@@ -551,6 +551,10 @@ class Balance(Section):
     stratify: Literal["none", "landcover"] = Field(
         "none", description="Quotas per land-cover majority class first (the landcover table), then per cluster."
     )
+    exclude: list[Annotated[str, Field(max_length=256)]] = Field(
+        default_factory=list, max_length=256,
+        description="Land-cover majority classes (the landcover table's names) never in the split, e.g. Water Bodies.",
+    )  # fmt: skip
     split: Identifier = Field("curated", description="Name of the split (and the column) the subset is.")
     seed: int = Field(0, ge=0, le=2**32 - 1)
 
