@@ -107,3 +107,22 @@ def test_a_missing_table_is_one_line_naming_the_stage_to_run(tmp_path):
     root = write_dataset(tmp_path / "ds", sentinel2_samples(2))
     with pytest.raises(FileNotFoundError, match="curation.dedup: exact .* needs quality.parquet; run the quality"):
         write_duplicates(curation_recipe(dedup={"methods": ["exact"]}), root)
+
+
+def test_past_the_exact_limit_the_list_search_finds_the_near_pairs_brute_force_finds():
+    from eo_etl.curate.dedup import EXACT_LIMIT, similar_pairs
+
+    rng = np.random.default_rng(1)
+    n, copies = EXACT_LIMIT + 10_000, 600
+    vectors = rng.standard_normal((n, 64)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    originals = rng.choice(n - copies, copies, replace=False)
+    vectors[n - copies :] = vectors[originals] + 0.02 * rng.standard_normal((copies, 64)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    found = {tuple(p) for p in similar_pairs(vectors, 0.95).tolist()}
+    queries = np.arange(n - copies, n)  # brute force for the copies: every pair they are in
+    q, j = np.nonzero(vectors[queries] @ vectors.T >= 0.95)
+    exact = {(min(a, b), max(a, b)) for a, b in zip(queries[q].tolist(), j.tolist(), strict=True) if a != b}
+    recall = len(exact & found) / len(exact)
+    print(f"list search recall {recall:.4f} of {len(exact)} pairs")
+    assert len(exact) >= copies and recall >= 0.99

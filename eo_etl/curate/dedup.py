@@ -5,8 +5,9 @@ Three methods, each a column that holds, for a flagged sample, the ``sample_id``
 - ``exact``: the same pixels (the quality table's ``pixel_hash``), whatever the cell or window: a scene
   stored twice is redundant wherever it sits.
 - ``near_<t>``: embedding cosine ≥ t (the embed table's pooled unit vectors) among each sample's
-  ``neighbours`` nearest, found with faiss (exact inner product; an IVF index past ``EXACT_LIMIT`` vectors;
-  on the GPU where faiss-gpu is installed). One column per threshold (epsilon), e.g. ``near_0950``.
+  ``neighbours`` nearest, found with faiss (exact inner product; on the GPU where faiss-gpu is installed);
+  past ``EXACT_LIMIT`` vectors, every such pair within inverted lists (matrix products per list). One column
+  per threshold (epsilon), e.g. ``near_0950``.
 - ``semdedup_<t>``: SemDeDup: k-means of the vectors into ``clusters``, then cosine ≥ t within a cluster.
 
 Of a group of duplicates one stays unflagged (``keep``: the first in index order, or the least cloudy); the
@@ -42,23 +43,19 @@ def column(method: str, threshold: float) -> str:
     return f"{method}_{round(threshold * 1000):04d}"
 
 
-def similar_pairs(vectors: np.ndarray, threshold: float, neighbours: int = 16, nprobe: int = 8) -> np.ndarray:
-    """Pairs (i, j), i < j, of unit vectors with cosine ≥ ``threshold`` among each one's ``neighbours``
-    nearest: (n, 2) int64."""
-    import faiss
-
+def similar_pairs(vectors: np.ndarray, threshold: float, neighbours: int = 16, probes: int = 6) -> np.ndarray:
+    """Pairs (i, j), i < j, of unit vectors with cosine ≥ ``threshold``: (n, 2) int64. Up to ``EXACT_LIMIT``
+    vectors, among each one's ``neighbours`` nearest (faiss, exact; on the GPU with faiss-gpu); past it, every
+    pair that shares an inverted list (:func:`_list_pairs`)."""
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)
     n, dim = vectors.shape
     if n < 2:
         return np.zeros((0, 2), np.int64)
-    if n <= EXACT_LIMIT:
-        index = faiss.IndexFlatIP(dim)
-    else:  # inverted lists of about √n vectors each, searched in the nprobe nearest lists
-        lists = int(np.sqrt(n))
-        index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, lists, faiss.METRIC_INNER_PRODUCT)
-        sample = np.random.default_rng(0).choice(n, min(n, 32 * lists), replace=False)
-        index.train(vectors[np.sort(sample)])
-        index.nprobe = nprobe
+    if n > EXACT_LIMIT:
+        return _list_pairs(vectors, threshold, probes)
+    import faiss
+
+    index = faiss.IndexFlatIP(dim)
     if hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0:
         index = faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), 0, index)
     index.add(vectors)
@@ -67,6 +64,40 @@ def similar_pairs(vectors: np.ndarray, threshold: float, neighbours: int = 16, n
     keep = (similarity.ravel() >= threshold) & (found.ravel() >= 0) & (found.ravel() != rows)
     pairs = np.stack([rows[keep], found.ravel()[keep]], axis=1)
     return np.unique(np.sort(pairs, axis=1), axis=0)
+
+
+def _list_pairs(vectors: np.ndarray, threshold: float, probes: int, block: int = 32_768) -> np.ndarray:
+    """Near pairs among many vectors: √(probes·n) list centres (vectors drawn at random, seeded), each vector kept in
+    the list of its nearest centre and compared (one matrix product per list) with the vectors that have that
+    list among their ``probes`` nearest. A pair is found when either one's list is among the other's probes:
+    near copies almost always are. Matrix products, not per-query scans: BLAS speed."""
+    n = len(vectors)
+    lists = int(
+        np.sqrt(probes * n)
+    )  # balances finding the lists (n × lists) and comparing in them (n × probes × n / lists)
+    centres = vectors[np.sort(np.random.default_rng(0).choice(n, lists, replace=False))]
+    nearest = np.empty((n, probes), dtype=np.int64)
+    for start in range(0, n, block):
+        similarity = vectors[start : start + block] @ centres.T
+        top = np.argpartition(-similarity, probes - 1, axis=1)[:, :probes]
+        order = np.argsort(-np.take_along_axis(similarity, top, axis=1), axis=1)
+        nearest[start : start + block] = np.take_along_axis(top, order, axis=1)
+    members = np.argsort(nearest[:, 0], kind="stable")  # by home list
+    member_bounds = np.searchsorted(nearest[members, 0], np.arange(len(centres) + 1))
+    probe_list = nearest.ravel()
+    askers = np.argsort(probe_list, kind="stable")
+    asker_bounds = np.searchsorted(probe_list[askers], np.arange(len(centres) + 1))
+    found = []
+    for k in range(len(centres)):
+        home = members[member_bounds[k] : member_bounds[k + 1]]
+        asking = askers[asker_bounds[k] : asker_bounds[k + 1]] // probes
+        if len(home) == 0 or len(asking) == 0:
+            continue
+        q, m = np.nonzero(vectors[asking] @ vectors[home].T >= threshold)
+        found.append(np.stack([asking[q], home[m]], axis=1))
+    pairs = np.concatenate(found) if found else np.zeros((0, 2), np.int64)
+    pairs = np.sort(pairs[pairs[:, 0] != pairs[:, 1]], axis=1)
+    return np.unique(pairs, axis=0)
 
 
 def semdedup_pairs(vectors: np.ndarray, threshold: float, clusters: int, seed: int) -> np.ndarray:
