@@ -3,6 +3,8 @@ on its top rows), run through the stage mechanism without Beam: failing samples 
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pandas as pd
 
@@ -64,3 +66,22 @@ def test_the_pixel_hash_tells_identical_pixels_from_one_changed_value():
     changed[0, 0, 0] += 1
     assert pixel_hash(pixels) == pixel_hash(pixels.copy()) != pixel_hash(changed)
     assert pixel_hash(pixels) != pixel_hash(pixels.astype(np.int32))
+
+
+def test_a_build_of_the_curate_stages_writes_quality_then_the_dedup_view_through_beam(tmp_path):
+    from eo_etl.build import build
+
+    samples = sentinel2_samples(3)
+    samples.append(dataclasses.replace(samples[0], cell="5400D_5100L"))  # the same pixels in another cell
+    root = write_dataset(tmp_path / "ds", samples)
+    recipe = curation_recipe(dedup={"methods": ["exact"]})
+    report = build(recipe, root, stages=["curate"], runner="direct",
+                   options={"direct_running_mode": "in_memory"})  # FnApiRunner  # fmt: skip
+    lines = {stage.name: (stage.status, stage.detail) for stage in report.stages}
+    assert lines["quality"][0] == "done" and lines["dedup"][0] == "done", lines
+    assert lines["embed"][0] == "not configured"
+    dedup = pd.read_parquet(root / "dedup.parquet").set_index("sample_id")
+    assert dedup["duplicate"].tolist().count(True) == 1
+    assert dedup.loc[str(samples[3].sample_id), "exact"] == str(samples[0].sample_id)
+    again = build(recipe, root, stages=["curate"], runner="direct", options={"direct_running_mode": "in_memory"})
+    assert {s.name: s.status for s in again.stages}["quality"] == "up to date"
