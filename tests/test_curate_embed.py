@@ -143,3 +143,17 @@ def test_a_killed_embedding_run_resumes_without_recomputing_finished_batches(tmp
     whole = write_dataset(tmp_path / "whole", samples)  # the same batches (batching changes the last bits)
     run_stage(dataclasses.replace(STAGE, batch_size=2), curation_recipe(embed={}), whole)
     assert pq.read_table(root / "embed.parquet").equals(pq.read_table(whole / "embed.parquet"))
+
+
+def test_a_local_torchscript_encoder_plugs_in_behind_the_same_interface(tmp_path):
+    torch.manual_seed(0)
+    encoder = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten())
+    path = tmp_path / "tiny.pt"
+    torch.jit.script(encoder).save(str(path))
+    recipe = curation_recipe(embed={"model": str(path), "fragment_size": 32})
+    samples = sentinel2_samples(2)
+    items = [Item(s.cell, s.record() | {"nodata_value": 0.0}, pixels=s.pixels) for s in samples]
+    outputs = STAGE.open(recipe.curation.embed, recipe)(items)
+    assert outputs[0].row["model"] == "tiny.pt" and np.array(outputs[0].row["embeddings"]).shape == (4, 8)
+    with pytest.raises(ValueError, match="curation.embed.model: 'nowhere.pt' is neither efficientnet-lite0 nor"):
+        STAGE.open(curation_recipe(embed={"model": "nowhere.pt"}).curation.embed, recipe)
