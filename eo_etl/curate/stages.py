@@ -7,6 +7,7 @@ from eo_etl.curate import embed, quality
 from eo_etl.recipe.models import Recipe
 
 STAGES = [quality.STAGE, embed.STAGE]
+VIEW_SECTIONS = ("curation.dedup", "curation.balance")  # run by write_views, not as stages
 
 
 def write_views(recipe: Recipe, root) -> list[tuple[str, str, str]]:

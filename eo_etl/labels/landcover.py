@@ -28,9 +28,10 @@ from rasterio.crs import CRS
 from rasterio.enums import Resampling
 from rasterio.transform import Affine, array_bounds
 from rasterio.warp import reproject, transform_bounds
-from rasterio.windows import Window, from_bounds
+from rasterio.windows import Window
 
-from eo_etl.recipe.models import MCD12C1_PACKAGE, LandcoverLabels, Recipe
+from eo_etl.recipe.models import MCD12C1_PACKAGE, LandcoverLabels, Recipe, Runner
+from eo_etl.sources.remote import HostLimiter, RetryPolicy, gdal_call, gdal_env, gdal_path
 from eo_etl.stages.core import Item, Output, Stage
 
 CLASSES_DIR = Path(__file__).parent / "classes"
@@ -64,12 +65,18 @@ def mcd12c1_path() -> Path:
 
 
 class LandcoverRaster:
-    """One land-cover raster, open for reading windows onto sample grids."""
+    """One land-cover raster, open for reading windows onto sample grids. Its reads go through the project's
+    one retrying, rate-limited path for GDAL (``gdal_call``): a raster at a URL is a service like any other."""
 
-    def __init__(self, path: str | Path, product: str):
-        self.dataset = rasterio.open(path)
+    def __init__(self, path: str | Path, product: str, policy: RetryPolicy | None = None,
+                 limiter: HostLimiter | None = None):  # fmt: skip
+        self.path = gdal_path(str(path))  # a URL through /vsicurl/, /vsis3/ …
+        self.policy, self.limiter = policy or RetryPolicy(), limiter or HostLimiter()
+        self.dataset = self._gdal(rasterio.open, self.path)
         self.classes = class_table(product)
         self.nodata = self.dataset.nodata
+        self.known = np.zeros(256, dtype=bool)  # uint8 code → has a class
+        self.known[[code for code in self.classes if code != self.nodata]] = True
         crs = self.dataset.crs
         # MODIS CMG's "Clarke 1866" lon/lat has no EPSG code and no datum shift to give: its degrees are read
         # as WGS 84's (a datum's metres are nothing against 5.5 km pixels).
@@ -77,6 +84,10 @@ class LandcoverRaster:
 
     def close(self) -> None:
         self.dataset.close()
+
+    def _gdal(self, fn, *args, **kwargs):
+        with gdal_env():  # GDAL's HTTP settings: its own retries off, ours on
+            return gdal_call(self.policy, self.limiter, self.path, fn, *args, what="land cover raster", **kwargs)
 
     def classes_on(self, crs: str, transform: Sequence[float], height: int, width: int) -> np.ndarray:
         """The class code under each pixel centre of a grid (uint8 (height, width)); ``NO_CLASS`` where none."""
@@ -86,24 +97,27 @@ class LandcoverRaster:
                                                     densify_pts=21)  # fmt: skip
         if right < left:  # across the antimeridian: every column of those rows
             left, right = self.dataset.bounds.left, self.dataset.bounds.right
-        window = from_bounds(left, bottom, right, top, self.dataset.transform)
-        col, row = math.floor(window.col_off) - 1, math.floor(window.row_off) - 1  # a pixel more on each side
-        window = Window(col, row, math.ceil(window.col_off + window.width) + 1 - col,
-                        math.ceil(window.row_off + window.height) + 1 - row)  # fmt: skip
+        inverse = ~self.dataset.transform  # map coordinates → (column, row) of the raster
+        corners = [(inverse.a * x + inverse.b * y + inverse.c, inverse.d * x + inverse.e * y + inverse.f)
+                   for x in (left, right) for y in (bottom, top)]  # fmt: skip
+        cols, rows = zip(*corners)
+        col, row = math.floor(min(cols)) - 1, math.floor(min(rows)) - 1  # a pixel more on each side
+        window = Window(col, row, math.ceil(max(cols)) + 1 - col, math.ceil(max(rows)) + 1 - row)
         full = Window(0, 0, self.dataset.width, self.dataset.height)
         try:
             window = window.intersection(full)
         except rasterio.errors.WindowError:  # outside the raster
             return out
-        source = self.dataset.read(1, window=window)
+        source = self._gdal(self.dataset.read, 1, window=window)
         fill = NO_CLASS if self.nodata is None else self.nodata
         codes = np.full((height, width), fill, dtype=source.dtype)
         reproject(source, codes, src_transform=self.dataset.window_transform(window), src_crs=self.crs,
                   src_nodata=self.nodata, dst_transform=dst_transform, dst_crs=crs, dst_nodata=fill,
                   resampling=Resampling.nearest)  # fmt: skip
-        known = np.isin(codes, list(self.classes))
-        if self.nodata is not None:
-            known &= codes != self.nodata
+        if codes.dtype == np.uint8:  # the usual case: a table lookup, 10 × np.isin's speed
+            known = self.known[codes]
+        else:
+            known = np.isin(codes, list(self.classes)) & (codes != self.nodata)
         out[known] = codes[known]
         return out
 
@@ -131,7 +145,9 @@ def summarise(codes: np.ndarray, classes: dict[int, LandcoverClass], threshold: 
 
 def open_labeller(settings: LandcoverLabels, recipe: Recipe):
     """The stage's function: per batch of samples, their land-cover rows (and class masks)."""
-    raster = LandcoverRaster(settings.path or mcd12c1_path(), settings.product)
+    runner = recipe.runner if recipe is not None else Runner()
+    raster = LandcoverRaster(settings.path or mcd12c1_path(), settings.product, RetryPolicy.of(runner.limits),
+                             HostLimiter.share(runner.limits, runner.workers))  # fmt: skip
 
     def label(items: Sequence[Item]) -> list[Output]:
         outputs = []
