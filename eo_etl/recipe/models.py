@@ -534,24 +534,127 @@ class Captions(Section):
         return self
 
 
+class Quality(Section):
+    """Per-sample quality limits (the quality stage): a sample past one keeps its row, flagged with the reason."""
+
+    max_cloud_fraction: Fraction = Field(1.0, description="Share of valid pixels the mask band calls cloud.")
+    max_shadow_fraction: Fraction = Field(1.0, description="Share of valid pixels the mask band calls shadow.")
+    max_nodata_fraction: Fraction = Field(1.0, description="Share of pixels with no data in some data band.")
+    max_saturated_fraction: Fraction = Field(1.0, description="Share of valid pixels at saturation in some band.")
+    saturation: float = Field(
+        1.0, gt=0, le=100, description="Reflectance (scaled value) at or above which a pixel is saturated."
+    )
+    allow_dead_bands: bool = Field(False, description="Pass samples with a constant (or empty) data band.")
+
+
 class Embedding(Section):
-    model: str = Field("efficientnet-lite0", max_length=256, description="Patch embedding model.")
+    """Patch embeddings (the embed stage), one vector per Major TOM fragment of a sample."""
+
+    model: str = Field(
+        "efficientnet-lite0",
+        max_length=256,
+        description="Encoder: efficientnet-lite0 (offline ImageNet weights), or a local path / Hub cache name.",
+    )
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    batch_size: int = Field(64, gt=0, le=4096)
+    batch_size: int = Field(64, gt=0, le=4096, description="Samples per batch (the unit of resuming).")
+    fragment_size: int = Field(
+        224, ge=16, le=4096, description="Side of the square fragments a sample is cut into, in pixels."
+    )
+    target_overlap: float = Field(
+        0.1, ge=0, lt=1, description="Target overlap of neighbouring fragments, a share of their side (Major TOM's)."
+    )
+    bands: list[str] = Field(
+        default_factory=lambda: ["B04", "B03", "B02"],
+        min_length=3,
+        max_length=3,
+        description="The RGB composite's bands (red, green, blue) in the profile's names.",
+    )
+    gain: float = Field(2.5, gt=0, le=100, description="Reflectance × gain, clipped to 0-1, is the encoder input.")
 
 
 class Dedup(Section):
-    method: Literal["exact", "embedding"] = "embedding"
-    threshold: float = Field(0.95, gt=0, le=1, description="Cosine similarity above which samples are duplicates.")
+    """Duplicates as flags, never deletion: exact pixel copies, near copies by embedding cosine, SemDeDup."""
+
+    methods: list[Literal["exact", "near", "semdedup"]] = Field(
+        default_factory=lambda: ["exact", "near"], min_length=1, max_length=3
+    )
+    thresholds: list[float] = Field(
+        default_factory=lambda: [0.95],
+        min_length=1,
+        max_length=16,
+        description="Cosine similarities (epsilons) above which samples are near duplicates: one flag column each.",
+    )
+    clusters: int = Field(100, gt=0, le=1_000_000, description="k-means clusters of SemDeDup.")
+    keep: Literal["first", "least_cloudy"] = Field(
+        "first",
+        description="Which of a group of duplicates stays unflagged: the first in index order, or the least cloudy "
+        "(the quality table's cloud_fraction).",
+    )
+    neighbours: int = Field(16, gt=0, le=1024, description="Nearest vectors searched per sample (near method).")
+    across_versions: bool = Field(
+        False, description="Count the same cell at another window (a later version) as a near duplicate."
+    )
+    across_neighbours: bool = Field(
+        False, description="Count neighbouring Major TOM cells (they overlap by design) as near duplicates."
+    )
+    seed: int = Field(0, ge=0, le=2**32 - 1)
+
+    @field_validator("thresholds")
+    @classmethod
+    def _similarities(cls, thresholds: list[float]) -> list[float]:
+        if any(not 0 < t <= 1 for t in thresholds):
+            raise ValueError("each threshold is a cosine similarity in (0, 1]")
+        return sorted(set(thresholds), reverse=True)
+
+
+class Balance(Section):
+    """A balanced subset as a view (a column and a named split): hierarchical k-means, water-filled quotas."""
+
+    target: float = Field(
+        0.5, gt=0, le=10_000_000, description="Samples to keep: a fraction of the candidates if ≤ 1, else a count."
+    )
+    levels: list[Annotated[int, Field(gt=0, le=100_000)]] = Field(
+        default_factory=lambda: [64, 8], min_length=1, max_length=4,
+        description="Clusters per level of the hierarchy, finest first.",
+    )  # fmt: skip
+    stratify: Literal["none", "landcover"] = Field(
+        "none", description="Quotas per land-cover majority class first (the landcover table), then per cluster."
+    )
+    exclude: list[Annotated[str, Field(max_length=256)]] = Field(
+        default_factory=list, max_length=256,
+        description="Land-cover majority classes (the landcover table's names) never in the split, e.g. Water Bodies.",
+    )  # fmt: skip
+    split: Identifier = Field("curated", description="Name of the split (and the column) the subset is.")
+    seed: int = Field(0, ge=0, le=2**32 - 1)
+
+    @field_validator("split")
+    @classmethod
+    def _not_a_column(cls, split: str) -> str:
+        if split in ("sample_id", "candidate", "stratum", "clusters", "split"):
+            raise ValueError(f"{split!r} is a column of the balance table; choose another name")
+        return split
 
 
 class Curation(Section):
-    """Quality limits, embeddings, deduplication. Curation flags samples; it never deletes them."""
+    """Quality limits, embeddings, deduplication, balance. Curation flags samples; it never deletes them."""
 
-    max_cloud_fraction: Fraction = 1.0
-    max_nodata_fraction: Fraction = 1.0
+    quality: Quality = Quality()
     embed: Embedding | None = None
     dedup: Dedup | None = None
+    balance: Balance | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _flat_limits(cls, data: Any) -> Any:
+        """``max_cloud_fraction``/``max_nodata_fraction`` directly under curation (older recipes) are quality's."""
+        if isinstance(data, dict) and {"max_cloud_fraction", "max_nodata_fraction"} & data.keys():
+            data = dict(data)
+            quality = dict(data.get("quality") or {})
+            for key in ("max_cloud_fraction", "max_nodata_fraction"):
+                if key in data:
+                    quality.setdefault(key, data.pop(key))
+            data["quality"] = quality
+        return data
 
 
 # ------------------------------------------------------------------------------------- where to

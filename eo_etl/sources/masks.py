@@ -20,6 +20,10 @@ def cloud_pixels(rule: QualityRule, mask: NDArray) -> NDArray[np.bool_]:
     return _flagged(mask, rule.cloud_values, rule.cloud_bits)
 
 
+def shadow_pixels(rule: QualityRule, mask: NDArray) -> NDArray[np.bool_]:
+    return _flagged(mask, rule.shadow_values, rule.shadow_bits)
+
+
 def missing_pixels(rule: QualityRule, mask: NDArray) -> NDArray[np.bool_]:
     return _flagged(mask, rule.nodata_values, rule.nodata_bits)
 

@@ -32,6 +32,8 @@ class QualityRule(BaseModel):
     nodata_values: tuple[int, ...] = ()
     cloud_bits: tuple[int, ...] = ()
     nodata_bits: tuple[int, ...] = ()
+    shadow_values: tuple[int, ...] = ()  # the part of cloud that is cloud shadow (quality scores report it apart)
+    shadow_bits: tuple[int, ...] = ()
 
 
 class EarthEngineNames(BaseModel):

@@ -1,0 +1,227 @@
+"""Duplicates as flags, never deletion: ``<dataset>/dedup.parquet``, one row per stored sample.
+
+Three methods, each a column that holds, for a flagged sample, the ``sample_id`` it duplicates (null: kept):
+
+- ``exact``: the same pixels (the quality table's ``pixel_hash``), whatever the cell or window: a scene
+  stored twice is redundant wherever it sits.
+- ``near_<t>``: embedding cosine ≥ t (the embed table's pooled unit vectors) among each sample's
+  ``neighbours`` nearest, found with faiss (exact inner product; on the GPU where faiss-gpu is installed);
+  past ``EXACT_LIMIT`` vectors, every such pair within inverted lists (matrix products per list). One column
+  per threshold (epsilon), e.g. ``near_0950``.
+- ``semdedup_<t>``: SemDeDup: k-means of the vectors into ``clusters``, then cosine ≥ t within a cluster.
+
+Of a group of duplicates one stays unflagged (``keep``: the first in index order, or the least cloudy); the
+others name it. ``duplicate`` is true where any column flags the sample.
+
+Policy for the grid (near and SemDeDup): samples of different sources are never duplicates (other sensors add
+information). Neighbouring Major TOM cells overlap by design (a cell's margin, about 340 m at 10 km), so a pair
+of neighbouring cells is not a duplicate unless ``across_neighbours``; the same cell at another window (a later
+version of the dataset) is a new observation, not a duplicate, unless ``across_versions``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from eo_etl.recipe.models import Dedup, Recipe
+from eo_etl.sample import SampleId
+from eo_etl.store.index import INDEX_NAME
+from eo_etl.store.location import Location
+
+TABLE_NAME = "dedup.parquet"
+EXACT_LIMIT = 50_000  # up to this many vectors the search is exact (flat inner product)
+CELL = re.compile(r"^(\d+)([UD])_(\d+)([RL])$")  # a Major TOM cell name: 454U_120R
+
+
+def column(method: str, threshold: float) -> str:
+    return f"{method}_{round(threshold * 1000):04d}"
+
+
+def similar_pairs(vectors: np.ndarray, threshold: float, neighbours: int = 16, probes: int = 6) -> np.ndarray:
+    """Pairs (i, j), i < j, of unit vectors with cosine ≥ ``threshold``: (n, 2) int64. Up to ``EXACT_LIMIT``
+    vectors, among each one's ``neighbours`` nearest (faiss, exact; on the GPU with faiss-gpu); past it, every
+    pair that shares an inverted list (:func:`_list_pairs`)."""
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    n, dim = vectors.shape
+    if n < 2:
+        return np.zeros((0, 2), np.int64)
+    if n > EXACT_LIMIT:
+        return _list_pairs(vectors, threshold, probes)
+    import faiss
+
+    index = faiss.IndexFlatIP(dim)
+    if hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0:
+        index = faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), 0, index)
+    index.add(vectors)
+    similarity, found = index.search(vectors, min(neighbours + 1, n))
+    rows = np.repeat(np.arange(n), found.shape[1])
+    keep = (similarity.ravel() >= threshold) & (found.ravel() >= 0) & (found.ravel() != rows)
+    pairs = np.stack([rows[keep], found.ravel()[keep]], axis=1)
+    return np.unique(np.sort(pairs, axis=1), axis=0)
+
+
+def _list_pairs(vectors: np.ndarray, threshold: float, probes: int, block: int = 32_768) -> np.ndarray:
+    """Near pairs among many vectors: √(probes·n) list centres (vectors drawn at random, seeded), each vector kept in
+    the list of its nearest centre and compared (one matrix product per list) with the vectors that have that
+    list among their ``probes`` nearest. A pair is found when either one's list is among the other's probes:
+    near copies almost always are. Matrix products, not per-query scans: BLAS speed."""
+    n = len(vectors)
+    lists = int(
+        np.sqrt(probes * n)
+    )  # balances finding the lists (n × lists) and comparing in them (n × probes × n / lists)
+    centres = vectors[np.sort(np.random.default_rng(0).choice(n, lists, replace=False))]
+    nearest = np.empty((n, probes), dtype=np.int64)
+    for start in range(0, n, block):
+        similarity = vectors[start : start + block] @ centres.T
+        top = np.argpartition(-similarity, probes - 1, axis=1)[:, :probes]
+        order = np.argsort(-np.take_along_axis(similarity, top, axis=1), axis=1)
+        nearest[start : start + block] = np.take_along_axis(top, order, axis=1)
+    members = np.argsort(nearest[:, 0], kind="stable")  # by home list
+    member_bounds = np.searchsorted(nearest[members, 0], np.arange(len(centres) + 1))
+    probe_list = nearest.ravel()
+    askers = np.argsort(probe_list, kind="stable")
+    asker_bounds = np.searchsorted(probe_list[askers], np.arange(len(centres) + 1))
+    found = []
+    for k in range(len(centres)):
+        home = members[member_bounds[k] : member_bounds[k + 1]]
+        asking = askers[asker_bounds[k] : asker_bounds[k + 1]] // probes
+        if len(home) == 0 or len(asking) == 0:
+            continue
+        q, m = np.nonzero(vectors[asking] @ vectors[home].T >= threshold)
+        found.append(np.stack([asking[q], home[m]], axis=1))
+    pairs = np.concatenate(found) if found else np.zeros((0, 2), np.int64)
+    pairs = np.sort(pairs[pairs[:, 0] != pairs[:, 1]], axis=1)
+    return np.unique(pairs, axis=0)
+
+
+def semdedup_pairs(vectors: np.ndarray, threshold: float, clusters: int, seed: int) -> np.ndarray:
+    """SemDeDup's pairs: k-means clusters, then every pair within a cluster with cosine ≥ ``threshold``."""
+    import faiss
+
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    k = max(1, min(clusters, len(vectors)))
+    kmeans = faiss.Kmeans(vectors.shape[1], k, niter=20, seed=seed, spherical=True, min_points_per_centroid=1)
+    kmeans.train(vectors)
+    _, assigned = kmeans.index.search(vectors, 1)
+    pairs = []
+    for cluster in np.unique(assigned):
+        members = np.flatnonzero(assigned[:, 0] == cluster)
+        similarity = vectors[members] @ vectors[members].T
+        i, j = np.nonzero(np.triu(similarity >= threshold, k=1))
+        pairs.append(np.stack([members[i], members[j]], axis=1))
+    return np.unique(np.concatenate(pairs), axis=0) if pairs else np.zeros((0, 2), np.int64)
+
+
+def _row_col(cell: str) -> tuple[int, int] | None:
+    match = CELL.fullmatch(cell)
+    if not match:  # another grid's cell names: no neighbours known
+        return None
+    row, up, col, right = match.groups()
+    return int(row) * (1 if up == "U" else -1), int(col) * (1 if right == "R" else -1)
+
+
+def counted(ids: list[SampleId], settings: Dedup) -> Callable[[int, int], bool]:
+    """Whether a pair of samples may be near duplicates under the grid policy (module docstring)."""
+
+    def neighbours(a: str, b: str) -> bool:
+        ra, rb = _row_col(a), _row_col(b)
+        return a != b and ra is not None and rb is not None and abs(ra[0] - rb[0]) <= 1 and abs(ra[1] - rb[1]) <= 1
+
+    def ok(i: int, j: int) -> bool:
+        a, b = ids[i], ids[j]
+        if a.source != b.source:
+            return False
+        if a.cell == b.cell and a.start != b.start:
+            return settings.across_versions
+        return settings.across_neighbours or not neighbours(a.cell, b.cell)
+
+    return ok
+
+
+def flag(pairs: np.ndarray, order: np.ndarray, n: int) -> np.ndarray:
+    """For each sample, the index of the kept sample it duplicates (-1: kept): samples are taken in ``order``
+    (the keep rule's priority); one not yet flagged is kept and flags its unflagged partners."""
+    partners: list[list[int]] = [[] for _ in range(n)]
+    for i, j in pairs:
+        partners[i].append(j)
+        partners[j].append(i)
+    of = np.full(n, -1, dtype=np.int64)
+    for i in order:
+        if of[i] == -1:
+            for j in partners[i]:
+                if of[j] == -1:
+                    of[j] = i
+            of[i] = -2  # kept
+    of[of == -2] = -1
+    return of
+
+
+def find_duplicates(index: pd.DataFrame, quality: pd.DataFrame | None, embed: pd.DataFrame | None,
+                    settings: Dedup) -> pd.DataFrame:  # fmt: skip
+    """The dedup table of the stored samples of ``index`` (in its order) from the quality and embed tables."""
+    stored = index.loc[index["zarr_index"].notna(), "sample_id"].tolist()
+    n = len(stored)
+    out = pd.DataFrame({"sample_id": stored})
+    ids = [SampleId.parse(s) for s in stored]
+    quality = quality.set_index("sample_id").reindex(stored) if quality is not None else None
+    if settings.keep == "least_cloudy":
+        cloud = quality["cloud_fraction"].fillna(1.0).to_numpy() if quality is not None else np.zeros(n)
+        order = np.lexsort((np.arange(n), cloud))
+    else:
+        order = np.arange(n)
+
+    def named(of: np.ndarray) -> list[str | None]:
+        return [stored[k] if k >= 0 else None for k in of]
+
+    if "exact" in settings.methods:
+        hashes = quality["pixel_hash"].to_numpy()
+        groups = pd.Series(range(n)).groupby(hashes, dropna=True).apply(list)
+        pairs = np.array([(g[0], other) for g in groups for other in g[1:]], dtype=np.int64).reshape(-1, 2)
+        out["exact"] = named(flag(pairs, order, n))
+    vector_methods = [m for m in settings.methods if m != "exact"]
+    if vector_methods:
+        rows = embed.set_index("sample_id").reindex(stored)["embedding"]
+        have = np.flatnonzero(rows.notna().to_numpy())
+        vectors = np.stack(rows.iloc[have].to_numpy()).astype(np.float32) if len(have) else np.zeros((0, 1))
+        ok = counted(ids, settings)
+        for method in vector_methods:
+            for threshold in settings.thresholds:
+                if method == "near":
+                    local = similar_pairs(vectors, threshold, settings.neighbours)
+                else:
+                    local = semdedup_pairs(vectors, threshold, settings.clusters, settings.seed)
+                pairs = np.array([(have[i], have[j]) for i, j in local if ok(have[i], have[j])], dtype=np.int64)
+                out[column(method, threshold)] = named(flag(pairs.reshape(-1, 2), order, n))
+    flags = [c for c in out.columns if c != "sample_id"]
+    out["duplicate"] = out[flags].notna().any(axis=1)
+    return out
+
+
+def _table(root: Location, name: str, needed_by: str) -> pd.DataFrame:
+    target = root / name
+    if not target.exists():
+        stage = name.removesuffix(".parquet")
+        raise FileNotFoundError(f"curation.dedup: {needed_by} needs {name}; run the {stage} stage first")
+    return pq.read_table(target.url).to_pandas()
+
+
+def write_duplicates(recipe: Recipe, root) -> str:
+    """``<dataset>/dedup.parquet`` from the index and the quality and embed tables (written atomically)."""
+    settings = recipe.curation.dedup
+    root = Location.of(root)
+    index = pq.read_table((root / INDEX_NAME).url, columns=["sample_id", "zarr_index"]).to_pandas()
+    needs_quality = "exact" in settings.methods or settings.keep == "least_cloudy"
+    quality = _table(root, "quality.parquet", "exact or keep: least_cloudy") if needs_quality else None
+    vectors = [m for m in settings.methods if m != "exact"]
+    embed = _table(root, "embed.parquet", " and ".join(vectors)) if vectors else None
+    table = pa.Table.from_pandas(find_duplicates(index, quality, embed, settings), preserve_index=False)
+    target = root / TABLE_NAME
+    with target.staged_file() as path:
+        pq.write_table(table, path)
+    return target.url
