@@ -1,0 +1,208 @@
+"""The facts a caption may state about one sample: a plain dict made from its index row and its labels row.
+
+Every captioner (templates, an LLM) puts these facts into words and nothing else, so a caption can be checked
+against them. The shape, with every key optional but ``sample_id``:
+
+    {
+      "sample_id": "454U_120R.sentinel-2-l2a.20240601",
+      "sensor": "Sentinel-2 L2A",                       # the source's collection, named for people
+      "date": "2024-06-14", "month": "June", "year": 2024,
+      "season": "winter",                               # astronomical, for the hemisphere of the cell's centre
+      "place": {"name": "Putre", "region": "Arica y Parinacota", "country": "Chile"},   # nearest town, offline
+      "cloud_percent": 3,
+      "land_cover": [{"class": "grassland", "percent": 61}, …],        # largest first, 1 % and more
+      "osm": [{"tag": "natural=water", "name": "Lago Chungará", "percent": 12, "where": "north-west"},
+              {"tag": "highway=primary", "length_m": 2300, "where": "across the patch"}, …]
+    }
+
+Percentages are whole numbers rounded half to even (``round``) once, here, so every captioner and every
+check sees the same number. Free text (OSM names and tag values) is untrusted: it is cut to
+``TEXT_LIMIT`` characters and control characters are dropped, but never interpreted.
+
+The labels row (``labels.parquet``, keyed by ``sample_id``) is read as: ``land_cover`` a mapping (or JSON
+text) of class → fraction 0-1, and ``osm`` a list (or JSON text) of features with ``tag`` (``key=value``) or
+``key``/``value``, and optionally ``name``, ``fraction`` (of the patch area), ``length_m``, ``count`` and
+``where`` (a compass word) or ``centroid`` (x, y as fractions of the patch, y down).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+import pandas as pd
+
+from eo_etl.text import CONTROL
+
+TEXT_LIMIT = 80  # characters of one free-text fact (an OSM name or tag)
+MAX_CLASSES = 6  # land-cover classes kept, largest first
+MAX_FEATURES = 8  # OSM features kept, largest first
+MIN_PERCENT = 1  # smaller shares are not worth a word
+
+# Collection ids → the sensor's name in a sentence; other ids are said as they are.
+SENSORS = {
+    "sentinel-2-l2a": "Sentinel-2 L2A",
+    "sentinel-2-l1c": "Sentinel-2 L1C",
+    "sentinel-1-rtc": "Sentinel-1 radar",
+    "sentinel-1-grd": "Sentinel-1 radar",
+    "landsat-c2-l2": "Landsat",
+    "cop-dem-glo-30": "Copernicus DEM",
+}
+_SEASONS_NORTH = ("winter", "winter", "spring", "spring", "spring", "summer", "summer", "summer", "autumn",
+                  "autumn", "autumn", "winter")  # fmt: skip
+_OPPOSITE = {"winter": "summer", "summer": "winter", "spring": "autumn", "autumn": "spring"}
+
+
+def clean_text(value: object) -> str:
+    """Untrusted text as a fact: control characters (newlines, escapes, bidi overrides) dropped, whitespace
+    collapsed, cut to ``TEXT_LIMIT`` characters."""
+    text = " ".join(CONTROL.sub(" ", str(value)).split())
+    return text[:TEXT_LIMIT].rstrip()
+
+
+def percent(fraction: float) -> int:
+    """A fraction 0-1 as the whole percent every caption states."""
+    return round(float(fraction) * 100)
+
+
+def season(month: int, latitude: float | None) -> str:
+    """The season of ``month`` at ``latitude`` (northern when unknown); "dry/wet" would need climate data."""
+    north = _SEASONS_NORTH[month - 1]
+    return _OPPOSITE[north] if latitude is not None and latitude < 0 else north
+
+
+def where(centroid: object) -> str | None:
+    """A compass word for a centroid (x, y fractions of the patch, y down): "centre", "north-west", …"""
+    try:
+        x, y = (float(v) for v in centroid)  # type: ignore[union-attr]
+    except (TypeError, ValueError):
+        return None
+    if not (0 <= x <= 1 and 0 <= y <= 1):
+        return None
+    vertical = "north" if y < 1 / 3 else "south" if y > 2 / 3 else ""
+    horizontal = "west" if x < 1 / 3 else "east" if x > 2 / 3 else ""
+    return "-".join(part for part in (vertical, horizontal) if part) or "centre"
+
+
+def make_facts(index_row: Mapping[str, Any], labels_row: Mapping[str, Any] | None = None, *,
+               sensor: str | None = None, place: Mapping[str, str] | None = None) -> dict:  # fmt: skip
+    """The facts of one sample. ``sensor`` is its source's collection id (the index holds the recipe's source
+    name), ``place`` the nearest town (eo_etl.captions.place), both optional."""
+    facts: dict[str, Any] = {"sample_id": str(index_row["sample_id"])}
+    if sensor:
+        facts["sensor"] = SENSORS.get(sensor, clean_text(sensor))
+    stamp = index_row.get("timestamp")
+    if stamp is not None and not pd.isna(stamp):
+        day = pd.Timestamp(stamp).tz_convert(UTC) if pd.Timestamp(stamp).tzinfo else pd.Timestamp(stamp)
+        facts.update(date=f"{day:%Y-%m-%d}", month=f"{day:%B}", year=day.year)
+        facts["season"] = season(day.month, _number(index_row.get("centre_lat")))
+    if place:
+        facts["place"] = {key: clean_text(value) for key, value in place.items() if value}
+    cloud = _number(index_row.get("cloud_cover"))
+    if cloud is not None:
+        facts["cloud_percent"] = round(cloud)
+    labels = dict(labels_row or {})
+    classes = _decoded(labels.get("land_cover")) or {}
+    land_cover = sorted(
+        ({"class": clean_text(name), "percent": percent(share)} for name, share in dict(classes).items()
+         if _number(share) is not None),
+        key=lambda item: (-item["percent"], item["class"]),
+    )  # fmt: skip
+    land_cover = [item for item in land_cover if item["percent"] >= MIN_PERCENT][:MAX_CLASSES]
+    if land_cover:
+        facts["land_cover"] = land_cover
+    osm = [feature for raw in _decoded(labels.get("osm")) or [] if (feature := _feature(raw))]
+    osm.sort(key=lambda f: (-f.get("percent", 0), -f.get("length_m", 0), -f.get("count", 0), f["tag"], f.get("name", "")))
+    if osm:
+        facts["osm"] = osm[:MAX_FEATURES]
+    return facts
+
+
+def _feature(raw: object) -> dict | None:
+    if not isinstance(raw, Mapping):
+        return None
+    tag = raw.get("tag") or (f"{raw['key']}={raw['value']}" if raw.get("key") and raw.get("value") else None)
+    if not tag:
+        return None
+    feature: dict[str, Any] = {"tag": clean_text(tag)}
+    if raw.get("name"):
+        feature["name"] = clean_text(raw["name"])
+    if (fraction := _number(raw.get("fraction"))) is not None:
+        if percent(fraction) < MIN_PERCENT:
+            return None
+        feature["percent"] = percent(fraction)
+    if (length := _number(raw.get("length_m"))) is not None and length > 0:
+        feature["length_m"] = int(round(length, -2)) or 100  # to 100 m: a caption says "about 2.3 km"
+    if (count := _number(raw.get("count"))) is not None and count > 0:
+        feature["count"] = int(count)
+    place = raw.get("where") if isinstance(raw.get("where"), str) else where(raw.get("centroid"))
+    if place and re.fullmatch(r"[a-z -]{1,24}", place):
+        feature["where"] = place
+    return feature
+
+
+def _decoded(value: object) -> Any:
+    if isinstance(value, str | bytes):
+        try:
+            return json.loads(value)
+        except ValueError:
+            return None
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return None
+    if hasattr(value, "tolist"):  # numpy arrays from parquet list columns
+        return value.tolist()
+    return value
+
+
+def _number(value: object) -> float | None:
+    try:
+        number = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None
+
+
+def facts_hash(facts: Mapping[str, Any]) -> str:
+    """A stable fingerprint of the facts (canonical JSON, sha256), the cache's key part for them."""
+    return hashlib.sha256(canonical(facts).encode()).hexdigest()
+
+
+def canonical(value: object) -> str:
+    """Canonical JSON: sorted keys, no spaces, ASCII only."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+
+
+def numbers_in(facts: Mapping[str, Any]) -> set[str]:
+    """Every number the facts state (as a caption would write it: 61, 2024, 2.3 for 2300 m, 14 for a day),
+    the only numbers a caption may contain."""
+    found: set[str] = set()
+
+    def walk(value: object) -> None:
+        if isinstance(value, Mapping):
+            for key, item in value.items():
+                if key == "length_m" and isinstance(item, int):
+                    found.update({str(item), f"{item / 1000:g}", f"{item / 1000:.1f}"})
+                walk(item)
+        elif isinstance(value, list):
+            for item in value:
+                walk(item)
+        elif isinstance(value, bool):
+            return
+        elif isinstance(value, int | float):
+            found.add(f"{value:g}")
+        elif isinstance(value, str):
+            for number in re.findall(r"\d+(?:\.\d+)?", value):
+                found.update({number, str(int(float(number))) if "." not in number else number})
+
+    walk({key: value for key, value in facts.items() if key != "sample_id"})
+    return found
+
+
+def now() -> str:
+    """UTC time as recorded with a generated caption."""
+    return datetime.now(UTC).isoformat(timespec="seconds")
