@@ -17,6 +17,7 @@ from eo_etl.extras import require_extras
 from eo_etl.pipeline.lock import DatasetLock
 from eo_etl.pipeline.options import pipeline_options
 from eo_etl.pipeline.run import make_pipeline, run_pipeline, stages_a_template
+from eo_etl.pipeline.stages import run_stage_pipeline
 from eo_etl.pipeline.state import BuildState
 from eo_etl.pipeline.transforms import PLAN_NAME, SKIPPED_ITEM
 from eo_etl.plan import plan, write_plan
@@ -24,6 +25,9 @@ from eo_etl.recipe import Recipe
 from eo_etl.recipe.models import TimeRange
 from eo_etl.sample import FAILED, OK, REJECTED, TRANSIENT
 from eo_etl.sources.cell import cells_of
+from eo_etl.stages.core import Stage
+from eo_etl.stages.registry import STAGES, find_stages
+from eo_etl.stages.run import assemble, plan_stage, stage_settings
 from eo_etl.store.index import INDEX_NAME
 from eo_etl.store.location import Location
 
@@ -31,7 +35,9 @@ from eo_etl.store.location import Location
 @dataclass
 class StageReport:
     name: str
-    status: str  # "done", "failed" (done, but too many cells failed), "not configured" or "not available"
+    # "done", "failed" (done, but too many cells failed; a stage that failed), "up to date" (a stage with nothing
+    # to do), "not configured" or "not available"
+    status: str
     detail: str
 
 
@@ -54,7 +60,8 @@ class BuildReport:
         return any(stage.status == "failed" for stage in self.stages)
 
 
-# Stages after storing, in pipeline order: which recipe section configures each.
+# Stages after storing, in pipeline order: which recipe section configures each. Those the registry
+# (eo_etl/stages/registry.py) has stages for run; the others are reported as not available yet.
 LATER_STAGES = [
     ("labels", "labels"),
     ("captions", "captions"),
@@ -72,12 +79,16 @@ def build(
     runner: str | None = None,
     options: dict | None = None,
     progress: bool = False,
+    stages: list[str] | None = None,
+    redo: bool = False,
 ) -> BuildReport:
     """Build (or resume, or extend) the dataset of ``recipe`` in ``output`` (the recipe's by default), a
     folder or a URL (``s3://bucket/prefix``; credentials from the environment, as fsspec finds them).
 
     ``since`` ("LAST" or an ISO date) builds a new version from there (LAST: where the last version ended)
     to ``until`` (yesterday, UTC, by default). ``runner`` and ``options`` override the recipe's runner.
+    ``stages`` (names or groups: ``labels``) runs only those stages on the dataset as built, no acquisition;
+    ``redo`` makes them forget their recorded work and start afresh.
     """
     output_given = output is not None
     location = Location.of(output or recipe.output_path)
@@ -89,6 +100,8 @@ def build(
     if recipe.runner.kind == "dataflow" and location.local:
         raise ValueError(f"--out {location}: Dataflow's workers share no disk; write the dataset to gs://… or s3://…")
     require_extras(recipe, out=output if output_given else None, runner=runner)  # not a build lost at its end
+    if stages is not None:
+        return _run_stages_alone(recipe, location, beam_options, find_stages(stages), since=since, redo=redo)
     if since is not None:
         window = window_since(state, since, until)
         if window is None:
@@ -132,14 +145,59 @@ def _build_locked(recipe: Recipe, location: Location, state: BuildState, beam_op
         report.samples = gpd.read_parquet(index.url, storage_options=index.storage_options).to_dict("records")
         report.versions = state.versions()
         report.stages += _stage_reports(recipe, location, report)
-    for stage, section in LATER_STAGES:
-        if not getattr(recipe, section):
-            report.stages.append(StageReport(stage, "not configured", f"the recipe has no {section}"))
-        else:
-            report.stages.append(
-                StageReport(stage, "not available", f"{section} is set, but this eo-etl cannot run {stage} yet")
-            )
+    report.stages += _later_stages(recipe, location, beam_options)
     return report
+
+
+def _run_stages_alone(recipe: Recipe, location: Location, beam_options, selected: list[Stage], *, since, redo: bool):
+    """``--stages``: the stages named, on the dataset as it is built."""
+    if since is not None:
+        raise ValueError("--stages runs stages on the dataset as built; a new version (--since) runs them itself")
+    if not (location / INDEX_NAME).exists():
+        raise ValueError(f"{location} has no built dataset (no {INDEX_NAME}): build it first, then run --stages")
+    report = BuildReport(location.native, gpd.GeoDataFrame())
+    with DatasetLock(location):
+        report.stages += _later_stages(recipe, location, beam_options, selected, redo=redo)
+    return report
+
+
+def _later_stages(recipe: Recipe, location: Location, beam_options, selected: list[Stage] | None = None,
+                  *, redo: bool = False) -> list[StageReport]:  # fmt: skip
+    """Run the configured stages after the store (``selected``: only those), in order; a report each."""
+    reports = []
+    for group, section in LATER_STAGES:
+        registered = [stage for stage in STAGES if stage.group == group]
+        if not registered and selected is None:
+            if not getattr(recipe, section):
+                reports.append(StageReport(group, "not configured", f"the recipe has no {section}"))
+            else:
+                reports.append(
+                    StageReport(group, "not available", f"{section} is set, but this eo-etl cannot run {group} yet")
+                )
+        for stage in registered:
+            if selected is None or stage in selected:
+                reports.append(_later_stage(stage, recipe, location, beam_options, redo=redo))
+    return reports
+
+
+def _later_stage(stage: Stage, recipe: Recipe, location: Location, beam_options, *, redo: bool) -> StageReport:
+    """Run one stage after the store on the samples whose inputs changed since it last ran."""
+    if stage_settings(stage, recipe) is None:
+        return StageReport(stage.name, "not configured", f"the recipe has no {stage.section}")
+    if not (location / INDEX_NAME).exists():
+        return StageReport(stage.name, "not available", f"no {INDEX_NAME} to run it on: the recipe has no sources")
+    table = location / stage.table_name
+    try:
+        plan = plan_stage(stage, recipe, location, redo=redo)
+        if plan.up_to_date:
+            return StageReport(stage.name, "up to date", f"{len(plan.order)} samples → {table}")
+        if plan.batches:
+            run_stage_pipeline(stage, plan, recipe, location, beam_options)
+        assemble(plan, location)
+    except Exception as error:  # the stage's failure is reported; the batches it finished are kept for a rerun
+        return StageReport(stage.name, "failed", f"{type(error).__name__}: {error}")
+    kept = len(plan.order) - plan.todo
+    return StageReport(stage.name, "done", f"{plan.todo} samples run, {kept} kept → {table}")
 
 
 def window_since(state: BuildState, since: str, until: date | None) -> TimeRange | None:

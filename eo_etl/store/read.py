@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import pandas as pd
 import xarray as xr
 import zarr
 
 from eo_etl.sample import Sample
+from eo_etl.stages.core import STAGE_NAME
 from eo_etl.store.index import INDEX_NAME
 from eo_etl.store.zarr import STORE_NAME, quiet_consolidated
 
@@ -49,10 +50,30 @@ def stored_rows(index: pd.DataFrame, source: str) -> pd.DataFrame:
     return index[(index.source == source) & index.zarr_index.notna()].sort_values("zarr_index")
 
 
-def open_dataset(root, source: str | None = None, *, storage_options: dict | None = None) -> xr.Dataset:
+def stage_columns(root, rows: pd.DataFrame, stages: Sequence[str], storage_options: dict | None = None) -> pd.DataFrame:
+    """The columns of the stage tables ``stages`` (``landcover.parquet`` …) for ``rows``, in their order, named
+    ``<stage>.<column>``; None where a stage has no row for a sample."""
+    joined = pd.DataFrame(index=pd.Index(rows["sample_id"], name="sample_id"))
+    for stage in stages:
+        if not STAGE_NAME.fullmatch(stage):
+            raise ValueError(f"{stage!r} is not a stage name")
+        try:
+            table = pd.read_parquet(join_path(root, f"{stage}.parquet"), storage_options=storage_options)
+        except FileNotFoundError:
+            raise ValueError(f"{root} has no {stage} table ({stage}.parquet): run that stage first") from None
+        table = table.set_index("sample_id").add_prefix(f"{stage}.")
+        joined = joined.join(table.astype(object).where(table.notna(), None))
+    return joined.reset_index(drop=True)
+
+
+def open_dataset(
+    root, source: str | None = None, *, stages: Sequence[str] = (), storage_options: dict | None = None
+) -> xr.Dataset:
     """One source's stored samples as a lazy xarray Dataset: ``pixels`` (sample, band, y, x) in the
     delivered dtype, labelled bands and cells, per-sample x/y/time/EPSG, band scale/offset, the band
-    statistics in ``attrs``, and the index's quality and provenance columns per sample.
+    statistics in ``attrs``, and the index's quality and provenance columns per sample. Masks of the stages
+    after the store (``landcover.class`` …) are variables beside ``pixels``; the columns of the stage tables
+    named in ``stages`` are per-sample coordinates ``<stage>.<column>``.
 
     ``source`` may be left out when the dataset has one.
     """
@@ -62,7 +83,10 @@ def open_dataset(root, source: str | None = None, *, storage_options: dict | Non
             join_path(root, STORE_NAME), group=source, storage_options=storage_options, mask_and_scale=False
         )
     rows = stored_rows(read_index(root, storage_options), source)
-    return dataset.assign_coords({column: ("sample", rows[column].to_numpy()) for column in SAMPLE_COLUMNS})
+    columns = {column: ("sample", rows[column].to_numpy()) for column in SAMPLE_COLUMNS}
+    extra = stage_columns(root, rows, stages, storage_options)
+    columns |= {column: ("sample", extra[column].to_numpy()) for column in extra.columns}
+    return dataset.assign_coords(columns)
 
 
 def read_samples(

@@ -4,7 +4,10 @@
     data = SampleDataset("out/demo", bands=["B04", "B03", "B02"])
     loader = torch.utils.data.DataLoader(data, batch_size=8, num_workers=2)
 
-Each item is ``{"pixels": float32 (band, y, x), "valid": bool (y, x), "grid_cell": str, "index": int}``.
+Each item is ``{"pixels": float32 (band, y, x), "valid": bool (y, x), "grid_cell": str, "index": int,
+"sample_id": str}``; with ``stages=["landcover"]`` also ``"landcover": {column: value}`` (that stage table's
+row: list columns need a ``collate_fn`` of yours to batch), and with ``masks=["landcover.class"]``
+``"masks": {name: uint8 (y, x)}`` (the stages' masks, aligned with the pixels).
 With ``normalize`` (the default) bands are standardised by the statistics stored with the data (mean and
 standard deviation of each band's valid pixels) and nodata pixels become 0. The Zarr store is opened
 lazily in each worker process, so the dataset pickles small.
@@ -24,7 +27,7 @@ try:
 except ModuleNotFoundError:  # say which extra, not only which module
     raise MissingExtras([needs("eo_etl.store.torch_dataset", "torch")]) from None
 
-from eo_etl.store.read import choose_source, join_path, read_index, stored_rows
+from eo_etl.store.read import choose_source, join_path, read_index, stage_columns, stored_rows
 from eo_etl.store.zarr import STORE_NAME, quiet_consolidated
 
 
@@ -36,6 +39,8 @@ class SampleDataset(torch.utils.data.Dataset):
         *,
         bands: Sequence[str] | None = None,
         normalize: bool = True,
+        stages: Sequence[str] = (),
+        masks: Sequence[str] = (),
         storage_options: dict | None = None,
     ):
         self.root, self.storage_options, self.normalize = str(root), storage_options, normalize
@@ -44,7 +49,18 @@ class SampleDataset(torch.utils.data.Dataset):
         rows = stored_rows(index, self.source)
         self.cells = rows.grid_cell.tolist()
         self.positions = rows.zarr_index.astype(int).tolist()
+        self.sample_ids = rows.sample_id.tolist()
+        columns = stage_columns(self.root, rows, stages, storage_options)
+        self.stage_rows = {
+            stage: [{c.removeprefix(f"{stage}."): v for c, v in row.items() if c.startswith(f"{stage}.")}
+                    for row in columns.to_dict("records")]
+            for stage in stages
+        }  # fmt: skip
         group = self._group()
+        self.masks = list(masks)
+        missing = [name for name in self.masks if "." not in name or name not in group]
+        if missing:
+            raise ValueError(f"no mask {missing[0]!r} in {self.source}; stages write masks as <stage>.<name>")
         all_bands = list(group["band"][:])
         self.bands = list(bands or all_bands)
         unknown = [band for band in self.bands if band not in all_bands]
@@ -56,6 +72,7 @@ class SampleDataset(torch.utils.data.Dataset):
         self.std = np.array([statistics[band]["std"] or 1.0 for band in self.bands], dtype=np.float32)
         self.nodata = group["pixels"].attrs.get("nodata")
         self._pixels = None
+        self._masks = None
 
     def _group(self) -> zarr.Group:
         with quiet_consolidated():
@@ -75,12 +92,21 @@ class SampleDataset(torch.utils.data.Dataset):
         if self.normalize:
             pixels = (pixels - self.mean[:, None, None]) / self.std[:, None, None]
             pixels[:, ~valid] = 0.0
-        return {
+        item = {
             "pixels": torch.from_numpy(pixels),
             "valid": torch.from_numpy(valid),
             "grid_cell": self.cells[i],
             "index": self.positions[i],
+            "sample_id": self.sample_ids[i],
         }
+        for stage, rows in self.stage_rows.items():
+            item[stage] = rows[i]
+        if self.masks:
+            if self._masks is None:
+                group = self._group()
+                self._masks = {name: group[name] for name in self.masks}
+            item["masks"] = {name: torch.from_numpy(array[self.positions[i]]) for name, array in self._masks.items()}
+        return item
 
     def __getstate__(self) -> dict:
-        return self.__dict__ | {"_pixels": None}  # workers reopen the store rather than pickle it
+        return self.__dict__ | {"_pixels": None, "_masks": None}  # workers reopen the store rather than pickle it

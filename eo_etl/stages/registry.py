@@ -1,0 +1,23 @@
+"""Every stage after the store, in pipeline order: adding a stage is one entry here.
+
+A stage's module declares its ``Stage``; a later stage reads an earlier one's table, never its module. The
+build runs the configured ones in this order; ``--stages`` picks them by name or group (``labels``).
+"""
+
+from __future__ import annotations
+
+from eo_etl.labels import landcover
+from eo_etl.stages.core import Stage
+
+STAGES: list[Stage] = [
+    landcover.STAGE,
+]
+
+
+def find_stages(names: list[str]) -> list[Stage]:
+    """The stages named (by name or group), in pipeline order; ValueError naming an unknown one."""
+    known = {stage.name for stage in STAGES} | {stage.group for stage in STAGES}
+    unknown = [name for name in names if name not in known]
+    if unknown:
+        raise ValueError(f"--stages: unknown stage {unknown[0]!r}; known: {', '.join(sorted(known))}")
+    return [stage for stage in STAGES if stage.name in names or stage.group in names]
