@@ -19,10 +19,10 @@ Percentages are whole numbers rounded half to even (``round``) once, here, so ev
 check sees the same number. Free text (OSM names and tag values) is untrusted: it is cut to
 ``TEXT_LIMIT`` characters and control characters are dropped, but never interpreted.
 
-The labels row (``labels.parquet``, keyed by ``sample_id``) is read as: ``land_cover`` a mapping (or JSON
-text) of class → fraction 0-1, and ``osm`` a list (or JSON text) of features with ``tag`` (``key=value``) or
-``key``/``value``, and optionally ``name``, ``fraction`` (of the patch area), ``length_m``, ``count`` and
-``where`` (a compass word) or ``centroid`` (x, y as fractions of the patch, y down).
+The labels are the rows of the earlier stages' tables for this sample (read from the tables, never from
+their modules): ``landcover`` (``classes``: a list of ``{name, fraction}``, fraction 0-1) and ``osm``
+(``osm_tags``: a list of ``{key, value, count, area_fraction, length_m, position}``, ``position`` being how
+the tag's extent splits over the patch's 3 × 3 ninths, row by row from the top left; an optional ``name``).
 """
 
 from __future__ import annotations
@@ -76,23 +76,37 @@ def season(month: int, latitude: float | None) -> str:
     return _OPPOSITE[north] if latitude is not None and latitude < 0 else north
 
 
-def where(centroid: object) -> str | None:
-    """A compass word for a centroid (x, y fractions of the patch, y down): "centre", "north-west", …"""
+_NINTHS = ("north-west", "north", "north-east", "west", "centre", "east", "south-west", "south", "south-east")
+
+
+def where(position: object) -> str | None:
+    """Where in the patch a tag lies, from how its extent splits over the 3 × 3 ninths (row by row from the
+    top left): the ninth holding half or more, else the third (row or column) holding 70 % or more, else
+    "across the patch"."""
     try:
-        x, y = (float(v) for v in centroid)  # type: ignore[union-attr]
+        shares = [float(v) for v in position]  # type: ignore[union-attr]
     except (TypeError, ValueError):
         return None
-    if not (0 <= x <= 1 and 0 <= y <= 1):
+    if len(shares) != 9 or not all(math.isfinite(v) and v >= 0 for v in shares) or sum(shares) <= 0:
         return None
-    vertical = "north" if y < 1 / 3 else "south" if y > 2 / 3 else ""
-    horizontal = "west" if x < 1 / 3 else "east" if x > 2 / 3 else ""
-    return "-".join(part for part in (vertical, horizontal) if part) or "centre"
+    total = sum(shares)
+    shares = [v / total for v in shares]
+    best = max(range(9), key=lambda i: (shares[i], -i))
+    if shares[best] >= 0.5:
+        return _NINTHS[best]
+    thirds = {"north": shares[0:3], "south": shares[6:9], "west": shares[0::3], "east": shares[2::3]}
+    for name, part in thirds.items():
+        if sum(part) >= 0.7:
+            return name
+    return "across the patch"
 
 
-def make_facts(index_row: Mapping[str, Any], labels_row: Mapping[str, Any] | None = None, *,
-               sensor: str | None = None, place: Mapping[str, str] | None = None) -> dict:  # fmt: skip
-    """The facts of one sample. ``sensor`` is its source's collection id (the index holds the recipe's source
-    name), ``place`` the nearest town (eo_etl.captions.place), both optional."""
+def make_facts(index_row: Mapping[str, Any], landcover: Mapping[str, Any] | None = None,
+               osm: Mapping[str, Any] | None = None, *, sensor: str | None = None,
+               place: Mapping[str, str] | None = None) -> dict:  # fmt: skip
+    """The facts of one sample from its index row and its rows of the ``landcover`` and ``osm`` tables (None:
+    no row). ``sensor`` is its source's collection id (the index holds the recipe's source name), ``place``
+    the nearest town (eo_etl.captions.place), both optional."""
     facts: dict[str, Any] = {"sample_id": str(index_row["sample_id"])}
     if sensor:
         facts["sensor"] = SENSORS.get(sensor, clean_text(sensor))
@@ -106,20 +120,20 @@ def make_facts(index_row: Mapping[str, Any], labels_row: Mapping[str, Any] | Non
     cloud = _number(index_row.get("cloud_cover"))
     if cloud is not None:
         facts["cloud_percent"] = round(cloud)
-    labels = dict(labels_row or {})
-    classes = _decoded(labels.get("land_cover")) or {}
+    classes = _decoded((landcover or {}).get("classes")) or []
     land_cover = sorted(
-        ({"class": clean_text(name), "percent": percent(share)} for name, share in dict(classes).items()
-         if _number(share) is not None),
+        ({"class": clean_text(c["name"]), "percent": percent(c["fraction"])} for c in classes
+         if isinstance(c, Mapping) and c.get("name") and _number(c.get("fraction")) is not None),
         key=lambda item: (-item["percent"], item["class"]),
     )  # fmt: skip
     land_cover = [item for item in land_cover if item["percent"] >= MIN_PERCENT][:MAX_CLASSES]
     if land_cover:
         facts["land_cover"] = land_cover
-    osm = [feature for raw in _decoded(labels.get("osm")) or [] if (feature := _feature(raw))]
-    osm.sort(key=lambda f: (-f.get("percent", 0), -f.get("length_m", 0), -f.get("count", 0), f["tag"], f.get("name", "")))
-    if osm:
-        facts["osm"] = osm[:MAX_FEATURES]
+    features = [feature for raw in _decoded((osm or {}).get("osm_tags")) or [] if (feature := _feature(raw))]
+    features.sort(key=lambda f: (-f.get("percent", 0), -f.get("length_m", 0), -f.get("count", 0), f["tag"],
+                                 f.get("name", "")))  # fmt: skip
+    if features:
+        facts["osm"] = features[:MAX_FEATURES]
     return facts
 
 
@@ -132,16 +146,13 @@ def _feature(raw: object) -> dict | None:
     feature: dict[str, Any] = {"tag": clean_text(tag)}
     if raw.get("name"):
         feature["name"] = clean_text(raw["name"])
-    if (fraction := _number(raw.get("fraction"))) is not None:
-        if percent(fraction) < MIN_PERCENT:
-            return None
+    if (fraction := _number(raw.get("area_fraction"))) is not None and percent(fraction) >= MIN_PERCENT:
         feature["percent"] = percent(fraction)
     if (length := _number(raw.get("length_m"))) is not None and length > 0:
         feature["length_m"] = int(round(length, -2)) or 100  # to 100 m: a caption says "about 2.3 km"
     if (count := _number(raw.get("count"))) is not None and count > 0:
         feature["count"] = int(count)
-    place = raw.get("where") if isinstance(raw.get("where"), str) else where(raw.get("centroid"))
-    if place and re.fullmatch(r"[a-z -]{1,24}", place):
+    if place := where(raw.get("position")):
         feature["where"] = place
     return feature
 
