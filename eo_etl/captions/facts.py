@@ -43,6 +43,7 @@ TEXT_LIMIT = 80  # characters of one free-text fact (an OSM name or tag)
 MAX_CLASSES = 6  # land-cover classes kept, largest first
 MAX_FEATURES = 8  # OSM features kept, largest first
 MIN_PERCENT = 1  # smaller shares are not worth a word
+TROPICS = 23.44  # degrees of latitude
 
 # Collection ids → the sensor's name in a sentence; other ids are said as they are.
 SENSORS = {
@@ -70,10 +71,13 @@ def percent(fraction: float) -> int:
     return round(float(fraction) * 100)
 
 
-def season(month: int, latitude: float | None) -> str:
-    """The season of ``month`` at ``latitude`` (northern when unknown); "dry/wet" would need climate data."""
+def season(month: int, latitude: float | None) -> str | None:
+    """The season of ``month`` at ``latitude``; None in the tropics (their seasons are wet and dry, which
+    would need climate data) and where the latitude is unknown."""
+    if latitude is None or abs(latitude) < TROPICS:
+        return None
     north = _SEASONS_NORTH[month - 1]
-    return _OPPOSITE[north] if latitude is not None and latitude < 0 else north
+    return _OPPOSITE[north] if latitude < 0 else north
 
 
 _NINTHS = ("north-west", "north", "north-east", "west", "centre", "east", "south-west", "south", "south-east")
@@ -114,7 +118,8 @@ def make_facts(index_row: Mapping[str, Any], landcover: Mapping[str, Any] | None
     if stamp is not None and not pd.isna(stamp):
         day = pd.Timestamp(stamp).tz_convert(UTC) if pd.Timestamp(stamp).tzinfo else pd.Timestamp(stamp)
         facts.update(date=f"{day:%Y-%m-%d}", month=f"{day:%B}", year=day.year)
-        facts["season"] = season(day.month, _number(index_row.get("centre_lat")))
+        if name := season(day.month, _number(index_row.get("centre_lat"))):
+            facts["season"] = name
     if place:
         facts["place"] = {key: clean_text(value) for key, value in place.items() if value}
     cloud = _number(index_row.get("cloud_cover"))

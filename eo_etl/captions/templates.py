@@ -110,8 +110,9 @@ def words(facts: Mapping[str, Any]) -> dict[str, str]:
         out["country"] = place["country"]
     classes = facts.get("land_cover") or []
     if classes:
-        out["land_cover"] = _listed([f"{item['class']} ({item['percent']}%)" for item in classes])
-        out["top_class"], out["top_percent"] = classes[0]["class"], str(classes[0]["percent"])
+        # class names mid-sentence: "grasslands", not "Grasslands" (the sentence's first letter is raised)
+        out["land_cover"] = _listed([f"{item['class'].lower()} ({item['percent']}%)" for item in classes])
+        out["top_class"], out["top_percent"] = classes[0]["class"].lower(), str(classes[0]["percent"])
     features = facts.get("osm") or []
     if features:
         out["osm"] = _listed([_feature_words(feature) for feature in features])
