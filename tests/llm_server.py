@@ -61,7 +61,9 @@ class LlamaServer:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError(f"llama_cpp.server exited with {self.process.returncode}: {self.log.read_text()[-2000:]}")
+                raise RuntimeError(
+                    f"llama_cpp.server exited with {self.process.returncode}: {self.log.read_text()[-2000:]}"
+                )
             try:
                 urllib.request.urlopen(f"{self.url}/models", timeout=2).close()
                 return

@@ -27,7 +27,8 @@ from eo_etl.stages.run import run_stage
 from tests.datasets import place_sample, write_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
-INDEX_ROW = {"sample_id": "454U_120R.s2.20240601", "source": "s2", "timestamp": datetime(2024, 6, 14, 14, 30, tzinfo=UTC),
+INDEX_ROW = {"sample_id": "454U_120R.s2.20240601", "source": "s2",
+             "timestamp": datetime(2024, 6, 14, 14, 30, tzinfo=UTC),
              "centre_lat": -35.0, "centre_lon": -70.5, "cloud_cover": 3.2}  # fmt: skip
 LANDCOVER_ROW = {"classes": [{"code": 10, "name": "Grasslands", "fraction": 0.612},
                              {"code": 16, "name": "Barren", "fraction": 0.2},
@@ -41,11 +42,14 @@ OSM_ROW = {"osm_tags": [
 ]}  # fmt: skip
 
 
+PUTRE = {"name": "Putre", "region": "Arica y Parinacota", "country": "Chile"}
+
+
 def facts(**overrides):
     row = {**INDEX_ROW, **overrides.pop("index", {})}
     return make_facts(row, overrides.get("landcover", LANDCOVER_ROW), overrides.get("osm", OSM_ROW),
                       sensor=overrides.get("sensor", "sentinel-2-l2a"),
-                      place=overrides.get("place", {"name": "Putre", "region": "Arica y Parinacota", "country": "Chile"}))  # fmt: skip
+                      place=overrides.get("place", PUTRE))  # fmt: skip
 
 
 def test_facts_round_once_sort_largest_first_and_drop_what_is_too_small_to_say():
@@ -53,8 +57,15 @@ def test_facts_round_once_sort_largest_first_and_drop_what_is_too_small_to_say()
     assert f["land_cover"] == [{"class": "Grasslands", "percent": 61}, {"class": "Barren", "percent": 20},
                                {"class": "Water Bodies", "percent": 18}]  # 0.4 % snow is too small to say  # fmt: skip
     assert f["osm"] == [{"tag": "natural=water", "percent": 12, "count": 1, "where": "north-west"},
-                        {"tag": "highway=primary", "length_m": 2300, "count": 2, "where": "across the patch"}]  # fmt: skip
-    assert (f["sensor"], f["date"], f["month"], f["year"], f["cloud_percent"]) == ("Sentinel-2 L2A", "2024-06-14", "June", 2024, 3)
+                        {"tag": "highway=primary", "length_m": 2300, "count": 2,
+                         "where": "across the patch"}]  # fmt: skip
+    assert (f["sensor"], f["date"], f["month"], f["year"], f["cloud_percent"]) == (
+        "Sentinel-2 L2A",
+        "2024-06-14",
+        "June",
+        2024,
+        3,
+    )
     assert f["season"] == "winter"  # June south of the tropics
     assert "season" not in facts(index={"centre_lat": 5.0})  # the tropics have wet and dry seasons, not these
     assert facts(index={"centre_lat": 45.0})["season"] == "summer"
@@ -116,20 +127,31 @@ hostile_text = st.text(st.characters(codec="utf-8"), max_size=120)
 
 @settings(max_examples=60, deadline=None)
 @given(
-    classes=st.dictionaries(st.sampled_from(["Grasslands", "Barren", "Croplands", "Urban", "Water Bodies"]),
-                            st.floats(0, 1), max_size=5),  # fmt: skip
-    tags=st.lists(st.fixed_dictionaries({
-        "key": st.sampled_from(["natural", "highway", "landuse", "building"]), "value": hostile_text,
-        "area_fraction": st.floats(0, 1), "length_m": st.one_of(st.none(), st.floats(0, 20_000)),
-        "count": st.integers(0, 50), "name": hostile_text,
-        "position": st.lists(st.floats(0, 1), min_size=9, max_size=9),
-    }), max_size=10),  # fmt: skip
+    classes=st.dictionaries(
+        st.sampled_from(["Grasslands", "Barren", "Croplands", "Urban", "Water Bodies"]), st.floats(0, 1), max_size=5
+    ),  # fmt: skip
+    tags=st.lists(
+        st.fixed_dictionaries(
+            {
+                "key": st.sampled_from(["natural", "highway", "landuse", "building"]),
+                "value": hostile_text,
+                "area_fraction": st.floats(0, 1),
+                "length_m": st.one_of(st.none(), st.floats(0, 20_000)),
+                "count": st.integers(0, 50),
+                "name": hostile_text,
+                "position": st.lists(st.floats(0, 1), min_size=9, max_size=9),
+            }
+        ),
+        max_size=10,
+    ),  # fmt: skip
     day=st.datetimes(min_value=datetime(1990, 1, 1), max_value=datetime(2030, 1, 1), timezones=st.just(UTC)),
     lat=st.floats(-80, 80),
 )
 def test_any_facts_give_captions_whose_numbers_are_all_in_the_facts(classes, tags, day, lat):
     landcover = {"classes": [{"name": name, "fraction": share} for name, share in classes.items()]}
-    f = make_facts({**INDEX_ROW, "timestamp": day, "centre_lat": lat}, landcover, {"osm_tags": tags}, sensor="landsat-c2-l2")
+    f = make_facts(
+        {**INDEX_ROW, "timestamp": day, "centre_lat": lat}, landcover, {"osm_tags": tags}, sensor="landsat-c2-l2"
+    )
     first = template_captions(f)
     assert first == template_captions(json.loads(json.dumps(f)))  # the same facts, the same words
     for _, caption in first:
@@ -191,8 +213,9 @@ def test_the_captions_stage_writes_several_captions_per_sample_with_provenance_b
     assert json.loads(table.iloc[0]["facts"])["place"]["region"] == "Kansas"
     assert pq.read_table(first / "captions.parquet").equals(pq.read_table(second / "captions.parquet"))
     # another process (another hash seed) words the same facts the same way
-    script = (f"import json,sys; sys.path.insert(0, {str(ROOT)!r}); from eo_etl.captions.templates import template_captions;"
-              f"print(json.dumps(template_captions(json.loads(sys.stdin.read()))))")  # fmt: skip
+    script = (f"import json,sys; sys.path.insert(0, {str(ROOT)!r});"
+              "from eo_etl.captions.templates import template_captions;"
+              "print(json.dumps(template_captions(json.loads(sys.stdin.read()))))")  # fmt: skip
     f = table.iloc[2]["facts"]
     other = subprocess.run([sys.executable, "-c", script], input=f, capture_output=True, text=True, check=True,
                            env={"PYTHONHASHSEED": "123", "PATH": ""})  # fmt: skip

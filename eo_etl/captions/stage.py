@@ -107,11 +107,13 @@ STAGE = Stage(
     group="captions",
     section="captions",
     open=open_captioner,
-    columns=pa.schema([
-        pa.field("captions", pa.list_(CAPTION)),  # several per sample, each with its provenance
-        pa.field("facts", pa.string()),  # JSON: what the captions may say
-        pa.field("attribution", pa.string()),  # credit the data named in the captions asks for
-    ]),  # fmt: skip
+    columns=pa.schema(
+        [
+            pa.field("captions", pa.list_(CAPTION)),  # several per sample, each with its provenance
+            pa.field("facts", pa.string()),  # JSON: what the captions may say
+            pa.field("attribution", pa.string()),  # credit the data named in the captions asks for
+        ]
+    ),  # fmt: skip
     reads=("landcover",),  # and "osm" once that stage is registered (eo_etl/labels/osm.py, issue 12)
     version="1",
     batch_size=16,  # an LLM batch is seconds to minutes of requests: a small unit of resuming
