@@ -221,3 +221,22 @@ def test_the_captions_stage_writes_several_captions_per_sample_with_provenance_b
                            env={"PYTHONHASHSEED": "123", "PATH": ""})  # fmt: skip
     assert [tuple(c) for c in json.loads(other.stdout)] == template_captions(json.loads(f))
     assert [c["text"] for c in table.iloc[2]["captions"]] == [text for _, text in template_captions(json.loads(f))]
+
+
+def test_eo_etl_build_runs_the_captions_stage_through_beam_and_shows_some(tmp_path):
+    """The CLI (``--stages labels,captions`` on a built dataset), Beam's in-process runner: a few captions are
+    printed, escaped."""
+    from tests.test_cli import EO_ETL
+
+    root = write_dataset(tmp_path / "ds", [place_sample(k, lon, lat) for k, (lon, lat) in enumerate(PLACES)])
+    recipe = captions_recipe(kind="template").model_dump(mode="json", exclude_none=True)
+    recipe["outputs"]["path"] = str(root)
+    recipe["runner"] = {"kind": "direct", "workers": 1}
+    (tmp_path / "r.yaml").write_text(json.dumps(recipe))
+    build = [EO_ETL, "build", str(tmp_path / "r.yaml"), "--stages", "labels,captions"]
+    result = subprocess.run(build, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert re.search(r"captions\s+done\s+3 samples run", result.stdout)
+    table = pd.read_parquet(root / "captions.parquet")
+    first = next(c["text"] for c in table.iloc[0]["captions"] if c["text"])
+    assert f"{table.iloc[0]['sample_id']}: {first}" in " ".join(result.stdout.split())
