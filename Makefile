@@ -29,8 +29,9 @@ bench: $(STAMP)
 
 llm-wheel:  ## build llama-cpp-python's wheel into $(WHEELS) unless it is there
 	mkdir -p $(WHEELS)
+	# without the multimodal library (LLAVA_BUILD=OFF): text models only, half the compile
 	ls $(WHEELS)/llama_cpp_python-0.3.36-*.whl >/dev/null 2>&1 || \
-		$(BIN)/python -m pip wheel --quiet --no-deps "$(LLAMA)" -w $(WHEELS)
+		CMAKE_ARGS="-DLLAVA_BUILD=OFF" $(BIN)/python -m pip wheel --quiet --no-deps "$(LLAMA)" -w $(WHEELS)
 
 schemas: $(STAMP)
 	$(BIN)/eo-etl schema

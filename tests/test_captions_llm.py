@@ -50,7 +50,7 @@ def proxy(server):
 
 
 def captioner(url: str, folder: Path, **settings) -> LlmCaptioner:
-    defaults = {"max_tokens": 48, "concurrency": 2, "api_key_env": "EO_ETL_TEST_KEY",
+    defaults = {"max_tokens": 48, "concurrency": 2, "api_key_env": "EO_ETL_TEST_KEY", "timeout_s": 600,
                 "policy": RetryPolicy(attempts=10, initial_s=0.5, max_s=4.0)}  # fmt: skip
     return LlmCaptioner(url=url, model=MODEL_NAME, cache=CaptionCache(folder), **{**defaults, **settings})
 
@@ -164,7 +164,7 @@ def test_the_captions_stage_asks_the_model_once_per_facts_across_reruns_and_vers
     url, recorder = proxy
     places = [(-98.0, 38.5), (-69.5, -18.2)]
     root = write_dataset(tmp_path / "ds", [place_sample(k, lon, lat) for k, (lon, lat) in enumerate(places)])
-    recipe = captions_recipe(kind="llm", url=url, model=MODEL_NAME, max_tokens=48, n=2, api_key_env=None)
+    recipe = captions_recipe(kind="llm", url=url, model=MODEL_NAME, max_tokens=48, n=2, api_key_env=None, timeout_s=600)
     run_stage(LANDCOVER, recipe, root)
     run_stage(CAPTIONS, recipe, root)
     table = pd.read_parquet(root / "captions.parquet")
