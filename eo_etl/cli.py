@@ -241,10 +241,12 @@ def demo(
 ) -> None:
     """The offline demo, no clone needed: write the Sentinel-2 scene that xarray-spatial ships as a STAC catalog
     (<out>/demo-catalog), the demo recipe reading it (<out>/demo.yaml), and build that (<out>/demo)."""
-    from eo_etl.demo import write_demo
+    from eo_etl.demo import LAND_COVER_HINT, land_cover_installed, write_demo
 
     with user_errors():
         recipe = write_demo(out_dir)  # checks every extra it needs before writing anything
+    if not land_cover_installed():
+        err.print(Text.assemble(("note: ", "yellow"), LAND_COVER_HINT), highlight=False, soft_wrap=True)
     out.print(f"wrote the demo scene and {recipe}; building it", highlight=False)
     build(recipe)
 
@@ -319,6 +321,9 @@ def schema(
 
 
 def _summary(recipe: Recipe) -> str:
+    from eo_etl.stages.core import stage_settings
+    from eo_etl.stages.registry import STAGES  # the stage modules (rasterio …): only where a summary is shown
+
     aoi = recipe.aoi
     where = f"bbox {list(aoi.bbox)}" if aoi.bbox else f"file {aoi.file}" if aoi.file else f"{len(aoi.cells)} cells"
     if aoi.bbox:
@@ -326,11 +331,13 @@ def _summary(recipe: Recipe) -> str:
         if count > MAX_CELLS:
             where += f": about {count:,} cells, for `plan`; a build takes at most {MAX_CELLS:,}"
     sources = ", ".join(f"{s.name} ({s.kind}, {len(s.bands)} bands @ {s.resolution_m:g} m)" for s in recipe.sources)
+    stages = [f"{stage.name} ({stage.section})" for stage in STAGES if stage_settings(stage, recipe) is not None]
     lines = [
         f"  aoi      {where}",
         f"  grid     {recipe.grid.kind}, {recipe.grid.distance_km:g} km",
         f"  time     {recipe.time.start} → {recipe.time.end}",
         f"  sources  {sources or 'none: a build writes only the plan of cells'}",
+        f"  stages   {', '.join(stages) or 'none after the store'}",
         f"  output   {recipe.output_path} ({', '.join(recipe.outputs.formats)})",
         f"  runner   {recipe.runner.kind}, {recipe.runner.workers} workers",
     ]

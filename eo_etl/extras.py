@@ -32,6 +32,7 @@ MODULES: dict[str, tuple[str, ...]] = {
     "gcs": ("gcsfs",),
     "dataflow": ("apitools", "google.cloud.storage"),  # apache-beam[gcp]: Dataflow's API client, gs:// for Beam
     "torch": ("torch",),
+    "osm": ("osmnx",),  # OSM labels from an Overpass API (a local .osm.pbf needs nothing more)
     "captions": ("reverse_geocoder", "scipy"),
 }
 
@@ -90,8 +91,14 @@ FEATURES: tuple[Feature, ...] = (
     Feature("s3", _stored_in("s3")),
     Feature("gcs", _stored_in("gcs")),
     Feature("dataflow", lambda r: [("runner.kind", "dataflow")] if r.runner.kind == "dataflow" else []),
+    Feature("osm", lambda r: [("labels.osm.source", "overpass")] if _overpass(r) else []),
     Feature("captions", lambda r: [("captions.place", True)] if r.captions and r.captions.place else []),
 )
+
+
+def _overpass(recipe: Recipe) -> bool:
+    osm = recipe.labels.osm if recipe.labels else None
+    return osm is not None and osm.source == "overpass"
 
 
 def missing_extras(recipe: Recipe, *, out: object = None, runner: str | None = None) -> list[str]:

@@ -1,6 +1,6 @@
 """Servers on loopback for tests: `rustac serve` (a real STAC API), a static file server with HTTP range
-requests (what GDAL reads COGs through), a proxy that puts chosen failures in front of either, and a
-stub of Earth Engine's REST API (the one service here with no offline counterpart).
+requests (what GDAL reads COGs through), a proxy that puts chosen failures in front of either, and stubs
+of Earth Engine's REST API and of an Overpass API (services with no offline counterpart).
 
 Faults are real HTTP answers (429, 503, 404) sent by a real server, or real broken connections (reset, closed
 without a reply), so the client code under test takes its production path. Besides faults planned per path,
@@ -299,3 +299,78 @@ class EarthEngineStub:
         with _serve(partial(_EarthEngineStubHandler, stub=self)) as url:
             self.url = url
             yield url
+
+
+OVERPASS_STATUS = """Connected as: 2130706433
+Current time: {now}
+Announced endpoint: none
+Rate limit: 2
+2 slots available now.
+Currently running queries (pid, space limit, time limit, start time):
+"""
+
+
+class _OverpassStubHandler(BaseHTTPRequestHandler):
+    def __init__(self, *args, stub: OverpassStub, **kwargs):
+        self.stub = stub
+        super().__init__(*args, **kwargs)
+
+    def _send(self, status: int, payload: bytes, content_type: str) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+
+    def do_GET(self):
+        if self.path.split("?")[0] != "/api/status":
+            return self._send(404, b"", "text/plain")
+        if not _answer_fault(self, self.stub.faults):
+            now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+            self._send(200, OVERPASS_STATUS.format(now=now).encode(), "text/plain")
+
+    def do_POST(self):
+        if self.path.split("?")[0] != "/api/interpreter":
+            return self._send(404, b"", "text/plain")
+        form = urllib.parse.parse_qs(self.rfile.read(int(self.headers.get("Content-Length", 0))).decode())
+        query = form.get("data", [""])[0]
+        with self.stub.faults.lock:
+            self.stub.queries.append((time.monotonic(), query))
+        if _answer_fault(self, self.stub.faults):
+            return
+        self._send(200, json.dumps(self.stub.answer(query)).encode(), "application/json")
+
+    def log_message(self, *args):
+        pass
+
+
+class OverpassStub:
+    """Overpass API's two endpoints as osmnx uses them: ``/api/status`` (free slots, in Overpass's words) and
+    ``/api/interpreter`` (a form-encoded query, answered with the elements ``answer(query)`` gives, in Overpass's
+    JSON). No Overpass runs offline; the client under test is osmnx over real HTTP. Every query is recorded
+    with its arrival time; ``faults`` plans failures per path."""
+
+    def __init__(self, answer):
+        self.answer = answer
+        self.faults = Faults()
+        self.queries: list[tuple[float, str]] = []
+
+    @staticmethod
+    def reply(elements: list[dict]) -> dict:
+        """Elements in the envelope an Overpass API answers with."""
+        return {
+            "version": 0.6,
+            "generator": "Overpass API 0.7.62.1 084b4234",
+            "osm3s": {
+                "timestamp_osm_base": "2024-06-01T00:00:00Z",
+                "copyright": "The data included in this document is from www.openstreetmap.org. The data is made "
+                "available under ODbL.",
+            },
+            "elements": elements,
+        }
+
+    @contextmanager
+    def serve(self) -> Iterator[str]:
+        """Yields the API's base URL (…/api)."""
+        with _serve(partial(_OverpassStubHandler, stub=self)) as url:
+            yield url + "/api"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -16,6 +17,7 @@ import pytest
 import shapely
 import xarray as xr
 import yaml
+import zarr
 
 from eo_etl.demo import write_demo_catalog
 from eo_etl.store.index import INDEX_SCHEMA
@@ -80,10 +82,11 @@ def demo_recipe(tmp_path: Path, **changes) -> Path:
     return tmp_path / "demo.yaml"
 
 
-def test_build_of_the_demo_writes_plan_index_and_pixels_and_says_which_stages_did_not_run(tmp_path):
+def test_build_of_the_demo_writes_plan_index_pixels_and_land_cover_labels_and_says_which_stages_did_not_run(tmp_path):
     temp = tmp_path / "tmp"
     temp.mkdir()
-    result = run("build", str(demo_recipe(tmp_path)), cwd=tmp_path, env={"TMPDIR": str(temp)})
+    recipe = demo_recipe(tmp_path)
+    result = run("build", str(recipe), cwd=tmp_path, env={"TMPDIR": str(temp)})
     assert result.returncode == 0, result.stderr
     assert result.stderr == ""  # no start-up chatter of Beam's worker processes ("apitools not found", …)
     assert not list(temp.iterdir())  # nor temporary folders left behind
@@ -103,9 +106,38 @@ def test_build_of_the_demo_writes_plan_index_and_pixels_and_says_which_stages_di
         assert pixels.sample[row.zarr_index] == row.grid_cell
         assert (sample[0] == 0).mean() == pytest.approx(row.nodata)  # nodata counted, not invented
         assert row.geometry.contains(shapely.Point(row.centre_lon, row.centre_lat))
-    assert "labels" in result.stdout and "not configured" in result.stdout
+    assert "captions" in result.stdout and "not configured" in result.stdout
     assert "eo_etl.open_dataset(" in result.stdout
     assert_declared_schema(out / "index.parquet")  # no failures here; every cell failed below: the same schema
+    # the demo's land-cover labels (MCD12C1: open shrublands in Patagonia), one row per stored sample
+    assert re.search(rf"landcover +done +{len(made)} samples run, 0 kept", result.stdout), result.stdout
+    labels = pd.read_parquet(out / "landcover.parquet")
+    assert sorted(labels.sample_id) == sorted(made.sample_id) and set(labels.majority_code) == {7}
+    assert (pixels.pixels.shape[0], 64, 64) == zarr.open_array(out / "pixels.zarr" / "s2l2a" / "landcover.class").shape
+    # a stage alone: up to date; with another setting it reruns, and acquisition and the store are left alone
+    alone = run("build", str(recipe), "--stages", "labels", cwd=tmp_path)
+    assert alone.returncode == 0 and re.search(r"landcover +up to date", alone.stdout), alone.stdout + alone.stderr
+    assert "acquire" not in alone.stdout
+    pixel_files = [path for path in (out / "pixels.zarr" / "s2l2a" / "pixels").rglob("*") if path.is_file()]
+    before = {path: path.read_bytes() for path in [out / "index.parquet", *pixel_files]}
+    data = yaml.safe_load(recipe.read_text())
+    data["labels"]["landcover"]["mask"] = False
+    recipe.write_text(yaml.safe_dump(data))
+    rerun = run("build", str(recipe), "--stages", "landcover", cwd=tmp_path)
+    assert rerun.returncode == 0, rerun.stderr
+    assert re.search(rf"landcover +done +{len(made)} samples run", rerun.stdout), rerun.stdout
+    assert {path: path.read_bytes() for path in before} == before
+    assert not (out / "pixels.zarr" / "s2l2a" / "landcover.class").exists()
+    # a whole build with another setting: acquisition and the store find their work done, the labels rerun
+    data["labels"]["landcover"]["threshold"] = 0.5
+    recipe.write_text(yaml.safe_dump(data))
+    rebuilt = run("build", str(recipe), cwd=tmp_path)
+    assert rebuilt.returncode == 0, rebuilt.stderr
+    assert f"({len(made)} finished before)" in rebuilt.stdout and "0 shards written" in rebuilt.stdout
+    assert re.search(rf"landcover +done +{len(made)} samples run", rebuilt.stdout), rebuilt.stdout
+    assert {path: path.read_bytes() for path in pixel_files} == {path: before[path] for path in pixel_files}
+    unknown = run("build", str(recipe), "--stages", "lables", cwd=tmp_path)
+    assert unknown.returncode == 2 and unknown.stderr.startswith("error: --stages: unknown stage 'lables'")
 
 
 def assert_declared_schema(index: Path) -> None:

@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pyrosm
 import pytest
 import zarr
 
@@ -226,3 +227,27 @@ def test_open_dataset_and_the_torch_dataset_give_a_stages_columns_and_masks_with
         eo_etl.open_dataset(str(dataset), stages=["osm"])
     with pytest.raises(ValueError, match="not a stage name"):
         eo_etl.open_dataset(str(dataset), stages=["../index"])
+
+
+def test_a_few_batches_run_in_the_direct_runners_own_process_and_many_in_its_workers():
+    from apache_beam.options.pipeline_options import DirectOptions
+
+    from eo_etl.pipeline.options import pipeline_options
+    from eo_etl.pipeline.stages import _fitted
+
+    options = pipeline_options(Runner(kind="direct", workers=2))
+    few, many = _fitted(options, 3).view_as(DirectOptions), _fitted(options, 4).view_as(DirectOptions)
+    assert (few.direct_running_mode, few.direct_num_workers) == ("in_memory", 1)
+    assert (many.direct_running_mode, many.direct_num_workers) == ("multi_processing", 2)
+
+
+def test_a_part_of_a_section_that_no_registered_stage_runs_is_reported_not_available():
+    from eo_etl.build import _unavailable_parts
+
+    with_osm = recipe(osm={"source": "pbf", "path": pyrosm.get_data("test_pbf")})  # an extract that exists
+    [report] = _unavailable_parts(with_osm, "labels", [LANDCOVER])
+    assert (report.name, report.status) == ("osm", "not available")
+    assert report.detail == "labels.osm is set, but this eo-etl cannot run it yet"
+    osm = dataclasses.replace(READER, name="osm", group="labels", section="labels.osm")
+    assert _unavailable_parts(with_osm, "labels", [LANDCOVER, osm]) == []
+    assert _unavailable_parts(recipe(), "labels", [LANDCOVER]) == []

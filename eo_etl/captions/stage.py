@@ -114,7 +114,7 @@ STAGE = Stage(
             pa.field("attribution", pa.string()),  # credit the data named in the captions asks for
         ]
     ),  # fmt: skip
-    reads=("landcover",),  # and "osm" once that stage is registered (eo_etl/labels/osm.py, issue 12)
+    reads=("landcover", "osm"),  # their tables, never their modules
     version="1",
     batch_size=16,  # an LLM batch is seconds to minutes of requests: a small unit of resuming
 )

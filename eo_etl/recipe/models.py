@@ -372,17 +372,80 @@ def _catalog_problem(path: Path) -> str | None:
     return None
 
 
+# OSM keys kept by default: what can be seen from above (SkyScript's visual keys), globs allowed.
+OSM_VISUAL_KEYS = ["landuse", "natural", "building", "highway", "waterway", "water", "leisure", "amenity", "railway",
+                   "aeroway", "man_made", "power", "surface", "sport", "tourism", "wetland", "crop"]  # fmt: skip
+# Never kept even when allowed: provenance, references, names in other languages, imports, contacts.
+OSM_DENIED_KEYS = ["source", "source:*", "ref", "ref:*", "*:ref", "name:*", "alt_name*", "old_name*", "tiger:*",
+                   "wikidata", "wikipedia", "*:wikidata", "*:wikipedia", "contact:*", "phone", "email", "fax",
+                   "website", "url", "addr:*", "note", "fixme", "FIXME", "description", "created_by",
+                   "check_date*"]  # fmt: skip
+OSM_MASKS = {"building": ["building"], "water": ["natural=water", "waterway=riverbank", "water", "landuse=reservoir"]}
+OSM_TAG = re.compile(r"^[^=\s]{1,255}(=[^=\s]{1,255})?$")  # key or key=value, globs allowed on both sides
+
+
+def _osm_selectors(value: Any) -> Any:
+    if isinstance(value, list):
+        for item in value:
+            if isinstance(item, str) and not OSM_TAG.fullmatch(item):
+                raise ValueError(f"{shown(item)} is not an OSM key or key=value (globs such as building:* allowed)")
+    return value
+
+
+OsmSelectors = Annotated[list[str], BeforeValidator(_osm_selectors), Field(max_length=1024)]
+
+
 class OsmLabels(Section):
-    """OpenStreetMap features joined to each sample."""
+    """OpenStreetMap features joined to each sample: kept tags with their geometry statistics, and masks.
+
+    Tags are selected as data: a key is kept when it matches ``tags`` and none of ``deny_tags`` (both
+    globs). Only what could be seen at the sample's ground resolution counts: polygons of at least
+    ``min_area_px`` pixels and lines of at least ``min_length_px`` pixels within the patch."""
 
     source: Literal["pbf", "overpass"] = "pbf"
-    path: str | None = Field(None, max_length=4096, description="PBF extract (path or URL) when source is pbf.")
-    url: str | None = Field(None, max_length=4096, description="Overpass API endpoint when source is overpass.")
-    tags: list[str] = Field(
-        default_factory=lambda: ["landuse", "natural", "building", "highway", "waterway"],
-        max_length=256,
-        description="OSM keys whose features are kept.",
+    path: str | None = Field(None, max_length=4096, description="Local .osm.pbf extract when source is pbf.")
+    url: str | None = Field(None, max_length=4096, description="Overpass API endpoint (…/api) when source is overpass.")
+    tags: OsmSelectors = Field(
+        default_factory=lambda: list(OSM_VISUAL_KEYS),
+        description="OSM keys kept (an allow-list; globs such as building:* allowed).",
     )
+    deny_tags: OsmSelectors = Field(
+        default_factory=lambda: list(OSM_DENIED_KEYS),
+        description="OSM keys never kept, even when tags allows them (globs).",
+    )
+    masks: dict[Identifier, OsmSelectors] = Field(
+        default_factory=lambda: {name: list(selectors) for name, selectors in OSM_MASKS.items()},
+        max_length=64,
+        description="Mask classes rasterised on each sample's pixel grid: name -> keys or key=value (globs) "
+        "whose features fill it.",
+    )
+    points: bool = Field(False, description="Keep tagged nodes too (they have no size, so no size rule applies).")
+    min_area_px: float = Field(4.0, ge=0, le=1_000_000, description="Smallest polygon kept, in pixels of the sample.")
+    min_length_px: float = Field(2.0, ge=0, le=100_000, description="Shortest line kept, in pixels of the sample.")
+    max_tags: int = Field(256, ge=1, le=4096, description="Most tags (key=value) kept per sample, largest first.")
+    value_limit: int = Field(
+        255, ge=1, le=4096, description="Characters kept of a tag key or value (OSM's own is 255)."
+    )
+    as_of: Literal["acquisition", "latest"] = Field(
+        "acquisition",
+        description="Overpass: query OSM as it was at the sample's acquisition time (date:), or as it is now.",
+    )
+    timeout_s: float = Field(60.0, gt=0, le=900, description="Overpass: seconds a query may take.")
+
+    @field_validator("path")
+    @classmethod
+    def _extract_exists(cls, path: str | None, info: ValidationInfo) -> str | None:
+        """A relative extract path is relative to the recipe file, like an AOI file; the file must exist."""
+        if path is None:
+            return path
+        resolved = Path(path)
+        base = (info.context or {}).get("base_dir")
+        if not resolved.is_absolute() and base is not None:
+            resolved = (Path(base) / resolved).resolve()
+        problem = _file_problem(resolved)
+        if problem:
+            raise ValueError(problem)
+        return str(resolved)
 
     @model_validator(mode="after")
     def _where(self) -> OsmLabels:

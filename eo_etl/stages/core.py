@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from operator import attrgetter
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -90,3 +91,11 @@ class Stage:
     def mask_array(self, mask: str) -> str:
         """The Zarr array (in the sample's source group) of one of its masks."""
         return f"{self.name}.{mask}"
+
+
+def stage_settings(stage: Stage, recipe: Recipe) -> BaseModel | None:
+    """The stage's section of the recipe (``labels.landcover``), None where it is not configured."""
+    try:
+        return attrgetter(stage.section)(recipe)
+    except AttributeError:  # a parent section (labels) is unset
+        return None

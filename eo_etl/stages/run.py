@@ -23,7 +23,6 @@ import json
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
-from operator import attrgetter
 
 import numpy as np
 import pandas as pd
@@ -33,7 +32,7 @@ import zarr
 from pydantic import BaseModel
 
 from eo_etl.recipe import Recipe
-from eo_etl.stages.core import Item, Stage
+from eo_etl.stages.core import Item, Stage, stage_settings
 from eo_etl.store.index import INDEX_NAME
 from eo_etl.store.location import Location
 from eo_etl.store.zarr import STORE_NAME, quiet_consolidated
@@ -41,14 +40,6 @@ from eo_etl.store.zarr import STORE_NAME, quiet_consolidated
 STAGES_DIR = "_build/stages"
 INPUT = "_input"  # a batch row's inputs fingerprint
 IGNORED_INPUTS = ("recipe_hash", "bbox")  # index columns that do not change what a stage sees of a sample
-
-
-def stage_settings(stage: Stage, recipe: Recipe) -> BaseModel | None:
-    """The stage's section of the recipe (``labels.landcover``), None where it is not configured."""
-    try:
-        return attrgetter(stage.section)(recipe)
-    except AttributeError:  # a parent section (labels) is unset
-        return None
 
 
 def settings_fingerprint(stage: Stage, settings: BaseModel) -> str:

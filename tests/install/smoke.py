@@ -42,4 +42,9 @@ for row in index.itertuples():
 data = SampleDataset(str(ROOT), "s2l2a", bands=["B04", "B03", "B02"])
 item = data[0]
 assert len(data) == 12 and tuple(item["pixels"].shape) == (3, 64, 64) and str(item["pixels"].dtype) == "torch.float32"
-print(f"ok  the demo dataset: 12 samples agree in Zarr, {len(taco)} TACO file(s), video cubes; PyTorch reads it")
+labelled = SampleDataset(str(ROOT), "s2l2a", stages=["landcover"], masks=["landcover.class"])[0]
+assert labelled["landcover"]["majority_code"] == 7 and tuple(labelled["masks"]["landcover.class"].shape) == (64, 64)
+print(
+    f"ok  the demo dataset: 12 samples agree in Zarr, {len(taco)} TACO file(s), video cubes; PyTorch reads it "
+    "with its land-cover labels"
+)
