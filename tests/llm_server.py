@@ -126,7 +126,7 @@ class _RecordingHandler(BaseHTTPRequestHandler):
         request = urllib.request.Request(self.upstream + self.path, data=data, method="POST",
                                          headers={"Content-Type": "application/json"})  # fmt: skip
         try:
-            with urllib.request.urlopen(request, timeout=120) as response:
+            with urllib.request.urlopen(request, timeout=600) as response:
                 status, payload = response.status, response.read()
         except urllib.error.HTTPError as error:
             status, payload = error.code, error.read()
