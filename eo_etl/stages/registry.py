@@ -7,12 +7,14 @@ build runs the configured ones in this order; ``--stages`` picks them by name or
 from __future__ import annotations
 
 import eo_etl.curate.stages as curate
+from eo_etl.captions import stage as captions
 from eo_etl.labels import landcover, osm
 from eo_etl.stages.core import Stage
 
 STAGES: list[Stage] = [
     landcover.STAGE,
     osm.STAGE,
+    captions.STAGE,
     *curate.STAGES,
 ]
 

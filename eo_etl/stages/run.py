@@ -178,7 +178,9 @@ class BatchRunner:
         self.stage, self.root = stage, Location.of(root)
         self.settings = stage_settings(stage, recipe)
         self.state = StageState(self.root, stage)
-        self.labeller = stage.open(self.settings, recipe)
+        # the recipe as this build runs it: its output is this dataset (a --out may have moved it)
+        built = recipe.model_copy(update={"outputs": recipe.outputs.model_copy(update={"path": self.root.url})})
+        self.labeller = stage.open(self.settings, built)
         self.arrays: dict[str, zarr.Array] = {}
 
     def run(self, batch: Sequence[Work]) -> int:

@@ -40,6 +40,7 @@ CASES = [
     ({"outputs": {"formats": ["zarr", "video"]}}, f"outputs.formats: 'video' needs the video extra: {pip('video')}"),
     ({"sources": [GEE]}, f"sources[0].kind: 'gee' needs the gee extra: {pip('gee')}"),
     ({"outputs": {"path": "s3://bucket/x"}}, f"outputs.path: 's3://bucket/x' needs the s3 extra: {pip('s3')}"),
+    ({"captions": {"kind": "template"}}, f"captions.place: True needs the captions extra: {pip('captions')}"),
     ({"outputs": {"path": "gs://bucket/x"}}, f"outputs.path: 'gs://bucket/x' needs the gcs extra: {pip('gcs')}"),
     (
         {"runner": {"kind": "dataflow"}, "outputs": {"path": "gs://bucket/x"}},
