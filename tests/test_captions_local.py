@@ -17,7 +17,7 @@ from apache_beam.ml.inference.base import RunInference
 from apache_beam.testing.util import assert_that
 
 from eo_etl.captions.cache import CaptionCache
-from eo_etl.captions.llm import completion_prompt, load_prompt, problem
+from eo_etl.captions.llm import CaptionError, completion_prompt, load_prompt, problem
 from eo_etl.captions.local import LocalCaptionHandler, LocalCaptions
 from eo_etl.captions.stage import STAGE as CAPTIONS
 from eo_etl.labels.landcover import STAGE as LANDCOVER
@@ -123,3 +123,10 @@ def test_the_captions_stage_runs_the_local_model_when_the_recipe_says_so(tmp_pat
 def test_the_local_kind_needs_a_model_file(tmp_path):
     with pytest.raises(RecipeError, match="model_path"):
         captions_recipe(kind="local")
+    (tmp_path / "not.gguf").write_bytes(b"no model here")
+    for path in (tmp_path / "missing.gguf", tmp_path / "not.gguf"):  # one line, nothing cached
+        local = LocalCaptionHandler(path, CaptionCache(tmp_path / "cache"))
+        with pytest.raises(CaptionError, match=r"^captions\.model_path: .*gguf") as error:
+            local.run_inference([sample_facts(0)])
+        assert "\n" not in str(error.value)
+    assert not (tmp_path / "cache").exists()

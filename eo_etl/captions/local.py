@@ -83,8 +83,12 @@ class LocalCaptionHandler(ModelHandler[Mapping[str, Any], PredictionResult, Any]
         # every layer on the GPU where llama.cpp was built with one; a CPU build runs them all on the CPU
         layers = self.gpu_layers if llama_cpp.llama_supports_gpu_offload() else 0
         self.loads += 1
-        return llama_cpp.Llama(model_path=self.model_path, n_gpu_layers=layers, n_ctx=self.n_ctx, seed=SEED,
-                               n_threads=self.threads, verbose=False)  # fmt: skip
+        try:
+            return llama_cpp.Llama(model_path=self.model_path, n_gpu_layers=layers, n_ctx=self.n_ctx, seed=SEED,
+                                   n_threads=self.threads, verbose=False)  # fmt: skip
+        except ValueError as error:  # not a GGUF llama.cpp can run: every caption would fail the same way
+            raise CaptionError(f"captions.model_path: {printable(repr(self.model_path), 200)} could not be "
+                               f"loaded: {printable(str(error), 200)}") from None  # fmt: skip
 
     def _loaded(self) -> Any:
         if self._model is None:
