@@ -30,12 +30,14 @@ from tests.test_captions_llm import sample_facts
 
 MODEL = model_path().name
 CALLS = {"loads": 0, "generations": 0, "prompts": []}
+LOADED: list = []  # closed after each test: llama.cpp's own clean-up at interpreter exit prints a traceback
 
 
 class CountingLlama(llama_cpp.Llama):
     def __init__(self, *args, **kwargs):
         CALLS["loads"] += 1
         super().__init__(*args, **kwargs)
+        LOADED.append(self)
 
     def create_completion(self, *args, **kwargs):  # chat completions generate through it too
         CALLS["generations"] += 1
@@ -47,7 +49,9 @@ class CountingLlama(llama_cpp.Llama):
 def counting(monkeypatch):
     monkeypatch.setattr(llama_cpp, "Llama", CountingLlama)
     CALLS.update(loads=0, generations=0, prompts=[])
-    return CALLS
+    yield CALLS
+    while LOADED:
+        LOADED.pop().close()
 
 
 def handler(folder, **settings) -> LocalCaptionHandler:
