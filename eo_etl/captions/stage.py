@@ -70,11 +70,17 @@ def open_captioner(settings, recipe):
         return caption
 
     folder = Location(settings.cache) if settings.cache else Location.of(recipe.output_path) / STATE_DIR / CACHE_DIR
-    captioner = LlmCaptioner.from_settings(settings, CaptionCache(folder))
+    if settings.kind == "local":  # in-process on this worker: the RunInference handler, called per batch
+        from eo_etl.captions.local import LocalCaptionHandler  # imports Beam: only where captions run locally
+
+        handler = LocalCaptionHandler.from_settings(settings, CaptionCache(folder))
+        caption_all = lambda all_facts: [result.inference for result in handler.run_inference(all_facts)]  # noqa: E731
+    else:
+        caption_all = LlmCaptioner.from_settings(settings, CaptionCache(folder)).caption_all
 
     def caption(items: Sequence[Item]) -> list[Output]:
         all_facts = [facts_of(item, sensors, with_place) for item in items]
-        results = captioner.caption_all(all_facts)
+        results = caption_all(all_facts)
         missing = [r for rs in results for r in rs if (r["flag"] or "").startswith(TRANSIENT)]
         if missing:
             raise CaptionError(f"{len(missing)} of {sum(map(len, results))} captions could not be had "

@@ -514,9 +514,10 @@ class Labels(Section):
 
 class Captions(Section):
     """How each sample gets its captions: templates over its facts (offline, deterministic), or an LLM behind
-    an OpenAI-compatible API (cached: facts seen before are never asked again). eo_etl/captions/."""
+    an OpenAI-compatible API, or a local GGUF model run in-process on the workers (local: llama.cpp, on the
+    GPU where there is one); LLM captions are cached: facts seen before are never asked again. eo_etl/captions/."""
 
-    kind: Literal["template", "llm"] = "template"
+    kind: Literal["template", "llm", "local"] = "template"
     template: str | None = Field(
         None, max_length=4096,
         description="Templates (template kind): a shipped version (v1, the default) or a YAML file of variants.",
@@ -526,6 +527,13 @@ class Captions(Section):
         None, max_length=4096, description="OpenAI-compatible base URL (llama.cpp, vLLM, …) for the llm kind."
     )
     model: str | None = Field(None, max_length=256)
+    model_path: str | None = Field(
+        None, max_length=4096, description="GGUF file the local kind loads on each worker (llama-cpp-python)."
+    )
+    n_ctx: int = Field(2048, ge=256, le=32_768, description="Context length of the local model, in tokens.")
+    gpu_layers: int = Field(
+        -1, ge=-1, le=1000, description="Layers of the local model on the GPU (-1: all; 0: CPU only)."
+    )
     endpoint: Literal["chat", "completions"] = Field(
         "chat", description="chat: /chat/completions; completions: /completions (base models, no chat template)."
     )
@@ -551,6 +559,8 @@ class Captions(Section):
     def _llm_needs_server(self) -> Captions:
         if self.kind == "llm" and not (self.url and self.model):
             raise ValueError("url and model are required when kind is llm")
+        if self.kind == "local" and not self.model_path:
+            raise ValueError("model_path is required when kind is local")
         return self
 
 
