@@ -4,7 +4,8 @@ Prints:
 - embeddings per second of the embed stage's function (RGB composite, Major TOM fragments, batched
   EfficientNet-Lite0 on CPU or GPU) over real Sentinel-2 samples (xarray-spatial's scene), against a bare
   torch loop over the same fragment tensors, in the same run, and the ratio (target: ≤ 1.15× its time);
-- near-duplicate search (eo_etl.curate.dedup.similar_pairs: faiss, IVF past 50k vectors) over N synthetic
+- near-duplicate search (eo_etl.curate.dedup.similar_pairs: past 50k vectors, inverted lists
+  on a 64-d random projection, matrix products per list) over N synthetic
   256-d unit vectors with planted near copies (cosine 0.94-0.995), against brute-force numpy over a sample of
   queries, extrapolated to N; recall of the exact pairs at the threshold (targets: 1,000,000 vectors in
   under 30 s on two cores, recall ≥ 0.99).
@@ -15,6 +16,7 @@ Prints:
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -115,7 +117,11 @@ def bench_search(n: int, queries: int, dim: int = 256) -> None:
     chosen = set(sample.tolist())
     found = {(int(a), int(b)) for a, b in pairs if a in chosen or b in chosen}
     recall = len(exact & found) / len(exact) if exact else 1.0
+    import faiss
+
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())  # the machine is shared: say how busy it was
     print(f"near duplicates over {n:,} vectors of {dim}-d at cosine ≥ {THRESHOLD} ({copies:,} planted copies)")
+    print(f"  {faiss.omp_get_max_threads()} threads, {os.cpu_count()} cores, load average {load}")
     print(f"  similar_pairs           {faiss_s:8.1f} s ({cpu_s:.1f} s of CPU), {len(pairs):,} pairs")
     print(f"  numpy brute force       {brute_s:8.1f} s extrapolated from {len(sample):,} queries")
     print(f"  recall of the exact pairs of those queries: {recall:.4f} ({len(exact & found)}/{len(exact)})")
