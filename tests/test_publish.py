@@ -140,8 +140,10 @@ def test_hf_datasets_loads_the_index_and_each_stage_table_offline_through_the_ca
     pd.DataFrame({"x": [1]}).to_parquet(dataset / "notes.parquet")  # not keyed by sample_id: not a config
     write_card(dataset, built_recipe(dataset))
     configs = DatasetCard.load(dataset / "README.md").data.to_dict()["configs"]
-    # the demo's own land-cover table is a stage table too
-    assert [c["config_name"] for c in configs] == ["index", "labels", "landcover"]
+    names = [c["config_name"] for c in configs]
+    # the index first, then every table keyed by sample_id: this one and the demo's own stage tables
+    assert names[0] == "index" and "notes" not in names
+    assert {"labels", "landcover", "captions", "quality"} <= set(names[1:]) and names[1:] == sorted(names[1:])
     script = f"""
 import datasets
 index = datasets.load_dataset({str(dataset)!r}, split="train")
