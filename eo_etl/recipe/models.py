@@ -350,6 +350,18 @@ def _name_of(collection: str) -> str:
     return name
 
 
+def _recipe_file(path: str, info: ValidationInfo) -> str:
+    """``path`` resolved against the recipe file's folder when relative; ValueError unless it is a readable file."""
+    resolved = Path(path)
+    base = (info.context or {}).get("base_dir")
+    if not resolved.is_absolute() and base is not None:
+        resolved = (Path(base) / resolved).resolve()
+    problem = _file_problem(resolved)
+    if problem:
+        raise ValueError(problem)
+    return str(resolved)
+
+
 def _file_problem(path: Path) -> str | None:
     """Why ``path`` is not a readable file, or None."""
     try:
@@ -442,16 +454,7 @@ class OsmLabels(Section):
     @classmethod
     def _extract_exists(cls, path: str | None, info: ValidationInfo) -> str | None:
         """A relative extract path is relative to the recipe file, like an AOI file; the file must exist."""
-        if path is None:
-            return path
-        resolved = Path(path)
-        base = (info.context or {}).get("base_dir")
-        if not resolved.is_absolute() and base is not None:
-            resolved = (Path(base) / resolved).resolve()
-        problem = _file_problem(resolved)
-        if problem:
-            raise ValueError(problem)
-        return str(resolved)
+        return path if path is None else _recipe_file(path, info)
 
     @model_validator(mode="after")
     def _where(self) -> OsmLabels:
@@ -484,16 +487,7 @@ class LandcoverLabels(Section):
     @classmethod
     def _local_raster(cls, path: str | None, info: ValidationInfo) -> str | None:
         """A local raster's relative path is relative to the recipe file, like an AOI file."""
-        if path is None or "://" in path:
-            return path
-        resolved = Path(path)
-        base = (info.context or {}).get("base_dir")
-        if not resolved.is_absolute() and base is not None:
-            resolved = (Path(base) / resolved).resolve()
-        problem = _file_problem(resolved)
-        if problem:
-            raise ValueError(problem)
-        return str(resolved)
+        return path if path is None or "://" in path else _recipe_file(path, info)
 
     @model_validator(mode="after")
     def _raster_known(self) -> LandcoverLabels:
