@@ -3,12 +3,13 @@ per build size, the time per cell, the driver's peak memory, the job graph's siz
 read per cell (what an object store would bill as PUT / GET / LIST requests); then planning Europe on the
 1 km grid (about 8.4 M cells) in bounded memory.
 
-    python bench/scale.py [--cells 1000 10000 100000] [--workers 2] [--patch 8] [--plan-europe]
+    python bench/scale.py [--cells 1000 10000 100000] [--workers 2] [--patch 8] [--resume] [--plan-europe]
 
-Each build runs in a process of its own (so that peak memory is its own), on the local runner: in one process
-(``--mode in_memory``, the default: the peak is then the driver's and the workers' together, and the file system
-calls under the dataset are counted by an audit hook; files in the multi-process mode are not counted), or with
-``--workers`` worker processes (``--mode multi_processing``: the driver's own peak, the largest worker's apart).
+Each build runs in a process of its own (the driver, so that its peak memory is its own) on the local runner, by
+default with ``--workers`` worker processes (``--mode multi_processing``; ``in_memory`` runs them in the driver).
+Every process counts its file system calls under the dataset (an audit hook): files written and read, folders
+listed, what an object store would bill as PUT / GET / LIST requests. ``--resume`` builds each size again, killed
+(SIGKILL) once half its ranges are recorded, then resumed, and compares every file with the clean build's.
 Targets (issue 17): time per cell within 1.3× from 1 k to 100 k cells; the graph's size and the driver's memory
 flat in the number of cells; planning Europe at 1 km under 1 GB.
 """
@@ -16,9 +17,12 @@ flat in the number of cells; planning Europe at 1 km under 1 GB.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import resource
+import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -69,45 +73,97 @@ def graph_bytes(recipe, out: Path) -> int:
     return len(pipeline.to_runner_api().SerializeToString())
 
 
-def count_files(out: Path) -> Counter:
-    """File system calls under ``out`` from here on: opens for writing and reading, renames, listings."""
-    counts: Counter = Counter()
-    prefix = str(out)
+# Every process of a build (the driver and Beam's workers) counts its file system calls under the dataset with an
+# audit hook, installed by this sitecustomize on the PYTHONPATH they inherit, and leaves its counts in a file of
+# its own (rewritten as it goes: workers are stopped, not shut down).
+COUNTING_SITE = """\
+import atexit, json, os, sys
+_prefix, _folder = os.environ.get("SCALE_BENCH_DATASET"), os.environ.get("SCALE_BENCH_COUNTS")
+if _prefix and _folder:
+    _counts, _seen = {}, [0]
+    def _dump():
+        with open(os.path.join(_folder, f"{os.getpid()}.json"), "w") as file:
+            json.dump(_counts, file)
+    def _hook(event, args):
+        if event == "open" and isinstance(args[0], str) and args[0].startswith(_prefix):
+            kind = "written" if any(c in str(args[1] or "r") for c in "wax+") else "read"
+        elif event in ("os.listdir", "os.scandir") and str(args[0]).startswith(_prefix):
+            kind = "listed"
+        else:
+            return
+        _counts[kind] = _counts.get(kind, 0) + 1
+        _seen[0] += 1
+        if _seen[0] % 50 == 0:
+            _dump()
+    sys.addaudithook(_hook)
+    atexit.register(_dump)
+"""
 
-    def hook(event: str, args: tuple) -> None:
-        if event == "open" and isinstance(args[0], str) and args[0].startswith(prefix):
-            mode = args[1] or "r"
-            counts["written" if any(c in str(mode) for c in "wax+") else "read"] += 1
-        elif event in ("os.listdir", "os.scandir") and str(args[0]).startswith(prefix):
-            counts["listed"] += 1
 
-    sys.addaudithook(hook)
-    return counts
+def counting_env(out: Path, counts: Path) -> dict:
+    """The environment of a build whose processes count their files under ``out`` into ``counts``."""
+    site = counts / "site"
+    site.mkdir(parents=True, exist_ok=True)
+    (site / "sitecustomize.py").write_text(COUNTING_SITE)
+    path = os.pathsep.join(p for p in (str(site), os.environ.get("PYTHONPATH")) if p)
+    return os.environ | {"PYTHONPATH": path, "SCALE_BENCH_DATASET": str(out), "SCALE_BENCH_COUNTS": str(counts)}
 
 
-def one_build(cells: int, patch: int, workers: int, resume: bool, mode: str) -> dict:
-    """One build in this process: what the parent prints."""
+def counted(counts: Path) -> Counter:
+    total: Counter = Counter()
+    for path in counts.glob("*.json"):
+        total.update(json.loads(path.read_text()))
+    return total
+
+
+def one_build(cells: int, patch: int, workers: int, mode: str, out: Path) -> dict:
+    """One build in this process (the driver): what the parent prints."""
     from eo_etl.build import build
 
-    out = Path(tempfile.mkdtemp(prefix="eo-etl-scale-")) / "dataset"
     recipe = recipe_for(cells, out, patch, workers)
     size = graph_bytes(recipe, out)
-    counts = count_files(out)
     start = time.perf_counter()
     report = build(recipe, options={"direct_running_mode": mode})
     seconds = time.perf_counter() - start
-    result = {
-        "cells": report.planned, "seconds": seconds, "graph_bytes": size, "counts": dict(counts),
+    return {
+        "cells": report.planned, "seconds": seconds, "graph_bytes": size,
         "samples": report.metrics.get("samples written", 0),
+        "finished_before": report.metrics.get("cells already finished", 0),
         "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "worker_peak_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024,
     }  # fmt: skip
-    if resume:  # a second build of the same folder: nothing to acquire, the same dataset
-        index = (out / "index.parquet").read_bytes()
-        again = build(recipe, options={"direct_running_mode": mode})
-        result["resumed_same"] = (out / "index.parquet").read_bytes() == index
-        result["resumed_finished"] = again.metrics.get("cells already finished", 0)
-    return result
+
+
+def digests(out: Path) -> dict[str, str]:
+    """Every file of a dataset but the build's own state and lock, by path: what a user gets."""
+    return {
+        str(path.relative_to(out)): hashlib.sha256(path.read_bytes()).hexdigest()
+        for path in sorted(out.rglob("*"))
+        if path.is_file() and path.relative_to(out).parts[0] not in ("_build", "_build.lock")
+    }
+
+
+def killed_and_resumed(cells: int, args, out: Path, clean: dict[str, str]) -> str:
+    """The same build again into ``out``, killed (SIGKILL, workers and all) once half its ranges are recorded,
+    then resumed: whether every file comes out as the clean build's."""
+    from eo_etl.pipeline.plan_rows import plan_ranges
+
+    shutil.rmtree(out)
+    command = [sys.executable, __file__, f"--child=build,{cells},{out}", *child_flags(args)]
+    process = subprocess.Popen(command, cwd=ROOT, start_new_session=True, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)  # fmt: skip
+    samples = out / "_build" / "versions" / "0001" / "samples"
+    while process.poll() is None and len(list(samples.glob("*/*.json"))) < cells / 128:
+        time.sleep(0.2)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    recorded = len(list(samples.glob("*/*.json")))
+    resumed = child(f"--child=build,{cells},{out}", *child_flags(args))
+    planned = len(plan_ranges(resumed["cells"]))
+    same = digests(out) == clean
+    return (f"killed with {recorded} of {planned} ranges recorded, resumed in {resumed['seconds']:.1f} s "
+            f"({resumed['finished_before']} cells finished before): every file as the clean build's: "
+            f"{same}")  # fmt: skip
 
 
 def one_plan(bbox: list[float], distance_km: float) -> dict:
@@ -128,25 +184,30 @@ def one_plan(bbox: list[float], distance_km: float) -> dict:
             "bytes": os.path.getsize(target.native)}  # fmt: skip
 
 
-def child(*args: str) -> dict:
-    done = subprocess.run([sys.executable, __file__, *args], capture_output=True, text=True, cwd=ROOT)
+def child(*args: str, env: dict | None = None) -> dict:
+    done = subprocess.run([sys.executable, __file__, *args], capture_output=True, text=True, cwd=ROOT, env=env)
     if done.returncode:
         sys.exit(f"{' '.join(args)} failed:\n{done.stderr[-3000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+def child_flags(args) -> list[str]:
+    return [f"--patch={args.patch}", f"--workers={args.workers}", f"--mode={args.mode}"]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--cells", type=int, nargs="+", default=[1_000, 10_000])
+    parser.add_argument("--cells", type=int, nargs="+", default=[1_000, 10_000, 100_000])
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--patch", type=int, default=8, help="pixels per side of each synthetic sample")
-    parser.add_argument("--resume", action="store_true", help="build each twice: the second must change nothing")
+    parser.add_argument("--resume", action="store_true",
+                        help="build each again, killed halfway and resumed: every file must be the same")  # fmt: skip
     parser.add_argument(
         "--mode",
         choices=["in_memory", "multi_processing"],
-        default="in_memory",
-        help="in_memory: one process, its file calls counted; multi_processing: worker processes "
-        "apart, so the driver's own peak memory shows (files not counted)",
+        default="multi_processing",
+        help="multi_processing: worker processes apart, so the driver's own peak memory shows; in_memory: one "
+        "process (its peak is the driver's and the workers' together)",
     )
     parser.add_argument("--plan-europe", action="store_true", help="plan Europe on the 1 km grid (about 8.4 M)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
@@ -154,29 +215,29 @@ def main() -> None:
     if args.child:
         kind, *values = args.child.split(",")
         if kind == "build":
-            result = one_build(int(values[0]), args.patch, args.workers, args.resume, args.mode)
+            result = one_build(int(values[0]), args.patch, args.workers, args.mode, Path(values[1]))
         else:
             result = one_plan([float(v) for v in values[1:]], float(values[0]))
         print(json.dumps(result))
         return
 
     print(f"builds: synthetic source, {args.patch}² px × 4 bands, local runner ({args.mode}), a process each")
-    header = f"{'cells':>8} {'s/cell':>9} {'total s':>8} {'peak MB':>8} {'graph B':>8} {'W/cell':>7} {'R/cell':>7}"
-    print(header + f" {'L/cell':>7} {'workers MB':>10}")
+    header = f"{'cells':>8} {'s/cell':>9} {'total s':>8} {'driver MB':>9} {'graph B':>8} {'W/cell':>7} {'R/cell':>7}"
+    print(header + f" {'L/cell':>7} {'workers MB':>10}", flush=True)
     baseline = None
     for cells in args.cells:
-        extra = ["--resume"] if args.resume else []
-        extra.append(f"--mode={args.mode}")
-        r = child(f"--child=build,{cells}", f"--patch={args.patch}", f"--workers={args.workers}", *extra)
-        n, c = r["cells"], r["counts"]
+        scratch = Path(tempfile.mkdtemp(prefix="eo-etl-scale-"))
+        out, counts = scratch / "dataset", scratch / "counts"
+        r = child(f"--child=build,{cells},{out}", *child_flags(args), env=counting_env(out, counts))
+        n, c = r["cells"], counted(counts)
         per = r["seconds"] / n
         baseline = baseline or per
-        print(f"{n:>8} {per * 1000:>7.2f}ms {r['seconds']:>8.1f} {r['peak_mb']:>8.0f} {r['graph_bytes']:>8} "
-              f"{c.get('written', 0) / n:>7.2f} {c.get('read', 0) / n:>7.2f} {c.get('listed', 0) / n:>7.3f}"
-              f" {r['worker_peak_mb']:>10.0f}"
-              f"  ({per / baseline:.2f}× the first)"
-              + (f"  rerun: {r['resumed_finished']} finished before, index same: {r['resumed_same']}"
-                 if args.resume else ""))  # fmt: skip
+        print(f"{n:>8} {per * 1000:>7.2f}ms {r['seconds']:>8.1f} {r['peak_mb']:>9.0f} {r['graph_bytes']:>8} "
+              f"{c.get('written', 0) / n:>7.3f} {c.get('read', 0) / n:>7.3f} {c.get('listed', 0) / n:>7.3f}"
+              f" {r['worker_peak_mb']:>10.0f}  ({per / baseline:.2f}× the first)", flush=True)  # fmt: skip
+        if args.resume:
+            print(f"{'':>8} {killed_and_resumed(cells, args, out, digests(out))}", flush=True)
+        shutil.rmtree(scratch, ignore_errors=True)
     if args.plan_europe:
         print("\nplanning, streamed to GeoParquet band by band:")
         for distance, box in ((10.0, EUROPE), (1.0, [5.0, 45.0, 15.0, 55.0]), (1.0, EUROPE)):

@@ -140,8 +140,7 @@ def _build_locked(recipe: Recipe, location: Location, state: BuildState, beam_op
             del report.metrics[name]
         report.metrics["cells planned"] = planned * len(recipe.sources)
         report.metrics.setdefault("cells already finished", 0)
-        index = location / INDEX_NAME
-        report.samples = gpd.read_parquet(index.url, storage_options=index.storage_options).to_dict("records")
+        report.samples = _samples_shown(location / INDEX_NAME)
         report.versions = state.versions()
         report.stages += _stage_reports(recipe, location, report)
     report.stages += _later_stages(recipe, location, beam_options, metrics=report.metrics)
@@ -162,6 +161,29 @@ def _cells_shown(plan: Location, planned: int) -> gpd.GeoDataFrame:
     with plan.fs.open(plan.path, "rb") as file:
         table = next(pq.ParquetFile(file).iter_batches(batch_size=SHOWN_CELLS))
     return gpd.GeoDataFrame(table.to_pandas().drop(columns="geometry"))
+
+
+def _samples_shown(index: Location) -> list[dict]:
+    """The index's records for the report: all of a small dataset's, the first ``SHOWN_CELLS`` of a larger one's
+    (read a batch at a time: the driver never holds a continent's rows)."""
+    with index.fs.open(index.path, "rb") as file:
+        source = pq.ParquetFile(file)
+        if source.metadata.num_rows <= SHOWN_CELLS:
+            return gpd.read_parquet(index.url, storage_options=index.storage_options).to_dict("records")
+        return next(source.iter_batches(batch_size=SHOWN_CELLS)).to_pandas().to_dict("records")
+
+
+def _outcomes(index: Location, version: int | None) -> tuple[Counter, Counter]:
+    """A version's rows in the index: how many of each status, and of the failed ones' reasons (a few columns
+    read, a batch at a time)."""
+    statuses, reasons = Counter(), Counter()
+    with index.fs.open(index.path, "rb") as file:
+        for batch in pq.ParquetFile(file).iter_batches(columns=["status", "reason", "version"]):
+            rows = batch.to_pandas()
+            rows = rows[rows["version"] == version]
+            statuses.update(rows["status"])
+            reasons.update(rows.loc[rows["status"] == FAILED, "reason"])
+    return statuses, reasons
 
 
 def _run_stages_alone(recipe: Recipe, location: Location, beam_options, selected: list[Stage], *, since, redo: bool):
@@ -271,8 +293,8 @@ def window_since(state: BuildState, since: str, until: date | None) -> TimeRange
 
 
 def _stage_reports(recipe: Recipe, location: Location, report: BuildReport) -> list[StageReport]:
-    records = [r for r in report.samples if r.get("version") == report.version]
-    counts = {status: sum(r["status"] == status for r in records) for status in (OK, REJECTED, FAILED)}
+    statuses, reasons = _outcomes(location / INDEX_NAME, report.version)
+    counts = {status: statuses[status] for status in (OK, REJECTED, FAILED)}
     m = report.metrics
     acquired = ", ".join(f"{n} {status}" for status, n in counts.items())
     resumed = m.get("cells already finished", 0)
@@ -280,14 +302,12 @@ def _stage_reports(recipe: Recipe, location: Location, report: BuildReport) -> l
     acquire += f", {m.get('retries', 0)} retries"
     if report.warnings:
         acquire += f", {len(report.warnings)} catalogue items skipped (unreadable)"
-    reasons = [r["reason"] for r in records if r["status"] == FAILED]
-    transient = sum(reason.startswith(TRANSIENT) for reason in reasons)
+    transient = sum(n for reason, n in reasons.items() if reason.startswith(TRANSIENT))
     if transient:
         acquire += f", {transient} failed transiently (a rerun tries them again)"
-    report.failures = [(n, reason) for reason, n in Counter(reasons).most_common(3)]
-    too_many = bool(reasons) and (
-        len(reasons) == len(records) or len(reasons) > recipe.runner.max_failed_fraction * len(records)
-    )
+    report.failures = [(n, reason) for reason, n in reasons.most_common(3)]
+    failed, rows = reasons.total(), statuses.total()
+    too_many = bool(failed) and (failed == rows or failed > recipe.runner.max_failed_fraction * rows)
     written = f"{m.get('shards written', 0)} shards written, {m.get('shards already written', 0)} kept"
     store = f"{written} → {', '.join(recipe.outputs.formats)}, {location / INDEX_NAME}"
     return [StageReport("acquire", "failed" if too_many else "done", acquire), StageReport("store", "done", store)]

@@ -3,6 +3,7 @@ range, and the synthetic source that benchmarks measure the pipeline with."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 
 import apache_beam as beam
@@ -11,15 +12,19 @@ import pandas as pd
 import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
 
+import eo_etl.pipeline.index_parts
 import eo_etl.plan
+import eo_etl.store.index
 from eo_etl.build import build
 from eo_etl.pipeline.graph import build_graph
+from eo_etl.pipeline.index_parts import grid_row, merge_parts, write_part
 from eo_etl.pipeline.plan_rows import PlanReader, plan_length, plan_ranges, range_size, work_ranges
 from eo_etl.pipeline.state import BuildState
 from eo_etl.plan import plan, plan_bands, write_plan
 from eo_etl.recipe.load import parse_recipe
 from eo_etl.sources.acquire import acquire_source
 from eo_etl.sources.cell import cells_of
+from eo_etl.store.index import index_frame, index_table, write_index
 from eo_etl.store.location import Location
 
 EUROPE = [-25.0, 34.0, 45.0, 72.0]  # 83,659 cells on the 10 km grid
@@ -110,3 +115,67 @@ def test_a_build_records_its_cells_by_range_and_a_rerun_acquires_none(tmp_path):
 def test_a_source_name_never_leads_the_state_out_of_its_folder(tmp_path, name):
     with pytest.raises(ValueError):
         BuildState(tmp_path).range_records(1, name, 0, 1)
+
+
+@pytest.mark.parametrize("row_group", [7, 100_000])
+def test_an_index_merged_from_workers_parts_is_the_file_written_from_all_rows_at_once(tmp_path, monkeypatch, row_group):
+    monkeypatch.setattr(eo_etl.store.index, "INDEX_ROW_GROUP", row_group)
+    monkeypatch.setattr(eo_etl.pipeline.index_parts, "INDEX_ROW_GROUP", row_group)
+    recipe = synthetic_recipe(tmp_path, [10.0, 45.0, 10.6, 45.4])
+    cells = plan(recipe)
+    samples = list(acquire_source(recipe, recipe.sources[0], cells_of(recipe, cells)))
+    for sample in samples[::5]:  # failures: no pixels, no footprint, empty columns
+        sample.fail(OSError("HTTP 503"))
+    records = [s.record() | {"recipe_hash": "h", "version": v} for v in (1, 2) for s in samples]
+    records += [r | {"source": "other"} for r in records[::3]]
+    assert len({grid_row(r["grid_cell"]) for r in records}) > 3 and len(records) > 40
+    whole = tmp_path / "whole.parquet"
+    write_index(index_frame(records, cells), whole)
+
+    held = {}  # parts as workers write them: uneven runs of records, each with its grid rows
+    for i, start in enumerate(range(0, len(records), 17)):
+        part = Location(tmp_path / "parts" / f"{i}.parquet")
+        chunk = records[start : start + 17]
+        for row in write_part(index_table(index_frame(chunk, cells)), part):
+            for source in {r["source"] for r in chunk if grid_row(r["grid_cell"]) == row}:
+                held.setdefault((source, row), []).append(part)
+    merged = Location(tmp_path / "merged.parquet")
+    assert merge_parts(held, merged) == len(records)
+    assert (tmp_path / "merged.parquet").read_bytes() == whole.read_bytes()
+
+
+def file_digests(folder) -> dict[str, bytes]:
+    """Every file of a dataset but the build's own state, by path: what its users get."""
+    return {
+        str(path.relative_to(folder)): hashlib.sha256(path.read_bytes()).digest()
+        for path in sorted(folder.rglob("*"))
+        if path.is_file() and path.relative_to(folder).parts[0] != "_build"
+    }
+
+
+def test_a_build_resumed_from_half_its_ranges_and_shards_equals_a_clean_one_byte_for_byte(tmp_path, monkeypatch):
+    options = {"direct_running_mode": "in_memory"}
+    clean = synthetic_recipe(tmp_path / "clean", [10.0, 45.0, 12.0, 46.0])
+    build(clean, options=options)
+    recipe = synthetic_recipe(tmp_path, [10.0, 45.0, 12.0, 46.0])
+    with monkeypatch.context() as patch:  # a build killed before its closing step let any staged pixels go
+        patch.setattr(BuildState, "drop_range_pixels", lambda *args: None)
+        build(recipe, options=options)
+    out = tmp_path / "out"
+    samples = out / "_build" / "versions" / "0001" / "samples" / "sentinel-2-l2a"
+    ranges = sorted(samples.glob("*.json"))
+    for path in ranges[len(ranges) // 2 :]:  # as the kill left it: half the ranges, half the shards, no index
+        path.unlink()
+        path.with_suffix(".npz").unlink()
+    shards = sorted((out / "_build" / "shards" / "sentinel-2-l2a").glob("*.json"))
+    for path in shards[len(shards) // 2 :]:
+        path.unlink()
+    (out / "index.parquet").unlink()
+
+    report = build(recipe, options=options)
+    finished = sum(len(json.loads(path.read_text())) for path in ranges[: len(ranges) // 2])
+    assert report.metrics["cells already finished"] == finished > 50
+    assert report.metrics["shards written"] == len(shards) - len(shards) // 2
+    assert file_digests(out) == file_digests(tmp_path / "clean" / "out")
+    kept = [cell for path in samples.glob("*.npz") for cell in np.load(path).files]
+    assert len(kept) < 16 + 2 * 2  # staged pixels let go once in full shards: a partial shard's and its ranges' left

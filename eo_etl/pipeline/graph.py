@@ -1,21 +1,35 @@
 """The Beam graph of a build, generated from the recipe:
 
-    sources ─► ranges of plan rows ─► Reshuffle ─► acquire + stage (each range's cells, read from the plan) ─┐
-                                                                                         all cells finished │
-    positions + open stores ◄───────────────────────────────────────────────────────────────────────────────┘
-        ─► Reshuffle ─► write shards (Zarr, video) ─► all shards written ─► statistics, STAC, TACO, index
+    sources ─► ranges of plan rows ─► Reshuffle ─► acquire + stage (each range's cells, read from the plan)
+        ─► samples stored per (source, version, range) ─► combined: positions (prefix sums) ─┐
+    ┌─────────────────────────────────────────────────────────────────────────────────────┘
+    ├─► shards (as ranges) ─► Reshuffle ─► check (restage moved pixels) ─► open stores ─► write shards ─┐
+    └─► ranges again ─► Reshuffle ─► index parts (placed by the positions) ──────────────────────────────┤
+                                        statistics, STAC, exports, the index merged from its parts ◄──┘
 
 The graph holds no cell: the workers read the ranges from the written plan (``plan_rows.py``), so it is the same
-size for four cells and for the planet. Stages not in this version (labels, captions, embeddings and curation)
-are not in the graph. Work already recorded in the build's state is skipped where it runs: cells finished
-before (by range), shards already written.
+size for four cells and for the planet. Nor does any step hold every sample: positions come from counts per
+range (``shards.Positions``, one entry per range and version), shards and index parts are made by the workers
+from the ranges' records, and the index is merged a grid row at a time (``index_parts.py``). Stages not in this
+version (labels, captions, embeddings and curation) are not in the graph. Work already recorded in the build's
+state is skipped where it runs: cells finished before (by range), shards already written.
 """
 
 from __future__ import annotations
 
 import apache_beam as beam
 
-from eo_etl.pipeline.transforms import AcquireRange, WriteShard, assign, finish, ranges_of_plan, shards_to_write
+from eo_etl.pipeline.shards import Positions
+from eo_etl.pipeline.transforms import (
+    AcquireRange,
+    CheckShard,
+    WriteIndexPart,
+    WriteShard,
+    finish,
+    open_store,
+    ranges_of_plan,
+    shard_tasks,
+)
 from eo_etl.recipe import Recipe
 from eo_etl.store.location import Location
 
@@ -23,20 +37,39 @@ from eo_etl.store.location import Location
 def build_graph(pipeline: beam.Pipeline, recipe: Recipe, root: Location, version: int):
     """Adds the build to ``pipeline``: every source over every cell of the plan written at ``root``."""
     sources = [source.name for source in recipe.sources]
-    cells_done = (
+    workers = recipe.runner.workers
+    positions = (
         pipeline
         | "plan" >> beam.Create([sources])
-        | "ranges of plan rows" >> beam.FlatMap(ranges_of_plan, root, recipe.runner.workers)
+        | "ranges of plan rows" >> beam.FlatMap(ranges_of_plan, root, workers)
         | "spread cells" >> beam.Reshuffle()
         | "acquire and stage" >> beam.ParDo(AcquireRange(recipe, root, version))
-        | "all cells finished" >> beam.combiners.Count.Globally()
+        | "samples per range" >> beam.combiners.ToDict()
+        | "positions" >> beam.Map(Positions.of)
     )
-    assignment = cells_done | "positions" >> beam.Map(assign, recipe, root)
-    shards_done = (
-        assignment
-        | "open stores" >> beam.FlatMap(shards_to_write, recipe, root)
+    at = beam.pvalue.AsSingleton(positions)
+    tasks = positions | "shards" >> beam.FlatMap(shard_tasks, recipe)
+    pending = (
+        tasks
         | "spread shards" >> beam.Reshuffle()
-        | "write shards" >> beam.ParDo(WriteShard(recipe, root))
+        | "check shards" >> beam.ParDo(CheckShard(root))
+    )  # fmt: skip
+    opened = (
+        pending
+        | "by source" >> beam.Map(lambda task: (task.source, task))
+        | "first to write" >> beam.CombinePerKey(lambda tasks: min(tasks, key=lambda task: task.k))
+        | "open stores" >> beam.Map(open_store, recipe, root, at)
+    )
+    shards_done = (
+        pending
+        | "spread writes" >> beam.Reshuffle()
+        | "write shards" >> beam.ParDo(WriteShard(recipe, root), beam.pvalue.AsList(opened))
         | "all shards written" >> beam.combiners.Count.Globally()
     )
-    return shards_done | "index, STAC, exports" >> beam.Map(finish, recipe, root, beam.pvalue.AsSingleton(assignment))
+    parts = (
+        positions
+        | "ranges again" >> beam.FlatMap(lambda _, sources: ranges_of_plan(sources, root, workers), sources)
+        | "spread index" >> beam.Reshuffle()
+        | "index parts" >> beam.ParDo(WriteIndexPart(recipe, root), at)
+    )
+    return shards_done | "index, STAC, exports" >> beam.Map(finish, recipe, root, at, beam.pvalue.AsList(parts))

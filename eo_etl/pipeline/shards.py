@@ -1,79 +1,133 @@
 """Where each stored sample goes: a position per source in plan order, version after version, and the
-shards of ``outputs.shard_size`` positions those fill. Decided from the finished cells alone, so every
-process (and every rerun) that asks gets the same answer."""
+shards of ``outputs.shard_size`` positions those fill. Decided by the pipeline from counts alone: each range of
+plan rows is settled on its own (its records of every version read together, a scene repeated from an earlier
+version turned into a rejection), the stored samples counted per (source, version, range), and the positions
+are the prefix sums of those counts in that order (``Positions``), handed to every worker. So no process reads
+every record, and every process (and every rerun) that asks gets the same answer."""
 
 from __future__ import annotations
 
+import bisect
 from dataclasses import dataclass, field
 
 from eo_etl.pipeline.state import ShardEntry
-from eo_etl.recipe import Recipe
 from eo_etl.sample import OK, REJECTED
 from eo_etl.sources.patch import NO_SCENE
+
+# (source, version, first, stop): one range of plan rows (plan_rows.py) of one source in one version
+RangeKey = tuple[str, int, int, int]
+
+
+@dataclass
+class Settled:
+    """One range of one source in one version, settled: its records in plan order (a scene an earlier
+    version of the range already has turned into a rejection) and which of them are stored, in position order."""
+
+    version: int
+    records: list[dict]
+    stored: list[int] = field(default_factory=list)  # indexes into records
+    repeats: list[str] = field(default_factory=list)  # ok cells not stored: their scene is in an earlier version
+
+
+def settle(by_version: dict[int, list[dict]], order: dict[str, int]) -> list[Settled]:
+    """The records of one range of one source, every version's (``by_version``), settled version by version;
+    ``order``: each cell's place in the plan."""
+    first_version: dict[tuple, int] = {}
+    settled = []
+    for version in sorted(by_version):
+        part = Settled(version, [])
+        for record in sorted(by_version[version], key=lambda r: order.get(r["grid_cell"], -1)):
+            if record["status"] == OK:
+                scene = (record["grid_cell"], record["timestamp"])
+                if scene in first_version:
+                    reason = f"the same scene is in version {first_version[scene]}"
+                    record = record | {"status": REJECTED, "reason": reason}
+                    part.repeats.append(record["grid_cell"])
+                else:
+                    first_version[scene] = version
+                    part.stored.append(len(part.records))
+            part.records.append(record)
+        settled.append(part)
+    return settled
+
+
+@dataclass(frozen=True)
+class Positions:
+    """Every (source, version, range)'s first position and count of stored samples: prefix sums of the counts in
+    (source, version, plan order). Small: one entry per range and version, not per cell."""
+
+    starts: dict[RangeKey, tuple[int, int]]  # key → (first position, samples stored)
+    counts: dict[str, int]  # stored samples per source
+    added: dict[int, int]  # stored samples per version (every version with a record, 0 included)
+
+    @classmethod
+    def of(cls, counts: dict[RangeKey, int]) -> Positions:
+        starts, totals, added = {}, {}, {}
+        for key in sorted(counts):
+            source, version = key[0], key[1]
+            starts[key] = (totals.get(source, 0), counts[key])
+            totals[source] = totals.get(source, 0) + counts[key]
+            added[version] = added.get(version, 0) + counts[key]
+        return cls(starts, {s: n for s, n in totals.items() if n}, added)
+
+    @property
+    def first_version(self) -> int | None:
+        return min(self.added, default=None)
+
+    def place(self, source: str, first: int, stop: int, part: Settled, recipe) -> list[dict]:
+        """``part``'s records with where their pixels are (stored ones)."""
+        size, video = recipe.outputs.shard_size, "video" in recipe.outputs.formats
+        start, _ = self.starts.get((source, part.version, first, stop), (0, 0))
+        out = list(part.records)
+        for offset, i in enumerate(part.stored):
+            position = start + offset
+            out[i] = out[i] | {"zarr_group": source, "zarr_index": position}
+            if video:
+                out[i] |= {"video_path": f"video/{source}/shard-{position // size:05d}",
+                           "video_frame": position % size}  # fmt: skip
+        return out
+
+    def shard_slices(self, source: str, size: int) -> list[list[tuple[RangeKey, int, int]]]:
+        """Per shard of ``source``: the (range, lo, hi) whose stored samples lo to hi (exclusive) fill it, in
+        position order."""
+        keys = [key for key in self.starts if key[0] == source and self.starts[key][1]]  # sorted already
+        begins = [self.starts[key][0] for key in keys]
+        shards = []
+        for low in range(0, self.counts.get(source, 0), size):
+            high = min(low + size, self.counts[source])
+            slices = []
+            for j in range(max(0, bisect.bisect_right(begins, low) - 1), len(keys)):
+                begin, n = self.starts[keys[j]]
+                if begin >= high:
+                    break
+                if begin + n > low:
+                    slices.append((keys[j], max(low, begin) - begin, min(high, begin + n) - begin))
+            shards.append(slices)
+        return shards
 
 
 @dataclass(frozen=True)
 class ShardTask:
     source: str
     k: int
-    entries: tuple[ShardEntry, ...]  # by position
-    records: tuple[dict, ...] = ()  # their records (as the build's state holds them), so no writer reads them again
+    slices: tuple[tuple[RangeKey, int, int], ...]  # where its samples' records are (Positions.shard_slices)
 
 
-@dataclass
-class Assignment:
-    records: list[dict]  # every finished cell's record; stored ones say where their pixels are
-    tasks: list[ShardTask]
-    counts: dict[str, int] = field(default_factory=dict)  # stored samples per source
-    added: dict[int, int] = field(default_factory=dict)  # stored samples per version
-    unstored: list[tuple[str, ShardEntry]] = field(default_factory=list)  # ok cells not stored (repeats)
+def shard_members(task: ShardTask, settled_of) -> tuple[list[ShardEntry], list[dict]]:
+    """The entries and records of a shard, by position; ``settled_of(key)`` settles the range ``key``."""
+    entries, records = [], []
+    for key, lo, hi in task.slices:
+        part = settled_of(key)
+        for i in part.stored[lo:hi]:
+            entries.append(ShardEntry(part.version, part.records[i]["grid_cell"]))
+            records.append(part.records[i])
+    return entries, records
 
 
-def assign_positions(records: list[dict], recipe: Recipe, cell_order: dict[str, int]) -> Assignment:
-    """Positions for the ok samples of ``records``: by source, then version, then the cell's place in the
-    plan. A scene a cell already has from an earlier version (overlapping windows) is not stored again:
-    its record becomes a rejection saying so."""
-    size = recipe.outputs.shard_size
-    video = "video" in recipe.outputs.formats
-    order = sorted(
-        range(len(records)),
-        key=lambda i: (records[i]["source"], records[i]["version"], cell_order.get(records[i]["grid_cell"], -1)),
-    )
-    out = list(records)
-    assignment = Assignment(out, [])
-    entries: dict[str, list[tuple[ShardEntry, dict]]] = {}
-    first_version: dict[tuple, int] = {}
-    for i in order:
-        record = records[i]
-        source, version, cell = record["source"], record["version"], record["grid_cell"]
-        assignment.added.setdefault(version, 0)
-        if record["status"] != OK:
-            continue
-        scene = (source, cell, record["timestamp"])
-        if scene in first_version:
-            out[i] = record | {"status": REJECTED, "reason": f"the same scene is in version {first_version[scene]}"}
-            assignment.unstored.append((source, ShardEntry(version, cell)))
-            continue
-        first_version[scene] = version
-        position = assignment.counts.get(source, 0)
-        assignment.counts[source] = position + 1
-        assignment.added[version] += 1
-        out[i] = record | {"zarr_group": source, "zarr_index": position}
-        if video:
-            out[i] |= {"video_path": f"video/{source}/shard-{position // size:05d}", "video_frame": position % size}
-        entries.setdefault(source, []).append((ShardEntry(version, cell), record))
-    for source, stored in entries.items():
-        for k, start in enumerate(range(0, len(stored), size)):
-            part = stored[start : start + size]
-            assignment.tasks.append(ShardTask(source, k, tuple(e for e, _ in part), tuple(r for _, r in part)))
-    return assignment
-
-
-def index_records(records: list[dict]) -> list[dict]:
-    """The records the index lists: every outcome of the first version; of later versions, every cell that
-    had something in its window. A later window with no scene over a cell is nothing new, not a gap: left
+def index_records(records: list[dict], first: int | None) -> list[dict]:
+    """The records the index lists: every outcome of the first version (``first``); of later versions, every cell
+    that had something in its window. A later window with no scene over a cell is nothing new, not a gap: left
     out, a daily ``--since LAST`` does not add a row per cell per day."""
-    first = min((record["version"] for record in records), default=None)
     return [
         record
         for record in records

@@ -7,7 +7,13 @@ missing work and a later time window becomes a new version of the same dataset.
       versions/NNNN/samples/<source>/rows-AAAAAAAAA-BBBBBBBBB.json   finished cells: the records (status,
                                            reason, provenance) of plan rows A to B (exclusive), one file per
                                            range of rows (plan_rows.py), written once all its cells are done
-      versions/NNNN/samples/<source>/<cell>.npy    an ok cell's pixels, until a full shard holds them
+      versions/NNNN/samples/<source>/rows-AAAAAAAAA-BBBBBBBBB.npz    the ok cells' pixels of that range (one
+                                           array per cell, by name), written before its records, kept until
+                                           full shards hold every sample of the range
+      versions/NNNN/samples/<source>/<cell>.npy    a cell's pixels read back from the store (a rerun that
+                                           moved samples whose range was let go)
+      index/<source>/rows-AAAAAAAAA-BBBBBBBBB.parquet   a part of the index: its rows of those plan rows, every
+                                           version, written by a worker; the closing step merges the parts
       shards/<source>/shard-NNNNN.json     the samples a written shard holds, (version, cell) by position
       shards/<source>/shard-NNNNN.npz      their band statistics, merged into the dataset's at the end
       versions.json                        the finished versions, written with the dataset
@@ -21,6 +27,8 @@ from __future__ import annotations
 
 import io
 import json
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -28,7 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from eo_etl.recipe import Recipe
-from eo_etl.sample import FAILED, OK, Sample
+from eo_etl.sample import FAILED
 from eo_etl.store.location import Location, read_each
 from eo_etl.store.zarr import BandStatistics
 
@@ -104,8 +112,8 @@ class BuildState:
     def _sample(self, version: int, source: str, cell: str, suffix: str) -> Location:
         return self._version_dir(version) / "samples" / source / f"{cell}{suffix}"
 
-    def _range(self, version: int, source: str, first: int, stop: int) -> Location:
-        return self._version_dir(version) / "samples" / source / f"{RANGE_PREFIX}{first:09d}-{stop:09d}.json"
+    def _range(self, version: int, source: str, first: int, stop: int, suffix: str = ".json") -> Location:
+        return self._version_dir(version) / "samples" / source / f"{RANGE_PREFIX}{first:09d}-{stop:09d}{suffix}"
 
     def range_records(self, version: int, source: str, first: int, stop: int) -> list[dict]:
         """The records of plan rows ``first`` to ``stop`` (a range, plan_rows.py) of ``source`` finished so far in
@@ -115,18 +123,53 @@ class BuildState:
         except FileNotFoundError:
             return []
 
-    def stage(self, version: int, sample: Sample, recipe_hash: str) -> dict:
-        """Stage a finished cell's pixels (an ok one's); its record, which :meth:`stage_range` writes with the
-        others of its range."""
-        if sample.status == OK:
-            self.save_pixels(version, sample.source, sample.cell, sample.pixels)
-        return sample.record() | {"recipe_hash": recipe_hash, "version": version}
-
-    def stage_range(self, version: int, source: str, first: int, stop: int, records: list[dict]) -> None:
-        """Record a range of cells as finished, once each one's pixels are staged: one file with the records of
-        every cell of the range (those finished before, then the new ones), which says the range is done."""
+    def stage_range(self, version: int, source: str, first: int, stop: int, records: list[dict],
+                    pixels: dict[str, np.ndarray]) -> None:  # fmt: skip
+        """Record a range of cells as finished: first the pixels of its ok cells (those staged before, then
+        ``pixels``, the new ones) in one file, then one file with the records of every cell of the range (those
+        finished before, then the new ones), which says the range is done."""
+        if pixels:
+            self.restage_range(version, source, first, stop, pixels)
         text = json.dumps(records, default=_json)
         self._range(version, source, first, stop).write_bytes(text.encode())
+
+    @contextmanager
+    def range_pixels(self, version: int, source: str, first: int, stop: int) -> Iterator[Mapping[str, np.ndarray]]:
+        """The pixels staged for a range, by cell, read one array at a time (ranged reads in an object store);
+        empty when none are."""
+        target = self._range(version, source, first, stop, ".npz")
+        try:
+            handle = target.fs.open(target.path, "rb")
+        except FileNotFoundError:
+            yield {}
+            return
+        with handle, np.load(handle, allow_pickle=False) as arrays:
+            yield arrays
+
+    def restage_range(self, version: int, source: str, first: int, stop: int, pixels: dict[str, np.ndarray]):
+        """Add ``pixels`` (new cells', or some read back from the store by a rerun that moved them) to a range's
+        staged ones, in one file."""
+        with self.range_pixels(version, source, first, stop) as staged:
+            pixels = {cell: staged[cell] for cell in staged if cell not in pixels} | pixels
+        self._save_batch(self._range(version, source, first, stop, ".npz"), pixels)
+
+    def drop_range_pixels(self, version: int, source: str, first: int, stop: int) -> None:
+        self._range(version, source, first, stop, ".npz").remove()
+
+    def _save_batch(self, target: Location, pixels: dict[str, np.ndarray]) -> None:
+        buffer = io.BytesIO()
+        np.savez(buffer, **{cell: pixels[cell] for cell in sorted(pixels)})
+        target.write_bytes(buffer.getvalue())
+
+    def version_numbers(self) -> list[int]:
+        """Every version begun, oldest first."""
+        return sorted(int(path.parent.name) for path in (self.dir / "versions").glob("*/window.json"))
+
+    def index_part(self, source: str, first: int, stop: int) -> Location:
+        return self.dir / "index" / source / f"{RANGE_PREFIX}{first:09d}-{stop:09d}.parquet"
+
+    def remove_index_parts(self) -> None:
+        (self.dir / "index").remove(recursive=True)
 
     def done_cells(self, version: int, source: str) -> set[str]:
         """Cells of ``source`` this version has finished; failed ones are tried again."""
@@ -152,10 +195,6 @@ class BuildState:
         buffer = io.BytesIO()
         np.save(buffer, pixels, allow_pickle=False)
         self._sample(version, source, cell, ".npy").write_bytes(buffer.getvalue())
-
-    def drop_pixels(self, entries: list[ShardEntry], source: str) -> None:
-        for entry in entries:
-            self._sample(entry.version, source, entry.cell, ".npy").remove()
 
     # --------------------------------------------------------------------------------------- shards
     def _shard(self, source: str, k: int, suffix: str) -> Location:

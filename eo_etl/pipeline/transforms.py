@@ -8,18 +8,19 @@ from collections.abc import Iterator
 
 import apache_beam as beam
 import geopandas as gpd
-import pandas as pd
 from apache_beam.metrics import Metrics
 
-from eo_etl.pipeline.plan_rows import PlanReader, plan_length, plan_ranges, range_size, work_ranges
-from eo_etl.pipeline.shards import Assignment, ShardTask, assign_positions, index_records
-from eo_etl.pipeline.state import BuildState
+from eo_etl.pipeline.index_parts import merge_parts, write_part
+from eo_etl.pipeline.plan_rows import CELL_COLUMNS, PlanReader, plan_length, plan_ranges, range_size, work_ranges
+from eo_etl.pipeline.shards import Positions, RangeKey, Settled, ShardTask, index_records, settle, shard_members
+from eo_etl.pipeline.state import BuildState, ShardEntry
 from eo_etl.recipe import Recipe
 from eo_etl.sample import FAILED, OK, REJECTED, Sample
 from eo_etl.sources.acquire import SourceAcquisition
 from eo_etl.sources.cell import cells_of
 from eo_etl.sources.remote import HostLimiter, RetryPolicy
-from eo_etl.store.dataset import existing_pixel_store, finish_dataset, open_pixel_store, write_shard
+from eo_etl.store.dataset import close_dataset, existing_pixel_store, open_pixel_store, write_shard
+from eo_etl.store.index import INDEX_NAME, index_frame, index_table, write_index
 from eo_etl.store.location import Location
 from eo_etl.store.zarr import BandStatistics, ZarrWriter
 
@@ -44,7 +45,9 @@ class AcquireRange(beam.DoFn):
     """(source, first, stop) → the cells of those plan rows (whole ranges) not finished before, acquired and
     staged: cut in the worker's threads under its share of the recipe's per-service limits (transient errors
     retried, and counted), each outcome counted (the quality step's tally), then recorded in the build's state
-    range by range, the unit of resuming. Yields the number of cells it holds."""
+    range by range, the unit of resuming (the range's pixels in one file, then its records in another). Yields,
+    for each of its ranges and every version with records there, how many samples that version stores: the
+    counts the positions are made from (``shards.Positions``)."""
 
     def __init__(self, recipe: Recipe, root: Location, version: int):
         self.recipe, self.root, self.version = recipe, root, version
@@ -60,37 +63,39 @@ class AcquireRange(beam.DoFn):
         }  # fmt: skip
         self.retries_counted: Counter[str] = Counter()
         self.skipped_counted: set[str] = set()
-        self.state = BuildState(self.root)
-        self.plan = PlanReader(Location.of(self.root) / PLAN_NAME)
-        self.rows = plan_length(Location.of(self.root) / PLAN_NAME)
+        self.ranges = RangeReader(self.root)
+        self.state, self.rows = self.ranges.state, self.ranges.rows
         self.recipe_hash = self.recipe.fingerprint()
 
-    def process(self, element: tuple[str, int, int]) -> Iterator[int]:
+    def process(self, element: tuple[str, int, int]) -> Iterator[tuple[RangeKey, int]]:
         source, first, stop = element
         ranges = plan_ranges(self.rows, first, stop)  # each recorded in its own file
-        kept = {}
-        for part in ranges:
-            records = self.state.range_records(self.version, source, *part)
-            kept[part] = [record for record in records if record["status"] != FAILED]
+        found = {part: self.state.range_records(self.version, source, *part) for part in ranges}
+        kept = {part: [record for record in records if record["status"] != FAILED] for part, records in found.items()}
         done = {record["grid_cell"]: part for part, records in kept.items() for record in records}
         counter("cells already finished").inc(len(done))
-        cells = cells_of(self.recipe, self.plan.rows(first, stop))
+        cells = cells_of(self.recipe, self.ranges.plan.rows(first, stop))
         part_of = {cell.name: ranges[i // range_size(self.rows)] for i, cell in enumerate(cells)}
         todo = [cell for cell in cells if cell.name not in done]
-        if not todo:
-            yield stop - first
-            return
         new: dict[tuple[int, int], list[dict]] = {}
+        pixels: dict[tuple[int, int], dict] = {}
         for sample in self.acquisitions[source].acquire(todo):
             count_outcome(sample)
-            record = self.state.stage(self.version, sample, self.recipe_hash)  # pixels now, not held
-            new.setdefault(part_of[sample.cell], []).append(record)
+            part = part_of[sample.cell]
+            record = sample.record() | {"recipe_hash": self.recipe_hash, "version": self.version}
+            new.setdefault(part, []).append(record)
             if sample.status == OK:
+                pixels.setdefault(part, {})[sample.cell] = sample.pixels
                 counter("pixel bytes staged").inc(sample.pixels.nbytes)
         for part, records in new.items():
-            self.state.stage_range(self.version, source, *part, kept[part] + records)
-        self._count_retries(source)
-        yield stop - first
+            found[part] = kept[part] + records
+            self.state.stage_range(self.version, source, *part, found[part], pixels.get(part, {}))
+        if todo:
+            self._count_retries(source)
+        order = {cell.name: first + i for i, cell in enumerate(cells)}
+        for part in ranges:
+            for settled in self.ranges.settle(source, *part, order, {self.version: found[part]}):
+                yield (source, settled.version, *part), len(settled.stored)
 
     def _count_retries(self, source: str) -> None:
         retries = Counter(self.policy.by_host)  # what this worker's retries cost each host, since last counted
@@ -119,33 +124,76 @@ def count_outcome(sample: Sample) -> None:
         counter(f"failed: {sample.reason.split(':')[0]}").inc()
 
 
-def assign(_cells_done: int, recipe: Recipe, root: Location) -> Assignment:
-    """Once every cell is finished: positions for all stored samples, from the records of every version (read
-    once here; the closing step gets this assignment as a side input)."""
-    root = Location.of(root)
-    return assign_positions(BuildState(root).records(), recipe, _cell_order(root))
+class RangeReader:
+    """A worker's view of the build's ranges: the plan's rows and every version's records of a range, settled."""
+
+    def __init__(self, root: Location):
+        self.root = Location.of(root)
+        self.state = BuildState(self.root)
+        self.plan = PlanReader(self.root / PLAN_NAME)
+        self.rows = plan_length(self.root / PLAN_NAME)
+        self.versions = self.state.version_numbers()
+
+    def order(self, first: int, stop: int) -> dict[str, int]:
+        return {cell: first + i for i, cell in enumerate(self.plan.rows(first, stop)["grid_cell"])}
+
+    def settle(self, source: str, first: int, stop: int, order: dict[str, int] | None = None,
+               known: dict[int, list[dict]] | None = None) -> list[Settled]:  # fmt: skip
+        """Every version's records of a range (``known``: some already read), settled (shards.settle)."""
+        by_version = {}
+        for version in self.versions:
+            records = (known or {}).get(version)
+            records = self.state.range_records(version, source, first, stop) if records is None else records
+            if records:
+                by_version[version] = records
+        return settle(by_version, self.order(first, stop) if order is None else order)
+
+    def part(self, key: RangeKey) -> Settled:
+        source, version, first, stop = key
+        return next(part for part in self.settle(source, first, stop) if part.version == version)
 
 
-def shards_to_write(assignment: Assignment, recipe: Recipe, root: Location) -> Iterator[ShardTask]:
-    """Each source's store opened (created or grown) and the shards not yet written as ``assignment`` says."""
-    root = Location.of(root)
-    state = BuildState(root)
-    for source, count in assignment.counts.items():
-        tasks = [task for task in assignment.tasks if task.source == source]
-        existing = _existing_store(root, source)
-        pending = [
-            task for task in tasks
-            if existing is None or not existing.shard_complete(task.k)
-            or state.shard_entries(source, task.k) != list(task.entries)
-        ]  # fmt: skip
-        counter("shards already written").inc(len(tasks) - len(pending))
-        if not pending:
-            continue
-        _restage_moved_pixels(state, root, source, pending, recipe.outputs.shard_size)
-        first = pending[0].entries[0]
-        sample = Sample.from_record(pending[0].records[0], state.load_pixels(first.version, source, first.cell))
-        open_pixel_store(root, recipe, sample, capacity=count)
-        yield from pending
+def shard_tasks(positions: Positions, recipe: Recipe) -> Iterator[ShardTask]:
+    """Every shard of every source, as the ranges whose samples fill it: small, whatever the shard holds."""
+    for source in positions.counts:
+        for k, slices in enumerate(positions.shard_slices(source, recipe.outputs.shard_size)):
+            yield ShardTask(source, k, tuple(slices))
+
+
+class CheckShard(beam.DoFn):
+    """A shard → itself if it must be written (not already holding its samples), with every pixel it needs
+    staged: those of samples a rerun moved, whose range was let go once stored, read back from where the store
+    has them now, before any shard is rewritten."""
+
+    def __init__(self, root: Location):
+        self.root = root
+
+    def setup(self):
+        self.ranges = RangeReader(self.root)
+        self.stores: dict[str, ZarrWriter | None] = {}
+
+    def process(self, task: ShardTask) -> Iterator[ShardTask]:
+        state = self.ranges.state
+        parts = {key: self.ranges.part(key) for key, _, _ in task.slices}
+        entries, _ = shard_members(task, parts.__getitem__)
+        if task.source not in self.stores:
+            self.stores[task.source] = _existing_store(self.root, task.source)
+        existing = self.stores[task.source]
+        written = existing is not None and existing.shard_complete(task.k)
+        if written and state.shard_entries(task.source, task.k) == entries:
+            counter("shards already written").inc()
+            return
+        for key, _, _ in task.slices:
+            source, version, first, stop = key
+            part = parts[key]
+            with state.range_pixels(version, source, first, stop) as staged:
+                cells = [part.records[i]["grid_cell"] for i in part.stored]
+                missing = [cell for cell in cells if cell not in staged]
+            missing = [cell for cell in missing if not state.has_pixels(version, source, cell)]
+            if missing:
+                moved = _stored_pixels(state, self.root, source, version, missing)
+                state.restage_range(version, source, first, stop, moved)
+        yield task
 
 
 def _existing_store(root: Location, source: str) -> ZarrWriter | None:
@@ -155,22 +203,48 @@ def _existing_store(root: Location, source: str) -> ZarrWriter | None:
         return None
 
 
-def _restage_moved_pixels(state: BuildState, root: Location, source: str, pending: list[ShardTask], size: int) -> None:
-    """Pixels a shard needs that were dropped once stored (a rerun that moved samples): read them back from
-    where the store has them, before any shard is rewritten."""
-    needed = [e for task in pending for e in task.entries if not state.has_pixels(e.version, source, e.cell)]
-    if not needed:
-        return
-    stored = {}
+def _stored_pixels(state: BuildState, root: Location, source: str, version: int, cells: list[str]) -> dict:
+    """Pixels of ``cells`` (of ``version``) as the store holds them, from the shards' records (a rerun that moved
+    samples already let go: rare, and it reads one record per shard)."""
+    wanted = {ShardEntry(version, cell) for cell in cells}
+    size = existing_pixel_store(root, source).shard_size
+    found = {}
     k = 0
-    while (entries := state.shard_entries(source, k)) is not None:
-        stored.update({entry: k * size + i for i, entry in enumerate(entries)})
+    while len(found) < len(wanted) and (entries := state.shard_entries(source, k)) is not None:
+        found.update({entry: k * size + i for i, entry in enumerate(entries) if entry in wanted})
         k += 1
+    lost = wanted - set(found)
+    if lost:
+        entry = min(lost, key=lambda e: e.cell)
+        raise RuntimeError(f"{entry.cell}/{source} (version {entry.version}): pixels neither staged nor stored")
     pixels = existing_pixel_store(root, source).pixels
-    for entry in needed:
-        if entry not in stored:
-            raise RuntimeError(f"{entry.cell}/{source} (version {entry.version}): pixels neither staged nor stored")
-        state.save_pixels(entry.version, source, entry.cell, pixels[stored[entry]])
+    return {entry.cell: pixels[position] for entry, position in found.items()}
+
+
+def open_store(first: tuple[str, ShardTask], recipe: Recipe, root: Location, positions: Positions) -> str:
+    """A source's store opened (created, or grown to its samples) before its shards are written, shaped like the
+    first sample of its first shard to write."""
+    source, task = first
+    ranges = RangeReader(root)
+    (key, lo, _), *_ = task.slices
+    part = ranges.part(key)
+    record = part.records[part.stored[lo]]
+    sample = Sample.from_record(record, _load_pixels(ranges.state, key, record["grid_cell"]))
+    open_pixel_store(root, recipe, sample, capacity=positions.counts[source])
+    return source
+
+
+def _load_pixels(state: BuildState, key: RangeKey, cell: str, staged=None):
+    source, version, first, stop = key
+    if staged is not None and cell in staged:
+        return staged[cell]
+    with state.range_pixels(version, source, first, stop) as batch:
+        if cell in batch:
+            return batch[cell]
+    pixels = state.load_pixels(version, source, cell)
+    if pixels is None:
+        raise RuntimeError(f"{cell}/{source} (version {version}): pixels not staged")
+    return pixels
 
 
 class WriteShard(beam.DoFn):
@@ -180,58 +254,95 @@ class WriteShard(beam.DoFn):
         self.recipe, self.root = recipe, root
 
     def setup(self):
-        self.state = BuildState(self.root)
+        self.ranges = RangeReader(self.root)
         self.writers: dict[str, ZarrWriter] = {}
 
-    def process(self, task: ShardTask) -> Iterator[tuple[str, int]]:
-        state = self.state
+    def process(self, task: ShardTask, _opened: list[str]) -> Iterator[tuple[str, int]]:
+        state = self.ranges.state
         writer = self.writers.get(task.source)
-        if writer is None:  # opened by shards_to_write; a worker only writes into it
+        if writer is None:  # opened by open_store; a worker only writes into it
             writer = self.writers[task.source] = existing_pixel_store(self.root, task.source)
-        samples = [
-            Sample.from_record(record, state.load_pixels(e.version, task.source, e.cell))
-            for e, record in zip(task.entries, task.records)
-        ]
+        samples, entries = [], []
+        for key, lo, hi in task.slices:
+            part = self.ranges.part(key)
+            source, version, first, stop = key
+            with state.range_pixels(version, source, first, stop) as staged:
+                for i in part.stored[lo:hi]:
+                    record = part.records[i]
+                    samples.append(Sample.from_record(record, _load_pixels(state, key, record["grid_cell"], staged)))
+                    entries.append(ShardEntry(version, record["grid_cell"]))
         layout = writer.layout
         writer.statistics = BandStatistics(layout.bands, layout.dtype, layout.nodata)  # this shard's alone
         write_shard(self.root, self.recipe, writer, task.k, samples)
-        state.record_shard(task.source, task.k, list(task.entries), writer.statistics)
+        state.record_shard(task.source, task.k, entries, writer.statistics)
         counter("shards written").inc()
         counter("samples written").inc(len(samples))
         counter("shard bytes written").inc(writer.shard_bytes(task.k))
         yield task.source, task.k
 
 
-def finish(_shards_done: int, recipe: Recipe, root: Location, assignment: Assignment) -> None:
-    """The dataset's closing writes: store statistics, STAC, exports, versions and, last, the index; then
-    the pixels staged for full shards are let go (a partial last shard keeps them for the next version)."""
+class WriteIndexPart(beam.DoFn):
+    """(source, first, stop) → the index's rows of those plan rows, every version, placed (``Positions``) and
+    written as a part (index_parts.py); yields (source, grid row, part) for each grid row it holds."""
+
+    def __init__(self, recipe: Recipe, root: Location):
+        self.recipe, self.root = recipe, root
+
+    def setup(self):
+        self.ranges = RangeReader(self.root)
+        self.cells = PlanReader(Location.of(self.root) / PLAN_NAME, [*CELL_COLUMNS, "geometry"])
+
+    def process(self, element: tuple[str, int, int], positions: Positions) -> Iterator[tuple[str, str, int, int]]:
+        source, first, stop = element
+        rows = self.cells.rows(first, stop)
+        order = {cell: first + i for i, cell in enumerate(rows["grid_cell"])}
+        records = []
+        for part in plan_ranges(self.ranges.rows, first, stop):
+            for settled in self.ranges.settle(source, *part, order):
+                records += positions.place(source, *part, settled, self.recipe)
+        records = index_records(records, positions.first_version)
+        if not records:
+            return
+        cells = gpd.GeoDataFrame(rows, geometry=gpd.GeoSeries.from_wkb(rows["geometry"], crs=4326))
+        target = self.ranges.state.index_part(source, first, stop)
+        for row in write_part(index_table(index_frame(records, cells)), target):
+            yield source, row, first, stop
+
+
+def finish(_shards_done: int, recipe: Recipe, root: Location, positions: Positions,
+           parts: list[tuple[str, str, int, int]]) -> None:  # fmt: skip
+    """The dataset's closing writes: store statistics (merged from the shards' own), STAC, exports, versions and,
+    last, the index merged from the workers' parts; then the staged pixels of ranges whose samples all lie in
+    full shards are let go (a partial last shard keeps them for the next version)."""
     root = Location.of(root)
     state = BuildState(root)
-    plan = root / PLAN_NAME
-    cells = gpd.read_parquet(plan.url, storage_options=plan.storage_options)
+    size = recipe.outputs.shard_size
     stored = {}
-    for source, count in assignment.counts.items():
+    for source, count in positions.counts.items():
         layout = existing_pixel_store(root, source).layout
         statistics = BandStatistics(layout.bands, layout.dtype, layout.nodata)
-        tasks = [task for task in assignment.tasks if task.source == source]
-        for task in tasks:
-            if state.shard_entries(source, task.k) != list(task.entries):
-                raise RuntimeError(f"shard {task.k} of {source} was not written as assigned")
+        shards = -(-count // size)
+        for k in range(shards):
+            entries = state.shard_entries(source, k)
+            if entries is None or len(entries) != min(size, count - k * size):
+                raise RuntimeError(f"shard {k} of {source} was not written as assigned")
             shard = BandStatistics(layout.bands, layout.dtype, layout.nodata)
-            statistics.merge(state.shard_statistics(source, task.k, shard))
-        state.forget_shards_from(source, len(tasks))
+            statistics.merge(state.shard_statistics(source, k, shard))
+        state.forget_shards_from(source, shards)
         stored[source] = (count, statistics)
-    state.finish_versions(assignment.added)
-    finish_dataset(root, recipe, cells, index_records(assignment.records), stored)
-    size = recipe.outputs.shard_size
-    for task in assignment.tasks:
-        if len(task.entries) == size:
-            state.drop_pixels(list(task.entries), task.source)
-    for source, entry in assignment.unstored:
-        state.drop_pixels([entry], source)
-
-
-def _cell_order(root: Location) -> dict[str, int]:
-    plan = root / PLAN_NAME
-    cells = pd.read_parquet(plan.url, columns=["grid_cell"], storage_options=plan.storage_options)
-    return {cell: i for i, cell in enumerate(cells["grid_cell"])}
+    state.finish_versions(positions.added)
+    held: dict[tuple[str, str], list[Location]] = {}
+    for source, row, first, stop in sorted(parts):
+        held.setdefault((source, row), []).append(state.index_part(source, first, stop))
+    merged = state.dir / INDEX_NAME
+    if held:
+        merge_parts(held, merged)
+    else:
+        write_index(index_frame([], gpd.GeoDataFrame()), merged)
+    index = gpd.read_parquet(merged.url, storage_options=merged.storage_options)
+    close_dataset(root, recipe, index, stored)
+    merged.fs.mv(merged.path, (root / INDEX_NAME).path)  # last: a dataset whose index exists is complete
+    state.remove_index_parts()
+    for (source, version, first, stop), (start, n) in positions.starts.items():
+        if start + n <= positions.counts.get(source, 0) // size * size:
+            state.drop_range_pixels(version, source, first, stop)

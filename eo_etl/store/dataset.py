@@ -109,11 +109,18 @@ def finish_dataset(
 ) -> gpd.GeoDataFrame:
     """Close each source's pixel store at its sample count with its statistics (``stored``), then write the
     STAC files, the exports and, last, the index of ``records``; return the index."""
+    index = index_frame(records, cells)
+    close_dataset(root, recipe, index, stored)
+    write_index(index, Location.of(root) / INDEX_NAME)
+    return index
+
+
+def close_dataset(root: Root, recipe: Recipe, index: gpd.GeoDataFrame, stored: dict[str, tuple[int, BandStatistics]]):
+    """All of ``finish_dataset`` but the index (which the caller writes last): the stores closed, STAC, exports."""
     root = Location.of(root)
     for source, (count, statistics) in stored.items():
         existing_pixel_store(root, source, tidy=True).close(count, statistics)
         _remove_video_shards_from(root / "video" / source, -(-count // recipe.outputs.shard_size))
-    index = index_frame(records, cells)
     write_catalog(root, index, recipe, {source: statistics.as_dict() for source, (_, statistics) in stored.items()})
     if "taco" in recipe.outputs.formats:
         _write_taco(root, recipe, index, list(stored))
@@ -122,8 +129,6 @@ def finish_dataset(
 
         for source in stored:
             write_metadata(root / FOLDER / source, index, source, recipe.outputs.shard_size)
-    write_index(index, root / INDEX_NAME)
-    return index
 
 
 def _remove_video_shards_from(folder: Location, first: int) -> None:
