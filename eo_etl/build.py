@@ -48,7 +48,9 @@ class BuildReport:
     output: Path | str  # the dataset folder: an absolute path, or the URL of an object store's prefix
     cells: gpd.GeoDataFrame  # the plan's cells; its first SHOWN_CELLS only, past that (``planned`` counts them)
     stages: list[StageReport] = field(default_factory=list)
-    samples: list[dict] = field(default_factory=list)  # index records, one per (cell, source, version)
+    samples: list[dict] = field(default_factory=list)  # index records, one per (cell, source, version); the first
+    # SHOWN_CELLS only, past that (``outcomes`` counts this version's)
+    outcomes: dict[str, int] = field(default_factory=dict)  # this version's index rows by status
     metrics: dict[str, int] = field(default_factory=dict)  # the pipeline's counters, by name
     version: int | None = None  # the version this build made
     versions: list[dict] = field(default_factory=list)  # every version of the dataset (versions.json)
@@ -151,7 +153,7 @@ def _build_locked(recipe: Recipe, location: Location, state: BuildState, beam_op
     return report
 
 
-SHOWN_CELLS = 100_000  # the plan's cells a report holds: all of a small plan, the first of a continent's
+SHOWN_CELLS = 1_000  # the plan's cells (and index rows) a report holds: all of a small plan, the first of a larger
 
 
 def _cells_shown(plan: Location, planned: int) -> gpd.GeoDataFrame:
@@ -294,6 +296,7 @@ def window_since(state: BuildState, since: str, until: date | None) -> TimeRange
 
 def _stage_reports(recipe: Recipe, location: Location, report: BuildReport) -> list[StageReport]:
     statuses, reasons = _outcomes(location / INDEX_NAME, report.version)
+    report.outcomes = dict(statuses)
     counts = {status: statuses[status] for status in (OK, REJECTED, FAILED)}
     m = report.metrics
     acquired = ", ".join(f"{n} {status}" for status, n in counts.items())

@@ -224,8 +224,7 @@ def build(
     if any(stage.name == "captions" and stage.status in ("done", "up to date") for stage in report.stages):
         _print_captions(report.output)
     if report.failures:  # one line, most common reasons first: an unreachable catalogue is said once
-        failed = sum(r["status"] == "failed" for r in report.samples if r.get("version") == report.version)
-        cells = sum(1 for r in report.samples if r.get("version") == report.version)
+        failed, cells = report.outcomes.get("failed", 0), sum(report.outcomes.values())
         reasons = "; ".join(f"{n} × {printable(reason, REASON_LIMIT)}" for n, reason in report.failures)
         level = ("error:", "red") if report.failed else ("warning:", "yellow")
         allowed = f"runner.max_failed_fraction is {parsed.runner.max_failed_fraction:g}"

@@ -145,11 +145,12 @@ def test_an_index_merged_from_workers_parts_is_the_file_written_from_all_rows_at
 
 
 def file_digests(folder) -> dict[str, bytes]:
-    """Every file of a dataset but the build's own state, by path: what its users get."""
+    """Every file of a dataset but the build's own state and the resolved recipe (which names the folder), by
+    path: what its users get."""
     return {
         str(path.relative_to(folder)): hashlib.sha256(path.read_bytes()).digest()
         for path in sorted(folder.rglob("*"))
-        if path.is_file() and path.relative_to(folder).parts[0] != "_build"
+        if path.is_file() and path.relative_to(folder).parts[0] not in ("_build", "recipe.json")
     }
 
 

@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from eo_etl.recipe import Recipe
-from eo_etl.sample import FAILED
+from eo_etl.sample import FAILED, OK
 from eo_etl.store.location import Location, read_each
 from eo_etl.store.zarr import BandStatistics
 
@@ -128,8 +128,10 @@ class BuildState:
         """Record a range of cells as finished: first the pixels of its ok cells (those staged before, then
         ``pixels``, the new ones) in one file, then one file with the records of every cell of the range (those
         finished before, then the new ones), which says the range is done."""
-        if pixels:
-            self.restage_range(version, source, first, stop, pixels)
+        if pixels and any(record["status"] == OK and record["grid_cell"] not in pixels for record in records):
+            self.restage_range(version, source, first, stop, pixels)  # with those staged before
+        elif pixels:
+            self._save_batch(self._range(version, source, first, stop, ".npz"), pixels)
         text = json.dumps(records, default=_json)
         self._range(version, source, first, stop).write_bytes(text.encode())
 
