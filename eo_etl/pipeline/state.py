@@ -27,7 +27,8 @@ from __future__ import annotations
 
 import io
 import json
-from collections.abc import Iterator, Mapping
+import zipfile
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -36,11 +37,12 @@ from pathlib import Path
 import numpy as np
 
 from eo_etl.recipe import Recipe
-from eo_etl.sample import FAILED, OK
+from eo_etl.sample import FAILED
 from eo_etl.store.location import Location, read_each
 from eo_etl.store.zarr import BandStatistics
 
 STATE_DIR = "_build"
+PixelSink = Callable[[str, np.ndarray], None]  # (cell, pixels): stage one cell's pixels
 RANGE_PREFIX = "rows-"
 
 
@@ -123,15 +125,28 @@ class BuildState:
         except FileNotFoundError:
             return []
 
-    def stage_range(self, version: int, source: str, first: int, stop: int, records: list[dict],
-                    pixels: dict[str, np.ndarray]) -> None:  # fmt: skip
-        """Record a range of cells as finished: first the pixels of its ok cells (those staged before, then
-        ``pixels``, the new ones) in one file, then one file with the records of every cell of the range (those
-        finished before, then the new ones), which says the range is done."""
-        if pixels and any(record["status"] == OK and record["grid_cell"] not in pixels for record in records):
-            self.restage_range(version, source, first, stop, pixels)  # with those staged before
-        elif pixels:
-            self._save_batch(self._range(version, source, first, stop, ".npz"), pixels)
+    @contextmanager
+    def staging(self, version: int, source: str, first: int, stop: int, *, keep: bool) -> Iterator[PixelSink]:
+        """Stage a range's pixels as they come, one array at a time into one file (``keep``: after those staged
+        before), so that a worker holds one cell's pixels at a time; the file is put in place when the block ends.
+        :meth:`stage_range` then records the range."""
+        target = self._range(version, source, first, stop, ".npz")
+        with target.staged_file() as path, zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as archive:
+
+            def add(cell: str, pixels: np.ndarray) -> None:
+                with archive.open(f"{cell}.npy", "w", force_zip64=True) as member:  # as np.savez writes them
+                    np.lib.format.write_array(member, np.asanyarray(pixels), allow_pickle=False)
+
+            if keep:
+                with self.range_pixels(version, source, first, stop) as staged:
+                    for cell in staged:
+                        add(cell, staged[cell])
+            yield add
+
+    def stage_range(self, version: int, source: str, first: int, stop: int, records: list[dict]) -> None:
+        """Record a range of cells as finished, once its ok cells' pixels are staged (:meth:`staging`): one file
+        with the records of every cell of the range (those finished before, then the new ones), which says the
+        range is done."""
         text = json.dumps(records, default=_json)
         self._range(version, source, first, stop).write_bytes(text.encode())
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterator
+from contextlib import ExitStack
 
 import apache_beam as beam
 import geopandas as gpd
@@ -13,7 +14,7 @@ from apache_beam.metrics import Metrics
 from eo_etl.pipeline.index_parts import merge_parts, write_part
 from eo_etl.pipeline.plan_rows import CELL_COLUMNS, PlanReader, plan_length, plan_ranges, range_size, work_ranges
 from eo_etl.pipeline.shards import Positions, RangeKey, Settled, ShardTask, index_records, settle, shard_members
-from eo_etl.pipeline.state import BuildState, ShardEntry
+from eo_etl.pipeline.state import BuildState, PixelSink, ShardEntry
 from eo_etl.recipe import Recipe
 from eo_etl.sample import FAILED, OK, REJECTED, Sample
 from eo_etl.sources.acquire import SourceAcquisition
@@ -78,18 +79,22 @@ class AcquireRange(beam.DoFn):
         part_of = {cell.name: ranges[i // range_size(self.rows)] for i, cell in enumerate(cells)}
         todo = [cell for cell in cells if cell.name not in done]
         new: dict[tuple[int, int], list[dict]] = {}
-        pixels: dict[tuple[int, int], dict] = {}
-        for sample in self.acquisitions[source].acquire(todo):
-            count_outcome(sample)
-            part = part_of[sample.cell]
-            record = sample.record() | {"recipe_hash": self.recipe_hash, "version": self.version}
-            new.setdefault(part, []).append(record)
-            if sample.status == OK:
-                pixels.setdefault(part, {})[sample.cell] = sample.pixels
-                counter("pixel bytes staged").inc(sample.pixels.nbytes)
-        for part, records in new.items():
+        with ExitStack() as staging:  # a range's pixels go to its file as they come: one cell's held at a time
+            sinks: dict[tuple[int, int], PixelSink] = {}
+            for sample in self.acquisitions[source].acquire(todo):
+                count_outcome(sample)
+                part = part_of[sample.cell]
+                record = sample.record() | {"recipe_hash": self.recipe_hash, "version": self.version}
+                new.setdefault(part, []).append(record)
+                if sample.status == OK:
+                    if part not in sinks:
+                        keep = any(r["status"] == OK for r in kept[part])  # a rerun's: after those staged before
+                        sinks[part] = staging.enter_context(self.state.staging(self.version, source, *part, keep=keep))
+                    sinks[part](sample.cell, sample.pixels)
+                    counter("pixel bytes staged").inc(sample.pixels.nbytes)
+        for part, records in new.items():  # then the records, which say the range is done
             found[part] = kept[part] + records
-            self.state.stage_range(self.version, source, *part, found[part], pixels.get(part, {}))
+            self.state.stage_range(self.version, source, *part, found[part])
         if todo:
             self._count_retries(source)
         order = {cell.name: first + i for i, cell in enumerate(cells)}
