@@ -223,8 +223,9 @@ def main() -> None:
         return
 
     print(f"builds: synthetic source, {args.patch}² px × 4 bands, local runner ({args.mode}), a process each")
-    fixed = child(f"--child=build,{FIXED_CELLS},{tempfile.mkdtemp(prefix='eo-etl-scale-')}/dataset",
-                  *child_flags(args))  # fmt: skip
+    scratch = Path(tempfile.mkdtemp(prefix="eo-etl-scale-"))
+    fixed = child(f"--child=build,{FIXED_CELLS},{scratch / 'dataset'}", *child_flags(args))
+    shutil.rmtree(scratch, ignore_errors=True)
     print(f"fixed cost (starting the pipeline and its workers, closing the dataset): {fixed['seconds']:.1f} s, "
           f"from a build of {fixed['cells']} cells; 'past fixed' is per cell after it")  # fmt: skip
     header = f"{'cells':>8} {'s/cell':>9} {'past fixed':>10} {'total s':>8} {'driver MB':>9} {'graph B':>8}"
