@@ -93,7 +93,34 @@ class Stage:
         return f"{self.name}.{mask}"
 
 
-def stage_settings(stage: Stage, recipe: Recipe) -> BaseModel | None:
+@dataclass(frozen=True)
+class View:
+    """A stage over the whole dataset at once (dedup, balance: a sample's row depends on every other sample), run
+    by the same mechanism as a whole (``eo_etl.stages.views``): rerun only when its settings (``section``, with
+    ``version``) or its inputs (the stored samples' index rows and the tables named in ``reads``) changed.
+
+    ``write(recipe, root)`` writes its one file ``table`` beside the index, atomically (``Location.staged_file``),
+    from the index and the earlier tables; it imports neither Beam nor another stage's module (it reads files).
+    """
+
+    name: str
+    group: str
+    section: str
+    write: Callable[[Recipe, Any], object]
+    table: str  # the file it writes beside the index
+    reads: tuple[str, ...] = ()  # the stages and views whose tables it reads (by name)
+    version: str = "1"
+
+    def __post_init__(self):
+        if not STAGE_NAME.fullmatch(self.name):
+            raise ValueError(f"view name {self.name!r}: 1 to 32 of a-z, 0-9 and _, starting with a letter")
+
+    @property
+    def table_name(self) -> str:
+        return self.table
+
+
+def stage_settings(stage: Stage | View, recipe: Recipe) -> BaseModel | None:
     """The stage's section of the recipe (``labels.landcover``), None where it is not configured."""
     try:
         return attrgetter(stage.section)(recipe)
