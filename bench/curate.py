@@ -107,6 +107,7 @@ def bench_all_embeddings(samples: int, size: int, fragment: int) -> None:
     if not torch.cuda.is_available():
         print("  no GPU here (torch sees no CUDA device): the GPU run and the GPU/CPU ratio are skipped")
         return
+    torch.use_deterministic_algorithms(False)  # the CPU stage set it for this process; a GPU stage does not
     gpu = bench_embeddings(samples, size, fragment, "cuda")
     print(f"  pipeline / model alone on the GPU, rate: {gpu['pipeline'] / gpu['bare torch']:.3f}× (target ≥ 0.8×)")
     print(f"  GPU / CPU, the pipeline's rate: {gpu['pipeline'] / cpu['pipeline']:.1f}×")
