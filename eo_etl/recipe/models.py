@@ -254,12 +254,21 @@ class Source(Section):
     )
     resolution_m: float | None = Field(None, gt=0, description="Output pixel size; the profile's default if unset.")
     resampling: Literal["nearest", "bilinear", "cubic", "average", "mode"] = "nearest"
-    max_cloud: float = Field(100.0, ge=0, le=100, description="Largest scene cloud cover to accept, in percent.")
+    max_cloud: float = Field(
+        100.0, ge=0, le=100,
+        description="Largest scene cloud cover to accept, in percent (only for collections with cloud cover).",
+    )  # fmt: skip
     patch_size: int | None = Field(
         None,
         gt=0,
         le=MAX_PATCH,
         description="Pixels per side; the grid's sample footprint at resolution_m if unset (1068).",
+    )
+    sign: Literal["planetary-computer"] | None = Field(
+        None,
+        description="Sign each asset href right before it is read: planetary-computer appends a SAS token from "
+        "Planetary Computer's token endpoint (the planetary-computer extra; PC_SDK_SUBSCRIPTION_KEY and "
+        "PC_SDK_SAS_URL as that package reads them). Recorded and shown hrefs never carry the token.",
     )
 
     @field_validator("url")
@@ -318,6 +327,13 @@ class Source(Section):
                 raise ValueError(
                     f"Earth Engine has no band for {unnamed} in {profile.name}; allowed: {', '.join(named)}"
                 )
+        names = profile.earth_engine if self.kind == "gee" else profile  # whose property holds the cloud cover
+        if self.max_cloud < 100 and getattr(names, "cloud_property", None) is None and self.kind != "synthetic":
+            raise ValueError(
+                f"max_cloud: {profile.name} scenes carry no cloud cover (radar, elevation, land cover); leave it unset"
+            )
+        if self.sign is not None and self.kind not in ("stac", "local"):
+            raise ValueError(f"sign: only assets read from a STAC catalog are signed, not a {self.kind} source")
         self.name = self.name or _name_of(self.collection)
         self.profile = profile.name
         self.bands = self.bands or list(profile.default_bands)
