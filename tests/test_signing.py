@@ -169,3 +169,9 @@ def test_a_cloudless_collection_is_searched_without_a_cloud_filter(pc):
     found = catalog.search(pc["cell"].lonlat_bounds, datetime(2023, 6, 1, tzinfo=UTC), datetime(2023, 7, 1, tzinfo=UTC),
                            max_cloud=10)  # fmt: skip
     assert [item.id for item in found] == ["S1A_early", "S1A_middle"]
+
+
+def test_signing_is_how_assets_are_reached_not_what_a_dataset_holds():
+    signed, unsigned = recipe("http://localhost"), recipe("http://localhost", sign=None)
+    assert signed.fingerprint() == unsigned.fingerprint()
+    assert signed.series_fingerprint() == unsigned.series_fingerprint()

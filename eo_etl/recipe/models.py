@@ -947,6 +947,11 @@ class Recipe(Section):
     def _hash(self, exclude: set[str]) -> str:
         content = self.model_dump(mode="json", exclude=exclude)
         content["outputs"].pop("path")  # where a dataset is written is not what it is
+        for source in content["sources"]:
+            source.pop("sign")  # how the assets are reached, not what they hold
+        for name in ("points", "weight", "min_spacing_km"):  # unset, they leave the hash as it was before them
+            if content["aoi"][name] is None:
+                del content["aoi"][name]
         for name in ("file", "points"):  # an AOI file counts by its content
             if getattr(self.aoi, name) is not None:
                 content["aoi"][name] = hashlib.sha256(getattr(self.aoi, name).read_bytes()).hexdigest()
