@@ -373,7 +373,8 @@ def _summary(recipe: Recipe) -> str:
     from eo_etl.stages.registry import STAGES  # the stage modules (rasterio …): only where a summary is shown
 
     aoi = recipe.aoi
-    where = f"bbox {list(aoi.bbox)}" if aoi.bbox else f"file {aoi.file}" if aoi.file else f"{len(aoi.cells)} cells"
+    where = f"bbox {list(aoi.bbox)}" if aoi.bbox else f"file {aoi.file}" if aoi.file else f"points {aoi.points}"
+    where = f"{len(aoi.cells)} cells" if aoi.cells else where
     if aoi.bbox:
         count = get_grid(recipe.grid.kind, recipe.grid.distance_km).count_in_bbox(*aoi.bbox)
         if count > MAX_CELLS:

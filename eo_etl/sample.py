@@ -12,6 +12,8 @@ from datetime import UTC, datetime
 import numpy as np
 from numpy.typing import NDArray
 
+from eo_etl.text import redacted
+
 OK, REJECTED, FAILED = "ok", "rejected", "failed"
 TRANSIENT = "transient: "  # starts the reason of a sample failed by a fault that may pass (a rerun retries it)
 
@@ -75,8 +77,9 @@ class Sample:
     reason: str | None = None
 
     def fail(self, error: BaseException, context: str = "") -> Sample:
-        """Mark the sample failed by ``error``: its type and message are the reason."""
-        self.status, self.reason = FAILED, f"{context}{type(error).__name__}: {error}"[:500]
+        """Mark the sample failed by ``error``: its type and message are the reason (URLs without their query
+        strings, where a read token would be)."""
+        self.status, self.reason = FAILED, redacted(f"{context}{type(error).__name__}: {error}")[:500]
         return self
 
     def reject(self, reason: str) -> Sample:

@@ -57,8 +57,10 @@ from eo_etl.sources.remote import (
     is_transient,
     unreachable,
 )
+from eo_etl.sources.signing import signer
 from eo_etl.sources.stac import StacCatalog, item_time, scene_cloud
 from eo_etl.sources.synthetic import SyntheticReader
+from eo_etl.text import public_href
 
 MAX_RANKED = 8  # candidates whose cloud mask is read per cell
 SEARCH_BATCH = 64  # cells per catalogue search
@@ -74,7 +76,12 @@ class _Candidate:
 
 
 class StacReader(SourceReader):
-    """Cuts patches of one STAC (or static catalog) source; thread-safe, one per source per worker."""
+    """Cuts patches of one STAC (or static catalog) source; thread-safe, one per source per worker. Assets are read
+    through hrefs signed right before each read (``sign:``); samples record them unsigned."""
+
+    def __init__(self, *args, **kwargs):  # SourceReader's
+        super().__init__(*args, **kwargs)
+        self.sign = signer(self.source.sign, self.policy, self.limiter)
 
     # ----------------------------------------------------------------------------------------- assets
     def asset(self, item: pystac.Item, band: str) -> pystac.Asset | None:
@@ -92,11 +99,11 @@ class StacReader(SourceReader):
     def read(self, item: pystac.Item, band: str, grid: PatchGrid) -> tuple[NDArray, float | None]:
         asset = self.asset(item, band)
         nodata = self._band_info(asset)[0]
-        role = self.profile.bands[band].role
-        resampling = "nearest" if role == "mask" else self.source.resampling
+        resampling = "nearest" if self.profile.bands[band].categorical else self.source.resampling
         href = href_of(asset)
-        what = f"band {band} of {href}"
-        result = gdal_call(self.policy, self.limiter, gdal_path(href), read_band, gdal_path(href), grid,
+        what = f"band {band} of {public_href(href)}"
+        path = gdal_path(self.sign(href))
+        result = gdal_call(self.policy, self.limiter, path, read_band, path, grid,
                            resampling=resampling, nodata=nodata, what=what)  # fmt: skip
         return result.pixels, result.nodata
 
@@ -117,8 +124,9 @@ class StacReader(SourceReader):
             with rasterio.open(path) as src:
                 return src.crs.to_epsg() if src.crs else None, (src.transform.c, src.transform.f)
 
-        path = gdal_path(href_of(asset))
-        return gdal_call(self.policy, self.limiter, path, header, path, what=f"band {band} of {href_of(asset)}")
+        path = gdal_path(self.sign(href_of(asset)))
+        what = f"band {band} of {public_href(href_of(asset))}"
+        return gdal_call(self.policy, self.limiter, path, header, path, what=what)
 
     def grid_for(self, cell: Cell, candidates: list[_Candidate]) -> PatchGrid:
         """The patch grid, on the pixel lattice of the first candidate in the cell's UTM zone, so that it is cut
@@ -227,9 +235,12 @@ class StacReader(SourceReader):
         sample.timestamp = primary.when
         sample.product_id = primary.item.id
         sample.items = tuple(c.item.id for c in used)
-        sample.hrefs = {b: tuple(href_of(self.asset(c.item, b)) for c in used) for b in self.bands}
+        sample.hrefs = {b: tuple(public_href(href_of(self.asset(c.item, b))) for c in used) for b in self.bands}
         sample.processing_baseline = _baseline(primary.item, self.profile)
-        sample.scene_cloud = scene_cloud(primary.item, self.profile.cloud_property)
+        if self.profile.cloud_property is None:  # radar, elevation, land cover: no cloud to speak of
+            sample.scene_cloud, sample.cloud_basis = None, None
+        else:
+            sample.scene_cloud = scene_cloud(primary.item, self.profile.cloud_property)
         return sample
 
 
