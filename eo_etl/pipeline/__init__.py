@@ -3,5 +3,24 @@
 
 import logging
 
-# Beam's BigQuery client module warns on import when the gcp extra is absent; no build uses it.
-logging.getLogger().addFilter(lambda record: "apitools not found" not in record.getMessage())
+
+def _import_beam_quietly() -> None:
+    """Import Apache Beam leaving the root logger as it was. Beam's BigQuery client module warns on import when
+    the gcp extra is absent (no build uses it) through ``logging.warning``, which also gives the root logger a
+    stderr handler (``basicConfig``): an application importing eo-etl would find its logging configured."""
+    root = logging.getLogger()
+    handlers = list(root.handlers)
+
+    def quiet(record: logging.LogRecord) -> bool:
+        return "apitools not found" not in record.getMessage()
+
+    root.addFilter(quiet)
+    try:
+        import apache_beam  # noqa: F401
+    finally:
+        root.removeFilter(quiet)
+        for handler in [handler for handler in root.handlers if handler not in handlers]:
+            root.removeHandler(handler)
+
+
+_import_beam_quietly()
