@@ -45,7 +45,7 @@ def test_importing_eo_etl_loads_neither_beam_nor_torch_and_leaves_logging_alone(
         "import eo_etl\n"
         "root = logging.getLogger()\n"
         "print(sorted(m for m in ('apache_beam', 'torch') if m in sys.modules), root.handlers, root.filters)\n"
-        "import eo_etl.build\n"  # Beam's import warns through the root logger (basicConfig)
+        "import eo_etl.build, eo_etl.beam\n"  # Beam's import warns through the root logger (basicConfig)
         "print(root.handlers, root.filters, callable(eo_etl.build))\n"
         "help(eo_etl)\n"
     )
