@@ -6,16 +6,21 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import apache_beam as beam
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pytest
 import zarr
 
 import eo_etl
 from eo_etl import beam as eo_beam
 from eo_etl.pipeline.state import BuildState
+from eo_etl.recipe import parse_recipe
 from eo_etl.sample import OK, SampleId
 from eo_etl.sources.acquire import SourceAcquisition
+from eo_etl.stages.core import Output, Stage
+from tests.datasets import place_sample, write_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -88,3 +93,29 @@ def test_record_samples_refuses_cells_outside_the_plan_and_tables_refuse_bad_nam
         eo_beam.SampleColumns("Bad", str, tmp_path)
     with pytest.raises(ValueError, match=r"source 'landsat': the recipe has \['s2l2a'\]"):
         eo_beam.AcquireCells(recipe, "landsat")
+
+
+def _brightest_open(settings, recipe):
+    def label(items):
+        return [Output({"brightest": int(item.pixels.max())}) for item in items]
+
+    return label
+
+
+# A stage after the store of the test's own (the stage contract of eo_etl.stages), run by StageAfterStore.
+BRIGHTEST = Stage(name="brightest", group="labels", section="labels.landcover", open=_brightest_open,
+                  columns=pa.schema([pa.field("brightest", pa.int64())]), needs_pixels=True)  # fmt: skip
+
+
+def test_a_stage_after_the_store_runs_on_a_finished_dataset_in_a_pipeline(tmp_path):
+    places = [(-98.0, 38.5), (20.5, 0.5), (10.0, 24.0)]
+    root = write_dataset(tmp_path / "ds", [place_sample(k, lon, lat) for k, (lon, lat) in enumerate(places)])
+    recipe = parse_recipe({
+        "name": "stages", "aoi": {"bbox": [0, 0, 1, 1]}, "time": {"start": "2019-01-01", "end": "2019-12-31"},
+        "labels": {"landcover": {"product": "modis-mcd12c1"}},
+    })  # fmt: skip
+    with beam.Pipeline(runner="DirectRunner") as pipeline:
+        _ = pipeline | beam.Create([str(root)]) | eo_beam.StageAfterStore(BRIGHTEST, recipe)
+    dataset = eo_etl.open_dataset(root, stages=["brightest"])
+    want = [int(place_sample(k, lon, lat).pixels.max()) for k, (lon, lat) in enumerate(places)]
+    assert list(dataset["brightest.brightest"].values) == want
