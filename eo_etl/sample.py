@@ -86,8 +86,9 @@ class Sample:
 
     @property
     def key(self) -> str:
-        """Identity of a sample in a dataset: its cell and source."""
-        return f"{self.cell}/{self.source}"
+        """The sample as messages name it: its ``sample_id`` string, or ``cell.source`` while its window is unknown
+        (the identity is :attr:`sample_id`)."""
+        return f"{self.cell}.{self.source}" if self.window_start is None else str(self.sample_id)
 
     @property
     def sample_id(self) -> SampleId:

@@ -69,3 +69,11 @@ def test_the_torch_dataset_applies_its_transforms_to_each_item(tmp_path):
         assert flipped[i]["seen"] and "seen" not in plain[i]
         np.testing.assert_array_equal(flipped[i]["pixels"].numpy(), plain[i]["pixels"].numpy()[..., ::-1])
         assert flipped[i]["sample_id"] == plain[i]["sample_id"]
+
+
+def test_a_sample_is_named_by_its_sample_id_in_messages():
+    sample = place_sample(3, 10.0, 45.0)
+    assert sample.key == str(sample.sample_id) == "0003U_0003R.s2.20190101"
+    assert eo_etl.SampleId.parse(sample.key) == sample.sample_id
+    sample.window_start = None
+    assert sample.key == "0003U_0003R.s2"
