@@ -48,6 +48,9 @@ class SampleId:
 
 @dataclass
 class Sample:
+    """One source's pixels for one grid cell, with their provenance, quality and status (``ok``, ``rejected`` or
+    ``failed`` with a ``reason``); :meth:`record` is its index row, :attr:`sample_id` its identity."""
+
     cell: str
     row_u: int
     col_r: int
