@@ -32,8 +32,8 @@ import pyarrow.parquet as pq
 from eo_etl.pipeline.plan_rows import PlanReader, plan_length, plan_ranges, range_size, work_ranges
 from eo_etl.pipeline.shards import Assignment
 from eo_etl.pipeline.state import BuildState
-from eo_etl.pipeline.transforms import PLAN_NAME, WriteShard, assign, count_outcome, finish, shards_to_write
-from eo_etl.plan import check_buildable, plan_bands, write_plan
+from eo_etl.pipeline.transforms import WriteShard, assign, count_outcome, finish, shards_to_write
+from eo_etl.plan import PLAN_NAME, check_buildable, plan_bands, write_plan
 from eo_etl.recipe import Recipe
 from eo_etl.sample import OK, Sample
 from eo_etl.sources.acquire import SourceAcquisition

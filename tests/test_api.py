@@ -42,7 +42,7 @@ def run_python(code: str) -> str:
 def test_importing_eo_etl_loads_neither_beam_nor_torch_and_leaves_logging_alone():
     out = run_python(
         "import logging, sys\n"
-        "import eo_etl\n"
+        "import eo_etl, eo_etl.plan\n"  # planning needs no Beam
         "root = logging.getLogger()\n"
         "print(sorted(m for m in ('apache_beam', 'torch') if m in sys.modules), root.handlers, root.filters)\n"
         "import eo_etl.build, eo_etl.beam\n"  # Beam's import warns through the root logger (basicConfig)
