@@ -48,7 +48,10 @@ _PUBLIC = {
     "get_grid": "eo_etl.grid.definitions",
 }
 
-__all__ = sorted(_PUBLIC)
+# SampleDataset needs PyTorch (extra ``torch``): listed where it is installed, so ``from eo_etl import *`` works
+# everywhere.
+_TORCH = importlib.util.find_spec("torch") is not None
+__all__ = sorted(name for name in _PUBLIC if name != "SampleDataset" or _TORCH)
 
 
 def __getattr__(name: str):
@@ -62,8 +65,7 @@ def __getattr__(name: str):
 
 def __dir__() -> list[str]:
     """Every public name (``help(eo_etl)`` documents them); ``SampleDataset`` only where PyTorch is installed."""
-    torch = importlib.util.find_spec("torch") is not None
-    return sorted(set(globals()) | {name for name in _PUBLIC if name != "SampleDataset" or torch})
+    return sorted(set(globals()) | set(__all__))
 
 
 class _Package(types.ModuleType):
