@@ -269,7 +269,9 @@ class _StageSample(beam.DoFn):
 
 class WriteShards(beam.PTransform):
     """Samples into the dataset's stores: staged and recorded, given positions, written shard by shard in every
-    format of ``outputs.formats``; the assignment (one element) that ``FinishDataset`` takes.
+    format of ``outputs.formats``; the assignment (one element) that ``FinishDataset`` takes. A source's records
+    (index rows, no pixels: the pixels are staged one by one) meet on one worker to be recorded; the build's own
+    graph (``eo_etl.pipeline.graph``) records them range by range where they are acquired instead.
 
     Args:
         recipe: the recipe (its outputs and sources).
