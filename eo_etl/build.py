@@ -36,6 +36,8 @@ from eo_etl.store.location import Location
 
 @dataclass
 class StageReport:
+    """One step of a build and how it went."""
+
     name: str
     # "done", "failed" (done, but too many cells failed; a stage that failed), "up to date" (a stage with nothing
     # to do), "not configured" or "not available"
@@ -45,6 +47,8 @@ class StageReport:
 
 @dataclass
 class BuildReport:
+    """What a build did: its stages, the index records, the pipeline's counters, the versions."""
+
     output: Path | str  # the dataset folder: an absolute path, or the URL of an object store's prefix
     cells: gpd.GeoDataFrame  # the plan's cells; its first SHOWN_CELLS only, past that (``planned`` counts them)
     stages: list[StageReport] = field(default_factory=list)

@@ -118,11 +118,11 @@ def plan(
 ) -> None:
     """List the grid cells of the recipe's AOI into a GeoParquet file (Major TOM columns + geometry); an AOI of
     any size, in bands of grid rows."""
-    from eo_etl.plan import plan_bands, write_plan
+    from eo_etl.plan import PLAN_NAME, plan_bands, write_plan
 
     with user_errors():
         parsed = load_recipe(recipe)
-        target = Location.of(out_file or Location.of(parsed.output_path) / "plan.parquet")
+        target = Location.of(out_file or Location.of(parsed.output_path) / PLAN_NAME)
         problem = target.local and local_file_problem(target.local_path)
         if problem:
             raise ValueError(f"{'--out' if out_file else 'outputs.path'}: {problem}")

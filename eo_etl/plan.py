@@ -27,6 +27,7 @@ from eo_etl.recipe import Recipe
 from eo_etl.recipe.models import MAX_CELLS, Aoi, too_many_cells
 from eo_etl.store.location import Location
 
+PLAN_NAME = "plan.parquet"  # the plan beside a dataset: its cells, the rows the build's workers read
 BAND_CELLS = 100_000  # cells listed at once: about 150 MB at the peak of making their table
 
 

@@ -50,6 +50,9 @@ class SampleId:
 
 @dataclass
 class Sample:
+    """One source's pixels for one grid cell, with their provenance, quality and status (``ok``, ``rejected`` or
+    ``failed`` with a ``reason``); :meth:`record` is its index row, :attr:`sample_id` its identity."""
+
     cell: str
     row_u: int
     col_r: int
@@ -89,8 +92,9 @@ class Sample:
 
     @property
     def key(self) -> str:
-        """Identity of a sample in a dataset: its cell and source."""
-        return f"{self.cell}/{self.source}"
+        """The sample as messages name it: its ``sample_id`` string, or ``cell.source`` while its window is unknown
+        (the identity is :attr:`sample_id`)."""
+        return f"{self.cell}.{self.source}" if self.window_start is None else str(self.sample_id)
 
     @property
     def sample_id(self) -> SampleId:

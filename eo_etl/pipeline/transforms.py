@@ -14,6 +14,7 @@ from apache_beam.metrics import Metrics
 from eo_etl.pipeline.plan_rows import PlanReader, plan_length, plan_ranges, range_size, work_ranges
 from eo_etl.pipeline.shards import Assignment, ShardTask, assign_positions, index_records
 from eo_etl.pipeline.state import BuildState
+from eo_etl.plan import PLAN_NAME
 from eo_etl.recipe import Recipe
 from eo_etl.sample import FAILED, OK, REJECTED, Sample
 from eo_etl.sources.acquire import SourceAcquisition
@@ -25,7 +26,6 @@ from eo_etl.store.zarr import BandStatistics, ZarrWriter
 
 NAMESPACE = "eo_etl"
 SKIPPED_ITEM = "catalogue item skipped: "  # a counter named by the item's href and why: one line in the report
-PLAN_NAME = "plan.parquet"
 
 
 def counter(name: str):

@@ -19,6 +19,7 @@ SAMPLE_COLUMNS = ("product_id", "cloud_cover", "nodata", "processing_baseline", 
 
 
 def join_path(root: str, *parts: str) -> str:
+    """``parts`` under ``root``, a folder or URL, joined by ``/``."""
     return "/".join([str(root).rstrip("/"), *parts])
 
 

@@ -15,7 +15,7 @@ lazily in each worker process, so the dataset pickles small.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import zarr
@@ -32,6 +32,20 @@ from eo_etl.store.zarr import STORE_NAME, quiet_consolidated
 
 
 class SampleDataset(torch.utils.data.Dataset):
+    """One source's stored samples of a built dataset as PyTorch items (dicts; see the module's docstring).
+
+    Args:
+        root: the dataset: a folder or an fsspec URL (``https://…``, ``s3://…``).
+        source: the source to read; may be left out when the dataset has one.
+        bands: the bands, in this order (default: all stored).
+        normalize: standardise bands by the stored statistics, nodata pixels set to 0.
+        stages: stage tables whose row each item carries (``item["landcover"]``).
+        masks: stage masks each item carries (``item["masks"]["landcover.class"]``).
+        storage_options: fsspec options for a URL.
+        transforms: a callable applied to each item (the dict) before it is returned, as torchgeo's datasets
+            take: augmentations, band selection, target building. It must pickle for a multi-process DataLoader.
+    """
+
     def __init__(
         self,
         root: str,
@@ -42,8 +56,10 @@ class SampleDataset(torch.utils.data.Dataset):
         stages: Sequence[str] = (),
         masks: Sequence[str] = (),
         storage_options: dict | None = None,
+        transforms: Callable[[dict], dict] | None = None,
     ):
         self.root, self.storage_options, self.normalize = str(root), storage_options, normalize
+        self.transforms = transforms
         index = read_index(self.root, storage_options)
         self.source = choose_source(root, source, sorted(index.source[index.zarr_index.notna()].unique()))
         rows = stored_rows(index, self.source)
@@ -81,9 +97,11 @@ class SampleDataset(torch.utils.data.Dataset):
             )
 
     def __len__(self) -> int:
+        """The number of stored samples."""
         return len(self.positions)
 
     def __getitem__(self, i: int) -> dict:
+        """The ``i``-th stored sample (store order), after ``transforms``."""
         if self._pixels is None:  # first use in this process (a DataLoader worker opens its own)
             self._pixels = self._group()["pixels"]
         raw = self._pixels[self.positions[i]][self.band_positions]  # one chunk: the sample's bands
@@ -106,7 +124,7 @@ class SampleDataset(torch.utils.data.Dataset):
                 group = self._group()
                 self._masks = {name: group[name] for name in self.masks}
             item["masks"] = {name: torch.from_numpy(array[self.positions[i]]) for name, array in self._masks.items()}
-        return item
+        return item if self.transforms is None else self.transforms(item)
 
     def __getstate__(self) -> dict:
         return self.__dict__ | {"_pixels": None, "_masks": None}  # workers reopen the store rather than pickle it
