@@ -102,10 +102,11 @@ def open_dataset(
 
 
 def series_dataset(dataset: xr.Dataset, rows: pd.DataFrame) -> xr.Dataset:
-    """``dataset``'s per-sample variables regrouped (cell, time_slot, …), still lazy: ``pixels`` (cell, time_slot,
-    band, y, x), ``present`` (cell, time_slot) saying which slots hold a sample (padded slots repeat the cell's first sample's
-    pixels: mask them), ``time`` the acquisition, ``slice_start`` the slice and ``sample_id`` per slot. With fixed
-    slices (seasons, months, N days) slot t is the same slice for every cell (store/series.py)."""
+    """``dataset``'s per-sample variables regrouped (cell, time_slot, …), still lazy: ``pixels`` (cell,
+    time_slot, band, y, x), ``present`` (cell, time_slot) saying which slots hold a sample (a padded slot repeats
+    the cell's first sample's pixels: mask it), ``time`` the acquisition, ``slice_start`` the slice and
+    ``sample_id`` per slot. With fixed slices (seasons, months, N days) slot t is the same slice for every cell
+    (store/series.py)."""
     series = cell_series(rows)
     positions, present = position_grid(series)
     picked = dataset.drop_vars("sample").isel(sample=xr.DataArray(positions, dims=("cell", "time_slot")))
