@@ -63,7 +63,7 @@ def cell_series(rows: pd.DataFrame) -> list[CellSeries]:
                 positions=tuple(int(p) for p in group.zarr_index),
                 sample_ids=tuple(group.sample_id),
                 times=tuple(pd.Timestamp(t) for t in group.timestamp),
-                slice_starts=tuple(None if pd.isna(t) else pd.Timestamp(t) for t in group._slice),
+                slice_starts=tuple(None if pd.isna(t) else pd.Timestamp(t) for t in group["_slice"]),
             )
         )
     return out
