@@ -12,6 +12,9 @@ The rule, in order:
    acquired on the same UTC day (the same pass, e.g. the neighbouring tile), never from another date.
 4. Pixels no item covers stay nodata and are counted in ``nodata_fraction``.
 
+With ``time.slices`` the same rule runs per time slice on the scenes of that slice, ranked towards the slice's
+middle, after one search over the whole window (sources/slices.py).
+
 Any error left after retries makes a failed sample with the reason (``transient: …`` when its retries ran out
 on a fault that may pass: a rerun tries the cell again); one bad cell never stops a build.
 """

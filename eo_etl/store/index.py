@@ -1,4 +1,4 @@
-"""The dataset index: GeoParquet, one row per (cell, source, version) — failures included — with the Major TOM
+"""The dataset index: GeoParquet, one row per (cell, source, version, time slice) — failures included — with the Major TOM
 columns, provenance, quality, status and where the sample's pixels live. Written atomically.
 
 ``geometry`` is the footprint of the pixels in lon/lat, or the grid cell's when there are none.
