@@ -1,5 +1,5 @@
-"""The dataset index: GeoParquet, one row per (cell, source, version, time slice) — failures included — with the Major TOM
-columns, provenance, quality, status and where the sample's pixels live. Written atomically.
+"""The dataset index: GeoParquet, one row per (cell, source, version, time slice) — failures included — with the
+Major TOM columns, provenance, quality, status and where the sample's pixels live. Written atomically.
 
 ``geometry`` is the footprint of the pixels in lon/lat, or the grid cell's when there are none.
 
