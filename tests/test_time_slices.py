@@ -24,11 +24,12 @@ from eo_etl.plan import plan
 from eo_etl.recipe import RecipeError, load_recipe, parse_recipe
 from eo_etl.recipe.models import TimeSlices
 from eo_etl.sample import OK, REJECTED, SampleId
-from eo_etl.sources.acquire import NO_SCENE_IN_SLICE, acquire_source
+from eo_etl.sources.acquire import acquire_source
 from eo_etl.sources.cell import cells_of
+from eo_etl.sources.patch import NO_SCENE_IN_SLICE
 from eo_etl.sources.slices import TimeSlice, window_slices
 from tests.imagery import read_on_grid, write_item_collection
-from tests.servers import file_server, stac_api
+from tests.servers import Faults, file_server, stac_api
 from tests.test_acquire import S2_BBOX, fast_policy
 
 BANDS = ["B02", "B04", "SCL"]
@@ -56,10 +57,11 @@ FOUND = [scene for scene, _, rows in SCENES if rows is not ALL]  # scene cloud â
 @pytest.fixture(scope="module")
 def series(tmp_path_factory):
     root = tmp_path_factory.mktemp("series")
-    with file_server(root) as files:
+    faults = Faults()
+    with file_server(root, faults) as files:
         items = [sentinel2_item(root, scene, when, cloudy_rows=rows, href_base=files) for scene, when, rows in SCENES]
         with stac_api(write_item_collection(root / "items.json", items)) as api:
-            yield {"root": root, "api": api}
+            yield {"root": root, "api": api, "faults": faults}
 
 
 def sliced(api: str, slices: dict, *, start="2019-01-01", end="2019-12-31", aoi=None, outputs=None, runner=None):
@@ -343,3 +345,28 @@ def test_shifted_dates_a_sliced_build_stores_each_place_over_time_and_readers_re
     assert item["times"].tolist() == [int(s.timestamp.timestamp()) for s in expected]
     assert item["slice_starts"].tolist() == [int(s.slice_start.timestamp()) for s in expected]
     assert item["sample_ids"] == [str(s.sample_id) for s in expected]
+
+
+def test_shifted_dates_a_failed_slice_is_recorded_and_a_rerun_redoes_its_cell_without_duplicates(series, tmp_path):
+    cells = sorted(locate_points(get_grid("majortom", 1), POINTS)[0].grid_cell)[:2]
+    data = sliced(series["api"], {"every": "season"}, start="2019-03-01", end="2020-02-29", aoi={"cells": cells},
+                  outputs={"path": str(tmp_path / "ds"), "formats": ["zarr"], "shard_size": 4},
+                  runner={"kind": "direct", "workers": 1, "threads": 2, "max_failed_fraction": 1.0})  # fmt: skip
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(data))
+    recipe = load_recipe(path)
+    series["faults"].plan("/S2_20190720_clear/B04.tif", *[404] * 200)  # summer's red band is gone, for now
+    try:
+        first = build(recipe)
+    finally:
+        series["faults"].planned.clear()
+    index = pd.read_parquet(first.output / "index.parquet").set_index("sample_id")
+    summer = [f"{cell}.s2.20190601" for cell in cells]
+    assert set(index.loc[summer, "status"]) == {"failed"} and index.loc[summer, "reason"].str.contains("B04").all()
+    assert (index.drop(summer).status == OK).all() and len(index) == 4 * len(cells)
+
+    again = build(recipe)  # the cells with a failed slice are acquired again, whole; nothing is stored twice
+    index = pd.read_parquet(again.output / "index.parquet")
+    assert (index.status == OK).all() and index.sample_id.is_unique and len(index) == 4 * len(cells)
+    assert sorted(index.zarr_index) == list(range(4 * len(cells)))
+    assert set(index[index.sample_id.isin(summer)].product_id) == {"S2_20190720_clear"}

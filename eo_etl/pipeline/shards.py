@@ -9,7 +9,9 @@ from dataclasses import dataclass, field
 from eo_etl.pipeline.state import ShardEntry, staged_name
 from eo_etl.recipe import Recipe
 from eo_etl.sample import OK, REJECTED
-from eo_etl.sources.patch import NO_SCENE
+from eo_etl.sources.patch import NO_SCENE, NO_SCENE_IN_SLICE
+
+NOTHING_NEW = (NO_SCENE, NO_SCENE_IN_SLICE)  # a later version's rejections that are no gap: nothing was acquired
 
 
 @dataclass(frozen=True)
@@ -75,10 +77,10 @@ def assign_positions(records: list[dict], recipe: Recipe, cell_order: dict[str, 
 def index_records(records: list[dict]) -> list[dict]:
     """The records the index lists: every outcome of the first version; of later versions, every cell that
     had something in its window. A later window with no scene over a cell is nothing new, not a gap: left
-    out, a daily ``--since LAST`` does not add a row per cell per day."""
+    out, a daily ``--since LAST`` does not add a row per cell per day (nor per time slice)."""
     first = min((record["version"] for record in records), default=None)
     return [
         record
         for record in records
-        if record["version"] == first or record["status"] != REJECTED or record["reason"] != NO_SCENE
+        if record["version"] == first or record["status"] != REJECTED or record["reason"] not in NOTHING_NEW
     ]

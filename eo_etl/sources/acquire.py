@@ -40,6 +40,7 @@ from eo_etl.sources import masks
 from eo_etl.sources.cell import Cell
 from eo_etl.sources.patch import (
     NO_SCENE,
+    NO_SCENE_IN_SLICE,
     SourceReader,
     any_band_missing,
     cell_cloud,
@@ -67,7 +68,6 @@ from eo_etl.sources.synthetic import SyntheticReader
 MAX_RANKED = 8  # candidates whose cloud mask is read per cell
 SEARCH_BATCH = 64  # cells per catalogue search
 FALSE_NORTHING_SOUTH = 10_000_000.0  # what sets EPSG:327zz apart from EPSG:326zz
-NO_SCENE_IN_SLICE = "no scene over the cell in the time slice"
 
 
 @dataclass
