@@ -19,7 +19,8 @@ TRANSIENT = "transient: "  # starts the reason of a sample failed by a fault tha
 @dataclass(frozen=True, order=True)
 class SampleId:
     """The one identity of a sample: its grid cell, its source, and the start (UTC) of the time window it was
-    chosen from — the build's window (a dataset version) today, a time slice's once a recipe slices time.
+    chosen from — the build's window (a dataset version), or with ``time.slices`` the slice's start (``all`` and
+    ``k_best``: the acquisition day, as a slice holds several samples then; sources/slices.py).
 
     The string form, ``454U_120R.sentinel-2-l2a.20240601``, is the ``sample_id`` column of the index and of
     every stage table. It never changes for a sample: a rerun or a later version adds rows, it renames none.

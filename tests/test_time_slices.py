@@ -249,6 +249,13 @@ def test_shifted_dates_k_best_keeps_the_k_best_days_of_each_slice(series):
         }
         expected = {s for s, cloud in clouds.items() if cloud is not None and cloud * 100 <= MAX_CLOUD}
         assert {s.product_id for s in ok} == expected
+    # a slice where no day passes records one rejected sample, named by the slice, with the days' reason
+    monthly = acquire(sliced(series["api"], {"every": "month", "pick": "k_best", "k": 1}))
+    aprils = [next(s for s in samples if s.slice_start.month == 4) for samples in monthly.values()]
+    cloudy = [s for s in aprils if s.status == REJECTED and s.reason != "no scene over the cell in the time window"]
+    assert cloudy and all(s.sample_id.start == datetime(2019, 4, 1, tzinfo=UTC) for s in cloudy)
+    assert {s.reason for s in cloudy} == {f"every scene has more than {MAX_CLOUD}% cloud over the cell"}
+    assert any(s.status == OK and s.sample_id.start == datetime(2019, 4, 15, tzinfo=UTC) for s in aprils)
 
 
 def test_shifted_dates_every_scene_makes_a_sample_per_acquisition_day(series):
@@ -317,6 +324,9 @@ def test_shifted_dates_a_sliced_build_stores_each_place_over_time_and_readers_re
         assert rows.slice_start.is_monotonic_increasing
     full = stored.groupby("grid_cell").filter(lambda rows: len(rows) == 4).grid_cell.unique()
     assert len(full) == len(cells)  # every place has its four seasons
+    for _, rows in stored.groupby("grid_cell"):  # 4 a shard: each video cube is one place over the year
+        assert rows.video_path.nunique() == 1 and rows.video_frame.tolist() == [0, 1, 2, 3]
+    assert stored.video_path.nunique() == len(cells)
 
     series_ = open_dataset(report.output, time_series=True)
     assert series_.pixels.dims == ("cell", "time_slot", "band", "y", "x") and series_.sizes["time_slot"] == 4

@@ -259,9 +259,8 @@ class StacReader(SourceReader):
         samples = [self._mosaic(clear, grid, sample, rule) for _, sample, clear in kept]
         if k is None:
             samples += rejected
-        elif not samples:  # none of the slice's days passed: the slice records why (its best day's reason)
-            best = min(rejected, key=lambda s: s.reason != NO_SCENE)
-            samples = [_slice_sample(cell, self.source.name, piece).reject(best.reason)]
+        elif not samples:  # none of the slice's days passed: the slice records why (its first day's reason)
+            samples = [_slice_sample(cell, self.source.name, piece).reject(rejected[0].reason)]
         return sorted(samples, key=lambda s: s.window_start)
 
     @staticmethod
