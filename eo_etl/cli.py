@@ -384,13 +384,22 @@ def _summary(recipe: Recipe) -> str:
     lines = [
         f"  aoi      {where}",
         f"  grid     {recipe.grid.kind}, {recipe.grid.distance_km:g} km",
-        f"  time     {recipe.time.start} → {recipe.time.end}",
+        f"  time     {recipe.time.start} → {recipe.time.end}{_slicing(recipe.time.slices)}",
         f"  sources  {sources or 'none: a build writes only the plan of cells'}",
         f"  stages   {', '.join(stages) or 'none after the store'}",
         f"  output   {recipe.output_path} ({', '.join(recipe.outputs.formats)})",
         f"  runner   {recipe.runner.kind}, {recipe.runner.workers} workers",
     ]
     return "\n".join(lines)
+
+
+def _slicing(slices) -> str:
+    """How ``time.slices`` cuts the window, for the summary: ", every season, the best scene"."""
+    if slices is None:
+        return ""
+    every = f"every {slices.days} days" if slices.every == "days" else f"every {slices.every}"
+    pick = {"best": "the best scene", "all": "every scene", "k_best": f"the {slices.k} best scenes"}[slices.pick]
+    return f", {every}, {pick} of each"
 
 
 def _print_cells(cells: pd.DataFrame, limit: int = 8, total: int | None = None) -> None:

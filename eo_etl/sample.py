@@ -21,7 +21,8 @@ TRANSIENT = "transient: "  # starts the reason of a sample failed by a fault tha
 @dataclass(frozen=True, order=True)
 class SampleId:
     """The one identity of a sample: its grid cell, its source, and the start (UTC) of the time window it was
-    chosen from — the build's window (a dataset version) today, a time slice's once a recipe slices time.
+    chosen from — the build's window (a dataset version), or with ``time.slices`` the slice's start (``all`` and
+    ``k_best``: the acquisition day, as a slice holds several samples then; sources/slices.py).
 
     The string form, ``454U_120R.sentinel-2-l2a.20240601``, is the ``sample_id`` column of the index and of
     every stage table. It never changes for a sample: a rerun or a later version adds rows, it renames none.
@@ -76,6 +77,8 @@ class Sample:
     centre_lat: float | None = None
     centre_lon: float | None = None
     window_start: datetime | None = None  # start of the time window the sample was chosen from (its SampleId)
+    slice_start: datetime | None = None  # the time slice it was chosen in (recipe `time.slices`); None unsliced
+    slice_end: datetime | None = None  # exclusive
     status: str = OK
     reason: str | None = None
 
@@ -132,6 +135,8 @@ class Sample:
             "items": list(self.items),
             "hrefs": {band: list(h) for band, h in self.hrefs.items()},
             "processing_baseline": self.processing_baseline,
+            "slice_start": self.slice_start,
+            "slice_end": self.slice_end,
             "status": self.status,
             "reason": self.reason,
         }
@@ -155,5 +160,15 @@ class Sample:
             cloud_basis=record.get("cloud_basis"),
             nodata_fraction=record["nodata"], centre_lat=record["centre_lat"], centre_lon=record["centre_lon"],
             window_start=SampleId.parse(record["sample_id"]).start if record.get("sample_id") else None,
+            slice_start=_instant(record.get("slice_start")), slice_end=_instant(record.get("slice_end")),
             status=record["status"], reason=record["reason"],
         )  # fmt: skip
+
+
+def _instant(value) -> datetime | None:
+    """A record's time (a datetime, a pandas Timestamp, an ISO string or missing) as a datetime or None."""
+    if value is None or value != value:  # None, NaN or NaT
+        return None
+    if isinstance(value, str):
+        return datetime.fromisoformat(value)
+    return value.to_pydatetime() if hasattr(value, "to_pydatetime") else value

@@ -71,7 +71,9 @@ class AcquireRange(beam.DoFn):
         kept = {}
         for part in ranges:
             records = self.state.range_records(self.version, source, *part)
-            kept[part] = [record for record in records if record["status"] != FAILED]
+            # a cell is done when none of its samples failed (with time slices it has several): else all again
+            retry = {record["grid_cell"] for record in records if record["status"] == FAILED}
+            kept[part] = [record for record in records if record["grid_cell"] not in retry]
         done = {record["grid_cell"]: part for part, records in kept.items() for record in records}
         counter("cells already finished").inc(len(done))
         cells = cells_of(self.recipe, self.plan.rows(first, stop))

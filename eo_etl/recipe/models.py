@@ -198,11 +198,55 @@ class GridSpec(Section):
         return kind
 
 
+MAX_SLICES = 1000  # time slices per window (e.g. 16-day slices over 40 years): each is a sample per cell
+MAX_PER_SLICE = 366  # scenes kept per slice with `pick: k_best` (one a day for a year)
+
+
+class TimeSlices(Section):
+    """How the window is cut into slices, each giving its own samples per cell and source (one per
+    (cell, source, slice); eo_etl/sources/slices.py has the rule in full)."""
+
+    every: Literal["season", "month", "days", "scene"] = Field(
+        description="season: meteorological seasons (Dec-Feb, Mar-May, Jun-Aug, Sep-Nov); month: calendar months; "
+        "days: every `days` days from the window's start; scene: every acquisition (UTC day, one pass). Slices are "
+        "clipped to the window.",
+    )
+    days: int | None = Field(None, ge=1, le=3660, description="Length of a slice in days, with `every: days` only.")
+    pick: Literal["best", "all", "k_best"] = Field(
+        "best",
+        description="Scenes per slice, ranked by the acquisition rule (least cloud over the cell, nearest the "
+        "slice's middle): best (one sample), all (one sample per acquisition day), or k_best (the `k` best days).",
+    )
+    k: int | None = Field(None, ge=1, le=MAX_PER_SLICE, description="Scenes per slice, with `pick: k_best` only.")
+
+    @model_validator(mode="after")
+    def _settings_fit(self) -> TimeSlices:
+        if (self.every == "days") != (self.days is not None):
+            raise ValueError(
+                "days: set it with `every: days` (the slice length) and only then"
+                if self.days is not None
+                else "days: `every: days` needs `days`, the length of a slice (1 to 3660)"
+            )
+        if (self.pick == "k_best") != (self.k is not None):
+            raise ValueError(
+                "k: set it with `pick: k_best` (scenes per slice) and only then"
+                if self.k is not None
+                else "k: `pick: k_best` needs `k`, the scenes kept per slice (1 to 366)"
+            )
+        if self.every == "scene" and self.pick != "best":
+            raise ValueError(f"pick: `every: scene` makes one slice per acquisition; {self.pick!r} adds nothing")
+        return self
+
+
 class TimeRange(Section):
     """Acquisition window. Dates are whole UTC days, both ends included; datetimes are exact."""
 
     start: Instant
     end: Instant
+    slices: TimeSlices | None = Field(
+        None, description="Cut the window into time slices (seasons, months, every N days, every scene); unset: "
+        "one sample per cell and source for the whole window."
+    )  # fmt: skip
 
     @property
     def start_utc(self) -> datetime:
@@ -229,6 +273,13 @@ class TimeRange(Section):
             raise ValueError(
                 f"empty time range: end ({self.end}, the whole day) is over when start ({self.start}) begins"
             )
+        if self.slices is not None and self.slices.every == "days":
+            count = -(-(end - start) // timedelta(days=self.slices.days))
+            if count > MAX_SLICES:
+                raise ValueError(
+                    f"slices.days: {self.slices.days}-day slices cut the window into {count:,} slices; at most "
+                    f"{MAX_SLICES:,}: use longer slices or a shorter window"
+                )
         return self
 
 
@@ -892,6 +943,11 @@ class Recipe(Section):
             raise ValueError(f"sources: duplicate name {duplicates[0]!r}; give each source a distinct name")
         grid = get_grid(self.grid.kind, self.grid.distance_km)
         for i, source in enumerate(self.sources):
+            if self.time.slices is not None and source.kind in ("gee", "synthetic"):
+                raise ValueError(
+                    f"sources[{i}].kind: time slices (time.slices) need a STAC API or a static catalog; "
+                    f"{source.kind!r} makes one sample per cell"
+                )
             if source.patch_size is None:
                 source.patch_size = round(grid.footprint_m / source.resolution_m)
                 if source.patch_size > MAX_PATCH:
@@ -942,10 +998,14 @@ class Recipe(Section):
     def series_fingerprint(self) -> str:
         """Hash of what makes a dataset one series of versions: the recipe less its time window and runner.
         A later window appends to the dataset; any other change starts it afresh."""
-        return self._hash(exclude={"runner", "time", *STAGE_SECTIONS})
+        slices = self.time.slices  # how time is cut is what the samples are: another cut starts afresh
+        extra = {} if slices is None else {"time_slices": slices.model_dump(mode="json")}
+        return self._hash(exclude={"runner", "time", *STAGE_SECTIONS}, extra=extra)
 
-    def _hash(self, exclude: set[str]) -> str:
-        content = self.model_dump(mode="json", exclude=exclude)
+    def _hash(self, exclude: set[str], extra: dict | None = None) -> str:
+        content = self.model_dump(mode="json", exclude=exclude) | (extra or {})
+        if "time" in content and content["time"]["slices"] is None:
+            del content["time"]["slices"]  # recipes without slices hash as they did before slices existed
         content["outputs"].pop("path")  # where a dataset is written is not what it is
         for source in content["sources"]:
             source.pop("sign")  # how the assets are reached, not what they hold

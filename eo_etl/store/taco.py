@@ -180,7 +180,8 @@ def _write_cogs(scratch: Path, samples: Iterable[Sample], block: int) -> list[tu
         taco_sample.extend_with(_stac(sample, sample_id))
         code = spatial_code(sample.row_u, sample.col_r, block)
         taco_sample.extend_with(_Record(values=_values(sample, code)))
-        key = (sample.row_u // block, sample.col_r // block, sample.row_u, sample.col_r)
+        # a place's samples over time (time slices, versions) one after the other, oldest first
+        key = (sample.row_u // block, sample.col_r // block, sample.row_u, sample.col_r, sample.timestamp)
         entries.append((key, taco_sample))
     if not entries:
         raise ValueError("no samples with status 'ok' to write: a TACO needs at least one")
