@@ -101,11 +101,11 @@ def throughput(stack: np.ndarray, origin: Affine, folder: Path) -> None:
                                     shards=(SHARD, *shape[1:]), compressors=COMPRESSOR, fill_value=0)  # fmt: skip
         others = {}
         if every_array:
-            others = {
-                name: group.create_array(name, shape=(len(samples), *values.shape[1:]), chunks=(SHARD, *values.shape[1:]),
-                                         dtype=str if values.dtype.kind == "U" else values.dtype)  # text as ours
-                for name, values in coordinates[0].items()
-            }  # fmt: skip
+            for name, values in coordinates[0].items():
+                others[name] = group.create_array(
+                    name, shape=(len(samples), *values.shape[1:]), chunks=(SHARD, *values.shape[1:]),
+                    dtype=str if values.dtype.kind == "U" else values.dtype,  # text as ours
+                )  # fmt: skip
         for k, shard in enumerate(shards):
             rows = slice(k * SHARD, k * SHARD + len(shard))
             for name, array in others.items():
