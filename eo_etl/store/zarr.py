@@ -108,13 +108,16 @@ class BandStatistics:
 
     def add(self, pixels: np.ndarray) -> None:
         """``pixels``: (sample, band, y, x) or (band, y, x)."""
-        values = pixels.reshape(-1, *pixels.shape[-3:]).swapaxes(0, 1).reshape(len(self.bands), -1)
-        for i, band in enumerate(values):
-            if self.offset is not None:
-                self.histograms[i] += np.bincount(band.astype(np.int64) + self.offset if self.offset else band,
-                                                  minlength=self.histograms.shape[1])  # fmt: skip
-            else:
-                self._add_moments(i, band if self.nodata is None else band[band != self.nodata])
+        samples = pixels.reshape(-1, *pixels.shape[-3:])
+        if self.offset is not None:  # a sample's band at a time: contiguous, no copy (half the time of one)
+            for sample in samples:
+                for i, band in enumerate(sample):
+                    values = band.ravel()
+                    self.histograms[i] += np.bincount(values.astype(np.int64) + self.offset if self.offset else values,
+                                                      minlength=self.histograms.shape[1])  # fmt: skip
+            return
+        for i, band in enumerate(samples.swapaxes(0, 1).reshape(len(self.bands), -1)):
+            self._add_moments(i, band if self.nodata is None else band[band != self.nodata])
 
     def _add_moments(self, i: int, valid: np.ndarray) -> None:
         if valid.size == 0:
