@@ -43,6 +43,7 @@ SIZE = 1068
 REPEATS = 5
 LATENCY_S = 0.05
 THREADS = 4
+REMOTE_REPEATS = 5
 REMOTE_SIZE = 264  # SSL4EO-S12's patch: small reads, where latency and request counts decide
 REMOTE_OFFSETS = [(0, 0), (300, 200), (600, 400), (1500, 1500), (100, 1300), (1200, 0), (0, 900), (900, 1000)]
 
@@ -170,7 +171,7 @@ def remote(item, paths: dict[str, Path], folder: Path) -> None:
         sides = {"ours": ours, "bare rasterio": lambda: bare(GDAL_HTTP_OPTIONS)}
         times, requests = {name: [] for name in sides}, {name: [] for name in sides}
         results = {}
-        for _ in range(3):
+        for _ in range(REMOTE_REPEATS):
             for name, side in sides.items():
                 for path in urls.values():
                     forget(path)
@@ -185,8 +186,8 @@ def remote(item, paths: dict[str, Path], folder: Path) -> None:
         assert np.array_equal(sample.pixels, np.stack(patch))
     n = len(cells)
     print(f"remote: {n} whole samples (5 bands, {REMOTE_SIZE} × {REMOTE_SIZE} px) over loopback HTTP answering "
-          f"{1000 * LATENCY_S:.0f} ms late, {THREADS} threads (medians of 3 runs, GDAL's cache emptied before "
-          "each)")  # fmt: skip
+          f"{1000 * LATENCY_S:.0f} ms late, {THREADS} threads (medians of {REMOTE_REPEATS} interleaved runs, "
+          "GDAL's cache emptied before each)")  # fmt: skip
     t_ours = statistics.median(times["ours"])
     for name in sides:
         t, asked = statistics.median(times[name]), statistics.median(requests[name])
