@@ -10,9 +10,11 @@ from __future__ import annotations
 import bisect
 from dataclasses import dataclass, field
 
-from eo_etl.pipeline.state import ShardEntry
+from eo_etl.pipeline.state import ShardEntry, staged_name
 from eo_etl.sample import OK, REJECTED
-from eo_etl.sources.patch import NO_SCENE
+from eo_etl.sources.patch import NO_SCENE, NO_SCENE_IN_SLICE
+
+NOTHING_NEW = (NO_SCENE, NO_SCENE_IN_SLICE)  # a later version's rejections that are no gap: nothing was acquired
 
 # (source, version, first, stop): one range of plan rows (plan_rows.py) of one source in one version
 RangeKey = tuple[str, int, int, int]
@@ -26,7 +28,7 @@ class Settled:
     version: int
     records: list[dict]
     stored: list[int] = field(default_factory=list)  # indexes into records
-    repeats: list[str] = field(default_factory=list)  # ok cells not stored: their scene is in an earlier version
+    repeats: list[str] = field(default_factory=list)  # ok samples not stored (staged names): scene of a version before
 
 
 def settle(by_version: dict[int, list[dict]], order: dict[str, int]) -> list[Settled]:
@@ -36,13 +38,15 @@ def settle(by_version: dict[int, list[dict]], order: dict[str, int]) -> list[Set
     settled = []
     for version in sorted(by_version):
         part = Settled(version, [])
-        for record in sorted(by_version[version], key=lambda r: order.get(r["grid_cell"], -1)):
+        # plan order; a cell's time slices in time order, one after the other
+        in_order = sorted(by_version[version], key=lambda r: (order.get(r["grid_cell"], -1), r.get("sample_id") or ""))
+        for record in in_order:
             if record["status"] == OK:
                 scene = (record["grid_cell"], record["timestamp"])
                 if scene in first_version:
                     reason = f"the same scene is in version {first_version[scene]}"
                     record = record | {"status": REJECTED, "reason": reason}
-                    part.repeats.append(record["grid_cell"])
+                    part.repeats.append(staged_name(record))
                 else:
                     first_version[scene] = version
                     part.stored.append(len(part.records))
@@ -119,7 +123,7 @@ def shard_members(task: ShardTask, settled_of) -> tuple[list[ShardEntry], list[d
     for key, lo, hi in task.slices:
         part = settled_of(key)
         for i in part.stored[lo:hi]:
-            entries.append(ShardEntry(part.version, part.records[i]["grid_cell"]))
+            entries.append(ShardEntry(part.version, staged_name(part.records[i])))
             records.append(part.records[i])
     return entries, records
 
@@ -127,9 +131,9 @@ def shard_members(task: ShardTask, settled_of) -> tuple[list[ShardEntry], list[d
 def index_records(records: list[dict], first: int | None) -> list[dict]:
     """The records the index lists: every outcome of the first version (``first``); of later versions, every cell
     that had something in its window. A later window with no scene over a cell is nothing new, not a gap: left
-    out, a daily ``--since LAST`` does not add a row per cell per day."""
+    out, a daily ``--since LAST`` does not add a row per cell per day (nor per time slice)."""
     return [
         record
         for record in records
-        if record["version"] == first or record["status"] != REJECTED or record["reason"] != NO_SCENE
+        if record["version"] == first or record["status"] != REJECTED or record["reason"] not in NOTHING_NEW
     ]

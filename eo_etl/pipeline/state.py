@@ -42,14 +42,23 @@ from eo_etl.store.location import Location, read_each
 from eo_etl.store.zarr import BandStatistics
 
 STATE_DIR = "_build"
-PixelSink = Callable[[str, np.ndarray], None]  # (cell, pixels): stage one cell's pixels
+PixelSink = Callable[[str, np.ndarray], None]  # (staged name, pixels): stage one sample's pixels
 RANGE_PREFIX = "rows-"
 
 
 @dataclass(frozen=True)
 class ShardEntry:
     version: int
-    cell: str
+    cell: str  # the sample's staged name (staged_name): its cell, with time slices its cell and slice stamp
+
+
+def staged_name(record: dict) -> str:
+    """The name a sample's pixels are staged and listed in shards under: its cell; with time slices, where a cell
+    has several samples, ``CELL.STAMP`` (its sample_id without the source, which the folder already names)."""
+    if record.get("slice_start") is None:
+        return record["grid_cell"]
+    cell, _, stamp = record["sample_id"].split(".")
+    return f"{cell}.{stamp}"
 
 
 def _json(value):
@@ -126,10 +135,10 @@ class BuildState:
             return []
 
     @contextmanager
-    def staging(self, version: int, source: str, first: int, stop: int, *, keep: bool) -> Iterator[PixelSink]:
-        """Stage a range's pixels as they come, one array at a time into one file (``keep``: after those staged
-        before), so that a worker holds one cell's pixels at a time; the file is put in place when the block ends.
-        :meth:`stage_range` then records the range."""
+    def staging(self, version: int, source: str, first: int, stop: int, *, keep: set[str]) -> Iterator[PixelSink]:
+        """Stage a range's pixels as they come, one array at a time into one file (after those staged before that
+        ``keep`` names: a rerun's, less the samples of cells it acquires again), so that a worker holds one cell's
+        pixels at a time; the file is put in place when the block ends. :meth:`stage_range` then records the range."""
         target = self._range(version, source, first, stop, ".npz")
         with target.staged_file() as path, zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as archive:
 
@@ -140,7 +149,8 @@ class BuildState:
             if keep:
                 with self.range_pixels(version, source, first, stop) as staged:
                     for cell in staged:
-                        add(cell, staged[cell])
+                        if cell in keep:
+                            add(cell, staged[cell])
             yield add
 
     def stage_range(self, version: int, source: str, first: int, stop: int, records: list[dict]) -> None:
@@ -245,6 +255,7 @@ class BuildState:
 def _parse_records(data: bytes) -> list[dict]:
     records = json.loads(data)
     for record in records:
-        if record["timestamp"] is not None:
-            record["timestamp"] = datetime.fromisoformat(record["timestamp"])
+        for name in ("timestamp", "slice_start", "slice_end"):
+            if record.get(name) is not None:
+                record[name] = datetime.fromisoformat(record[name])
     return records

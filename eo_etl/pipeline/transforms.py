@@ -14,7 +14,8 @@ from apache_beam.metrics import Metrics
 from eo_etl.pipeline.index_parts import merge_parts, write_part
 from eo_etl.pipeline.plan_rows import CELL_COLUMNS, PlanReader, plan_length, plan_ranges, range_size, work_ranges
 from eo_etl.pipeline.shards import Positions, RangeKey, Settled, ShardTask, index_records, settle, shard_members
-from eo_etl.pipeline.state import BuildState, PixelSink, ShardEntry
+from eo_etl.pipeline.state import BuildState, PixelSink, ShardEntry, staged_name
+from eo_etl.plan import PLAN_NAME
 from eo_etl.recipe import Recipe
 from eo_etl.sample import FAILED, OK, REJECTED, Sample
 from eo_etl.sources.acquire import SourceAcquisition
@@ -27,7 +28,6 @@ from eo_etl.store.zarr import BandStatistics, ZarrWriter
 
 NAMESPACE = "eo_etl"
 SKIPPED_ITEM = "catalogue item skipped: "  # a counter named by the item's href and why: one line in the report
-PLAN_NAME = "plan.parquet"
 
 
 def counter(name: str):
@@ -72,7 +72,11 @@ class AcquireRange(beam.DoFn):
         source, first, stop = element
         ranges = plan_ranges(self.rows, first, stop)  # each recorded in its own file
         found = {part: self.state.range_records(self.version, source, *part) for part in ranges}
-        kept = {part: [record for record in records if record["status"] != FAILED] for part, records in found.items()}
+        kept = {}
+        for part, records in found.items():
+            # a cell is done when none of its samples failed (with time slices it has several): else all again
+            retry = {record["grid_cell"] for record in records if record["status"] == FAILED}
+            kept[part] = [record for record in records if record["grid_cell"] not in retry]
         done = {record["grid_cell"]: part for part, records in kept.items() for record in records}
         counter("cells already finished").inc(len(done))
         cells = cells_of(self.recipe, self.ranges.plan.rows(first, stop))
@@ -88,9 +92,9 @@ class AcquireRange(beam.DoFn):
                 new.setdefault(part, []).append(record)
                 if sample.status == OK:
                     if part not in sinks:
-                        keep = any(r["status"] == OK for r in kept[part])  # a rerun's: after those staged before
+                        keep = {staged_name(r) for r in kept[part] if r["status"] == OK}  # a rerun's: staged before
                         sinks[part] = staging.enter_context(self.state.staging(self.version, source, *part, keep=keep))
-                    sinks[part](sample.cell, sample.pixels)
+                    sinks[part](staged_name(record), sample.pixels)
                     counter("pixel bytes staged").inc(sample.pixels.nbytes)
         for part, records in new.items():  # then the records, which say the range is done
             found[part] = kept[part] + records
@@ -192,7 +196,7 @@ class CheckShard(beam.DoFn):
             source, version, first, stop = key
             part = parts[key]
             with state.range_pixels(version, source, first, stop) as staged:
-                cells = [part.records[i]["grid_cell"] for i in part.stored]
+                cells = [staged_name(part.records[i]) for i in part.stored]
                 missing = [cell for cell in cells if cell not in staged]
             missing = [cell for cell in missing if not state.has_pixels(version, source, cell)]
             if missing:
@@ -234,12 +238,13 @@ def open_store(first: tuple[str, ShardTask], recipe: Recipe, root: Location, pos
     (key, lo, _), *_ = task.slices
     part = ranges.part(key)
     record = part.records[part.stored[lo]]
-    sample = Sample.from_record(record, _load_pixels(ranges.state, key, record["grid_cell"]))
+    sample = Sample.from_record(record, _load_pixels(ranges.state, key, staged_name(record)))
     open_pixel_store(root, recipe, sample, capacity=positions.counts[source])
     return source
 
 
 def _load_pixels(state: BuildState, key: RangeKey, cell: str, staged=None):
+    """A sample's staged pixels, by its staged name (``cell``; state.staged_name)."""
     source, version, first, stop = key
     if staged is not None and cell in staged:
         return staged[cell]
@@ -274,8 +279,9 @@ class WriteShard(beam.DoFn):
             with state.range_pixels(version, source, first, stop) as staged:
                 for i in part.stored[lo:hi]:
                     record = part.records[i]
-                    samples.append(Sample.from_record(record, _load_pixels(state, key, record["grid_cell"], staged)))
-                    entries.append(ShardEntry(version, record["grid_cell"]))
+                    name = staged_name(record)
+                    samples.append(Sample.from_record(record, _load_pixels(state, key, name, staged)))
+                    entries.append(ShardEntry(version, name))
         layout = writer.layout
         writer.statistics = BandStatistics(layout.bands, layout.dtype, layout.nodata)  # this shard's alone
         write_shard(self.root, self.recipe, writer, task.k, samples)

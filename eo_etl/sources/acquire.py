@@ -12,6 +12,9 @@ The rule, in order:
    acquired on the same UTC day (the same pass, e.g. the neighbouring tile), never from another date.
 4. Pixels no item covers stay nodata and are counted in ``nodata_fraction``.
 
+With ``time.slices`` the same rule runs per time slice on the scenes of that slice, ranked towards the slice's
+middle, after one search over the whole window (sources/slices.py).
+
 Any error left after retries makes a failed sample with the reason (``transient: …`` when its retries ran out
 on a fault that may pass: a rerun tries the cell again); one bad cell never stops a build.
 """
@@ -31,12 +34,13 @@ from numpy.typing import NDArray
 from shapely.geometry import box, shape
 
 from eo_etl.recipe import Recipe
-from eo_etl.recipe.models import Source
-from eo_etl.sample import FAILED, TRANSIENT, Sample
+from eo_etl.recipe.models import Source, TimeSlices
+from eo_etl.sample import FAILED, REJECTED, TRANSIENT, Sample
 from eo_etl.sources import masks
 from eo_etl.sources.cell import Cell
 from eo_etl.sources.patch import (
     NO_SCENE,
+    NO_SCENE_IN_SLICE,
     SourceReader,
     any_band_missing,
     cell_cloud,
@@ -57,8 +61,11 @@ from eo_etl.sources.remote import (
     is_transient,
     unreachable,
 )
+from eo_etl.sources.signing import signer
+from eo_etl.sources.slices import TimeSlice, day_start, window_slices
 from eo_etl.sources.stac import StacCatalog, item_time, scene_cloud
 from eo_etl.sources.synthetic import SyntheticReader
+from eo_etl.text import public_href
 
 MAX_RANKED = 8  # candidates whose cloud mask is read per cell
 SEARCH_BATCH = 64  # cells per catalogue search
@@ -73,8 +80,25 @@ class _Candidate:
     quality: NDArray | None = None
 
 
+class _Outcome(Exception):
+    """A sample that is rejected (no scene passes the rules) or failed (the items lack assets), with the reason."""
+
+    def __init__(self, status: str, reason: str):
+        super().__init__(reason)
+        self.status, self.reason = status, reason
+
+    def apply(self, sample: Sample) -> Sample:
+        sample.status, sample.reason = self.status, self.reason
+        return sample
+
+
 class StacReader(SourceReader):
-    """Cuts patches of one STAC (or static catalog) source; thread-safe, one per source per worker."""
+    """Cuts patches of one STAC (or static catalog) source; thread-safe, one per source per worker. Assets are read
+    through hrefs signed right before each read (``sign:``); samples record them unsigned."""
+
+    def __init__(self, *args, **kwargs):  # SourceReader's
+        super().__init__(*args, **kwargs)
+        self.sign = signer(self.source.sign, self.policy, self.limiter)
 
     # ----------------------------------------------------------------------------------------- assets
     def asset(self, item: pystac.Item, band: str) -> pystac.Asset | None:
@@ -92,11 +116,11 @@ class StacReader(SourceReader):
     def read(self, item: pystac.Item, band: str, grid: PatchGrid) -> tuple[NDArray, float | None]:
         asset = self.asset(item, band)
         nodata = self._band_info(asset)[0]
-        role = self.profile.bands[band].role
-        resampling = "nearest" if role == "mask" else self.source.resampling
+        resampling = "nearest" if self.profile.bands[band].categorical else self.source.resampling
         href = href_of(asset)
-        what = f"band {band} of {href}"
-        result = gdal_call(self.policy, self.limiter, gdal_path(href), read_band, gdal_path(href), grid,
+        what = f"band {band} of {public_href(href)}"
+        path = gdal_path(self.sign(href))
+        result = gdal_call(self.policy, self.limiter, path, read_band, path, grid,
                            resampling=resampling, nodata=nodata, what=what)  # fmt: skip
         return result.pixels, result.nodata
 
@@ -117,8 +141,9 @@ class StacReader(SourceReader):
             with rasterio.open(path) as src:
                 return src.crs.to_epsg() if src.crs else None, (src.transform.c, src.transform.f)
 
-        path = gdal_path(href_of(asset))
-        return gdal_call(self.policy, self.limiter, path, header, path, what=f"band {band} of {href_of(asset)}")
+        path = gdal_path(self.sign(href_of(asset)))
+        what = f"band {band} of {public_href(href_of(asset))}"
+        return gdal_call(self.policy, self.limiter, path, header, path, what=what)
 
     def grid_for(self, cell: Cell, candidates: list[_Candidate]) -> PatchGrid:
         """The patch grid, on the pixel lattice of the first candidate in the cell's UTM zone, so that it is cut
@@ -144,33 +169,111 @@ class StacReader(SourceReader):
             return sample.fail(error, TRANSIENT if is_transient(error) else "")
 
     def _acquire(self, cell: Cell, items: list[pystac.Item], sample: Sample) -> Sample:
+        try:
+            candidates, grid, rule = self._prepare(cell, items)
+            return self._mosaic(self._clear(candidates, grid, rule, self.target_time), grid, sample, rule)
+        except _Outcome as outcome:
+            return outcome.apply(sample)
+
+    def _prepare(self, cell: Cell, items: list[pystac.Item]) -> tuple[list[_Candidate], PatchGrid, QualityRule | None]:
+        """The usable items over the cell, ranked over the whole window, the cell's patch grid (one for every
+        slice, so a cell's slices stack) and the quality rule; raises :class:`_Outcome` when there are none."""
         fp_lonlat = box(*cell.lonlat_bounds)
         over = [it for it in items if it.geometry is not None and shape(it.geometry).intersects(fp_lonlat)]
         if not over:
-            return sample.reject(NO_SCENE)
+            raise _Outcome(REJECTED, NO_SCENE)
         lacking = [it for it in over if any(self.asset(it, b) is None for b in self.bands)]
         usable = [it for it in over if it not in lacking]
         if not usable:
             missing = [b for b in self.bands if self.asset(lacking[0], b) is None]
-            sample.status, sample.reason = FAILED, f"items lack assets for bands {missing}"
-            return sample
+            raise _Outcome(FAILED, f"items lack assets for bands {missing}")
         rule = self.quality  # the mask, where every scene has it; else the scenes' own cloud cover
         if rule is not None and any(self.asset(it, rule.band) is None for it in usable):
             rule = None
         candidates = sorted(
             (_Candidate(it, item_time(it), scene_cloud(it, self.profile.cloud_property) / 100) for it in usable),
-            key=self._rank,
+            key=lambda c: self._rank(c, self.target_time),
         )
-        grid = self.grid_for(cell, candidates)
-        if rule is not None:
-            seen = self._with_cell_cloud(candidates[:MAX_RANKED], grid, rule)
-            candidates = sorted((c for c in seen if c.cloud * 100 <= self.source.max_cloud), key=self._rank)
-            if not candidates:
-                return sample.reject(no_clear_scene(bool(seen), self.source.max_cloud))
-        return self._mosaic(candidates, grid, sample, rule)
+        return candidates, self.grid_for(cell, candidates), rule
 
-    def _rank(self, candidate: _Candidate) -> tuple:
-        return rank_key(candidate.cloud, candidate.when, candidate.item.id, self.target_time)
+    def _clear(
+        self, candidates: list[_Candidate], grid: PatchGrid, rule: QualityRule | None, target: datetime
+    ) -> list[_Candidate]:
+        """``candidates`` ranked towards ``target`` (with a quality band: those clear enough over the cell)."""
+        candidates = sorted(candidates, key=lambda c: self._rank(c, target))
+        if rule is None:
+            return candidates
+        seen = self._with_cell_cloud(candidates[:MAX_RANKED], grid, rule)
+        clear = sorted((c for c in seen if c.cloud * 100 <= self.source.max_cloud), key=lambda c: self._rank(c, target))
+        if not clear:
+            raise _Outcome(REJECTED, no_clear_scene(bool(seen), self.source.max_cloud))
+        return clear
+
+    def _rank(self, candidate: _Candidate, target: datetime) -> tuple:
+        return rank_key(candidate.cloud, candidate.when, candidate.item.id, target)
+
+    # ----------------------------------------------------------------------------------------- slices
+    def acquire_slices(self, cell: Cell, items: Iterable[pystac.Item], spec: TimeSlices) -> list[Sample]:
+        """The cell's samples of every time slice (slices.py has the rule), in time order: one or more a slice,
+        or a rejected/failed sample saying why the slice has none."""
+        items = list(items)
+        fp_lonlat = box(*cell.lonlat_bounds)
+        times = [item_time(it) for it in items if it.geometry is not None and shape(it.geometry).intersects(fp_lonlat)]
+        slices = window_slices(spec, self.start, self.end, times)
+        try:
+            with gdal_env():
+                candidates, grid, rule = self._prepare(cell, items)
+        except _Outcome as outcome:
+            return [outcome.apply(_slice_sample(cell, self.source.name, piece)) for piece in slices]
+        except Exception as error:  # recorded, not raised: the build goes on with the other cells
+            return [self._failed(_slice_sample(cell, self.source.name, piece), error) for piece in slices]
+        samples = []
+        for piece in slices:
+            inside = [c for c in candidates if piece.holds(c.when)]
+            sample = _slice_sample(cell, self.source.name, piece)
+            try:
+                with gdal_env():
+                    if not inside:
+                        samples.append(sample.reject(NO_SCENE_IN_SLICE))
+                    elif spec.pick == "best":
+                        samples.append(self._mosaic(self._clear(inside, grid, rule, piece.middle), grid, sample, rule))
+                    else:
+                        samples.extend(self._days(cell, inside, grid, rule, piece, spec.k))
+            except _Outcome as outcome:
+                samples.append(outcome.apply(sample))
+            except Exception as error:
+                samples.append(self._failed(sample, error))
+        return samples
+
+    def _days(
+        self, cell: Cell, inside: list[_Candidate], grid: PatchGrid, rule: QualityRule | None, piece: TimeSlice,
+        k: int | None,
+    ) -> list[Sample]:  # fmt: skip
+        """``pick: all`` (k None: every day, rejected ones recorded) or ``k_best``: a sample per acquisition day
+        of the slice, days ranked by their best scene towards the slice's middle."""
+        by_day: dict[datetime, list[_Candidate]] = {}
+        for candidate in inside:
+            by_day.setdefault(day_start(candidate.when, piece), []).append(candidate)
+        ranked, rejected = [], []
+        for day, members in sorted(by_day.items()):
+            sample = _slice_sample(cell, self.source.name, piece, day)
+            try:
+                clear = self._clear(members, grid, rule, piece.middle)
+            except _Outcome as outcome:
+                rejected.append(outcome.apply(sample))
+                continue
+            ranked.append((self._rank(clear[0], piece.middle), sample, clear))
+        kept = sorted(ranked, key=lambda r: r[0])[:k] if k is not None else ranked
+        samples = [self._mosaic(clear, grid, sample, rule) for _, sample, clear in kept]
+        if k is None:
+            samples += rejected
+        elif not samples:  # none of the slice's days passed: the slice records why (its first day's reason)
+            samples = [_slice_sample(cell, self.source.name, piece).reject(rejected[0].reason)]
+        return sorted(samples, key=lambda s: s.window_start)
+
+    @staticmethod
+    def _failed(sample: Sample, error: Exception) -> Sample:
+        return sample.fail(error, TRANSIENT if is_transient(error) else "")
 
     def _with_cell_cloud(self, candidates: list[_Candidate], grid: PatchGrid, rule: QualityRule) -> list[_Candidate]:
         """The candidates with any valid pixel on the grid, their quality mask read and cloud over the cell."""
@@ -227,10 +330,20 @@ class StacReader(SourceReader):
         sample.timestamp = primary.when
         sample.product_id = primary.item.id
         sample.items = tuple(c.item.id for c in used)
-        sample.hrefs = {b: tuple(href_of(self.asset(c.item, b)) for c in used) for b in self.bands}
+        sample.hrefs = {b: tuple(public_href(href_of(self.asset(c.item, b))) for c in used) for b in self.bands}
         sample.processing_baseline = _baseline(primary.item, self.profile)
-        sample.scene_cloud = scene_cloud(primary.item, self.profile.cloud_property)
+        if self.profile.cloud_property is None:  # radar, elevation, land cover: no cloud to speak of
+            sample.scene_cloud, sample.cloud_basis = None, None
+        else:
+            sample.scene_cloud = scene_cloud(primary.item, self.profile.cloud_property)
         return sample
+
+
+def _slice_sample(cell: Cell, source: str, piece: TimeSlice, start: datetime | None = None) -> Sample:
+    """An empty sample of ``cell`` chosen in the slice ``piece``; its id starts at ``start`` (default: the slice's)."""
+    sample = cell.sample(source, start or piece.start)
+    sample.slice_start, sample.slice_end = piece.start, piece.end
+    return sample
 
 
 def href_of(asset: pystac.Asset) -> str:
@@ -260,6 +373,7 @@ class SourceAcquisition:
                  limiter: HostLimiter | None = None):  # fmt: skip
         self.source = source
         self.window = (recipe.time.start_utc, recipe.time.end_exclusive_utc)
+        self.slices = recipe.time.slices
         self.policy = policy or RetryPolicy()
         self.limiter = limiter
         self.pool = ThreadPoolExecutor(max_workers=max(1, threads))
@@ -295,9 +409,21 @@ class SourceAcquisition:
                 # unreachable for a whole retry budget: later batches fail at once, not after another one
                 self.unreachable = plain
             error = plain or error
-            yield from (cell.sample(self.source.name, self.window[0]).fail(error, context) for cell in cells)
+            yield from (sample.fail(error, context) for cell in cells for sample in self._unsearched(cell))
             return
-        yield from self.pool.map(self.reader.acquire, cells, repeat(items))
+        slices = self.slices
+        if slices is None:
+            yield from self.pool.map(self.reader.acquire, cells, repeat(items))
+        else:  # one search for the whole window (above), bucketed by slice per cell
+            for samples in self.pool.map(self.reader.acquire_slices, cells, repeat(items), repeat(slices)):
+                yield from samples
+
+    def _unsearched(self, cell: Cell) -> list[Sample]:
+        """The empty samples a cell records when its search failed: one per slice (the window, unsliced)."""
+        if self.slices is None:
+            return [cell.sample(self.source.name, self.window[0])]
+        pieces = window_slices(self.slices, *self.window)
+        return [_slice_sample(cell, self.source.name, piece) for piece in pieces]
 
     @property
     def skipped_items(self) -> dict[str, str]:

@@ -1,0 +1,166 @@
+"""The plain functions behind a build's store step, without a build: where samples go (ranges settled, the
+samples they store counted, positions as prefix sums of the counts: ``shards.settle``, ``Positions``; their
+contract: positions dense, deterministic, in version then plan order whatever order records arrive in; shards of
+``shard_size`` filled by slices of ranges) and the build state's records, pixels and shard records."""
+
+from __future__ import annotations
+
+import random
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+
+from eo_etl.pipeline.shards import Positions, ShardTask, index_records, settle, shard_members
+from eo_etl.pipeline.state import BuildState, ShardEntry
+from eo_etl.recipe import load_recipe
+from eo_etl.sample import FAILED, OK, REJECTED
+from eo_etl.sources.patch import NO_SCENE, NO_SCENE_IN_SLICE
+from eo_etl.store.zarr import BandStatistics
+from tests.datasets import place_sample
+
+ROOT = Path(__file__).resolve().parents[1]
+MARCH, SEPTEMBER = datetime(2019, 3, 15, tzinfo=UTC), datetime(2019, 9, 11, tzinfo=UTC)
+
+
+def recipe(shard_size: int = 2, formats=("zarr",)):
+    demo = load_recipe(ROOT / "pipelines" / "demo.yaml")
+    outputs = demo.outputs.model_copy(update={"shard_size": shard_size, "formats": list(formats)})
+    return demo.model_copy(update={"outputs": outputs})
+
+
+def record(cell: str, version: int = 1, source: str = "s2", status: str = OK, when=MARCH, reason=None) -> dict:
+    return {"grid_cell": cell, "source": source, "version": version, "status": status, "timestamp": when,
+            "reason": reason}  # fmt: skip
+
+
+CELLS = ["c0", "c1", "c2", "c3", "c4"]
+ORDER = {cell: i for i, cell in enumerate(CELLS)}
+RANGES = [(0, 2), (2, 4), (4, 5)]  # ranges of plan rows, each settled on its own as a worker does
+
+
+def place(records: list[dict], recipe) -> tuple[Positions, list[dict], dict]:
+    """What the pipeline does with records that arrive in any order: settle each (source, range) apart, count
+    what each version stores there, combine the counts into positions, place each range's records."""
+    grouped: dict[tuple[str, int, int], dict[int, list[dict]]] = {}
+    for r in records:
+        first, stop = next(part for part in RANGES if part[0] <= ORDER[r["grid_cell"]] < part[1])
+        grouped.setdefault((r["source"], first, stop), {}).setdefault(r["version"], []).append(r)
+    settled = {
+        (source, part.version, first, stop): part
+        for (source, first, stop), by_version in grouped.items()
+        for part in settle(by_version, ORDER)
+    }
+    positions = Positions.of(
+        {key: len(part.stored) for key, part in random.Random(3).sample(list(settled.items()), len(settled))}
+    )
+    placed = [r for (source, _, first, stop), part in settled.items()
+              for r in positions.place(source, first, stop, part, recipe)]  # fmt: skip
+    return positions, placed, settled
+
+
+def test_positions_are_dense_per_source_in_version_then_plan_order_and_do_not_depend_on_input_order():
+    records = [record(c) for c in CELLS] + [record(c, version=2, when=SEPTEMBER) for c in ("c3", "c1")]
+    records += [record("c2", source="s1"), record("c0", source="s1"), record("c4", status=FAILED, version=2)]
+    shuffled = random.Random(7).sample(records, len(records))
+    (a, placed_a, _), (b, placed_b, _) = place(records, recipe()), place(shuffled, recipe())
+
+    def stored(placed):
+        return sorted((r["source"], r["zarr_index"], r["version"], r["grid_cell"]) for r in placed if "zarr_index" in r)
+
+    placed = stored(placed_a)
+    assert placed == stored(placed_b) and a == b  # the same positions whatever the order records came in
+    assert [(v, c) for s, _, v, c in placed if s == "s2"] == [(1, c) for c in CELLS] + [(2, "c1"), (2, "c3")]
+    assert [i for s, i, _, _ in placed if s == "s2"] == list(range(7))  # dense: 0..n-1, no gap
+    assert [(i, c) for s, i, _, c in placed if s == "s1"] == [(0, "c0"), (1, "c2")]  # each source from 0
+    assert a.counts == {"s2": 7, "s1": 2} and a.added == {1: 7, 2: 2}
+    failed = next(r for r in placed_a if r["status"] == FAILED)
+    assert "zarr_index" not in failed  # only ok samples take a place
+
+
+def test_a_cells_time_slices_take_consecutive_positions_in_time_order():
+    def sliced(cell: str, stamp: str) -> dict:
+        when = datetime.strptime(stamp, "%Y%m%d").replace(tzinfo=UTC)  # each slice its own scene
+        return record(cell, when=when) | {"sample_id": f"{cell}.s2.{stamp}", "slice_start": when}
+
+    records = [sliced("c1", "20190601"), sliced("c0", "20190901"), sliced("c1", "20190301"), sliced("c0", "20190301")]
+    _, placed, settled = place(random.Random(1).sample(records, 4), recipe())
+    order = [r["sample_id"] for r in sorted(placed, key=lambda r: r["zarr_index"])]
+    assert order == ["c0.s2.20190301", "c0.s2.20190901", "c1.s2.20190301", "c1.s2.20190601"]
+    entries, _ = shard_members(ShardTask("s2", 0, ((("s2", 1, 0, 2), 0, 4),)), settled.__getitem__)
+    assert [e.cell for e in entries] == ["c0.20190301", "c0.20190901", "c1.20190301", "c1.20190601"]  # staged names
+
+
+def test_shards_are_filled_by_slices_of_ranges_in_shard_size_positions_with_their_records():
+    positions, _, settled = place([record(c) for c in CELLS], recipe(shard_size=2))
+    tasks = [ShardTask("s2", k, tuple(slices)) for k, slices in enumerate(positions.shard_slices("s2", 2))]
+    members = [shard_members(task, settled.__getitem__) for task in tasks]
+    assert [[(e.version, e.cell) for e in entries] for entries, _ in members] == [
+        [(1, "c0"), (1, "c1")], [(1, "c2"), (1, "c3")], [(1, "c4")]]  # fmt: skip
+    for entries, records in members:
+        assert [r["grid_cell"] for r in records] == [e.cell for e in entries]
+    three = positions.shard_slices("s2", 3)  # a shard straddling two ranges lists a slice of each
+    assert three == [
+        [(("s2", 1, 0, 2), 0, 2), (("s2", 1, 2, 4), 0, 1)],
+        [(("s2", 1, 2, 4), 1, 2), (("s2", 1, 4, 5), 0, 1)],
+    ]
+
+
+def test_the_same_scene_in_a_later_window_is_not_stored_twice_and_video_frames_follow_positions():
+    records = [record("c0"), record("c1"), record("c0", version=2)]  # c0's March scene again in version 2
+    positions, placed, settled = place(records, recipe(shard_size=2, formats=("zarr", "video")))
+    again = next(r for r in placed if r["version"] == 2)
+    assert again["status"] == REJECTED and again["reason"] == "the same scene is in version 1"
+    assert "zarr_index" not in again and settled[("s2", 2, 0, 2)].repeats == ["c0"]
+    assert positions.counts == {"s2": 2} and positions.added == {1: 2, 2: 0}
+    assert sorted((r["video_path"], r["video_frame"]) for r in placed if r["version"] == 1) == [
+        ("video/s2/shard-00000", 0), ("video/s2/shard-00000", 1)]  # fmt: skip
+
+
+def test_the_index_leaves_out_a_later_windows_cells_that_had_no_scene():
+    records = [record("c0", status=REJECTED, reason=NO_SCENE), record("c0", version=2, status=REJECTED,
+               reason=NO_SCENE), record("c1", version=2, status=REJECTED, reason="too cloudy"),
+               record("c2", version=2, status=REJECTED, reason=NO_SCENE_IN_SLICE)]  # fmt: skip
+    assert [(r["grid_cell"], r["version"]) for r in index_records(records, 1)] == [("c0", 1), ("c1", 2)]
+
+
+def test_the_state_records_ranges_of_cells_and_reads_them_back_in_order(tmp_path):
+    state = BuildState(tmp_path)
+    samples = [place_sample(k, 10.0 + k, 45.0) for k in range(3)]
+    samples[2].fail(RuntimeError("read timed out"))
+    records = [sample.record() | {"recipe_hash": "hash", "version": 1} for sample in samples]
+    with state.staging(1, "s2", 0, 2, keep=set()) as stage:
+        for sample in samples[:2]:
+            stage(sample.cell, sample.pixels)
+    state.stage_range(1, "s2", 0, 2, records[:2])
+    state.stage_range(1, "s2", 2, 3, records[2:])
+    back = state.records()
+    assert [r["grid_cell"] for r in back] == [s.cell for s in samples]
+    assert back[0]["timestamp"] == samples[0].timestamp  # a datetime again, not its text
+    assert state.range_records(1, "s2", 2, 3)[0]["status"] == FAILED and state.range_records(1, "s2", 3, 4) == []
+    assert state.done_cells(1, "s2") == {samples[0].cell, samples[1].cell}  # failed cells are tried again
+    with state.range_pixels(1, "s2", 0, 2) as staged:
+        assert sorted(staged) == sorted(s.cell for s in samples[:2])
+        np.testing.assert_array_equal(staged[samples[0].cell], samples[0].pixels)
+    with state.staging(1, "s2", 0, 2, keep={samples[1].cell}) as stage:  # a rerun keeps only what it names
+        stage(samples[0].cell, samples[0].pixels + 1)
+    with state.range_pixels(1, "s2", 0, 2) as staged:
+        assert sorted(staged) == sorted(s.cell for s in samples[:2])
+        np.testing.assert_array_equal(staged[samples[0].cell], samples[0].pixels + 1)
+    state.drop_range_pixels(1, "s2", 0, 2)
+    with state.range_pixels(1, "s2", 0, 2) as staged:
+        assert len(staged) == 0
+
+
+def test_the_state_records_written_shards_with_their_statistics(tmp_path):
+    state = BuildState(tmp_path)
+    entries = [ShardEntry(1, "c0"), ShardEntry(2, "c1")]
+    statistics = BandStatistics(("B04",), "uint16", 0.0)
+    statistics.add(np.array([[[0, 2], [4, 6]]], np.uint16))
+    for k in range(3):
+        state.record_shard("s2", k, entries, statistics)
+    assert state.shard_entries("s2", 1) == entries and state.shard_entries("s2", 3) is None
+    back = state.shard_statistics("s2", 0, BandStatistics(("B04",), "uint16", 0.0))
+    assert back.as_dict() == statistics.as_dict() and back.as_dict()["B04"]["mean"] == 4.0  # 0 is nodata
+    state.forget_shards_from("s2", 1)
+    assert state.shard_entries("s2", 0) == entries and state.shard_entries("s2", 1) is None
