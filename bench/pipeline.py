@@ -17,16 +17,16 @@ import tempfile
 import time
 from pathlib import Path
 
+from eo_etl.beam import finish_dataset, write_shards
 from eo_etl.build import build
 from eo_etl.demo import write_demo_catalog
 from eo_etl.pipeline.plan_rows import plan_ranges
-from eo_etl.pipeline.state import BuildState
-from eo_etl.pipeline.transforms import PLAN_NAME, WriteShard, assign, finish, shards_to_write
-from eo_etl.plan import plan, write_plan
+from eo_etl.pipeline.state import BuildState, staged_name
+from eo_etl.plan import PLAN_NAME, plan, write_plan
 from eo_etl.recipe import load_recipe
+from eo_etl.sample import OK
 from eo_etl.sources.acquire import acquire_source
 from eo_etl.sources.cell import cells_of
-from eo_etl.store.location import Location
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -44,15 +44,17 @@ def plain_build(recipe, root: Path) -> int:
     for source in recipe.sources:
         samples = acquire_source(recipe, source, cells_of(recipe, cells), workers=recipe.runner.threads)
         for first, stop in ranges:  # recorded as the pipeline does: one state file per range of plan rows
-            records = [state.stage(version, next(samples), recipe_hash) for _ in range(first, stop)]
+            records = []
+            with state.staging(version, source.name, first, stop, keep=set()) as stage:
+                for _ in range(first, stop):
+                    sample = next(samples)
+                    records.append(sample.record() | {"recipe_hash": recipe_hash, "version": version})
+                    if sample.status == OK:
+                        stage(staged_name(records[-1]), sample.pixels)
             state.stage_range(version, source.name, first, stop, records)
-    assignment = assign(0, recipe, Location.of(root))
-    writer = WriteShard(recipe, Location.of(root))  # the pipeline's own steps, called in order
-    writer.setup()
-    for task in shards_to_write(assignment, recipe, Location.of(root)):
-        list(writer.process(task))
-    finish(0, recipe, root, assignment)
-    return sum(assignment.counts.values())
+    positions = write_shards(recipe, root)  # the pipeline's own steps, called in order (eo_etl.beam)
+    finish_dataset(recipe, root, positions)
+    return sum(positions.counts.values())
 
 
 def timed(fn, *args) -> tuple[float, int]:
