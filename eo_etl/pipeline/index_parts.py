@@ -2,9 +2,9 @@
 index's own schema), and the closing step merges the parts into ``index.parquet`` a grid row at a time, so no
 process holds every row.
 
-The index is sorted by source, cell name and version (``store/index.py``). A cell's name begins with its grid
-row (``454U_120R``: row ``454U``), and no row's name is a prefix of another's (each ends in U or D), so the
-names sort row by row: the merge takes the rows in name order and, for each, the parts that hold it. The
+The index is sorted by source, cell name, version and sample_id (``store/index.py``: a cell's time slices in time
+order). A cell's name begins with its grid row (``454U_120R``: row ``454U``), and no row's name is a prefix of
+another's (each ends in U or D), so the names sort row by row: the merge takes the rows in name order and, for each, the parts that hold it. The
 file is the one ``write_index`` writes from all the rows at once, byte for byte: the same row groups
 (``INDEX_ROW_GROUP`` rows), and the schema's metadata (GeoParquet's bbox and geometry types, pandas' column
 types) combined from the parts' footers before the first row group is written.
@@ -30,7 +30,8 @@ def grid_row(cell: str) -> str:
 
 def write_part(table: pa.Table, target: Location) -> list[str]:
     """A part of the index (``index_table``'s rows of some ranges), sorted as the index is; its grid rows."""
-    table = table.sort_by([("source", "ascending"), ("grid_cell", "ascending"), ("version", "ascending")])
+    table = table.sort_by([("source", "ascending"), ("grid_cell", "ascending"), ("version", "ascending"),
+                           ("sample_id", "ascending")])  # fmt: skip
     with target.staged_file() as partial:
         pq.write_table(table, partial)
     return sorted({grid_row(cell) for cell in table.column("grid_cell").to_pylist()})
@@ -97,7 +98,9 @@ def merge_parts(parts: dict[tuple[str, str], list[Location]], target: Location) 
                     del cache[part]
                 mine = pc.and_(pc.equal(table["source"], source), pc.starts_with(table["grid_cell"], f"{row}_"))
                 tables.append(table.filter(mine))
-            block = pa.concat_tables(tables).sort_by([("grid_cell", "ascending"), ("version", "ascending")])
+            block = pa.concat_tables(tables).sort_by(
+                [("grid_cell", "ascending"), ("version", "ascending"), ("sample_id", "ascending")]
+            )
             pending.append(block)
             rows += len(block)
             while rows >= INDEX_ROW_GROUP:

@@ -199,9 +199,11 @@ class BuildState:
         (self.dir / "index").remove(recursive=True)
 
     def done_cells(self, version: int, source: str) -> set[str]:
-        """Cells of ``source`` this version has finished; failed ones are tried again."""
+        """Cells of ``source`` this version has finished; a cell with a failed sample (one of its time slices) is
+        tried again whole."""
         paths = (self._version_dir(version) / "samples" / source).glob(f"{RANGE_PREFIX}*.json")
-        return {r["grid_cell"] for data in read_each(paths) for r in json.loads(data) if r["status"] != FAILED}
+        records = [record for data in read_each(paths) for record in json.loads(data)]
+        return {r["grid_cell"] for r in records} - {r["grid_cell"] for r in records if r["status"] == FAILED}
 
     def records(self) -> list[dict]:
         """Every finished cell's record, all versions, in version, source and plan order (one read per range)."""
