@@ -156,20 +156,20 @@ def _row_col(cell: str) -> tuple[int, int] | None:
     return int(row) * (1 if up == "U" else -1), int(col) * (1 if right == "R" else -1)
 
 
-def counted(ids: list[SampleId], settings: Dedup) -> Callable[[int, int], bool]:
-    """Whether a pair of samples may be near duplicates under the grid policy (module docstring)."""
+def counted(ids: list[SampleId], settings: Dedup) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
+    """Which pairs (arrays i, j) of samples may be near duplicates under the grid policy (module docstring)."""
+    source = pd.factorize(np.array([sid.source for sid in ids], dtype=object))[0]
+    cell = pd.factorize(np.array([sid.cell for sid in ids], dtype=object))[0]
+    start = pd.factorize(np.array([sid.start for sid in ids], dtype=object))[0]
+    # another grid's cell names: no neighbours known (NaN is never within 1)
+    grid = np.array([_row_col(sid.cell) or (np.nan, np.nan) for sid in ids], dtype=np.float64).reshape(-1, 2)
 
-    def neighbours(a: str, b: str) -> bool:
-        ra, rb = _row_col(a), _row_col(b)
-        return a != b and ra is not None and rb is not None and abs(ra[0] - rb[0]) <= 1 and abs(ra[1] - rb[1]) <= 1
-
-    def ok(i: int, j: int) -> bool:
-        a, b = ids[i], ids[j]
-        if a.source != b.source:
-            return False
-        if a.cell == b.cell and a.start != b.start:
-            return settings.across_versions
-        return settings.across_neighbours or not neighbours(a.cell, b.cell)
+    def ok(i: np.ndarray, j: np.ndarray) -> np.ndarray:
+        same_cell = cell[i] == cell[j]
+        neighbours = ~same_cell & (np.abs(grid[i] - grid[j]) <= 1).all(axis=1)
+        later = same_cell & (start[i] != start[j])
+        allowed = np.where(later, settings.across_versions, settings.across_neighbours | ~neighbours)
+        return (source[i] == source[j]) & allowed
 
     return ok
 
@@ -177,16 +177,15 @@ def counted(ids: list[SampleId], settings: Dedup) -> Callable[[int, int], bool]:
 def flag(pairs: np.ndarray, order: np.ndarray, n: int) -> np.ndarray:
     """For each sample, the index of the kept sample it duplicates (-1: kept): samples are taken in ``order``
     (the keep rule's priority); one not yet flagged is kept and flags its unflagged partners."""
-    partners: list[list[int]] = [[] for _ in range(n)]
-    for i, j in pairs:
-        partners[i].append(j)
-        partners[j].append(i)
+    pairs = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
+    ends = np.concatenate([pairs, pairs[:, ::-1]])  # each pair from both sides, grouped by the first
+    partners, bounds = _grouped(ends[:, 1], ends[:, 0], n)
     of = np.full(n, -1, dtype=np.int64)
-    for i in order:
+    order = np.asarray(order)
+    for i in order[bounds[order + 1] > bounds[order]].tolist():  # only samples with partners: others are kept
         if of[i] == -1:
-            for j in partners[i]:
-                if of[j] == -1:
-                    of[j] = i
+            mine = partners[bounds[i] : bounds[i + 1]]
+            of[mine[of[mine] == -1]] = i
             of[i] = -2  # kept
     of[of == -2] = -1
     return of
@@ -206,13 +205,18 @@ def find_duplicates(index: pd.DataFrame, quality: pd.DataFrame | None, embed: pd
     else:
         order = np.arange(n)
 
+    names = np.array([*stored, None], dtype=object)
+
     def named(of: np.ndarray) -> list[str | None]:
-        return [stored[k] if k >= 0 else None for k in of]
+        return names[of].tolist()  # -1: the None at the end
 
     if "exact" in settings.methods:
-        hashes = quality["pixel_hash"].to_numpy()
-        groups = pd.Series(range(n)).groupby(hashes, dropna=True).apply(list)
-        pairs = np.array([(g[0], other) for g in groups for other in g[1:]], dtype=np.int64).reshape(-1, 2)
+        group, _ = pd.factorize(quality["pixel_hash"].to_numpy())  # -1: no hash
+        seen = group >= 0
+        first = np.full(group.max(initial=0) + 1, n, dtype=np.int64)
+        np.minimum.at(first, group[seen], np.flatnonzero(seen))  # each hash's first sample, in index order
+        others = np.flatnonzero(seen & (first[np.maximum(group, 0)] != np.arange(n)))
+        pairs = np.stack([first[group[others]], others], axis=1)
         out["exact"] = named(flag(pairs, order, n))
     vector_methods = [m for m in settings.methods if m != "exact"]
     if vector_methods:
@@ -226,8 +230,9 @@ def find_duplicates(index: pd.DataFrame, quality: pd.DataFrame | None, embed: pd
                     local = similar_pairs(vectors, threshold, settings.neighbours)
                 else:
                     local = semdedup_pairs(vectors, threshold, settings.clusters, settings.seed)
-                pairs = np.array([(have[i], have[j]) for i, j in local if ok(have[i], have[j])], dtype=np.int64)
-                out[column(method, threshold)] = named(flag(pairs.reshape(-1, 2), order, n))
+                i, j = have[local[:, 0]], have[local[:, 1]]
+                keep = ok(i, j)
+                out[column(method, threshold)] = named(flag(np.stack([i[keep], j[keep]], axis=1), order, n))
     flags = [c for c in out.columns if c != "sample_id"]
     out["duplicate"] = out[flags].notna().any(axis=1)
     return out
