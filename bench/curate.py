@@ -8,7 +8,8 @@ Prints:
   on a 64-d random projection, matrix products per list) over N synthetic 256-d unit vectors in clusters of
   uneven size and tightness with planted near copies (cosine 0.94-0.995), against brute-force numpy over a
   sample of queries, extrapolated to N; recall of the exact pairs at the threshold; wall and CPU time, since
-  the machine may be shared (targets: 1,000,000 vectors in under 30 s on two cores, recall ≥ 0.99).
+  the machine may be shared (targets: 1,000,000 vectors in under 30 s on two cores, recall ≥ 0.99; the work
+  on one core: OPENBLAS_NUM_THREADS=1 python bench/curate.py --skip-embed --threads 1).
 
     python bench/curate.py [--n 1000000] [--samples 32] [--threads 2]
 """
