@@ -4,10 +4,10 @@ Prints:
 - embeddings per second of the embed stage's function (RGB composite, Major TOM fragments, batched
   EfficientNet-Lite0 on CPU or GPU) over real Sentinel-2 samples (xarray-spatial's scene), against a bare
   torch loop over the same fragment tensors, in the same run, and the ratio (target: ≤ 1.15× its time);
-- near-duplicate search (eo_etl.curate.dedup.similar_pairs: past 50k vectors, k-means inverted lists
-  on a 64-d random projection, matrix products per list) over N synthetic 256-d unit vectors in clusters of
-  uneven size and tightness with planted near copies (cosine 0.94-0.995), against brute-force numpy over a
-  sample of queries, extrapolated to N; recall of the exact pairs at the threshold; wall and CPU time, since
+- near-duplicate search (eo_etl.curate.dedup.similar_pairs: past 50k vectors, inverted lists
+  by k-means on a 64-d random projection, matrix products per list) over N synthetic 256-d unit vectors in
+  clusters of uneven size and tightness with planted near copies (cosine 0.94-0.995), against brute-force numpy
+  over a sample of queries, extrapolated to N; recall of the exact pairs at the threshold; wall and CPU time, since
   the machine may be shared (targets: 1,000,000 vectors in under 30 s on two cores, recall ≥ 0.99; the work
   on one core: OPENBLAS_NUM_THREADS=1 python bench/curate.py --skip-embed --threads 1).
 
