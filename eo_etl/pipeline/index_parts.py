@@ -4,10 +4,10 @@ process holds every row.
 
 The index is sorted by source, cell name, version and sample_id (``store/index.py``: a cell's time slices in time
 order). A cell's name begins with its grid row (``454U_120R``: row ``454U``), and no row's name is a prefix of
-another's (each ends in U or D), so the names sort row by row: the merge takes the rows in name order and, for each, the parts that hold it. The
-file is the one ``write_index`` writes from all the rows at once, byte for byte: the same row groups
-(``INDEX_ROW_GROUP`` rows), and the schema's metadata (GeoParquet's bbox and geometry types, pandas' column
-types) combined from the parts' footers before the first row group is written.
+another's (each ends in U or D), so the names sort row by row: the merge takes the rows in name order and, for
+each, the parts that hold it. The file is the one ``write_index`` writes from all the rows at once, byte for
+byte: the same row groups (``INDEX_ROW_GROUP`` rows), and the schema's metadata (GeoParquet's bbox and geometry
+types, pandas' column types) combined from the parts' footers before the first row group is written.
 """
 
 from __future__ import annotations
