@@ -17,12 +17,14 @@ import apache_beam as beam
 
 from eo_etl.pipeline.transforms import AcquireRange, WriteShard, assign, finish, ranges_of_plan, shards_to_write
 from eo_etl.recipe import Recipe
+from eo_etl.sources.align import aligned_groups
 from eo_etl.store.location import Location
 
 
 def build_graph(pipeline: beam.Pipeline, recipe: Recipe, root: Location, version: int):
-    """Adds the build to ``pipeline``: every source over every cell of the plan written at ``root``."""
-    sources = [source.name for source in recipe.sources]
+    """Adds the build to ``pipeline``: every source over every cell of the plan written at ``root`` (a source
+    aligned to another with it, in the same step: sources/align.py)."""
+    sources = list(aligned_groups(recipe))
     cells_done = (
         pipeline
         | "plan" >> beam.Create([sources])

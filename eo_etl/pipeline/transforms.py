@@ -17,6 +17,7 @@ from eo_etl.pipeline.state import BuildState
 from eo_etl.recipe import Recipe
 from eo_etl.sample import FAILED, OK, REJECTED, Sample
 from eo_etl.sources.acquire import SourceAcquisition
+from eo_etl.sources.align import Anchor, aligned_groups
 from eo_etl.sources.cell import cells_of
 from eo_etl.sources.remote import HostLimiter, RetryPolicy
 from eo_etl.store.dataset import existing_pixel_store, finish_dataset, open_pixel_store, write_shard
@@ -44,7 +45,8 @@ class AcquireRange(beam.DoFn):
     """(source, first, stop) → the cells of those plan rows (whole ranges) not finished before, acquired and
     staged: cut in the worker's threads under its share of the recipe's per-service limits (transient errors
     retried, and counted), each outcome counted (the quality step's tally), then recorded in the build's state
-    range by range, the unit of resuming. Yields the number of cells it holds."""
+    range by range, the unit of resuming. Then the same for each source aligned to ``source``, on its samples'
+    grids and dates (``sources/align.py``), read back from their records. Yields the number of cells it holds."""
 
     def __init__(self, recipe: Recipe, root: Location, version: int):
         self.recipe, self.root, self.version = recipe, root, version
@@ -58,6 +60,7 @@ class AcquireRange(beam.DoFn):
                                            limiter=limiter)
             for source in self.recipe.sources
         }  # fmt: skip
+        self.groups = aligned_groups(self.recipe)
         self.retries_counted: Counter[str] = Counter()
         self.skipped_counted: set[str] = set()
         self.state = BuildState(self.root)
@@ -68,20 +71,27 @@ class AcquireRange(beam.DoFn):
     def process(self, element: tuple[str, int, int]) -> Iterator[int]:
         source, first, stop = element
         ranges = plan_ranges(self.rows, first, stop)  # each recorded in its own file
+        cells = cells_of(self.recipe, self.plan.rows(first, stop))
+        records = self._acquire(source, ranges, cells)
+        anchors = {record["grid_cell"]: Anchor.of_record(record) for record in records}
+        for secondary in self.groups.get(source, ()):
+            self._acquire(secondary.name, ranges, cells, anchors)
+        yield stop - first
+
+    def _acquire(self, source: str, ranges: list[tuple[int, int]], cells: list, anchors=None) -> list[dict]:
+        """One source's cells of ``ranges`` acquired and staged; the records of all of them (finished before too)."""
         kept = {}
         for part in ranges:
             records = self.state.range_records(self.version, source, *part)
             kept[part] = [record for record in records if record["status"] != FAILED]
         done = {record["grid_cell"]: part for part, records in kept.items() for record in records}
         counter("cells already finished").inc(len(done))
-        cells = cells_of(self.recipe, self.plan.rows(first, stop))
         part_of = {cell.name: ranges[i // range_size(self.rows)] for i, cell in enumerate(cells)}
         todo = [cell for cell in cells if cell.name not in done]
         if not todo:
-            yield stop - first
-            return
+            return [record for part in ranges for record in kept[part]]
         new: dict[tuple[int, int], list[dict]] = {}
-        for sample in self.acquisitions[source].acquire(todo):
+        for sample in self.acquisitions[source].acquire(todo, anchors):
             count_outcome(sample)
             record = self.state.stage(self.version, sample, self.recipe_hash)  # pixels now, not held
             new.setdefault(part_of[sample.cell], []).append(record)
@@ -90,7 +100,7 @@ class AcquireRange(beam.DoFn):
         for part, records in new.items():
             self.state.stage_range(self.version, source, *part, kept[part] + records)
         self._count_retries(source)
-        yield stop - first
+        return [record for part in ranges for record in kept[part] + new.get(part, [])]
 
     def _count_retries(self, source: str) -> None:
         retries = Counter(self.policy.by_host)  # what this worker's retries cost each host, since last counted

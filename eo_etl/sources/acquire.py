@@ -12,6 +12,9 @@ The rule, in order:
    acquired on the same UTC day (the same pass, e.g. the neighbouring tile), never from another date.
 4. Pixels no item covers stay nodata and are counted in ``nodata_fraction``.
 
+A source aligned to another (``align:``) is cut on that source's grid from its scene nearest in time:
+the rule is in ``align.py``.
+
 Any error left after retries makes a failed sample with the reason (``transient: …`` when its retries ran out
 on a fault that may pass: a rerun tries the cell again); one bad cell never stops a build.
 """
@@ -34,6 +37,16 @@ from eo_etl.recipe import Recipe
 from eo_etl.recipe.models import Source
 from eo_etl.sample import FAILED, TRANSIENT, Sample
 from eo_etl.sources import masks
+from eo_etl.sources.align import (
+    Anchor,
+    aligned_grid,
+    aligned_groups,
+    anchors_of,
+    days_from,
+    search_window,
+    too_far_reason,
+    without_anchor,
+)
 from eo_etl.sources.cell import Cell
 from eo_etl.sources.patch import (
     NO_SCENE,
@@ -134,16 +147,20 @@ class StacReader(SourceReader):
         return patch_grid(cell.epsg, cell.footprint, self.source.resolution_m, size, anchor)
 
     # ------------------------------------------------------------------------------------------ cells
-    def acquire(self, cell: Cell, items: Iterable[pystac.Item]) -> Sample:
-        """The cell's sample from ``items`` (the search results around it), or a rejected/failed one."""
+    def acquire(self, cell: Cell, items: Iterable[pystac.Item], anchor: Anchor | None = None) -> Sample:
+        """The cell's sample from ``items`` (the search results around it), or a rejected/failed one; an aligned
+        source's on the grid and near the date of ``anchor``, its primary's sample of the cell."""
         sample = cell.sample(self.source.name, self.start)
+        align = self.source.align
+        if align is not None and (anchor is None or anchor.grid is None):
+            return without_anchor(sample, anchor, align.to)
         try:
             with gdal_env():
-                return self._acquire(cell, list(items), sample)
+                return self._acquire(cell, list(items), sample, anchor)
         except Exception as error:  # recorded, not raised: the build goes on with the other cells
             return sample.fail(error, TRANSIENT if is_transient(error) else "")
 
-    def _acquire(self, cell: Cell, items: list[pystac.Item], sample: Sample) -> Sample:
+    def _acquire(self, cell: Cell, items: list[pystac.Item], sample: Sample, anchor: Anchor | None = None) -> Sample:
         fp_lonlat = box(*cell.lonlat_bounds)
         over = [it for it in items if it.geometry is not None and shape(it.geometry).intersects(fp_lonlat)]
         if not over:
@@ -157,14 +174,23 @@ class StacReader(SourceReader):
         rule = self.quality  # the mask, where every scene has it; else the scenes' own cloud cover
         if rule is not None and any(self.asset(it, rule.band) is None for it in usable):
             rule = None
-        candidates = sorted(
-            (_Candidate(it, item_time(it), scene_cloud(it, self.profile.cloud_property) / 100) for it in usable),
-            key=self._rank,
-        )
-        grid = self.grid_for(cell, candidates)
+        candidates = [_Candidate(it, item_time(it), scene_cloud(it, self.profile.cloud_property) / 100) for it in usable]
+        rank = self._rank
+        if anchor is not None:  # an aligned source: its primary's grid, the scene nearest its date
+            within = self.source.align.within_days
+            if within is not None:
+                candidates = [c for c in candidates if days_from(c.item, anchor.when) <= within]
+                if not candidates:
+                    return sample.reject(too_far_reason(anchor.source, anchor.when, within))
+
+            def rank(candidate: _Candidate) -> tuple:
+                return days_from(candidate.item, anchor.when), candidate.cloud, candidate.item.id
+
+        candidates.sort(key=rank)
+        grid = self.grid_for(cell, candidates) if anchor is None else aligned_grid(anchor, self.source.resolution_m)
         if rule is not None:
             seen = self._with_cell_cloud(candidates[:MAX_RANKED], grid, rule)
-            candidates = sorted((c for c in seen if c.cloud * 100 <= self.source.max_cloud), key=self._rank)
+            candidates = sorted((c for c in seen if c.cloud * 100 <= self.source.max_cloud), key=rank)
             if not candidates:
                 return sample.reject(no_clear_scene(bool(seen), self.source.max_cloud))
         return self._mosaic(candidates, grid, sample, rule)
@@ -260,6 +286,7 @@ class SourceAcquisition:
                  limiter: HostLimiter | None = None):  # fmt: skip
         self.source = source
         self.window = (recipe.time.start_utc, recipe.time.end_exclusive_utc)
+        self.searched = search_window(source, self.window)  # an aligned source's is wider
         self.policy = policy or RetryPolicy()
         self.limiter = limiter
         self.pool = ThreadPoolExecutor(max_workers=max(1, threads))
@@ -267,8 +294,9 @@ class SourceAcquisition:
         self.catalog: StacCatalog | None = None
         self.unreachable: ConnectionError | None = None  # the catalogue, when opening it failed for want of a network
 
-    def acquire(self, cells: list[Cell]) -> Iterator[Sample]:
-        """The samples of ``cells``, in order; a catalogue or service that cannot be reached fails the cells."""
+    def acquire(self, cells: list[Cell], anchors: dict[str, Anchor] | None = None) -> Iterator[Sample]:
+        """The samples of ``cells``, in order; a catalogue or service that cannot be reached fails the cells.
+        An aligned source needs ``anchors``, its primary's samples of the cells by cell name (``align.py``)."""
         if self.source.kind == "gee":
             yield from self._earth_engine(cells)
             return
@@ -287,7 +315,7 @@ class SourceAcquisition:
                     self.source.url, self.source.collection, cloud_property=self.reader.profile.cloud_property,
                     policy=self.policy, limiter=self.reader.limiter,
                 )  # fmt: skip
-            items = self.catalog.search(_lonlat_bbox(cells), *self.window, max_cloud=self.source.max_cloud)
+            items = self.catalog.search(_lonlat_bbox(cells), *self.searched, max_cloud=self.source.max_cloud)
         except Exception as error:
             context = f"{TRANSIENT if is_transient(error) else ''}search failed: "
             plain = unreachable(error, self.source.url)  # one plain line, the same for every cell
@@ -297,7 +325,8 @@ class SourceAcquisition:
             error = plain or error
             yield from (cell.sample(self.source.name, self.window[0]).fail(error, context) for cell in cells)
             return
-        yield from self.pool.map(self.reader.acquire, cells, repeat(items))
+        anchors = anchors or {}
+        yield from self.pool.map(self.reader.acquire, cells, repeat(items), [anchors.get(c.name) for c in cells])
 
     @property
     def skipped_items(self) -> dict[str, str]:
@@ -329,14 +358,44 @@ def acquire_source(
     workers: int = 2,
     policy: RetryPolicy | None = None,
     limiter: HostLimiter | None = None,
+    anchors: dict[str, Anchor] | None = None,
 ) -> Iterator[Sample]:
-    """Samples of ``source`` for ``cells`` in order, cut in ``workers`` threads, in batches of ``SEARCH_BATCH``."""
+    """Samples of ``source`` for ``cells`` in order, cut in ``workers`` threads, in batches of ``SEARCH_BATCH``
+    (an aligned source's on its primary's ``anchors``, by cell name)."""
     acquisition = SourceAcquisition(recipe, source, threads=workers, policy=policy, limiter=limiter)
     try:
         for batch in _batches(cells, SEARCH_BATCH):
-            yield from acquisition.acquire(batch)
+            yield from acquisition.acquire(batch, anchors)
     finally:
         acquisition.close()
+
+
+def acquire_sources(
+    recipe: Recipe,
+    cells: list[Cell],
+    *,
+    workers: int = 2,
+    policy: RetryPolicy | None = None,
+    limiter: HostLimiter | None = None,
+) -> Iterator[Sample]:
+    """Every source's samples of ``cells`` without Beam: per batch of cells, each primary source's, then those of
+    the sources aligned to it, on the primary's grids and dates."""
+    groups = aligned_groups(recipe)
+    acquisitions = {
+        source.name: SourceAcquisition(recipe, source, threads=workers, policy=policy, limiter=limiter)
+        for source in recipe.sources
+    }
+    try:
+        for batch in _batches(cells, SEARCH_BATCH):
+            for primary, secondaries in groups.items():
+                samples = list(acquisitions[primary].acquire(batch))
+                yield from samples
+                anchors = anchors_of(samples)
+                for source in secondaries:
+                    yield from acquisitions[source.name].acquire(batch, anchors)
+    finally:
+        for acquisition in acquisitions.values():
+            acquisition.close()
 
 
 def _lonlat_bbox(cells: list[Cell]) -> tuple[float, float, float, float]:
