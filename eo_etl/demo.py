@@ -225,7 +225,7 @@ def write_demo(folder: Path) -> Path:
     for source in data["sources"]:
         source["url"] = "demo-catalog/catalog.json"  # relative to the recipe, as in pipelines/
     data["outputs"]["path"] = str((folder / "demo").absolute())  # the same dataset wherever the build runs from
-    if not land_cover_installed():  # the demo builds without its labels and land cover; eo-etl demo says how to get them
+    if not land_cover_installed():  # the demo builds without its labels and land cover; eo-etl demo says how
         data.pop("labels", None)
         data["sources"] = [source for source in data["sources"] if source["collection"] != "modis-mcd12c1"]
     catalog = folder / "demo-catalog"

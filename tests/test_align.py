@@ -26,7 +26,7 @@ from rasterio.warp import Resampling, reproject
 from eo_etl.build import build
 from eo_etl.demo import land_cover_item, sentinel2_item
 from eo_etl.plan import plan
-from eo_etl.recipe import RecipeError, parse_recipe
+from eo_etl.recipe import RecipeError, load_recipe, parse_recipe
 from eo_etl.sample import FAILED, OK, REJECTED, TRANSIENT, SampleId
 from eo_etl.sources.acquire import acquire_sources
 from eo_etl.sources.align import Anchor, without_anchor
@@ -207,7 +207,10 @@ S2 = {"name": "s2", "collection": "sentinel-2-l2a", "url": "http://x"}
     [
         ({"align": {"to": "s1"}}, "sources[1].align.to: 's1' is not another source; sources: s2"),
         ({"align": {"to": "dem"}, "name": "dem"}, "sources[1].align.to: 'dem' is not another source"),
-        ({"align": {"to": "s2", "within_days": -1}}, "sources[1].align.within_days: input should be greater than or equal to 0"),
+        (
+            {"align": {"to": "s2", "within_days": -1}},
+            "sources[1].align.within_days: input should be greater than or equal to 0",
+        ),
         ({"resolution_m": 7}, "sources[1].resolution_m: 7 m does not divide s2's 10680 m patch"),
         ({"patch_size": 100}, "sources[1].patch_size: 100 px of 30 m differs from s2's 10680 m patch (356 px)"),
         ({"kind": "gee", "url": None}, "sources[1].align: a gee source cannot align"),
@@ -235,3 +238,24 @@ def test_the_land_cover_item_serves_the_package_map_s_own_pixels(catalog):
     with rasterio.open(catalog["cover"]) as crop, rasterio.open(mcd12c1_path()) as whole:
         window = whole.window(*crop.bounds)
         np.testing.assert_array_equal(crop.read(1), whole.read(1, window=window.round_offsets().round_lengths()))
+
+
+def test_the_demo_builds_its_land_cover_on_each_sentinel2_sample_grid(tmp_path):
+    from tests.test_cli import demo_recipe
+
+    path = demo_recipe(tmp_path, aligned=True, labels=None, captions=None, curation=None,
+                       outputs={"path": str(tmp_path / "demo"), "formats": ["zarr"], "shard_size": 4})  # fmt: skip
+    report = build(load_recipe(path))
+    index = pd.read_parquet(report.output / "index.parquet")
+    assert set(index.status) == {OK} and index.source.value_counts().to_dict() == {"s2l2a": 12, "landcover": 12}
+    store = zarr.open_group(str(report.output / "pixels.zarr"), mode="r")
+    cover = next((tmp_path / "catalog" / "data").glob("MCD12C1*/LC_Type1.tif"))
+    for cell, rows in index.groupby("grid_cell"):
+        s2, land = (rows[rows.source == name].iloc[0] for name in ("s2l2a", "landcover"))
+        assert (
+            list(land.transform) == list(s2.transform) and land.crs == s2.crs and (land.height, land.width) == (64, 64)
+        )
+        assert SampleId.parse(land.sample_id).start == SampleId.parse(s2.sample_id).start
+        pixels = store["landcover/pixels"][int(land.zarr_index)]
+        direct = direct_read(cover, s2.crs, Affine(*s2.transform), (64, 64), 255)
+        np.testing.assert_array_equal(pixels[0], direct, err_msg=cell)

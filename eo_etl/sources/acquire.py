@@ -174,7 +174,9 @@ class StacReader(SourceReader):
         rule = self.quality  # the mask, where every scene has it; else the scenes' own cloud cover
         if rule is not None and any(self.asset(it, rule.band) is None for it in usable):
             rule = None
-        candidates = [_Candidate(it, item_time(it), scene_cloud(it, self.profile.cloud_property) / 100) for it in usable]
+        candidates = [
+            _Candidate(it, item_time(it), scene_cloud(it, self.profile.cloud_property) / 100) for it in usable
+        ]
         rank = self._rank
         if anchor is not None:  # an aligned source: its primary's grid, the scene nearest its date
             within = self.source.align.within_days
