@@ -36,6 +36,7 @@ def test_validate_accepts_the_demo_and_summarises_it(demo_catalog):
     assert result.returncode == 0, result.stderr
     assert "valid recipe: demo" in result.stdout
     assert "majortom, 1 km" in result.stdout
+    assert "landcover (local, 1 bands @ 10 m, on s2l2a's grid, ≤ 0 days)" in result.stdout
 
 
 @pytest.mark.parametrize(
