@@ -259,3 +259,16 @@ def test_the_demo_builds_its_land_cover_on_each_sentinel2_sample_grid(tmp_path):
         pixels = store["landcover/pixels"][int(land.zarr_index)]
         direct = direct_read(cover, s2.crs, Affine(*s2.transform), (64, 64), 255)
         np.testing.assert_array_equal(pixels[0], direct, err_msg=cell)
+
+
+def test_an_anchor_from_a_recorded_row_equals_the_one_from_its_sample(catalog, tmp_path):
+    """A resumed build aligns to the primary's rows recorded before (JSON in the build's state), not to samples."""
+    from eo_etl.pipeline.state import BuildState
+
+    recipe = recipe_of([s2_source(catalog["url"])], bbox=WIDER_BBOX)
+    samples = list(acquired(recipe)["s2"].values())
+    assert {s.status for s in samples} == {OK, REJECTED}
+    state = BuildState(tmp_path)
+    state.stage_range(1, "s2", 0, len(samples), [state.stage(1, sample, "hash") for sample in samples])
+    records = state.range_records(1, "s2", 0, len(samples))
+    assert [Anchor.of_record(record) for record in records] == [Anchor.of(sample) for sample in samples]
