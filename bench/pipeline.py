@@ -25,6 +25,7 @@ from eo_etl.pipeline.transforms import PLAN_NAME, WriteShard, assign, finish, sh
 from eo_etl.plan import plan, write_plan
 from eo_etl.recipe import load_recipe
 from eo_etl.sources.acquire import acquire_source
+from eo_etl.sources.align import anchors_of
 from eo_etl.sources.cell import cells_of
 from eo_etl.store.location import Location
 
@@ -41,10 +42,14 @@ def plain_build(recipe, root: Path) -> int:
     version = state.open_version(recipe)
     recipe_hash = recipe.fingerprint()
     ranges = plan_ranges(len(cells))
-    for source in recipe.sources:
-        samples = acquire_source(recipe, source, cells_of(recipe, cells), workers=recipe.runner.threads)
+    anchors: dict[str, dict] = {}  # a primary source's samples, by cell, for the sources aligned to it
+    for source in sorted(recipe.sources, key=lambda s: s.align is not None):  # primaries first
+        given = anchors.get(source.align.to) if source.align else None
+        samples = acquire_source(recipe, source, cells_of(recipe, cells), workers=recipe.runner.threads, anchors=given)
         for first, stop in ranges:  # recorded as the pipeline does: one state file per range of plan rows
-            records = [state.stage(version, next(samples), recipe_hash) for _ in range(first, stop)]
+            batch = [next(samples) for _ in range(first, stop)]
+            anchors.setdefault(source.name, {}).update(anchors_of(batch))
+            records = [state.stage(version, sample, recipe_hash) for sample in batch]
             state.stage_range(version, source.name, first, stop, records)
     assignment = assign(0, recipe, Location.of(root))
     writer = WriteShard(recipe, Location.of(root))  # the pipeline's own steps, called in order

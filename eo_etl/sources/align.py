@@ -16,8 +16,10 @@ A recipe source with ``align: {to: PRIMARY, within_days: D}`` follows PRIMARY (a
 - **Order.** The primary is acquired first; its samples (or, on a resumed build, its recorded rows) give each
   cell's :class:`Anchor`; the secondary is then acquired for those cells, in the same Beam element (a range of
   plan rows) or, in the plain path, after the primary's batch. A cell whose primary has no sample is a
-  rejected secondary sample saying why. All samples of a cell share ``SampleId.cell`` and ``SampleId.start``:
-  that is the join, there is no other key.
+  rejected secondary sample saying why (failed like it when it failed, so that a rerun tries both). All samples
+  of a cell share ``SampleId.cell`` and ``SampleId.start``: that is the join, there is no other key. Anchors are
+  keyed by cell because one acquisition step holds one primary sample per cell (one time window); once a
+  recipe slices time, a slice's step aligns to that slice's primary samples.
 """
 
 from __future__ import annotations
