@@ -251,13 +251,12 @@ def test_the_demo_builds_its_land_cover_on_each_sentinel2_sample_grid(tmp_path):
     store = zarr.open_group(str(report.output / "pixels.zarr"), mode="r")
     cover = next((tmp_path / "catalog" / "data").glob("MCD12C1*/LC_Type1.tif"))
     for cell, rows in index.groupby("grid_cell"):
-        s2, land = (rows[rows.source == name].iloc[0] for name in ("s2l2a", "landcover"))
-        assert (
-            list(land.transform) == list(s2.transform) and land.crs == s2.crs and (land.height, land.width) == (64, 64)
-        )
-        assert SampleId.parse(land.sample_id).start == SampleId.parse(s2.sample_id).start
-        pixels = store["landcover/pixels"][int(land.zarr_index)]
-        direct = direct_read(cover, s2.crs, Affine(*s2.transform), (64, 64), 255)
+        s2, land = (rows[rows.source == name].iloc[0].to_dict() for name in ("s2l2a", "landcover"))
+        assert list(land["transform"]) == list(s2["transform"]) and land["crs"] == s2["crs"]
+        assert (land["height"], land["width"]) == (64, 64)
+        assert SampleId.parse(land["sample_id"]).start == SampleId.parse(s2["sample_id"]).start
+        pixels = store["landcover/pixels"][int(land["zarr_index"])]
+        direct = direct_read(cover, s2["crs"], Affine(*s2["transform"]), (64, 64), 255)
         np.testing.assert_array_equal(pixels[0], direct, err_msg=cell)
 
 
