@@ -14,7 +14,6 @@ from pathlib import Path
 import geopandas as gpd
 import pyarrow.parquet as pq
 
-from eo_etl.curate.stages import VIEW_SECTIONS, write_views
 from eo_etl.extras import require_extras
 from eo_etl.pipeline.lock import DatasetLock
 from eo_etl.pipeline.options import pipeline_options
@@ -27,15 +26,18 @@ from eo_etl.plan import check_buildable, plan_bands, write_plan
 from eo_etl.recipe import Recipe
 from eo_etl.recipe.models import TimeRange
 from eo_etl.sample import FAILED, OK, REJECTED, TRANSIENT
-from eo_etl.stages.core import Stage, stage_settings
+from eo_etl.stages.core import Stage, View, stage_settings
 from eo_etl.stages.registry import STAGES, find_stages
 from eo_etl.stages.run import assemble, plan_stage
+from eo_etl.stages.views import plan_view, write_view
 from eo_etl.store.index import INDEX_NAME
 from eo_etl.store.location import Location
 
 
 @dataclass
 class StageReport:
+    """One step of a build and how it went."""
+
     name: str
     # "done", "failed" (done, but too many cells failed; a stage that failed), "up to date" (a stage with nothing
     # to do), "not configured" or "not available"
@@ -45,6 +47,8 @@ class StageReport:
 
 @dataclass
 class BuildReport:
+    """What a build did: its stages, the index records, the pipeline's counters, the versions."""
+
     output: Path | str  # the dataset folder: an absolute path, or the URL of an object store's prefix
     cells: gpd.GeoDataFrame  # the plan's cells; its first SHOWN_CELLS only, past that (``planned`` counts them)
     stages: list[StageReport] = field(default_factory=list)
@@ -164,7 +168,8 @@ def _cells_shown(plan: Location, planned: int) -> gpd.GeoDataFrame:
     return gpd.GeoDataFrame(table.to_pandas().drop(columns="geometry"))
 
 
-def _run_stages_alone(recipe: Recipe, location: Location, beam_options, selected: list[Stage], *, since, redo: bool):
+def _run_stages_alone(recipe: Recipe, location: Location, beam_options, selected: list[Stage | View], *, since,
+                      redo: bool):  # fmt: skip
     """``--stages``: the stages named, on the dataset as it is built."""
     if since is not None:
         raise ValueError("--stages runs stages on the dataset as built; a new version (--since) runs them itself")
@@ -176,7 +181,7 @@ def _run_stages_alone(recipe: Recipe, location: Location, beam_options, selected
     return report
 
 
-def _later_stages(recipe: Recipe, location: Location, beam_options, selected: list[Stage] | None = None,
+def _later_stages(recipe: Recipe, location: Location, beam_options, selected: list[Stage | View] | None = None,
                   *, redo: bool = False, metrics: dict[str, int]) -> list[StageReport]:  # fmt: skip
     """Run the configured stages after the store (``selected``: only those), in order; a report each, their
     pipelines' counters added to ``metrics``."""
@@ -194,19 +199,13 @@ def _later_stages(recipe: Recipe, location: Location, beam_options, selected: li
             if selected is None or stage in selected:
                 reports.append(_later_stage(stage, recipe, location, beam_options, redo=redo, metrics=metrics))
         reports += [] if selected is not None else _unavailable_parts(recipe, section, registered)
-        if (
-            group == "curate"
-            and (location / INDEX_NAME).exists()
-            and (selected is None or any(stage in registered for stage in selected))
-        ):
-            reports += [StageReport(*view) for view in write_views(recipe, location)]  # whole-dataset views
     return reports
 
 
 def _unavailable_parts(recipe: Recipe, section: str, registered: list[Stage]) -> list[StageReport]:
     """Parts of a section set in the recipe that no registered stage runs (labels.osm before its stage)."""
     configured = getattr(recipe, section)
-    covered = {stage.section for stage in registered} | set(VIEW_SECTIONS)  # views: written after the stages
+    covered = {stage.section for stage in registered}
     if not registered or configured is None or section in covered:
         return []
     return [
@@ -216,7 +215,7 @@ def _unavailable_parts(recipe: Recipe, section: str, registered: list[Stage]) ->
     ]
 
 
-def _later_stage(stage: Stage, recipe: Recipe, location: Location, beam_options, *, redo: bool,
+def _later_stage(stage: Stage | View, recipe: Recipe, location: Location, beam_options, *, redo: bool,
                  metrics: dict[str, int]) -> StageReport:  # fmt: skip
     """Run one stage after the store on the samples whose inputs changed since it last ran."""
     if stage_settings(stage, recipe) is None:
@@ -224,6 +223,8 @@ def _later_stage(stage: Stage, recipe: Recipe, location: Location, beam_options,
     if not (location / INDEX_NAME).exists():
         return StageReport(stage.name, "not available", f"no {INDEX_NAME} to run it on: the recipe has no sources")
     table = location / stage.table_name
+    if isinstance(stage, View):
+        return _later_view(stage, recipe, location, redo=redo)
     try:
         plan = plan_stage(stage, recipe, location, redo=redo)
         if plan.up_to_date:
@@ -235,6 +236,19 @@ def _later_stage(stage: Stage, recipe: Recipe, location: Location, beam_options,
         return StageReport(stage.name, "failed", f"{type(error).__name__}: {error}")
     kept = len(plan.order) - plan.todo
     return StageReport(stage.name, "done", f"{plan.todo} samples run, {kept} kept → {table}")
+
+
+def _later_view(view: View, recipe: Recipe, location: Location, *, redo: bool) -> StageReport:
+    """Write a view over the whole dataset (dedup, balance) unless its settings and inputs are unchanged."""
+    table = location / view.table_name
+    try:
+        plan = plan_view(view, recipe, location, redo=redo)
+        if plan.up_to_date:
+            return StageReport(view.name, "up to date", f"→ {table}")
+        write_view(plan, recipe, location)
+    except Exception as error:  # reported; the file it had is kept (written atomically)
+        return StageReport(view.name, "failed", f"{type(error).__name__}: {error}")
+    return StageReport(view.name, "done", f"→ {table}")
 
 
 def _publish(recipe: Recipe, location: Location, report: BuildReport) -> StageReport:

@@ -118,11 +118,11 @@ def plan(
 ) -> None:
     """List the grid cells of the recipe's AOI into a GeoParquet file (Major TOM columns + geometry); an AOI of
     any size, in bands of grid rows."""
-    from eo_etl.plan import plan_bands, write_plan
+    from eo_etl.plan import PLAN_NAME, plan_bands, write_plan
 
     with user_errors():
         parsed = load_recipe(recipe)
-        target = Location.of(out_file or Location.of(parsed.output_path) / "plan.parquet")
+        target = Location.of(out_file or Location.of(parsed.output_path) / PLAN_NAME)
         problem = target.local and local_file_problem(target.local_path)
         if problem:
             raise ValueError(f"{'--out' if out_file else 'outputs.path'}: {problem}")
@@ -373,7 +373,8 @@ def _summary(recipe: Recipe) -> str:
     from eo_etl.stages.registry import STAGES  # the stage modules (rasterio …): only where a summary is shown
 
     aoi = recipe.aoi
-    where = f"bbox {list(aoi.bbox)}" if aoi.bbox else f"file {aoi.file}" if aoi.file else f"{len(aoi.cells)} cells"
+    where = f"bbox {list(aoi.bbox)}" if aoi.bbox else f"file {aoi.file}" if aoi.file else f"points {aoi.points}"
+    where = f"{len(aoi.cells)} cells" if aoi.cells else where
     if aoi.bbox:
         count = get_grid(recipe.grid.kind, recipe.grid.distance_km).count_in_bbox(*aoi.bbox)
         if count > MAX_CELLS:
@@ -385,7 +386,7 @@ def _summary(recipe: Recipe) -> str:
     lines = [
         f"  aoi      {where}",
         f"  grid     {recipe.grid.kind}, {recipe.grid.distance_km:g} km",
-        f"  time     {recipe.time.start} → {recipe.time.end}",
+        f"  time     {recipe.time.start} → {recipe.time.end}{_slicing(recipe.time.slices)}",
         f"  sources  {sources or 'none: a build writes only the plan of cells'}",
         f"  stages   {', '.join(stages) or 'none after the store'}",
         f"  output   {recipe.output_path} ({', '.join(recipe.outputs.formats)})",
@@ -400,6 +401,15 @@ def _aligned(source) -> str:
         return ""
     days = "any date" if source.align.within_days is None else f"≤ {source.align.within_days:g} days"
     return f", on {source.align.to}'s grid, {days}"
+
+
+def _slicing(slices) -> str:
+    """How ``time.slices`` cuts the window, for the summary: ", every season, the best scene"."""
+    if slices is None:
+        return ""
+    every = f"every {slices.days} days" if slices.every == "days" else f"every {slices.every}"
+    pick = {"best": "the best scene", "all": "every scene", "k_best": f"the {slices.k} best scenes"}[slices.pick]
+    return f", {every}, {pick} of each"
 
 
 def _print_cells(cells: pd.DataFrame, limit: int = 8, total: int | None = None) -> None:

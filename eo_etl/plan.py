@@ -20,12 +20,14 @@ from geopandas.io.arrow import _geopandas_to_arrow
 from shapely.geometry.base import BaseGeometry
 
 from eo_etl.grid import MajorTomGrid, get_grid, unique_cells
+from eo_etl.grid.points import MAX_POINTS, PointsError, points_cells, read_points
 from eo_etl.grid.table import cells_frame
 from eo_etl.pipeline.plan_rows import PLAN_ROW_GROUP
 from eo_etl.recipe import Recipe
 from eo_etl.recipe.models import MAX_CELLS, Aoi, too_many_cells
 from eo_etl.store.location import Location
 
+PLAN_NAME = "plan.parquet"  # the plan beside a dataset: its cells, the rows the build's workers read
 BAND_CELLS = 100_000  # cells listed at once: about 150 MB at the peak of making their table
 
 
@@ -45,7 +47,7 @@ def check_buildable(recipe: Recipe) -> None:
     count = estimate_cells(grid, recipe.aoi)
     if count > MAX_CELLS:
         aoi = recipe.aoi
-        field = "aoi.bbox" if aoi.bbox is not None else "aoi.file" if aoi.file is not None else "aoi.cells"
+        field = next(f"aoi.{name}" for name in ("bbox", "file", "points", "cells") if getattr(aoi, name) is not None)
         raise ValueError(too_many_cells(field, count, grid))
 
 
@@ -54,8 +56,8 @@ def plan_bands(recipe: Recipe, band_cells: int = BAND_CELLS) -> Iterator[gpd.Geo
     cells each (one row more at most): together they are :func:`plan`'s table, for an AOI of any size."""
     grid = get_grid(recipe.grid.kind, recipe.grid.distance_km)
     aoi = recipe.aoi
-    if aoi.cells is not None:
-        yield cells_frame(grid, *aoi_cells(grid, aoi))  # a list the recipe holds: bounded by its validation
+    if aoi.cells is not None or aoi.points is not None:
+        yield cells_frame(grid, *aoi_cells(grid, aoi))  # a list the recipe holds or a table: bounded by validation
         return
     geometry = read_aoi_file(aoi) if aoi.file is not None else None
     boxes = [aoi.bbox] if geometry is None else [shapely.bounds(part) for part in shapely.get_parts(geometry)]
@@ -99,6 +101,8 @@ def estimate_cells(grid: MajorTomGrid, aoi: Aoi) -> int:
     """At least as many cells as the AOI covers, from its bounds alone (a file is read, its cells not listed)."""
     if aoi.cells is not None:
         return len(aoi.cells)
+    if aoi.points is not None:
+        return MAX_POINTS  # a table holds at most as many points (so cells), fewer than a build takes: not read here
     boxes = [aoi.bbox] if aoi.bbox is not None else map(shapely.bounds, shapely.get_parts(read_aoi_file(aoi)))
     return sum(grid.count_in_bbox(*box) for box in boxes)
 
@@ -149,6 +153,12 @@ def aoi_cells(grid: MajorTomGrid, aoi: Aoi) -> tuple[np.ndarray, np.ndarray]:
         return unique_cells(rows, cols)
     if aoi.bbox is not None:
         return grid.cells_in_bbox(*aoi.bbox)
+    if aoi.points is not None:
+        try:
+            table = read_points(aoi.points)
+        except PointsError as error:
+            raise PointsError(f"aoi.points: {error}") from None
+        return points_cells(grid, table, aoi.weight, aoi.min_spacing_km)
     return geometry_cells(grid, read_aoi_file(aoi))
 
 

@@ -12,6 +12,8 @@ from datetime import UTC, datetime
 import numpy as np
 from numpy.typing import NDArray
 
+from eo_etl.text import redacted
+
 OK, REJECTED, FAILED = "ok", "rejected", "failed"
 TRANSIENT = "transient: "  # starts the reason of a sample failed by a fault that may pass (a rerun retries it)
 
@@ -19,7 +21,8 @@ TRANSIENT = "transient: "  # starts the reason of a sample failed by a fault tha
 @dataclass(frozen=True, order=True)
 class SampleId:
     """The one identity of a sample: its grid cell, its source, and the start (UTC) of the time window it was
-    chosen from — the build's window (a dataset version) today, a time slice's once a recipe slices time.
+    chosen from — the build's window (a dataset version), or with ``time.slices`` the slice's start (``all`` and
+    ``k_best``: the acquisition day, as a slice holds several samples then; sources/slices.py).
 
     The string form, ``454U_120R.sentinel-2-l2a.20240601``, is the ``sample_id`` column of the index and of
     every stage table. It never changes for a sample: a rerun or a later version adds rows, it renames none.
@@ -48,6 +51,9 @@ class SampleId:
 
 @dataclass
 class Sample:
+    """One source's pixels for one grid cell, with their provenance, quality and status (``ok``, ``rejected`` or
+    ``failed`` with a ``reason``); :meth:`record` is its index row, :attr:`sample_id` its identity."""
+
     cell: str
     row_u: int
     col_r: int
@@ -71,12 +77,15 @@ class Sample:
     centre_lat: float | None = None
     centre_lon: float | None = None
     window_start: datetime | None = None  # start of the time window the sample was chosen from (its SampleId)
+    slice_start: datetime | None = None  # the time slice it was chosen in (recipe `time.slices`); None unsliced
+    slice_end: datetime | None = None  # exclusive
     status: str = OK
     reason: str | None = None
 
     def fail(self, error: BaseException, context: str = "") -> Sample:
-        """Mark the sample failed by ``error``: its type and message are the reason."""
-        self.status, self.reason = FAILED, f"{context}{type(error).__name__}: {error}"[:500]
+        """Mark the sample failed by ``error``: its type and message are the reason (URLs without their query
+        strings, where a read token would be)."""
+        self.status, self.reason = FAILED, redacted(f"{context}{type(error).__name__}: {error}")[:500]
         return self
 
     def reject(self, reason: str) -> Sample:
@@ -86,8 +95,9 @@ class Sample:
 
     @property
     def key(self) -> str:
-        """Identity of a sample in a dataset: its cell and source."""
-        return f"{self.cell}/{self.source}"
+        """The sample as messages name it: its ``sample_id`` string, or ``cell.source`` while its window is unknown
+        (the identity is :attr:`sample_id`)."""
+        return f"{self.cell}.{self.source}" if self.window_start is None else str(self.sample_id)
 
     @property
     def sample_id(self) -> SampleId:
@@ -125,6 +135,8 @@ class Sample:
             "items": list(self.items),
             "hrefs": {band: list(h) for band, h in self.hrefs.items()},
             "processing_baseline": self.processing_baseline,
+            "slice_start": self.slice_start,
+            "slice_end": self.slice_end,
             "status": self.status,
             "reason": self.reason,
         }
@@ -148,6 +160,7 @@ class Sample:
             cloud_basis=record.get("cloud_basis"),
             nodata_fraction=record["nodata"], centre_lat=record["centre_lat"], centre_lon=record["centre_lon"],
             window_start=SampleId.parse(record["sample_id"]).start if record.get("sample_id") else None,
+            slice_start=_instant(record.get("slice_start")), slice_end=_instant(record.get("slice_end")),
             status=record["status"], reason=record["reason"],
         )  # fmt: skip
 
@@ -155,3 +168,12 @@ class Sample:
 def _text(value) -> str | None:
     """A text column's value; None for a null that a frame mixing sources made NaN (a source with no baseline)."""
     return None if value is None or value != value else value
+
+
+def _instant(value) -> datetime | None:
+    """A record's time (a datetime, a pandas Timestamp, an ISO string or missing) as a datetime or None."""
+    if value is None or value != value:  # None, NaN or NaT
+        return None
+    if isinstance(value, str):
+        return datetime.fromisoformat(value)
+    return value.to_pydatetime() if hasattr(value, "to_pydatetime") else value

@@ -41,3 +41,19 @@ def stored(text: str, limit: int) -> str:
     whitespace, control and bidi characters one space, trimmed, at most ``limit`` characters."""
     text = unicodedata.normalize("NFKC", text[: 4 * limit])  # cut first: the work stays bounded too
     return STORED_CONTROL.sub(" ", text).strip()[:limit].rstrip()
+
+
+# A URL's query string: where providers put read tokens (Planetary Computer's SAS, presigned S3 URLs).
+URL_QUERY = re.compile(r"([a-z][a-z0-9+.-]*://[^\s?#'\"<>]*)\?[^\s#'\"<>]+", re.IGNORECASE)
+REDACTED = "?<redacted>"
+
+
+def redacted(text: str) -> str:
+    """``text`` with the query string of every URL in it replaced by ``?<redacted>``: what a message or a log line
+    may say of a signed href."""
+    return URL_QUERY.sub(lambda match: match[1] + REDACTED, text)
+
+
+def public_href(href: str) -> str:
+    """The href to record (provenance, the index): a URL without its query string, where a token would be."""
+    return href.split("?", 1)[0] if "://" in href else href

@@ -374,3 +374,76 @@ class OverpassStub:
         """Yields the API's base URL (…/api)."""
         with _serve(partial(_OverpassStubHandler, stub=self)) as url:
             yield url + "/api"
+
+
+TOKEN_PATH = "/api/sas/v1/token/"  # Planetary Computer's SAS token endpoint: …/{account}/{container}
+
+
+class _BlobStorageHandler(_FileHandler):
+    """Azure Blob Storage as Planetary Computer's assets meet a client: files under the root, by the path of the
+    absolute URL a client sends its HTTP proxy (so hrefs keep their ``*.blob.core.windows.net`` host), refused with
+    403 unless the query carries the SAS signature (``sig``) the token endpoint hands out."""
+
+    def __init__(self, *args, storage: BlobStorage, **kwargs):
+        self.storage = storage
+        super().__init__(*args, **kwargs)
+
+    def parse_request(self) -> bool:
+        if not super().parse_request():
+            return False
+        parts = urllib.parse.urlsplit(self.path)
+        signed = urllib.parse.parse_qs(parts.query).get("sig") == [self.storage.signature]
+        if not parts.path.startswith(TOKEN_PATH):
+            with self.storage.lock:
+                self.storage.requests.append((parts.path, signed))
+        self.path, self.signed = parts.path, signed  # the file's path: a query is no part of a file name
+        return True
+
+    def _refuse(self) -> None:
+        body = b"<Error><Code>AuthenticationFailed</Code></Error>"
+        self.send_response(403)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if self.command == "GET":
+            self.wfile.write(body)
+
+    def do_GET(self):
+        if self.path.startswith(TOKEN_PATH):
+            return self._token()
+        return super().do_GET() if self.signed else self._refuse()
+
+    def do_HEAD(self):
+        return super().do_HEAD() if self.signed else self._refuse()
+
+    def _token(self) -> None:
+        """A mock of Planetary Computer's SAS token endpoint (``/api/sas/v1/token/{account}/{container}``)."""
+        with self.storage.lock:
+            self.storage.token_requests.append(self.path)
+        expiry = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + 3600))
+        token = f"st=2024-01-01T00%3A00%3A00Z&se={expiry}&sp=rl&sv=2021-06-08&sr=c&sig={self.storage.signature}"
+        body = json.dumps({"msft:expiry": expiry, "token": token}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+class BlobStorage:
+    """Files under ``root`` served as signed blobs, with a mock of Planetary Computer's token endpoint, on one
+    loopback server: ``proxy`` is what GDAL_HTTP_PROXY (and HTTP_PROXY) take, ``token_url`` what PC_SDK_SAS_URL
+    takes. ``requests`` lists (path, signed) of the blob requests, ``token_requests`` the token requests."""
+
+    def __init__(self, root: Path, signature: str):
+        self.root, self.signature = root, signature
+        self.requests: list[tuple[str, bool]] = []
+        self.token_requests: list[str] = []
+        self.lock = threading.Lock()
+
+    @contextmanager
+    def serve(self) -> Iterator[BlobStorage]:
+        handler = partial(_BlobStorageHandler, directory=str(self.root), faults=Faults(), storage=self)
+        with _serve(handler) as url:
+            self.proxy = url.removeprefix("http://")
+            self.token_url = url + TOKEN_PATH.rstrip("/")
+            yield self

@@ -157,3 +157,31 @@ def test_a_local_torchscript_encoder_plugs_in_behind_the_same_interface(tmp_path
     assert outputs[0].row["model"] == "tiny.pt" and np.array(outputs[0].row["embeddings"]).shape == (4, 8)
     with pytest.raises(ValueError, match="curation.embed.model: 'nowhere.pt' is neither efficientnet-lite0 nor"):
         STAGE.open(curation_recipe(embed={"model": "nowhere.pt"}).curation.embed, recipe)
+
+
+def test_in_beam_the_model_is_a_runinference_step_that_resumes_and_gives_the_plain_paths_table(tmp_path):
+    import apache_beam as beam
+    from apache_beam.metrics.metric import MetricsFilter
+    from apache_beam.runners.portability.fn_api_runner import FnApiRunner
+
+    from eo_etl.pipeline.stages import RunStage
+    from eo_etl.stages.run import BatchRunner, assemble, plan_stage
+
+    samples = sentinel2_samples(5)
+    recipe = curation_recipe(embed={"fragment_size": 32})
+    stage = dataclasses.replace(STAGE, batch_size=2)  # plans batches of 2; workers find the stage by name
+    plain, in_beam = write_dataset(tmp_path / "plain", samples), write_dataset(tmp_path / "beam", samples)
+    run_stage(stage, recipe, plain)
+    first = plan_stage(stage, recipe, in_beam)
+    BatchRunner(stage, recipe, in_beam).run(first.batches[0])  # a run that stopped after its first batch
+    plan = plan_stage(stage, recipe, in_beam)
+    assert plan.todo == 3 and len(plan.batches) == 2
+    pipeline = beam.Pipeline(runner=FnApiRunner())
+    _ = pipeline | RunStage(plan, recipe, in_beam)
+    result = pipeline.run()
+    result.wait_until_finish()
+    metrics = result.metrics().query(MetricsFilter().with_name("num_inferences"))["counters"]
+    assert [m.key.metric.namespace for m in metrics] == ["RunInference.embed"]
+    assert metrics[0].committed == 2  # the two batches left went through RunInference; the first was not redone
+    assemble(plan, in_beam)
+    assert pq.read_table(in_beam / "embed.parquet").equals(pq.read_table(plain / "embed.parquet"))

@@ -198,9 +198,9 @@ def test_a_later_window_appends_a_version_without_rewriting_full_shards(archive)
             pixels[row.zarr_index],
             pixels[index.zarr_index[(index.grid_cell == row.grid_cell) & (index.version == 1)].item()],
         )
-    # the TACO holds both acquisitions of each cell: the first by the cell's name, the later with its time
+    # the TACO holds both acquisitions of each cell, each by its sample_id (its window's start tells them apart)
     ids = {row["id"] for row in tacoreader.load(str(out / "taco" / "s2l2a")).data.to_arrow().to_pylist()}
-    assert ids == set(index.grid_cell) | {f"{cell}_{SEPTEMBER:%Y%m%dT%H%M%S}" for cell in index.grid_cell}
+    assert ids == set(index.sample_id) and {sid.split(".")[2] for sid in ids} == {"20190101", "20190701"}
     assert build(recipe, since="LAST", until=date(2019, 12, 31)).up_to_date
     third = build(recipe, since="LAST", until=date(2020, 3, 31))  # no scene in the window: nothing new
     assert third.version == 3 and third.metrics["rejected: no scene over the cell in the time window"] == 12

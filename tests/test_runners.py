@@ -4,6 +4,7 @@ schedule examples against the template. Nothing here starts a cluster or builds 
 
 from __future__ import annotations
 
+import importlib
 import json
 import re
 import shlex
@@ -338,15 +339,14 @@ def test_the_launcher_reads_a_recipe_through_beams_filesystems(tmp_path, demo_ca
 
 
 def test_the_launcher_builds_on_dataflow_with_the_worker_image(monkeypatch, demo_catalog):
-    import eo_etl.build
-
+    build_module = importlib.import_module("eo_etl.build")  # the module: the attribute eo_etl.build is the function
     calls = []
 
     def build(recipe, out, **kw):
         calls.append((recipe.name, out, kw))
         return SimpleNamespace(up_to_date=False, stages=[])
 
-    monkeypatch.setattr(eo_etl.build, "build", build)
+    monkeypatch.setattr(build_module, "build", build)
     monkeypatch.setenv(flex_template.WORKER_IMAGE_ENV, IMAGE)
     flex_template.main([f"--recipe={ROOT / 'pipelines' / 'demo.yaml'}", "--out=/mnt/d", "--since=LAST", "--project=p"])
     assert calls == [

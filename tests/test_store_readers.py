@@ -142,7 +142,7 @@ def test_the_stac_collection_and_items_describe_the_stored_samples(demo):
 @pytest.mark.filterwarnings("ignore:fetch_arrow_table:DeprecationWarning")  # tacoreader 2.4 on duckdb 1.5
 def test_the_taco_export_holds_the_stored_pixels_and_tacoreader_opens_it(demo):
     rows = tacoreader.load(str(demo / "taco" / "s2l2a")).data.to_arrow().to_pylist()
-    index = gpd.read_parquet(demo / "index.parquet").set_index("grid_cell")
+    index = gpd.read_parquet(demo / "index.parquet").set_index("sample_id")  # a TACO row's id is its sample_id
     pixels = stored(demo)
     assert sorted(row["id"] for row in rows) == sorted(index.index[index.status == "ok"])
     for row in rows:

@@ -93,7 +93,7 @@ def rows(path) -> list[dict]:
 
 
 def test_pixels_come_back_exactly_through_tacoreader_paths(written, samples):
-    by_cell = {s.cell: s for s in samples}
+    by_cell = {str(s.sample_id): s for s in samples}  # the TACO's ids are the samples' identities
     table = rows(written[0])
     assert sorted(row["id"] for row in table) == sorted(by_cell)
     for row in table:
@@ -111,7 +111,7 @@ def test_pixels_come_back_exactly_through_tacoreader_paths(written, samples):
 
 
 def test_stac_fields_and_our_columns_hold_the_samples_values(written, samples):
-    by_cell = {s.cell: s for s in samples}
+    by_cell = {str(s.sample_id): s for s in samples}
     to_lonlat = Transformer.from_crs("EPSG:32719", "EPSG:4326", always_xy=True)
     table = rows(written[0])
     for row in table:
@@ -131,8 +131,8 @@ def test_stac_fields_and_our_columns_hold_the_samples_values(written, samples):
         assert {band: list(h) for band, h in row["hrefs"]} == record["hrefs"]
         assert row["spatial_code"] == spatial_code(sample.row_u, sample.col_r)
     # Values that come from the sample, not from defaults
-    first = by_cell["4727D_1130L"]
-    row = next(r for r in table if r["id"] == first.cell)
+    first = by_cell["4727D_1130L.sentinel-2-l2a.20190101"]
+    row = next(r for r in table if r["id"] == str(first.sample_id))
     assert row["cloud_cover"] == 3.5 and row["processing_baseline"] is None and row["grid_row_u"] == -4727
 
 
@@ -164,7 +164,7 @@ def test_one_shard_per_spatial_block_in_a_fixed_order(written, samples):
         expected = sorted((s.row_u, s.col_r) for s in samples if spatial_code(s.row_u, s.col_r) == code)
         assert [(row["grid_row_u"], row["grid_col_r"]) for row in in_shard] == expected
     # The dataset lists the blocks in order, each by row then column.
-    assert [row["id"] for row in rows(path)] == [
+    assert [row["id"].split(".")[0] for row in rows(path)] == [
         "4727D_1130L", "4727D_1129L", "4726D_1130L", "4700D_1100L", "4699D_1100L",
     ]  # fmt: skip
 
@@ -197,7 +197,7 @@ print(json.dumps({"samples": out, "ours": ours}))
     result = json.loads(done.stdout.strip().splitlines()[-1])
     assert result["ours"] == []
     assert result["samples"] == {
-        s.cell: [hashlib.sha256(s.pixels.tobytes()).hexdigest(), "uint16", list(s.transform)] for s in samples
+        str(s.sample_id): [hashlib.sha256(s.pixels.tobytes()).hexdigest(), "uint16", list(s.transform)] for s in samples
     }
 
 
@@ -217,16 +217,17 @@ def test_nothing_to_write_is_an_error_and_leaves_nothing(tmp_path, samples):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_a_cells_later_acquisition_gets_its_own_id_and_the_first_keeps_the_cells(tmp_path, samples):
+def test_a_cells_sample_of_a_later_window_gets_its_own_id_and_the_first_keeps_its_own(tmp_path, samples):
     later = dataclasses.replace(
-        samples[0], timestamp=samples[0].timestamp + timedelta(days=180), pixels=samples[1].pixels
-    )
+        samples[0], timestamp=samples[0].timestamp + timedelta(days=180), pixels=samples[1].pixels,
+        window_start=datetime(2019, 7, 1, tzinfo=UTC),
+    )  # fmt: skip
     path = tmp_path / "two"
     write_taco(path, [samples[0], later], dataset_id="s2-demo")
     by_id = {row["id"]: row for row in rows(path)}
-    stamp = later.timestamp.astimezone(UTC).strftime("%Y%m%dT%H%M%S")
-    assert sorted(by_id) == sorted([samples[0].cell, f"{samples[0].cell}_{stamp}"])
-    for sample_id, sample in ((samples[0].cell, samples[0]), (f"{samples[0].cell}_{stamp}", later)):
+    first_id, later_id = f"{samples[0].cell}.sentinel-2-l2a.20190101", f"{samples[0].cell}.sentinel-2-l2a.20190701"
+    assert sorted(by_id) == [first_id, later_id] == [str(samples[0].sample_id), str(later.sample_id)]
+    for sample_id, sample in ((first_id, samples[0]), (later_id, later)):
         with rasterio.open(by_id[sample_id]["internal:gdal_vsi"]) as src:
             np.testing.assert_array_equal(src.read(), sample.pixels)
 
@@ -234,6 +235,9 @@ def test_a_cells_later_acquisition_gets_its_own_id_and_the_first_keeps_the_cells
 def test_bad_input_is_refused(tmp_path, samples):
     with pytest.raises(ValueError, match="two samples of cell 4727D_1130L"):
         write_taco(tmp_path / "dup", [samples[0], samples[0]], dataset_id="s2-demo")
+    again = dataclasses.replace(samples[0], timestamp=samples[0].timestamp + timedelta(days=1))  # same window
+    with pytest.raises(ValueError, match=r"two samples 4727D_1130L\.sentinel-2-l2a\.20190101: a TACO holds"):
+        write_taco(tmp_path / "dup", [samples[0], again], dataset_id="s2-demo")
     with pytest.raises(ValueError, match="lowercase"):
         write_taco(tmp_path / "id", samples, dataset_id="S2 Demo")
     assert list(tmp_path.iterdir()) == []
@@ -245,5 +249,5 @@ def test_an_existing_taco_is_replaced_only_when_asked(tmp_path, samples):
     with pytest.raises(FileExistsError):
         write_taco(path, samples[1:2], dataset_id="s2-demo")
     write_taco(path, samples[1:2], dataset_id="s2-demo", overwrite=True)
-    assert [row["id"] for row in rows(path)] == [samples[1].cell]
+    assert [row["id"] for row in rows(path)] == [str(samples[1].sample_id)]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["one"]  # no .partial left behind

@@ -30,7 +30,7 @@ import numpy as np
 import pyarrow as pa
 
 from eo_etl.recipe.models import Embedding, Recipe
-from eo_etl.stages.core import Item, Output, Stage
+from eo_etl.stages.core import Item, ModelStep, Output, Stage
 
 DEFAULT_MODEL = "efficientnet-lite0"
 FRAGMENTS_NAME = "embeddings.parquet"
@@ -134,49 +134,73 @@ def pick_device(device: str) -> str:
 
 
 def embed_images(encoder: Encoder, images: np.ndarray, device: str) -> np.ndarray:
-    """Vectors (N, D) float32 of images (N, 3, H, W), CHUNK at a time; bf16 autocast on a GPU."""
+    """Vectors (N, D) float32 of images (N, 3, H, W), CHUNK at a time; on a GPU under bf16 autocast, copied from
+    pinned memory without waiting, and read back once at the end (no wait between chunks)."""
     torch = _torch()
+    cuda = device == "cuda"
     out = []
     with torch.inference_mode():
         for start in range(0, len(images), CHUNK):
-            batch = torch.from_numpy(images[start : start + CHUNK]).to(device, non_blocking=True)
-            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device == "cuda"):
-                vectors = encoder(batch)
-            out.append(vectors.float().cpu().numpy())
-    return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
+            batch = torch.from_numpy(images[start : start + CHUNK])
+            batch = (batch.pin_memory() if cuda else batch).to(device, non_blocking=True)
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):
+                out.append(encoder(batch).float())
+    return torch.cat(out).cpu().numpy() if out else np.zeros((0, 0), np.float32)
+
+
+def open_encoder(settings: Embedding) -> tuple[Encoder, str]:
+    """The recipe's encoder on its device (deterministic on the CPU: the same vectors on every run)."""
+    device = pick_device(settings.device)
+    if device == "cpu":
+        _torch().use_deterministic_algorithms(True)
+    return load_encoder(settings.model, device), device
+
+
+def cut_fragments(settings: Embedding, items: Sequence[Item]) -> tuple[tuple, list[np.ndarray]]:
+    """A batch's fragments as model input: stacks of fragments of one shape (samples of a batch may differ in
+    size), with the layout that puts their vectors back per sample: (boxes per sample, fragment numbers per stack)."""
+    boxes, fragments = [], []
+    for item in items:
+        composite = rgb_composite(item.pixels, item.row, settings.bands, settings.gain)
+        sample_boxes = fragment_boxes(*composite.shape[1:], settings.fragment_size, settings.target_overlap)
+        boxes.append(sample_boxes)
+        fragments += [composite[:, r0:r1, c0:c1] for c0, r0, c1, r1 in sample_boxes]
+    shapes = list(dict.fromkeys(f.shape for f in fragments))
+    groups = [[k for k, f in enumerate(fragments) if f.shape == shape] for shape in shapes]
+    return (boxes, groups), [np.stack([fragments[k] for k in group]) for group in groups]
+
+
+def embed_stacks(encoder: Encoder, stacks: Sequence[np.ndarray], device: str) -> list[np.ndarray]:
+    """The model's part: vectors of each stack of fragments."""
+    return [embed_images(encoder, stack, device) for stack in stacks]
+
+
+def sample_outputs(settings: Embedding, layout: tuple, vectors: Sequence[np.ndarray], model: str) -> list[Output]:
+    """One output per sample: its fragments' boxes and vectors, and their mean at unit length."""
+    boxes, groups = layout
+    count = sum(map(len, boxes))
+    every = np.zeros((count, vectors[0].shape[1] if vectors else 0), np.float32)
+    for group, found in zip(groups, vectors, strict=True):
+        every[group] = found
+    outputs, start = [], 0
+    for sample_boxes in boxes:
+        mine = every[start : start + len(sample_boxes)]
+        start += len(sample_boxes)
+        mean = mine.mean(axis=0)
+        outputs.append(Output({
+            "model": model, "pixel_bboxes": [list(b) for b in sample_boxes],
+            "embeddings": mine.tolist(), "embedding": (mean / max(np.linalg.norm(mean), 1e-12)).tolist(),
+        }))  # fmt: skip
+    return outputs
 
 
 def open_embedder(settings: Embedding, recipe: Recipe):
-    device = pick_device(settings.device)
-    torch = _torch()
-    if device == "cpu":
-        torch.use_deterministic_algorithms(True)  # the same vectors on every run
-    encoder = load_encoder(settings.model, device)
+    """Without Beam: cut, embed and gather each batch in turn (in Beam, the model is its own step: ``MODEL``)."""
+    encoder, device = open_encoder(settings)
 
     def embed(items: Sequence[Item]) -> list[Output]:
-        boxes, fragments = [], []
-        for item in items:
-            composite = rgb_composite(item.pixels, item.row, settings.bands, settings.gain)
-            sample_boxes = fragment_boxes(*composite.shape[1:], settings.fragment_size, settings.target_overlap)
-            boxes.append(sample_boxes)
-            fragments += [composite[:, r0:r1, c0:c1] for c0, r0, c1, r1 in sample_boxes]
-        vectors = np.zeros((len(fragments), 0), np.float32)
-        for shape in {f.shape for f in fragments}:  # samples of a batch may differ in size
-            same = [k for k, f in enumerate(fragments) if f.shape == shape]
-            found = embed_images(encoder, np.stack([fragments[k] for k in same]), device)
-            if vectors.shape[1] == 0:
-                vectors = np.zeros((len(fragments), found.shape[1]), np.float32)
-            vectors[same] = found
-        outputs, start = [], 0
-        for sample_boxes in boxes:
-            mine = vectors[start : start + len(sample_boxes)]
-            start += len(sample_boxes)
-            mean = mine.mean(axis=0)
-            outputs.append(Output({
-                "model": encoder.name, "pixel_bboxes": [list(b) for b in sample_boxes],
-                "embeddings": mine.tolist(), "embedding": (mean / max(np.linalg.norm(mean), 1e-12)).tolist(),
-            }))  # fmt: skip
-        return outputs
+        layout, stacks = cut_fragments(settings, items)
+        return sample_outputs(settings, layout, embed_stacks(encoder, stacks, device), encoder.name)
 
     return embed
 
@@ -196,6 +220,8 @@ STAGE = Stage(
     ),
     needs_pixels=True,
     batch_size=16,
+    # in Beam: fragments cut on the CPU, RunInference embeds them (eo_etl/curate/inference.py), outputs recorded
+    model=ModelStep(prepare=cut_fragments, finish=sample_outputs, handler="eo_etl.curate.inference:EmbedHandler"),
 )
 
 

@@ -1,31 +1,17 @@
-"""The curation stages, in pipeline order (the registry takes them as one entry), and the views written from
-their tables once they have run: Major TOM's embedding GeoParquet, the dedup flags, the balanced split."""
+"""The curation stages, in pipeline order (the registry takes them as one entry): quality and embed per sample,
+then the views over the whole dataset written from their tables: Major TOM's embedding GeoParquet, the dedup
+flags, the balanced split (each rerun only when its settings or the tables it reads changed)."""
 
 from __future__ import annotations
 
-from eo_etl.curate import embed, quality
-from eo_etl.recipe.models import Recipe
+from eo_etl.curate import dedup, embed, quality, sample
+from eo_etl.stages.core import View
 
-STAGES = [quality.STAGE, embed.STAGE]
-VIEW_SECTIONS = ("curation.dedup", "curation.balance")  # run by write_views, not as stages
+FRAGMENTS = View(name="fragments", group="curate", section="curation.embed", table=embed.FRAGMENTS_NAME,
+                 write=lambda recipe, root: embed.write_fragments(root), reads=("embed",))  # fmt: skip
+DEDUP = View(name="dedup", group="curate", section="curation.dedup", table=dedup.TABLE_NAME,
+             write=dedup.write_duplicates, reads=("quality", "embed"))  # fmt: skip
+BALANCE = View(name="balance", group="curate", section="curation.balance", table=sample.TABLE_NAME,
+               write=sample.write_balance, reads=("embed", "quality", "dedup", "landcover"))  # fmt: skip
 
-
-def write_views(recipe: Recipe, root) -> list[tuple[str, str, str]]:
-    """Write what the recipe configures of embeddings.parquet, dedup.parquet and balance.parquet, in that order;
-    (name, status, detail) each: "done" or "failed" with the one-line reason (the others still run)."""
-    from eo_etl.curate.dedup import write_duplicates
-    from eo_etl.curate.sample import write_balance
-
-    curation = recipe.curation
-    steps = [("fragments", curation and curation.embed, lambda: embed.write_fragments(root)),
-             ("dedup", curation and curation.dedup, lambda: write_duplicates(recipe, root)),
-             ("balance", curation and curation.balance, lambda: write_balance(recipe, root))]  # fmt: skip
-    reports = []
-    for name, configured, write in steps:
-        if not configured:
-            continue
-        try:
-            reports.append((name, "done", f"→ {write()}"))
-        except (FileNotFoundError, ValueError) as error:
-            reports.append((name, "failed", str(error)))
-    return reports
+STAGES = [quality.STAGE, embed.STAGE, FRAGMENTS, DEDUP, BALANCE]

@@ -103,10 +103,12 @@ class MajorTomGrid:
 
     @property
     def n_rows(self) -> int:
+        """The grid's rows of cells, pole to pole."""
         return int(self.row_u.size)
 
     @property
     def n_cells(self) -> int:
+        """The grid's cells, all rows together."""
         return int(self.n_cols.sum())
 
     def row_index(self, row_u: ArrayLike) -> NDArray[np.int64]:

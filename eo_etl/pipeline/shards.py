@@ -6,10 +6,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from eo_etl.pipeline.state import ShardEntry
+from eo_etl.pipeline.state import ShardEntry, staged_name
 from eo_etl.recipe import Recipe
 from eo_etl.sample import OK, REJECTED
-from eo_etl.sources.patch import NO_SCENE
+from eo_etl.sources.patch import NO_SCENE, NO_SCENE_IN_SLICE
+
+NOTHING_NEW = (NO_SCENE, NO_SCENE_IN_SLICE)  # a later version's rejections that are no gap: nothing was acquired
 
 
 @dataclass(frozen=True)
@@ -37,22 +39,25 @@ def assign_positions(records: list[dict], recipe: Recipe, cell_order: dict[str, 
     video = "video" in recipe.outputs.formats
     order = sorted(
         range(len(records)),
-        key=lambda i: (records[i]["source"], records[i]["version"], cell_order.get(records[i]["grid_cell"], -1)),
-    )
+        key=lambda i: (
+            records[i]["source"], records[i]["version"], cell_order.get(records[i]["grid_cell"], -1),
+            records[i].get("sample_id") or "",  # a cell's time slices in time order, one after the other
+        ),
+    )  # fmt: skip
     out = list(records)
     assignment = Assignment(out, [])
     entries: dict[str, list[tuple[ShardEntry, dict]]] = {}
     first_version: dict[tuple, int] = {}
     for i in order:
         record = records[i]
-        source, version, cell = record["source"], record["version"], record["grid_cell"]
+        source, version, cell, name = record["source"], record["version"], record["grid_cell"], staged_name(record)
         assignment.added.setdefault(version, 0)
         if record["status"] != OK:
             continue
         scene = (source, cell, record["timestamp"])
         if scene in first_version:
             out[i] = record | {"status": REJECTED, "reason": f"the same scene is in version {first_version[scene]}"}
-            assignment.unstored.append((source, ShardEntry(version, cell)))
+            assignment.unstored.append((source, ShardEntry(version, name)))
             continue
         first_version[scene] = version
         position = assignment.counts.get(source, 0)
@@ -61,7 +66,7 @@ def assign_positions(records: list[dict], recipe: Recipe, cell_order: dict[str, 
         out[i] = record | {"zarr_group": source, "zarr_index": position}
         if video:
             out[i] |= {"video_path": f"video/{source}/shard-{position // size:05d}", "video_frame": position % size}
-        entries.setdefault(source, []).append((ShardEntry(version, cell), record))
+        entries.setdefault(source, []).append((ShardEntry(version, name), record))
     for source, stored in entries.items():
         for k, start in enumerate(range(0, len(stored), size)):
             part = stored[start : start + size]
@@ -72,10 +77,10 @@ def assign_positions(records: list[dict], recipe: Recipe, cell_order: dict[str, 
 def index_records(records: list[dict]) -> list[dict]:
     """The records the index lists: every outcome of the first version; of later versions, every cell that
     had something in its window. A later window with no scene over a cell is nothing new, not a gap: left
-    out, a daily ``--since LAST`` does not add a row per cell per day."""
+    out, a daily ``--since LAST`` does not add a row per cell per day (nor per time slice)."""
     first = min((record["version"] for record in records), default=None)
     return [
         record
         for record in records
-        if record["version"] == first or record["status"] != REJECTED or record["reason"] != NO_SCENE
+        if record["version"] == first or record["status"] != REJECTED or record["reason"] not in NOTHING_NEW
     ]

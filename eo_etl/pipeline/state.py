@@ -39,7 +39,16 @@ RANGE_PREFIX = "rows-"
 @dataclass(frozen=True)
 class ShardEntry:
     version: int
-    cell: str
+    cell: str  # the sample's staged name (staged_name): its cell, with time slices its cell and slice stamp
+
+
+def staged_name(record: dict) -> str:
+    """The name a sample's pixels are staged and listed in shards under: its cell; with time slices, where a cell
+    has several samples, ``CELL.STAMP`` (its sample_id without the source, which the folder already names)."""
+    if record.get("slice_start") is None:
+        return record["grid_cell"]
+    cell, _, stamp = record["sample_id"].split(".")
+    return f"{cell}.{stamp}"
 
 
 def _json(value):
@@ -118,9 +127,10 @@ class BuildState:
     def stage(self, version: int, sample: Sample, recipe_hash: str) -> dict:
         """Stage a finished cell's pixels (an ok one's); its record, which :meth:`stage_range` writes with the
         others of its range."""
+        record = sample.record() | {"recipe_hash": recipe_hash, "version": version}
         if sample.status == OK:
-            self.save_pixels(version, sample.source, sample.cell, sample.pixels)
-        return sample.record() | {"recipe_hash": recipe_hash, "version": version}
+            self.save_pixels(version, sample.source, staged_name(record), sample.pixels)
+        return record
 
     def stage_range(self, version: int, source: str, first: int, stop: int, records: list[dict]) -> None:
         """Record a range of cells as finished, once each one's pixels are staged: one file with the records of
@@ -189,6 +199,7 @@ class BuildState:
 def _parse_records(data: bytes) -> list[dict]:
     records = json.loads(data)
     for record in records:
-        if record["timestamp"] is not None:
-            record["timestamp"] = datetime.fromisoformat(record["timestamp"])
+        for name in ("timestamp", "slice_start", "slice_end"):
+            if record.get(name) is not None:
+                record[name] = datetime.fromisoformat(record[name])
     return records

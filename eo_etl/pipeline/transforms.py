@@ -14,10 +14,11 @@ from apache_beam.metrics import Metrics
 from eo_etl.pipeline.plan_rows import PlanReader, plan_length, plan_ranges, range_size, work_ranges
 from eo_etl.pipeline.shards import Assignment, ShardTask, assign_positions, index_records
 from eo_etl.pipeline.state import BuildState
+from eo_etl.plan import PLAN_NAME
 from eo_etl.recipe import Recipe
 from eo_etl.sample import FAILED, OK, REJECTED, Sample
 from eo_etl.sources.acquire import SourceAcquisition
-from eo_etl.sources.align import Anchor, aligned_groups
+from eo_etl.sources.align import aligned_groups, anchors_of_records
 from eo_etl.sources.cell import cells_of
 from eo_etl.sources.remote import HostLimiter, RetryPolicy
 from eo_etl.store.dataset import existing_pixel_store, finish_dataset, open_pixel_store, write_shard
@@ -26,7 +27,6 @@ from eo_etl.store.zarr import BandStatistics, ZarrWriter
 
 NAMESPACE = "eo_etl"
 SKIPPED_ITEM = "catalogue item skipped: "  # a counter named by the item's href and why: one line in the report
-PLAN_NAME = "plan.parquet"
 
 
 def counter(name: str):
@@ -73,7 +73,7 @@ class AcquireRange(beam.DoFn):
         ranges = plan_ranges(self.rows, first, stop)  # each recorded in its own file
         cells = cells_of(self.recipe, self.plan.rows(first, stop))
         records = self._acquire(source, ranges, cells)
-        anchors = {record["grid_cell"]: Anchor.of_record(record) for record in records}
+        anchors = anchors_of_records(records)  # by cell: each of its samples (one per slice with time slices)
         for secondary in self.groups.get(source, ()):
             self._acquire(secondary.name, ranges, cells, anchors)
         yield stop - first
@@ -83,7 +83,9 @@ class AcquireRange(beam.DoFn):
         kept = {}
         for part in ranges:
             records = self.state.range_records(self.version, source, *part)
-            kept[part] = [record for record in records if record["status"] != FAILED]
+            # a cell is done when none of its samples failed (with time slices it has several): else all again
+            retry = {record["grid_cell"] for record in records if record["status"] == FAILED}
+            kept[part] = [record for record in records if record["grid_cell"] not in retry]
         done = {record["grid_cell"]: part for part, records in kept.items() for record in records}
         counter("cells already finished").inc(len(done))
         part_of = {cell.name: ranges[i // range_size(self.rows)] for i, cell in enumerate(cells)}

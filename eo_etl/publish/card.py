@@ -22,6 +22,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 import yaml
 
+from eo_etl.plan import PLAN_NAME
 from eo_etl.publish.figures import coverage_map, thumbnails
 from eo_etl.recipe import Recipe
 from eo_etl.sources.profile import find_profile
@@ -32,7 +33,7 @@ from eo_etl.store.zarr import STORE_NAME
 from eo_etl.text import printable
 
 CARD_NAME, FIGURES = "README.md", "card"
-NOT_TABLES = {"plan.parquet", ITEMS_NAME}  # parquet files beside the index that are not one row per sample
+NOT_TABLES = {PLAN_NAME, ITEMS_NAME}  # parquet files beside the index that are not one row per sample
 SIZES = [(1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M"),
          (10_000_000, "1M<n<10M"), (100_000_000, "10M<n<100M"), (1_000_000_000, "100M<n<1B")]  # fmt: skip
 

@@ -28,7 +28,8 @@ class RecipeError(ValueError):
 
 
 def load_recipe(path: Path | str) -> Recipe:
-    """Read and validate the recipe at ``path``; raises :class:`RecipeError`."""
+    """Read and validate the recipe at ``path`` (YAML, at most 16 MB; relative input paths are relative to
+    its folder); raises :class:`RecipeError`, one line per problem, each naming its field."""
     path = Path(path)
     try:
         with path.open("rb") as file:  # read at most the limit: the path may be /dev/zero or a pipe
@@ -55,7 +56,13 @@ def load_recipe(path: Path | str) -> Recipe:
 
 def parse_recipe(data: object, source: Path | str = "<recipe>", base_dir: Path | None = None) -> Recipe:
     """Validate recipe data already read (a mapping); raises :class:`RecipeError`. A setting whose extra is
-    not installed (``formats: [zarr, taco]`` without ``eo-etl[taco]``) is a problem too."""
+    not installed (``formats: [zarr, taco]`` without ``eo-etl[taco]``) is a problem too.
+
+    Args:
+        data: the recipe as plain data (what YAML or JSON gives).
+        source: where it came from, to name in errors.
+        base_dir: the folder that relative input paths (``aoi.file``, a local catalogue) are relative to.
+    """
     if not isinstance(data, dict):
         raise RecipeError(source, ["a recipe is a YAML mapping of fields (name, aoi, time, sources, …)"])
     try:

@@ -58,6 +58,8 @@ MAX_THREADS = 256
 MAX_WORKERS = 4096  # a cluster's most workers; the direct runner is held to the machine's CPUs below
 DIRECT_WORKERS_PER_CPU = 4
 MAX_AOI_FILE_BYTES = 1 << 30
+MAX_SPACING_KM = 20_000.0  # half the Earth's circumference: any two points are closer
+POINTS_SUFFIXES = (".csv", ".parquet", ".geoparquet", ".pq")
 
 
 def _instant(value: Any) -> date | datetime:
@@ -95,7 +97,8 @@ class Section(BaseModel):
 
 
 class Aoi(Section):
-    """The area of interest: exactly one of a bounding box, a vector file, or a list of grid cells."""
+    """The area of interest: exactly one of a bounding box, a vector file, a list of grid cells, or a table of
+    points (the cells that contain them)."""
 
     bbox: list[float] | None = Field(
         None,
@@ -110,14 +113,35 @@ class Aoi(Section):
     cells: list[str] | None = Field(
         None, description="Grid cell names, e.g. ['454U_120R'].", min_length=1, max_length=MAX_CELLS
     )
+    points: Path | None = Field(
+        None,
+        description="A CSV or (Geo)Parquet table of points (lat/lon columns, or point geometries), relative to the "
+        "recipe file, at most 1,000,000 rows: the cells that contain them, one sample per cell.",
+    )
+    weight: str | None = Field(
+        None,
+        max_length=256,
+        description="With points: a numeric column; points are taken highest weight first (then in row order) "
+        "when a cell or the spacing rule keeps one of several.",
+    )
+    min_spacing_km: float | None = Field(
+        None,
+        gt=0,
+        le=MAX_SPACING_KM,
+        description="With points: keep only cells whose centres are at least this far apart (great circle), so that "
+        "samples do not overlap (Major TOM's 10 km cells hold 10.68 km footprints: 10.68 keeps any two apart).",
+    )
 
     @model_validator(mode="after")
     def _exactly_one(self) -> Aoi:
-        given = [name for name in ("bbox", "file", "cells") if getattr(self, name) is not None]
+        given = [name for name in ("bbox", "file", "cells", "points") if getattr(self, name) is not None]
         if len(given) != 1:
-            raise ValueError(f"give exactly one of bbox, file or cells (got {', '.join(given) or 'none'})")
+            raise ValueError(f"give exactly one of bbox, file, cells or points (got {', '.join(given) or 'none'})")
         if self.layer is not None and self.file is None:
             raise ValueError("layer is only for file")
+        for name in ("weight", "min_spacing_km"):
+            if getattr(self, name) is not None and self.points is None:
+                raise ValueError(f"{name} is only for points")
         return self
 
     @field_validator("bbox")
@@ -141,7 +165,7 @@ class Aoi(Section):
             )
         return bbox
 
-    @field_validator("file")
+    @field_validator("file", "points")
     @classmethod
     def _file_exists(cls, path: Path | None, info: ValidationInfo):
         if path is None:
@@ -154,6 +178,8 @@ class Aoi(Section):
         if resolved.stat().st_size > MAX_AOI_FILE_BYTES:  # planning reads it whole
             size = resolved.stat().st_size >> 20
             raise ValueError(f"{printable(str(resolved), ECHO_LIMIT)} is {size} MB; an AOI file is at most 1024 MB")
+        if info.field_name == "points" and resolved.suffix.lower() not in POINTS_SUFFIXES:
+            raise ValueError(f"{printable(str(resolved), ECHO_LIMIT)}: a table of points is a .csv or .parquet file")
         return resolved
 
 
@@ -172,11 +198,55 @@ class GridSpec(Section):
         return kind
 
 
+MAX_SLICES = 1000  # time slices per window (e.g. 16-day slices over 40 years): each is a sample per cell
+MAX_PER_SLICE = 366  # scenes kept per slice with `pick: k_best` (one a day for a year)
+
+
+class TimeSlices(Section):
+    """How the window is cut into slices, each giving its own samples per cell and source (one per
+    (cell, source, slice); eo_etl/sources/slices.py has the rule in full)."""
+
+    every: Literal["season", "month", "days", "scene"] = Field(
+        description="season: meteorological seasons (Dec-Feb, Mar-May, Jun-Aug, Sep-Nov); month: calendar months; "
+        "days: every `days` days from the window's start; scene: every acquisition (UTC day, one pass). Slices are "
+        "clipped to the window.",
+    )
+    days: int | None = Field(None, ge=1, le=3660, description="Length of a slice in days, with `every: days` only.")
+    pick: Literal["best", "all", "k_best"] = Field(
+        "best",
+        description="Scenes per slice, ranked by the acquisition rule (least cloud over the cell, nearest the "
+        "slice's middle): best (one sample), all (one sample per acquisition day), or k_best (the `k` best days).",
+    )
+    k: int | None = Field(None, ge=1, le=MAX_PER_SLICE, description="Scenes per slice, with `pick: k_best` only.")
+
+    @model_validator(mode="after")
+    def _settings_fit(self) -> TimeSlices:
+        if (self.every == "days") != (self.days is not None):
+            raise ValueError(
+                "days: set it with `every: days` (the slice length) and only then"
+                if self.days is not None
+                else "days: `every: days` needs `days`, the length of a slice (1 to 3660)"
+            )
+        if (self.pick == "k_best") != (self.k is not None):
+            raise ValueError(
+                "k: set it with `pick: k_best` (scenes per slice) and only then"
+                if self.k is not None
+                else "k: `pick: k_best` needs `k`, the scenes kept per slice (1 to 366)"
+            )
+        if self.every == "scene" and self.pick != "best":
+            raise ValueError(f"pick: `every: scene` makes one slice per acquisition; {self.pick!r} adds nothing")
+        return self
+
+
 class TimeRange(Section):
     """Acquisition window. Dates are whole UTC days, both ends included; datetimes are exact."""
 
     start: Instant
     end: Instant
+    slices: TimeSlices | None = Field(
+        None, description="Cut the window into time slices (seasons, months, every N days, every scene); unset: "
+        "one sample per cell and source for the whole window."
+    )  # fmt: skip
 
     @property
     def start_utc(self) -> datetime:
@@ -203,6 +273,13 @@ class TimeRange(Section):
             raise ValueError(
                 f"empty time range: end ({self.end}, the whole day) is over when start ({self.start}) begins"
             )
+        if self.slices is not None and self.slices.every == "days":
+            count = -(-(end - start) // timedelta(days=self.slices.days))
+            if count > MAX_SLICES:
+                raise ValueError(
+                    f"slices.days: {self.slices.days}-day slices cut the window into {count:,} slices; at most "
+                    f"{MAX_SLICES:,}: use longer slices or a shorter window"
+                )
         return self
 
 
@@ -274,7 +351,10 @@ class Source(Section):
     )
     resolution_m: float | None = Field(None, gt=0, description="Output pixel size; the profile's default if unset.")
     resampling: Literal["nearest", "bilinear", "cubic", "average", "mode"] = "nearest"
-    max_cloud: float = Field(100.0, ge=0, le=100, description="Largest scene cloud cover to accept, in percent.")
+    max_cloud: float = Field(
+        100.0, ge=0, le=100,
+        description="Largest scene cloud cover to accept, in percent (only for collections with cloud cover).",
+    )  # fmt: skip
     patch_size: int | None = Field(
         None,
         gt=0,
@@ -285,6 +365,12 @@ class Source(Section):
         None,
         description="Cut on another source's sample grid, from its scene nearest the other's date (see Align); "
         "patch_size then follows from the primary's extent.",
+    )
+    sign: Literal["planetary-computer"] | None = Field(
+        None,
+        description="Sign each asset href right before it is read: planetary-computer appends a SAS token from "
+        "Planetary Computer's token endpoint (the planetary-computer extra; PC_SDK_SUBSCRIPTION_KEY and "
+        "PC_SDK_SAS_URL as that package reads them). Recorded and shown hrefs never carry the token.",
     )
 
     @field_validator("url")
@@ -343,6 +429,13 @@ class Source(Section):
                 raise ValueError(
                     f"Earth Engine has no band for {unnamed} in {profile.name}; allowed: {', '.join(named)}"
                 )
+        names = profile.earth_engine if self.kind == "gee" else profile  # whose property holds the cloud cover
+        if self.max_cloud < 100 and getattr(names, "cloud_property", None) is None and self.kind != "synthetic":
+            raise ValueError(
+                f"max_cloud: {profile.name} scenes carry no cloud cover (radar, elevation, land cover); leave it unset"
+            )
+        if self.sign is not None and self.kind not in ("stac", "local"):
+            raise ValueError(f"sign: only assets read from a STAC catalog are signed, not a {self.kind} source")
         self.name = self.name or _name_of(self.collection)
         self.profile = profile.name
         self.bands = self.bands or list(profile.default_bands)
@@ -876,6 +969,11 @@ class Recipe(Section):
         grid = get_grid(self.grid.kind, self.grid.distance_km)
         # aligned sources last: their patch follows from their primary's
         for i, source in sorted(enumerate(self.sources), key=lambda pair: pair[1].align is not None):
+            if self.time.slices is not None and source.kind in ("gee", "synthetic"):
+                raise ValueError(
+                    f"sources[{i}].kind: time slices (time.slices) need a STAC API or a static catalog; "
+                    f"{source.kind!r} makes one sample per cell"
+                )
             if source.align is None and source.patch_size is None:
                 source.patch_size = round(grid.footprint_m / source.resolution_m)
                 if source.patch_size > MAX_PATCH:
@@ -928,13 +1026,23 @@ class Recipe(Section):
     def series_fingerprint(self) -> str:
         """Hash of what makes a dataset one series of versions: the recipe less its time window and runner.
         A later window appends to the dataset; any other change starts it afresh."""
-        return self._hash(exclude={"runner", "time", *STAGE_SECTIONS})
+        slices = self.time.slices  # how time is cut is what the samples are: another cut starts afresh
+        extra = {} if slices is None else {"time_slices": slices.model_dump(mode="json")}
+        return self._hash(exclude={"runner", "time", *STAGE_SECTIONS}, extra=extra)
 
-    def _hash(self, exclude: set[str]) -> str:
-        content = self.model_dump(mode="json", exclude=exclude)
+    def _hash(self, exclude: set[str], extra: dict | None = None) -> str:
+        content = self.model_dump(mode="json", exclude=exclude) | (extra or {})
+        if "time" in content and content["time"]["slices"] is None:
+            del content["time"]["slices"]  # recipes without slices hash as they did before slices existed
         content["outputs"].pop("path")  # where a dataset is written is not what it is
-        if self.aoi.file is not None:
-            content["aoi"]["file"] = hashlib.sha256(self.aoi.file.read_bytes()).hexdigest()
+        for source in content["sources"]:
+            source.pop("sign")  # how the assets are reached, not what they hold
+        for name in ("points", "weight", "min_spacing_km"):  # unset, they leave the hash as it was before them
+            if content["aoi"][name] is None:
+                del content["aoi"][name]
+        for name in ("file", "points"):  # an AOI file counts by its content
+            if getattr(self.aoi, name) is not None:
+                content["aoi"][name] = hashlib.sha256(getattr(self.aoi, name).read_bytes()).hexdigest()
         return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()[:16]
 
 

@@ -12,8 +12,11 @@ The rule, in order:
    acquired on the same UTC day (the same pass, e.g. the neighbouring tile), never from another date.
 4. Pixels no item covers stay nodata and are counted in ``nodata_fraction``.
 
-A source aligned to another (``align:``) is cut on that source's grid from its scene nearest in time:
-the rule is in ``align.py``.
+With ``time.slices`` the same rule runs per time slice on the scenes of that slice, ranked towards the slice's
+middle, after one search over the whole window (sources/slices.py).
+
+A source aligned to another (``align:``) is cut on that source's grid from its scene nearest in time, once per
+sample of the other (per slice, with time slices): the rule is in ``align.py``.
 
 Any error left after retries makes a failed sample with the reason (``transient: …`` when its retries ran out
 on a fault that may pass: a rerun tries the cell again); one bad cell never stops a build.
@@ -34,13 +37,14 @@ from numpy.typing import NDArray
 from shapely.geometry import box, shape
 
 from eo_etl.recipe import Recipe
-from eo_etl.recipe.models import Source
-from eo_etl.sample import FAILED, TRANSIENT, Sample
+from eo_etl.recipe.models import Source, TimeSlices
+from eo_etl.sample import FAILED, REJECTED, TRANSIENT, Sample
 from eo_etl.sources import masks
 from eo_etl.sources.align import (
     Anchor,
     aligned_grid,
     aligned_groups,
+    aligned_sample,
     anchors_of,
     days_from,
     search_window,
@@ -50,6 +54,7 @@ from eo_etl.sources.align import (
 from eo_etl.sources.cell import Cell
 from eo_etl.sources.patch import (
     NO_SCENE,
+    NO_SCENE_IN_SLICE,
     SourceReader,
     any_band_missing,
     cell_cloud,
@@ -70,8 +75,11 @@ from eo_etl.sources.remote import (
     is_transient,
     unreachable,
 )
+from eo_etl.sources.signing import signer
+from eo_etl.sources.slices import TimeSlice, day_start, window_slices
 from eo_etl.sources.stac import StacCatalog, item_time, scene_cloud
 from eo_etl.sources.synthetic import SyntheticReader
+from eo_etl.text import public_href
 
 MAX_RANKED = 8  # candidates whose cloud mask is read per cell
 SEARCH_BATCH = 64  # cells per catalogue search
@@ -86,8 +94,25 @@ class _Candidate:
     quality: NDArray | None = None
 
 
+class _Outcome(Exception):
+    """A sample that is rejected (no scene passes the rules) or failed (the items lack assets), with the reason."""
+
+    def __init__(self, status: str, reason: str):
+        super().__init__(reason)
+        self.status, self.reason = status, reason
+
+    def apply(self, sample: Sample) -> Sample:
+        sample.status, sample.reason = self.status, self.reason
+        return sample
+
+
 class StacReader(SourceReader):
-    """Cuts patches of one STAC (or static catalog) source; thread-safe, one per source per worker."""
+    """Cuts patches of one STAC (or static catalog) source; thread-safe, one per source per worker. Assets are read
+    through hrefs signed right before each read (``sign:``); samples record them unsigned."""
+
+    def __init__(self, *args, **kwargs):  # SourceReader's
+        super().__init__(*args, **kwargs)
+        self.sign = signer(self.source.sign, self.policy, self.limiter)
 
     # ----------------------------------------------------------------------------------------- assets
     def asset(self, item: pystac.Item, band: str) -> pystac.Asset | None:
@@ -105,11 +130,11 @@ class StacReader(SourceReader):
     def read(self, item: pystac.Item, band: str, grid: PatchGrid) -> tuple[NDArray, float | None]:
         asset = self.asset(item, band)
         nodata = self._band_info(asset)[0]
-        role = self.profile.bands[band].role
-        resampling = "nearest" if role == "mask" else self.source.resampling
+        resampling = "nearest" if self.profile.bands[band].categorical else self.source.resampling
         href = href_of(asset)
-        what = f"band {band} of {href}"
-        result = gdal_call(self.policy, self.limiter, gdal_path(href), read_band, gdal_path(href), grid,
+        what = f"band {band} of {public_href(href)}"
+        path = gdal_path(self.sign(href))
+        result = gdal_call(self.policy, self.limiter, path, read_band, path, grid,
                            resampling=resampling, nodata=nodata, what=what)  # fmt: skip
         return result.pixels, result.nodata
 
@@ -130,8 +155,9 @@ class StacReader(SourceReader):
             with rasterio.open(path) as src:
                 return src.crs.to_epsg() if src.crs else None, (src.transform.c, src.transform.f)
 
-        path = gdal_path(href_of(asset))
-        return gdal_call(self.policy, self.limiter, path, header, path, what=f"band {band} of {href_of(asset)}")
+        path = gdal_path(self.sign(href_of(asset)))
+        what = f"band {band} of {public_href(href_of(asset))}"
+        return gdal_call(self.policy, self.limiter, path, header, path, what=what)
 
     def grid_for(self, cell: Cell, candidates: list[_Candidate]) -> PatchGrid:
         """The patch grid, on the pixel lattice of the first candidate in the cell's UTM zone, so that it is cut
@@ -149,8 +175,11 @@ class StacReader(SourceReader):
     # ------------------------------------------------------------------------------------------ cells
     def acquire(self, cell: Cell, items: Iterable[pystac.Item], anchor: Anchor | None = None) -> Sample:
         """The cell's sample from ``items`` (the search results around it), or a rejected/failed one; an aligned
-        source's on the grid and near the date of ``anchor``, its primary's sample of the cell."""
-        sample = cell.sample(self.source.name, self.start)
+        source's on the grid and near the date of ``anchor``, its primary's sample of the cell (of one slice)."""
+        if anchor is None:
+            sample = cell.sample(self.source.name, self.start)
+        else:  # the primary sample's id start and slice: the join
+            sample = aligned_sample(cell, self.source.name, anchor)
         align = self.source.align
         if align is not None and (anchor is None or anchor.grid is None):
             return without_anchor(sample, anchor, align.to)
@@ -161,44 +190,128 @@ class StacReader(SourceReader):
             return sample.fail(error, TRANSIENT if is_transient(error) else "")
 
     def _acquire(self, cell: Cell, items: list[pystac.Item], sample: Sample, anchor: Anchor | None = None) -> Sample:
+        try:
+            candidates, grid, rule = self._prepare(cell, items, anchor)
+            if anchor is None:
+                chosen = self._clear(candidates, grid, rule, self.target_time)
+            else:  # an aligned source: the scene nearest its primary's date
+                chosen = self._clear(candidates, grid, rule, anchor.when, key=_nearest(anchor))
+            return self._mosaic(chosen, grid, sample, rule)
+        except _Outcome as outcome:
+            return outcome.apply(sample)
+
+    def _prepare(
+        self, cell: Cell, items: list[pystac.Item], anchor: Anchor | None = None
+    ) -> tuple[list[_Candidate], PatchGrid, QualityRule | None]:
+        """The usable items over the cell, ranked over the whole window, the cell's patch grid (one for every
+        slice, so a cell's slices stack) and the quality rule; raises :class:`_Outcome` when there are none.
+        An aligned source's (``anchor``): those near its primary's date, nearest first, on the primary's grid."""
         fp_lonlat = box(*cell.lonlat_bounds)
         over = [it for it in items if it.geometry is not None and shape(it.geometry).intersects(fp_lonlat)]
         if not over:
-            return sample.reject(NO_SCENE)
+            raise _Outcome(REJECTED, NO_SCENE)
         lacking = [it for it in over if any(self.asset(it, b) is None for b in self.bands)]
         usable = [it for it in over if it not in lacking]
         if not usable:
             missing = [b for b in self.bands if self.asset(lacking[0], b) is None]
-            sample.status, sample.reason = FAILED, f"items lack assets for bands {missing}"
-            return sample
+            raise _Outcome(FAILED, f"items lack assets for bands {missing}")
         rule = self.quality  # the mask, where every scene has it; else the scenes' own cloud cover
         if rule is not None and any(self.asset(it, rule.band) is None for it in usable):
             rule = None
         candidates = [
             _Candidate(it, item_time(it), scene_cloud(it, self.profile.cloud_property) / 100) for it in usable
         ]
-        rank = self._rank
-        if anchor is not None:  # an aligned source: its primary's grid, the scene nearest its date
-            within = self.source.align.within_days
-            if within is not None:
-                candidates = [c for c in candidates if days_from(c.item, anchor.when) <= within]
-                if not candidates:
-                    return sample.reject(too_far_reason(anchor.source, anchor.when, within))
-
-            def rank(candidate: _Candidate) -> tuple:
-                return days_from(candidate.item, anchor.when), candidate.cloud, candidate.item.id
-
-        candidates.sort(key=rank)
-        grid = self.grid_for(cell, candidates) if anchor is None else aligned_grid(anchor, self.source.resolution_m)
-        if rule is not None:
-            seen = self._with_cell_cloud(candidates[:MAX_RANKED], grid, rule)
-            candidates = sorted((c for c in seen if c.cloud * 100 <= self.source.max_cloud), key=rank)
+        if anchor is None:
+            candidates.sort(key=lambda c: self._rank(c, self.target_time))
+            return candidates, self.grid_for(cell, candidates), rule
+        within = self.source.align.within_days
+        if within is not None:
+            candidates = [c for c in candidates if days_from(c.item, anchor.when) <= within]
             if not candidates:
-                return sample.reject(no_clear_scene(bool(seen), self.source.max_cloud))
-        return self._mosaic(candidates, grid, sample, rule)
+                raise _Outcome(REJECTED, too_far_reason(anchor.source, anchor.when, within))
+        candidates.sort(key=_nearest(anchor))
+        return candidates, aligned_grid(anchor, self.source.resolution_m), rule
 
-    def _rank(self, candidate: _Candidate) -> tuple:
-        return rank_key(candidate.cloud, candidate.when, candidate.item.id, self.target_time)
+    def _clear(
+        self, candidates: list[_Candidate], grid: PatchGrid, rule: QualityRule | None, target: datetime, key=None
+    ) -> list[_Candidate]:
+        """``candidates`` ranked towards ``target`` (with a quality band: those clear enough over the cell); by
+        ``key`` instead where given (an aligned source's nearest in time)."""
+        key = key or (lambda c: self._rank(c, target))
+        candidates = sorted(candidates, key=key)
+        if rule is None:
+            return candidates
+        seen = self._with_cell_cloud(candidates[:MAX_RANKED], grid, rule)
+        clear = sorted((c for c in seen if c.cloud * 100 <= self.source.max_cloud), key=key)
+        if not clear:
+            raise _Outcome(REJECTED, no_clear_scene(bool(seen), self.source.max_cloud))
+        return clear
+
+    def _rank(self, candidate: _Candidate, target: datetime) -> tuple:
+        return rank_key(candidate.cloud, candidate.when, candidate.item.id, target)
+
+    # ----------------------------------------------------------------------------------------- slices
+    def acquire_slices(self, cell: Cell, items: Iterable[pystac.Item], spec: TimeSlices) -> list[Sample]:
+        """The cell's samples of every time slice (slices.py has the rule), in time order: one or more a slice,
+        or a rejected/failed sample saying why the slice has none."""
+        items = list(items)
+        fp_lonlat = box(*cell.lonlat_bounds)
+        times = [item_time(it) for it in items if it.geometry is not None and shape(it.geometry).intersects(fp_lonlat)]
+        slices = window_slices(spec, self.start, self.end, times)
+        try:
+            with gdal_env():
+                candidates, grid, rule = self._prepare(cell, items)
+        except _Outcome as outcome:
+            return [outcome.apply(_slice_sample(cell, self.source.name, piece)) for piece in slices]
+        except Exception as error:  # recorded, not raised: the build goes on with the other cells
+            return [self._failed(_slice_sample(cell, self.source.name, piece), error) for piece in slices]
+        samples = []
+        for piece in slices:
+            inside = [c for c in candidates if piece.holds(c.when)]
+            sample = _slice_sample(cell, self.source.name, piece)
+            try:
+                with gdal_env():
+                    if not inside:
+                        samples.append(sample.reject(NO_SCENE_IN_SLICE))
+                    elif spec.pick == "best":
+                        samples.append(self._mosaic(self._clear(inside, grid, rule, piece.middle), grid, sample, rule))
+                    else:
+                        samples.extend(self._days(cell, inside, grid, rule, piece, spec.k))
+            except _Outcome as outcome:
+                samples.append(outcome.apply(sample))
+            except Exception as error:
+                samples.append(self._failed(sample, error))
+        return samples
+
+    def _days(
+        self, cell: Cell, inside: list[_Candidate], grid: PatchGrid, rule: QualityRule | None, piece: TimeSlice,
+        k: int | None,
+    ) -> list[Sample]:  # fmt: skip
+        """``pick: all`` (k None: every day, rejected ones recorded) or ``k_best``: a sample per acquisition day
+        of the slice, days ranked by their best scene towards the slice's middle."""
+        by_day: dict[datetime, list[_Candidate]] = {}
+        for candidate in inside:
+            by_day.setdefault(day_start(candidate.when, piece), []).append(candidate)
+        ranked, rejected = [], []
+        for day, members in sorted(by_day.items()):
+            sample = _slice_sample(cell, self.source.name, piece, day)
+            try:
+                clear = self._clear(members, grid, rule, piece.middle)
+            except _Outcome as outcome:
+                rejected.append(outcome.apply(sample))
+                continue
+            ranked.append((self._rank(clear[0], piece.middle), sample, clear))
+        kept = sorted(ranked, key=lambda r: r[0])[:k] if k is not None else ranked
+        samples = [self._mosaic(clear, grid, sample, rule) for _, sample, clear in kept]
+        if k is None:
+            samples += rejected
+        elif not samples:  # none of the slice's days passed: the slice records why (its first day's reason)
+            samples = [_slice_sample(cell, self.source.name, piece).reject(rejected[0].reason)]
+        return sorted(samples, key=lambda s: s.window_start)
+
+    @staticmethod
+    def _failed(sample: Sample, error: Exception) -> Sample:
+        return sample.fail(error, TRANSIENT if is_transient(error) else "")
 
     def _with_cell_cloud(self, candidates: list[_Candidate], grid: PatchGrid, rule: QualityRule) -> list[_Candidate]:
         """The candidates with any valid pixel on the grid, their quality mask read and cloud over the cell."""
@@ -255,10 +368,25 @@ class StacReader(SourceReader):
         sample.timestamp = primary.when
         sample.product_id = primary.item.id
         sample.items = tuple(c.item.id for c in used)
-        sample.hrefs = {b: tuple(href_of(self.asset(c.item, b)) for c in used) for b in self.bands}
+        sample.hrefs = {b: tuple(public_href(href_of(self.asset(c.item, b))) for c in used) for b in self.bands}
         sample.processing_baseline = _baseline(primary.item, self.profile)
-        sample.scene_cloud = scene_cloud(primary.item, self.profile.cloud_property)
+        if self.profile.cloud_property is None:  # radar, elevation, land cover: no cloud to speak of
+            sample.scene_cloud, sample.cloud_basis = None, None
+        else:
+            sample.scene_cloud = scene_cloud(primary.item, self.profile.cloud_property)
         return sample
+
+
+def _slice_sample(cell: Cell, source: str, piece: TimeSlice, start: datetime | None = None) -> Sample:
+    """An empty sample of ``cell`` chosen in the slice ``piece``; its id starts at ``start`` (default: the slice's)."""
+    sample = cell.sample(source, start or piece.start)
+    sample.slice_start, sample.slice_end = piece.start, piece.end
+    return sample
+
+
+def _nearest(anchor: Anchor):
+    """An aligned source's ranking: nearest the primary's date, then the least cloud, then the item id."""
+    return lambda c: (days_from(c.item, anchor.when), c.cloud, c.item.id)
 
 
 def href_of(asset: pystac.Asset) -> str:
@@ -289,6 +417,7 @@ class SourceAcquisition:
         self.source = source
         self.window = (recipe.time.start_utc, recipe.time.end_exclusive_utc)
         self.searched = search_window(source, self.window)  # an aligned source's is wider
+        self.slices = recipe.time.slices
         self.policy = policy or RetryPolicy()
         self.limiter = limiter
         self.pool = ThreadPoolExecutor(max_workers=max(1, threads))
@@ -296,9 +425,11 @@ class SourceAcquisition:
         self.catalog: StacCatalog | None = None
         self.unreachable: ConnectionError | None = None  # the catalogue, when opening it failed for want of a network
 
-    def acquire(self, cells: list[Cell], anchors: dict[str, Anchor] | None = None) -> Iterator[Sample]:
+    def acquire(self, cells: list[Cell], anchors: dict[str, list[Anchor]] | None = None) -> Iterator[Sample]:
         """The samples of ``cells``, in order; a catalogue or service that cannot be reached fails the cells.
-        An aligned source needs ``anchors``, its primary's samples of the cells by cell name (``align.py``)."""
+        An aligned source needs ``anchors``, its primary's samples of the cells by cell name (``align.py``): it
+        makes one sample per anchor, with the anchor's id start and slice."""
+        anchors = anchors or {}
         if self.source.kind == "gee":
             yield from self._earth_engine(cells)
             return
@@ -325,10 +456,27 @@ class SourceAcquisition:
                 # unreachable for a whole retry budget: later batches fail at once, not after another one
                 self.unreachable = plain
             error = plain or error
-            yield from (cell.sample(self.source.name, self.window[0]).fail(error, context) for cell in cells)
+            yield from (sample.fail(error, context) for cell in cells for sample in self._unsearched(cell, anchors))
             return
-        anchors = anchors or {}
-        yield from self.pool.map(self.reader.acquire, cells, repeat(items), [anchors.get(c.name) for c in cells])
+        if self.source.align is not None:  # a sample per anchor: one per primary sample of the cell (align.py)
+            jobs = [(cell, anchor) for cell in cells for anchor in anchors.get(cell.name) or [None]]
+            cells, anchored = [cell for cell, _ in jobs], [anchor for _, anchor in jobs]
+            yield from self.pool.map(self.reader.acquire, cells, repeat(items), anchored)
+        elif self.slices is None:
+            yield from self.pool.map(self.reader.acquire, cells, repeat(items))
+        else:  # one search for the whole window (above), bucketed by slice per cell
+            for samples in self.pool.map(self.reader.acquire_slices, cells, repeat(items), repeat(self.slices)):
+                yield from samples
+
+    def _unsearched(self, cell: Cell, anchors: dict[str, list[Anchor]]) -> list[Sample]:
+        """The empty samples a cell records when its search failed: one per slice (the window, unsliced); an
+        aligned source's, one per anchor."""
+        if self.source.align is not None and anchors.get(cell.name):
+            return [aligned_sample(cell, self.source.name, anchor) for anchor in anchors[cell.name]]
+        if self.slices is None:
+            return [cell.sample(self.source.name, self.window[0])]
+        pieces = window_slices(self.slices, *self.window)
+        return [_slice_sample(cell, self.source.name, piece) for piece in pieces]
 
     @property
     def skipped_items(self) -> dict[str, str]:
@@ -360,7 +508,7 @@ def acquire_source(
     workers: int = 2,
     policy: RetryPolicy | None = None,
     limiter: HostLimiter | None = None,
-    anchors: dict[str, Anchor] | None = None,
+    anchors: dict[str, list[Anchor]] | None = None,
 ) -> Iterator[Sample]:
     """Samples of ``source`` for ``cells`` in order, cut in ``workers`` threads, in batches of ``SEARCH_BATCH``
     (an aligned source's on its primary's ``anchors``, by cell name)."""

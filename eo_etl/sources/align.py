@@ -17,9 +17,12 @@ A recipe source with ``align: {to: PRIMARY, within_days: D}`` follows PRIMARY (a
   cell's :class:`Anchor`; the secondary is then acquired for those cells, in the same Beam element (a range of
   plan rows) or, in the plain path, after the primary's batch. A cell whose primary has no sample is a
   rejected secondary sample saying why (failed like it when it failed, so that a rerun tries both). All samples
-  of a cell share ``SampleId.cell`` and ``SampleId.start``: that is the join, there is no other key. Anchors are
-  keyed by cell because one acquisition step holds one primary sample per cell (one time window); once a
-  recipe slices time, a slice's step aligns to that slice's primary samples.
+  of a cell share ``SampleId.cell`` and ``SampleId.start``: that is the join, there is no other key.
+- **Time slices.** A cell's anchors are all its primary's samples: one per slice (``pick: best``), one per
+  acquisition day (``all``, ``k_best``), or the window's one unsliced. The secondary makes one sample per anchor,
+  with the anchor's id start and ``slice_start``/``slice_end``, so each of its samples pairs with exactly one
+  primary sample by (cell, start): SSL4EO-S12's Sentinel-1 near each season's Sentinel-2 scene. Its candidates
+  are those within D days of that scene, whichever slice they fall in (the slice bounds the primary's choice).
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from affine import Affine
 from eo_etl.recipe import Recipe
 from eo_etl.recipe.models import Source
 from eo_etl.sample import FAILED, OK, TRANSIENT, Sample
+from eo_etl.sources.cell import Cell
 from eo_etl.sources.patch_grid import PatchGrid
 from eo_etl.sources.stac import item_time
 
@@ -52,32 +56,56 @@ class Anchor:
     when: datetime | None = None
     status: str = OK  # the primary's status and reason, when it has no sample
     reason: str | None = None
+    start: datetime | None = None  # the primary sample's id start (SampleId.start): the secondary's too
+    slice_start: datetime | None = None  # its time slice (time.slices), None unsliced
+    slice_end: datetime | None = None
 
     @classmethod
     def of(cls, sample: Sample) -> Anchor:
+        when = {"start": sample.window_start, "slice_start": sample.slice_start, "slice_end": sample.slice_end}
         if sample.status != OK:
-            return cls(sample.source, status=sample.status, reason=sample.reason)
+            return cls(sample.source, status=sample.status, reason=sample.reason, **when)
         height, width = sample.pixels.shape[-2:]
-        return cls(sample.source, _grid(sample.crs, sample.transform, width, height), sample.timestamp)
+        return cls(sample.source, _grid(sample.crs, sample.transform, width, height), sample.timestamp, **when)
 
     @classmethod
     def of_record(cls, record: dict) -> Anchor:
         """From a recorded index row (a range finished before a resumed build)."""
+        sample = Sample.from_record(record)  # its id start and slice, as the sample had them
+        when = {"start": sample.window_start, "slice_start": sample.slice_start, "slice_end": sample.slice_end}
         if record["status"] != OK:
-            return cls(record["source"], status=record["status"], reason=record["reason"])
-        when = pd.Timestamp(record["timestamp"]).to_pydatetime()
-        when = when if when.tzinfo else when.replace(tzinfo=UTC)
+            return cls(record["source"], status=record["status"], reason=record["reason"], **when)
+        timestamp = pd.Timestamp(record["timestamp"]).to_pydatetime()
+        timestamp = timestamp if timestamp.tzinfo else timestamp.replace(tzinfo=UTC)
         grid = _grid(record["crs"], record["transform"], int(record["width"]), int(record["height"]))
-        return cls(record["source"], grid, when)
+        return cls(record["source"], grid, timestamp, **when)
 
 
 def _grid(crs: str, transform, width: int, height: int) -> PatchGrid:
     return PatchGrid(int(crs.removeprefix("EPSG:")), Affine(*list(transform)[:6]), width, height)
 
 
-def anchors_of(samples: Iterable[Sample]) -> dict[str, Anchor]:
-    """The anchors of a primary's samples, by cell name."""
-    return {sample.cell: Anchor.of(sample) for sample in samples}
+def anchors_of(samples: Iterable[Sample]) -> dict[str, list[Anchor]]:
+    """The anchors of a primary's samples, by cell name: each cell's in their order (one per slice or day)."""
+    anchors: dict[str, list[Anchor]] = {}
+    for sample in samples:
+        anchors.setdefault(sample.cell, []).append(Anchor.of(sample))
+    return anchors
+
+
+def anchors_of_records(records: Iterable[dict]) -> dict[str, list[Anchor]]:
+    """The anchors of a primary's recorded index rows, by cell name (a resumed build's finished ranges)."""
+    anchors: dict[str, list[Anchor]] = {}
+    for record in records:
+        anchors.setdefault(record["grid_cell"], []).append(Anchor.of_record(record))
+    return anchors
+
+
+def aligned_sample(cell: Cell, source: str, anchor: Anchor) -> Sample:
+    """An empty sample of ``source`` paired with ``anchor``'s: the same cell, id start and slice."""
+    sample = cell.sample(source, anchor.start)
+    sample.slice_start, sample.slice_end = anchor.slice_start, anchor.slice_end
+    return sample
 
 
 def without_anchor(sample: Sample, anchor: Anchor | None, primary: str) -> Sample:

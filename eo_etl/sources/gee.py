@@ -172,7 +172,7 @@ class EarthEngineReader(SourceReader):
         quality = array[self.quality.band] if self.quality else None
         arrays = [array[band] for band in self.bands]
         fill_pixels(sample, grid, self.bands, arrays, [self._nodata(b) for b in self.bands], self.quality, quality)
-        data = [self.profile.bands[b].role != "mask" for b in self.bands]
+        data = [not self.profile.bands[b].categorical for b in self.bands]
         sample.scales = tuple(self.names.scale if d else 1.0 for d in data)
         sample.offsets = tuple(self.names.offset if d else 0.0 for d in data)
         sample.timestamp = primary.when

@@ -17,6 +17,7 @@ from eo_etl.sources.profile import CollectionProfile, QualityRule, find_profile
 from eo_etl.sources.remote import HostLimiter, RetryPolicy
 
 NO_SCENE = "no scene over the cell in the time window"
+NO_SCENE_IN_SLICE = "no scene over the cell in the time slice"
 
 
 class SourceReader:

@@ -19,7 +19,13 @@ class Band(BaseModel):
 
     resolution_m: float = Field(gt=0)
     common_name: str | None = None
-    role: Literal["data", "mask", "auxiliary"] = "data"
+    # classes: a class map (land cover): its values are codes, so it is cut with nearest, never scaled, kept lossless
+    role: Literal["data", "mask", "classes", "auxiliary"] = "data"
+
+    @property
+    def categorical(self) -> bool:
+        """Whether the values are codes (a mask, a class map): resampled by nearest, never averaged or scaled."""
+        return self.role in ("mask", "classes")
 
 
 class QualityRule(BaseModel):
@@ -59,7 +65,9 @@ class CollectionProfile(BaseModel):
     bands: dict[str, Band]
     nodata: float | None = Field(None, description="Nodata of the assets when neither the item nor the file says.")
     quality: QualityRule | None = None
-    cloud_property: str = "eo:cloud_cover"
+    cloud_property: str | None = Field(
+        "eo:cloud_cover", description="The items' cloud cover property; null for collections without (radar, DEM)."
+    )
     baseline_properties: tuple[str, ...] = ("processing:version",)
     earth_engine: EarthEngineNames | None = None
     license: str = Field("other", description="The data's licence (a dataset card's source list names it).")

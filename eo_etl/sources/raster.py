@@ -57,6 +57,8 @@ def read_band(
 ) -> BandRead:
     """The ``band`` of the raster at ``path`` on ``grid``; ``nodata`` is used when the file declares none."""
     with rasterio.open(path) as src:
+        if src.crs is None and src.gcps[0]:  # radar geometry (Sentinel-1 GRD): the warp here cannot place it
+            raise ValueError("georeferenced only by ground control points (radar geometry); no grid to cut from")
         dtype = src.dtypes[band - 1]
         nodata = fill_value(dtype, src.nodata if src.nodata is not None else nodata)
         offset = _aligned_offset(src, grid)

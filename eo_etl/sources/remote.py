@@ -36,6 +36,8 @@ import requests
 from rasterio._err import CPLE_BaseError
 from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt, wait_random_exponential
 
+from eo_etl.text import redacted
+
 if TYPE_CHECKING:
     from eo_etl.recipe.models import ServiceLimit
 
@@ -263,7 +265,7 @@ def gdal_call(
 def classify(error: BaseException, path: str, what: str) -> ReadError:
     """What a GDAL failure reading ``path`` was: the status or network error GDAL names, else what one
     small ranged GET of the file finds (http(s) only). The message starts with ``what``."""
-    said = f"{what}: {gdal_messages(error)}"
+    said = f"{what}: {redacted(gdal_messages(error))}"  # GDAL names the path it read, a signed href's token and all
     status = next((s for e in _chain(error) if (s := http_status(e)) is not None), None)
     if status is not None:
         return ReadError(said, transient=status in TRANSIENT_STATUS)

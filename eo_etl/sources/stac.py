@@ -26,7 +26,7 @@ from eo_etl.sources.remote import HostLimiter, RetryPolicy, limited_call
 class StacCatalog:
     """The items of one collection at ``url``, searched by bbox, time window and scene cloud cover."""
 
-    def __init__(self, url: str, collection: str, *, cloud_property: str = "eo:cloud_cover", policy=None,
+    def __init__(self, url: str, collection: str, *, cloud_property: str | None = "eo:cloud_cover", policy=None,
                  limiter: HostLimiter | None = None):  # fmt: skip
         self.url, self.collection, self.cloud_property = url, collection, cloud_property
         self.policy = policy or RetryPolicy()
@@ -41,7 +41,8 @@ class StacCatalog:
     def search(
         self, bbox: tuple[float, float, float, float], start: datetime, end: datetime, max_cloud: float = 100.0
     ) -> list[pystac.Item]:
-        """Items over ``bbox`` (lon/lat) acquired in [start, end) with cloud cover ≤ ``max_cloud`` %, by id."""
+        """Items over ``bbox`` (lon/lat) acquired in [start, end) with cloud cover ≤ ``max_cloud`` %, by id. A
+        collection without cloud cover (``cloud_property`` None: radar, elevation) is never filtered by it."""
         if self.searchable:
             items = self._call(self._search_api, bbox, start, end, max_cloud)
         else:
@@ -86,7 +87,7 @@ class StacCatalog:
         # STAC intervals include both ends; ours excludes the end.
         interval = f"{_iso(start)}/{_iso(end - timedelta(milliseconds=1))}"
         params: dict = {"collections": [self.collection], "bbox": list(bbox), "datetime": interval}
-        if max_cloud < 100:
+        if max_cloud < 100 and self.cloud_property:  # a server drops items that lack the property
             if self.client.conforms_to(ConformanceClasses.QUERY):
                 params["query"] = {self.cloud_property: {"lte": max_cloud}}
             elif self.client.conforms_to(ConformanceClasses.FILTER):
@@ -110,9 +111,9 @@ def item_time(item: pystac.Item) -> datetime:
     return when if when.tzinfo else when.replace(tzinfo=UTC)
 
 
-def scene_cloud(item: pystac.Item, cloud_property: str = "eo:cloud_cover") -> float:
-    """The item's cloud cover in percent; 0 for items that carry none (radar, elevation)."""
-    value = item.properties.get(cloud_property)
+def scene_cloud(item: pystac.Item, cloud_property: str | None = "eo:cloud_cover") -> float:
+    """The item's cloud cover in percent; 0 for items that carry none (radar, elevation): they rank by time."""
+    value = item.properties.get(cloud_property) if cloud_property else None
     return 0.0 if value is None else float(value)
 
 

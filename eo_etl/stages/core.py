@@ -49,6 +49,23 @@ Labeller = Callable[[Sequence[Item]], list[Output]]
 
 
 @dataclass(frozen=True)
+class ModelStep:
+    """A stage whose batch is read (pixels, CPU), run through a model (an accelerator's work), then made into
+    outputs. In Beam the model is a step of its own (``RunInference`` with ``handler``), so a GPU is not held
+    while batches are read and written; without Beam the stage's ``open`` function does the three in turn.
+
+    ``prepare(settings, items)`` → (layout, model input) of a batch; ``finish(settings, layout, result, model)``
+    → its outputs, one per item, from the model's result and its name. ``handler`` names the Beam ``ModelHandler``
+    (``"package.module:Class"``, built as ``Class(settings)``; its ``run_inference`` answers the result for each
+    model input): only the Beam wrapper imports it, so the stage's module stays free of Beam.
+    """
+
+    prepare: Callable[[BaseModel, Sequence[Item]], tuple[Any, Any]]
+    finish: Callable[[BaseModel, Any, Any, str], list[Output]]
+    handler: str
+
+
+@dataclass(frozen=True)
 class Stage:
     """A stage after the store. Register it in ``eo_etl.stages.registry.STAGES`` (one entry, in pipeline order).
 
@@ -70,6 +87,7 @@ class Stage:
     masks: Callable[[BaseModel], dict[str, int]] = lambda settings: {}
     version: str = "1"
     batch_size: int = 64
+    model: ModelStep | None = None  # its model as a step of its own in Beam (embeddings)
 
     def __post_init__(self):
         if not STAGE_NAME.fullmatch(self.name):
@@ -93,7 +111,34 @@ class Stage:
         return f"{self.name}.{mask}"
 
 
-def stage_settings(stage: Stage, recipe: Recipe) -> BaseModel | None:
+@dataclass(frozen=True)
+class View:
+    """A stage over the whole dataset at once (dedup, balance: a sample's row depends on every other sample), run
+    by the same mechanism as a whole (``eo_etl.stages.views``): rerun only when its settings (``section``, with
+    ``version``) or its inputs (the stored samples' index rows and the tables named in ``reads``) changed.
+
+    ``write(recipe, root)`` writes its one file ``table`` beside the index, atomically (``Location.staged_file``),
+    from the index and the earlier tables; it imports neither Beam nor another stage's module (it reads files).
+    """
+
+    name: str
+    group: str
+    section: str
+    write: Callable[[Recipe, Any], object]
+    table: str  # the file it writes beside the index
+    reads: tuple[str, ...] = ()  # the stages and views whose tables it reads (by name)
+    version: str = "1"
+
+    def __post_init__(self):
+        if not STAGE_NAME.fullmatch(self.name):
+            raise ValueError(f"view name {self.name!r}: 1 to 32 of a-z, 0-9 and _, starting with a letter")
+
+    @property
+    def table_name(self) -> str:
+        return self.table
+
+
+def stage_settings(stage: Stage | View, recipe: Recipe) -> BaseModel | None:
     """The stage's section of the recipe (``labels.landcover``), None where it is not configured."""
     try:
         return attrgetter(stage.section)(recipe)

@@ -9,9 +9,9 @@ from __future__ import annotations
 import eo_etl.curate.stages as curate
 from eo_etl.captions import stage as captions
 from eo_etl.labels import landcover, osm
-from eo_etl.stages.core import Stage
+from eo_etl.stages.core import Stage, View
 
-STAGES: list[Stage] = [
+STAGES: list[Stage | View] = [
     landcover.STAGE,
     osm.STAGE,
     captions.STAGE,
@@ -19,7 +19,7 @@ STAGES: list[Stage] = [
 ]
 
 
-def find_stages(names: list[str]) -> list[Stage]:
+def find_stages(names: list[str]) -> list[Stage | View]:
     """The stages named (by name or group), in pipeline order; ValueError naming an unknown one."""
     known = {stage.name for stage in STAGES} | {stage.group for stage in STAGES}
     unknown = [name for name in names if name not in known]

@@ -179,17 +179,30 @@ class BatchRunner:
         self.settings = stage_settings(stage, recipe)
         self.state = StageState(self.root, stage)
         # the recipe as this build runs it: its output is this dataset (a --out may have moved it)
-        built = recipe.model_copy(update={"outputs": recipe.outputs.model_copy(update={"path": self.root.url})})
-        self.labeller = stage.open(self.settings, built)
+        self.recipe = recipe.model_copy(update={"outputs": recipe.outputs.model_copy(update={"path": self.root.url})})
+        self._labeller = None
         self.arrays: dict[str, zarr.Array] = {}
+
+    @property
+    def labeller(self):
+        """The stage's function, opened when first needed (a Beam step that only reads or records opens none)."""
+        if self._labeller is None:
+            self._labeller = self.stage.open(self.settings, self.recipe)
+        return self._labeller
 
     def run(self, batch: Sequence[Work]) -> int:
         """Run the stage on ``batch``, write its masks, then record its rows; how many samples."""
-        items = [Item(w.sample_id, w.row, w.tables, self._pixels(w.row) if self.stage.needs_pixels else None)
-                 for w in batch]  # fmt: skip
-        outputs = self.labeller(items)
-        if len(outputs) != len(items):
-            raise RuntimeError(f"stage {self.stage.name}: {len(outputs)} outputs for {len(items)} samples")
+        return self.record(batch, self.labeller(self.items(batch)))
+
+    def items(self, batch: Sequence[Work]) -> list[Item]:
+        """What the stage's function gets of ``batch``: with its pixels, read here, when it needs them."""
+        return [Item(w.sample_id, w.row, w.tables, self._pixels(w.row) if self.stage.needs_pixels else None)
+                for w in batch]  # fmt: skip
+
+    def record(self, batch: Sequence[Work], outputs: Sequence) -> int:
+        """Write the masks of ``batch``'s outputs, then record its rows; how many samples."""
+        if len(outputs) != len(batch):
+            raise RuntimeError(f"stage {self.stage.name}: {len(outputs)} outputs for {len(batch)} samples")
         expected = self.stage.masks(self.settings)
         for work, output in zip(batch, outputs):
             for name, mask in output.masks.items():

@@ -65,6 +65,8 @@ def stac_items(index: gpd.GeoDataFrame, collection_id: str, distance_km: float =
                 "eo_etl:recipe_hash": row.recipe_hash,
             },
         )
+        if item.properties["eo:cloud_cover"] is None:  # radar, elevation: no cloud (the eo schema takes no null)
+            del item.properties["eo:cloud_cover"]
         item.add_asset(
             "pixels",  # hrefs are relative to the dataset folder, where items.parquet is
             pystac.Asset(f"./{STORE_NAME}/{row.source}", media_type=ZARR_TYPE, roles=["data"],

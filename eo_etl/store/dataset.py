@@ -94,10 +94,10 @@ def _profile(recipe: Recipe, source: str):
 
 
 def _masks(recipe: Recipe, source: str) -> set[str]:
-    """Bands the profile calls masks (SCL, QA_PIXEL): lossless in every video mode."""
+    """Bands of codes, not measurements (masks such as SCL, QA_PIXEL; class maps): lossless in every video mode."""
     spec = next(s for s in recipe.sources if s.name == source)
     profile = find_profile(spec.profile)
-    return {band for band in spec.bands if profile and profile.bands[band].role == "mask"}
+    return {band for band in spec.bands if profile and profile.bands[band].categorical}
 
 
 def finish_dataset(

@@ -1,5 +1,5 @@
-"""The dataset index: GeoParquet, one row per (cell, source, version) — failures included — with the Major TOM
-columns, provenance, quality, status and where the sample's pixels live. Written atomically.
+"""The dataset index: GeoParquet, one row per (cell, source, version, time slice) — failures included — with the
+Major TOM columns, provenance, quality, status and where the sample's pixels live. Written atomically.
 
 ``geometry`` is the footprint of the pixels in lon/lat, or the grid cell's when there are none.
 
@@ -67,6 +67,9 @@ INDEX_SCHEMA = pa.schema([
     _column("items", _TEXTS, "every item the pixels came from, best first"),
     _column("hrefs", _TEXT, "JSON object: band -> the asset hrefs read"),
     _column("processing_baseline", _TEXT, "the provider's processing version of the item"),
+    _column("slice_start", pa.timestamp("us", tz="UTC"), "start of the time slice the sample was chosen in "
+            "(recipe time.slices); empty when the recipe does not slice time"),
+    _column("slice_end", pa.timestamp("us", tz="UTC"), "end of that time slice (exclusive)"),
     _column("status", _TEXT, "ok, rejected or failed", nullable=False),
     _column("reason", _TEXT, "why a sample was rejected or failed"),
     _column("recipe_hash", _TEXT, "fingerprint of the recipe that built the row"),
@@ -77,6 +80,7 @@ INDEX_SCHEMA = pa.schema([
     _column("bbox", pa.struct([(side, pa.float64()) for side in ("xmin", "ymin", "xmax", "ymax")]),
             "bounds of geometry (GeoParquet 1.1 covering)"),
 ])  # fmt: skip
+TIME_COLUMNS = ("timestamp", "slice_start", "slice_end")
 _GAPPED_INTEGERS = [field.name for field in INDEX_SCHEMA if pa.types.is_integer(field.type) and field.nullable]
 _TEXT_COLUMNS = [field.name for field in INDEX_SCHEMA if field.type == _TEXT]
 
@@ -96,9 +100,12 @@ def index_frame(records: Iterable[dict], cells: gpd.GeoDataFrame) -> gpd.GeoData
     missing = frame["geometry"].isna()
     frame.loc[missing, "geometry"] = frame.loc[missing, "grid_cell"].map(cell_shapes)
     frame["hrefs"] = frame["hrefs"].map(json.dumps)  # band -> hrefs; bands vary by source
-    frame["timestamp"] = pd.to_datetime(frame["timestamp"], utc=True)
+    for column in TIME_COLUMNS:
+        if column in frame:
+            frame[column] = pd.to_datetime(frame[column], utc=True)
     index = gpd.GeoDataFrame(frame, geometry="geometry", crs=4326)
-    order = ["source", "grid_cell", *(["version"] if "version" in index else [])]
+    # a place's slices follow each other in time: readers take a cell's series as consecutive rows
+    order = ["source", "grid_cell", *(["version"] if "version" in index else []), "sample_id"]
     return index.sort_values(order, kind="stable", ignore_index=True)
 
 
@@ -129,7 +136,8 @@ def index_table(index: gpd.GeoDataFrame) -> pa.Table:
         frame[name] = frame[name].astype("Int64")
     for name in _TEXT_COLUMNS:  # text or None (pandas 2's astype(str) would make None "None")
         frame[name] = frame[name].astype(object).where(frame[name].notna(), None)
-    frame["timestamp"] = pd.to_datetime(frame["timestamp"], utc=True).astype("datetime64[us, UTC]")
+    for name in TIME_COLUMNS:
+        frame[name] = pd.to_datetime(frame[name], utc=True).astype("datetime64[us, UTC]")
     table = _geopandas_to_arrow(frame[[n for n in INDEX_SCHEMA.names if n != "bbox"]], index=False,
                                 write_covering_bbox=True)  # fmt: skip
     produced = {field.name: field for field in table.schema}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator, Sequence
 
+import numpy as np
 import pandas as pd
 import xarray as xr
 import zarr
@@ -12,6 +13,7 @@ import zarr
 from eo_etl.sample import Sample
 from eo_etl.stages.core import STAGE_NAME
 from eo_etl.store.index import INDEX_NAME
+from eo_etl.store.series import cell_series, position_grid
 from eo_etl.store.zarr import STORE_NAME, quiet_consolidated
 
 # Index columns that describe a stored sample, attached to open_dataset's sample dimension.
@@ -19,6 +21,7 @@ SAMPLE_COLUMNS = ("product_id", "cloud_cover", "nodata", "processing_baseline", 
 
 
 def join_path(root: str, *parts: str) -> str:
+    """``parts`` under ``root``, a folder or URL, joined by ``/``."""
     return "/".join([str(root).rstrip("/"), *parts])
 
 
@@ -67,7 +70,12 @@ def stage_columns(root, rows: pd.DataFrame, stages: Sequence[str], storage_optio
 
 
 def open_dataset(
-    root, source: str | None = None, *, stages: Sequence[str] = (), storage_options: dict | None = None
+    root,
+    source: str | None = None,
+    *,
+    stages: Sequence[str] = (),
+    time_series: bool = False,
+    storage_options: dict | None = None,
 ) -> xr.Dataset:
     """One source's stored samples as a lazy xarray Dataset: ``pixels`` (sample, band, y, x) in the
     delivered dtype, labelled bands and cells, per-sample x/y/time/EPSG, band scale/offset, the band
@@ -75,7 +83,8 @@ def open_dataset(
     after the store (``landcover.class`` …) are variables beside ``pixels``; the columns of the stage tables
     named in ``stages`` are per-sample coordinates ``<stage>.<column>``.
 
-    ``source`` may be left out when the dataset has one.
+    ``source`` may be left out when the dataset has one. With ``time_series`` the samples are grouped by place:
+    see :func:`series_dataset`.
     """
     source = choose_source(root, source, sources(root, storage_options))
     with quiet_consolidated():
@@ -83,13 +92,36 @@ def open_dataset(
             join_path(root, STORE_NAME), group=source, storage_options=storage_options, mask_and_scale=False
         )
     missing = [column for column in SAMPLE_COLUMNS if column not in dataset.coords]  # stores before format 3
-    if not missing and not stages:
+    if not missing and not stages and not time_series:
         return dataset
     rows = stored_rows(read_index(root, storage_options), source)
     columns = {column: ("sample", rows[column].to_numpy()) for column in missing}
     extra = stage_columns(root, rows, stages, storage_options)
     columns |= {column: ("sample", extra[column].to_numpy()) for column in extra.columns}
-    return dataset.assign_coords(columns)
+    dataset = dataset.assign_coords(columns)
+    return series_dataset(dataset, rows) if time_series else dataset
+
+
+def series_dataset(dataset: xr.Dataset, rows: pd.DataFrame) -> xr.Dataset:
+    """``dataset``'s per-sample variables regrouped (cell, time_slot, …), still lazy: ``pixels`` (cell,
+    time_slot, band, y, x), ``present`` (cell, time_slot) saying which slots hold a sample (a padded slot repeats
+    the cell's first sample's pixels: mask it), ``time`` the acquisition, ``slice_start`` the slice and
+    ``sample_id`` per slot. With fixed slices (seasons, months, N days) slot t is the same slice for every cell
+    (store/series.py)."""
+    series = cell_series(rows)
+    positions, present = position_grid(series)
+    picked = dataset.drop_vars("sample").isel(sample=xr.DataArray(positions, dims=("cell", "time_slot")))
+    by_position = rows.set_index(rows.zarr_index.astype(int))
+    slice_start = by_position["slice_start"] if "slice_start" in by_position else pd.Series(pd.NaT, by_position.index)
+    starts = pd.to_datetime(slice_start, utc=True).dt.tz_localize(None).reindex(positions.ravel()).to_numpy()
+    return picked.assign_coords(
+        cell=[one.cell for one in series],
+        present=(("cell", "time_slot"), present),
+        slice_start=(
+            ("cell", "time_slot"),
+            np.where(present.ravel(), starts, np.datetime64("NaT")).reshape(present.shape),
+        ),
+    )
 
 
 def sample_array(dataset: xr.Dataset, position: int) -> xr.DataArray:
@@ -102,11 +134,36 @@ def sample_array(dataset: xr.Dataset, position: int) -> xr.DataArray:
 
 
 def read_samples(
-    root, source: str, *, index: pd.DataFrame | None = None, storage_options: dict | None = None
-) -> Iterator[Sample]:
+    root,
+    source: str,
+    *,
+    index: pd.DataFrame | None = None,
+    time_series: bool = False,
+    storage_options: dict | None = None,
+) -> Iterator[Sample] | Iterator[list[Sample]]:
     """The stored samples of ``source`` with their pixels and index records, in store order, a shard at a time
-    (``index``: the dataset's index when already in memory)."""
+    (``index``: the dataset's index when already in memory). With ``time_series``, each cell's samples as one
+    list in time order (store/series.py), cells in store order."""
     rows = stored_rows(read_index(root, storage_options) if index is None else index, source)
+    if time_series:
+        return _cell_lists(root, source, rows, storage_options)
+    return _samples(root, source, rows, storage_options)
+
+
+def _cell_lists(root, source: str, rows: pd.DataFrame, storage_options: dict | None) -> Iterator[list[Sample]]:
+    """A cell's slices are at consecutive positions (store/series.py): gathered as the store's order hands them."""
+    cell_of = {one.cell: one for one in cell_series(rows)}
+    pending: dict[str, dict[str, Sample]] = {}
+    for sample in _samples(root, source, rows, storage_options):
+        held = pending.setdefault(sample.cell, {})
+        held[str(sample.sample_id)] = sample
+        wanted = cell_of[sample.cell].sample_ids
+        if len(held) == len(wanted):
+            del pending[sample.cell]
+            yield [held[sample_id] for sample_id in wanted]
+
+
+def _samples(root, source: str, rows: pd.DataFrame, storage_options: dict | None) -> Iterator[Sample]:
     with quiet_consolidated():
         pixels = zarr.open_array(
             join_path(root, STORE_NAME, source, "pixels"), mode="r", storage_options=storage_options

@@ -162,7 +162,7 @@ def write_taco(
 def _write_cogs(scratch: Path, samples: Iterable[Sample], block: int) -> list[tuple[tuple, TacoSample]]:
     """Each "ok" sample as a COG in ``scratch`` with its TACO metadata, as it arrives (only one sample's pixels
     are held); returns (sort key, tacotoolbox sample) pairs."""
-    entries, cells, acquisitions = [], set(), set()
+    entries, ids, acquisitions = [], set(), set()
     for sample in samples:
         if sample.status != OK:
             continue
@@ -171,26 +171,28 @@ def _write_cogs(scratch: Path, samples: Iterable[Sample], block: int) -> list[tu
         if (sample.cell, sample.timestamp) in acquisitions:
             raise ValueError(f"two samples of cell {sample.cell} at {sample.timestamp}: a TACO holds each once")
         acquisitions.add((sample.cell, sample.timestamp))
-        sample_id = sample_id_of(sample, cells)
-        cells.add(sample.cell)
+        sample_id = sample_id_of(sample)
+        if sample_id in ids:
+            raise ValueError(f"two samples {sample_id}: a TACO holds each sample once")
+        ids.add(sample_id)
         cog = write_cog(scratch / f"{sample_id}.tif", sample)
         taco_sample = TacoSample(id=sample_id, path=cog)
         taco_sample.extend_with(_stac(sample, sample_id))
         code = spatial_code(sample.row_u, sample.col_r, block)
         taco_sample.extend_with(_Record(values=_values(sample, code)))
-        key = (sample.row_u // block, sample.col_r // block, sample.row_u, sample.col_r)
+        # a place's samples over time (time slices, versions) one after the other, oldest first
+        key = (sample.row_u // block, sample.col_r // block, sample.row_u, sample.col_r, sample.timestamp)
         entries.append((key, taco_sample))
     if not entries:
         raise ValueError("no samples with status 'ok' to write: a TACO needs at least one")
     return sorted(entries, key=lambda entry: entry[0])
 
 
-def sample_id_of(sample: Sample, cells_seen: set[str]) -> str:
-    """The cell's name; a later acquisition of a cell seen before (a dataset's next version) adds its time,
-    so the ids of earlier samples never change."""
-    if sample.cell not in cells_seen:
-        return sample.cell
-    return f"{sample.cell}_{sample.timestamp.astimezone(UTC):%Y%m%dT%H%M%S}"
+def sample_id_of(sample: Sample) -> str:
+    """A TACO sample's id: the sample's identity (:class:`eo_etl.sample.SampleId`), the ``sample_id`` of the index
+    and of every stage table, so a TACO row joins them. A cell's sample of a later window (a dataset's next
+    version) has its own id, and the ids of earlier samples never change."""
+    return str(sample.sample_id)
 
 
 def write_cog(path: Path, sample: Sample) -> Path:

@@ -1,0 +1,365 @@
+"""The build's steps as composable Apache Beam transforms, for pipelines of your own.
+
+Each transform is a thin wrapper over a plain function of this module, which works (and is tested) without
+Beam, as xarray-beam pairs ``write_chunk_to_zarr`` with ``ChunksToZarr``. Between acquisition and the store
+the elements are :class:`eo_etl.sample.Sample` (pixels, provenance, status; ``sample.sample_id`` names it),
+so a step of yours is any transform from samples to samples::
+
+    with beam.Pipeline(runner="DirectRunner") as pipeline:
+        _ = (
+            pipeline
+            | PlanCells(recipe, root)             # the plan's cells                  (plan_cells, cells_in_rows)
+            | AcquireCells(recipe, "s2l2a")       # one Sample per cell, ok or not    (acquire_cells)
+            | SampleColumns("mean", mean, root)   # a table keyed by sample_id        (column_row, write_table)
+            | WriteShards(recipe, root)           # pixels into the stores            (stage_sample, write_shards)
+            | FinishDataset(recipe, root)         # index, STAC, exports: the root    (finish_dataset)
+            | StageAfterStore(landcover, recipe)  # a registered stage on the stored samples (run_stage)
+        )
+
+``root`` is the dataset's folder or object-store URL; it keeps the build's state (``_build/``) as
+``eo_etl.build`` does, so a composed pipeline and ``eo-etl build`` resume each other's work. One pipeline
+writes a dataset at a time (``build`` takes the dataset's lock; a pipeline of yours runs under yours).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+
+import apache_beam as beam
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from eo_etl.pipeline.plan_rows import PlanReader, plan_length, plan_ranges, range_size, work_ranges
+from eo_etl.pipeline.shards import Assignment
+from eo_etl.pipeline.state import BuildState
+from eo_etl.pipeline.transforms import WriteShard, assign, count_outcome, finish, shards_to_write
+from eo_etl.plan import PLAN_NAME, check_buildable, plan_bands, write_plan
+from eo_etl.recipe import Recipe
+from eo_etl.sample import OK, Sample
+from eo_etl.sources.acquire import SourceAcquisition
+from eo_etl.sources.cell import Cell, cells_of
+from eo_etl.sources.remote import HostLimiter, RetryPolicy
+from eo_etl.stages.core import STAGE_NAME, Stage
+from eo_etl.stages.run import run_stage
+from eo_etl.store.location import Location
+
+__all__ = [
+    "AcquireCells",
+    "FinishDataset",
+    "PlanCells",
+    "SampleColumns",
+    "StageAfterStore",
+    "WriteShards",
+    "acquire_cells",
+    "cells_in_rows",
+    "column_row",
+    "finish_dataset",
+    "plan_cells",
+    "record_samples",
+    "stage_sample",
+    "write_shards",
+    "write_table",
+]
+
+
+# ------------------------------------------------------------------------------------------------ plan
+def plan_cells(recipe: Recipe, root: Location | str) -> list[tuple[int, int]]:
+    """Write the plan of ``recipe`` (``plan.parquet``) and ``recipe.json`` at ``root``, and open the version its
+    time window builds; the plan's rows as ``(first, stop)`` ranges for the workers to share."""
+    root = Location.of(root)
+    root.mkdir()
+    check_buildable(recipe)
+    write_plan(plan_bands(recipe), root / PLAN_NAME)
+    (root / "recipe.json").write_text(recipe.model_dump_json(indent=2) + "\n")
+    BuildState(root).open_version(recipe)
+    return work_ranges(plan_length(root / PLAN_NAME), recipe.runner.workers)
+
+
+def cells_in_rows(rows: tuple[int, int], recipe: Recipe, root: Location | str) -> list[Cell]:
+    """The cells of the plan's rows ``first`` to ``stop`` (exclusive), with their UTM footprints."""
+    first, stop = rows
+    return cells_of(recipe, PlanReader(Location.of(root) / PLAN_NAME).rows(first, stop))
+
+
+class PlanCells(beam.PTransform):
+    """The plan's cells (:class:`eo_etl.sources.cell.Cell`), planned and read on the workers.
+
+    Args:
+        recipe: the recipe whose AOI and grid are planned.
+        root: the dataset's folder or URL, where the plan is written.
+    """
+
+    def __init__(self, recipe: Recipe, root: Location | str):
+        super().__init__()
+        self.recipe, self.root = recipe, Location.of(root)
+
+    def expand(self, pipeline):
+        """Plan once, then spread the ranges of plan rows and read their cells."""
+        return (
+            pipeline
+            | "recipe" >> beam.Create([self.recipe])
+            | "plan" >> beam.FlatMap(plan_cells, self.root)
+            | "spread ranges" >> beam.Reshuffle()
+            | "cells" >> beam.FlatMap(cells_in_rows, self.recipe, self.root)
+        )
+
+
+# --------------------------------------------------------------------------------------------- acquire
+def acquire_cells(acquisition: SourceAcquisition, cells: list[Cell]) -> Iterator[Sample]:
+    """One sample per cell of ``cells`` from an opened ``SourceAcquisition``, in order; each outcome counted."""
+    for sample in acquisition.acquire(cells):
+        count_outcome(sample)
+        yield sample
+
+
+class _Acquire(beam.DoFn):
+    """Opens one source's reader, catalogue and threads once per worker (the build's ``AcquireRange`` does the
+    same) and acquires batches of cells."""
+
+    def __init__(self, recipe: Recipe, source: str):
+        self.recipe, self.source = recipe, source
+
+    def setup(self):
+        runner = self.recipe.runner
+        source = next(s for s in self.recipe.sources if s.name == self.source)
+        self.acquisition = SourceAcquisition(
+            self.recipe, source, threads=runner.threads, policy=RetryPolicy.of(runner.limits),
+            limiter=HostLimiter.share(runner.limits, runner.workers),
+        )  # fmt: skip
+
+    def process(self, cells: list[Cell]) -> Iterator[Sample]:
+        yield from acquire_cells(self.acquisition, cells)
+
+    def teardown(self):
+        if hasattr(self, "acquisition"):
+            self.acquisition.close()
+
+
+class AcquireCells(beam.PTransform):
+    """Cells to samples of one source: its best scene cut to each cell, or a rejected or failed sample.
+
+    Args:
+        recipe: the recipe that holds the source (its rules, limits and time window).
+        source: the source's name (``sources[].name``).
+        batch: cells acquired together (one catalogue search).
+    """
+
+    def __init__(self, recipe: Recipe, source: str, *, batch: int = 64):
+        super().__init__()
+        if source not in [s.name for s in recipe.sources]:
+            raise ValueError(f"source {source!r}: the recipe has {[s.name for s in recipe.sources]}")
+        self.recipe, self.source, self.batch = recipe, source, batch
+
+    def expand(self, cells):
+        """Batch the cells, then acquire each batch."""
+        return (
+            cells
+            | f"batch {self.source} cells" >> beam.BatchElements(min_batch_size=1, max_batch_size=self.batch)
+            | f"acquire {self.source}" >> beam.ParDo(_Acquire(self.recipe, self.source))
+        )
+
+
+# ------------------------------------------------------------------------------------- columns of yours
+def column_row(sample: Sample, function: Callable[[Sample], dict]) -> dict | None:
+    """``function``'s columns for an ok sample, after its ``sample_id``; None for a sample without pixels."""
+    if sample.status != OK:
+        return None
+    return {"sample_id": str(sample.sample_id), **function(sample)}
+
+
+def write_table(root: Location | str, name: str, rows: Iterable[dict]) -> Location:
+    """``rows`` as the table ``<name>.parquet`` beside the index, in ``sample_id`` order, whole or not at all:
+    what ``open_dataset(root, stages=[name])`` joins to the samples."""
+    if not STAGE_NAME.fullmatch(name):
+        raise ValueError(f"table name {name[:40]!r}: expected {STAGE_NAME.pattern}")
+    rows = sorted(rows, key=lambda row: row["sample_id"])
+    table = pa.Table.from_pylist(rows) if rows else pa.table({"sample_id": pa.array([], pa.string())})
+    target = Location.of(root) / f"{name}.parquet"
+    with target.staged_file() as partial:
+        pq.write_table(table, partial)
+    return target
+
+
+class SampleColumns(beam.PTransform):
+    """A step of yours over samples: ``function(sample) -> {column: value}`` for each ok sample, written as the
+    table ``<name>.parquet`` keyed by ``sample_id``; the samples pass on unchanged.
+
+    Args:
+        name: the table's name (``[a-z][a-z0-9_]{0,31}``), as ``open_dataset(…, stages=[name])`` asks for it.
+        function: a sample's columns (plain values: numbers, text, lists); it must pickle (a module's function).
+        root: the dataset's folder or URL.
+    """
+
+    def __init__(self, name: str, function: Callable[[Sample], dict], root: Location | str):
+        super().__init__()
+        if not STAGE_NAME.fullmatch(name):
+            raise ValueError(f"table name {name[:40]!r}: expected {STAGE_NAME.pattern}")
+        self.name, self.function, self.root = name, function, Location.of(root)
+
+    def expand(self, samples):
+        """Compute each sample's row; gather the rows into the table once every sample has passed."""
+        _ = (
+            samples
+            | f"{self.name} rows" >> beam.Map(column_row, self.function)
+            | f"{self.name} rows of ok samples" >> beam.Filter(lambda row: row is not None)
+            | f"gather {self.name}" >> beam.combiners.ToList()
+            | f"write {self.name}" >> beam.Map(_write_rows, self.root, self.name)
+        )
+        return samples | f"{self.name} passed" >> beam.Map(_same)
+
+
+def _write_rows(rows: list[dict], root: Location, name: str) -> str:
+    return str(write_table(root, name, rows))
+
+
+def _same(sample: Sample) -> Sample:
+    return sample
+
+
+# ---------------------------------------------------------------------------------------------- store
+def stage_sample(sample: Sample, recipe: Recipe, root: Location | str, version: int) -> dict:
+    """Stage a sample's pixels in the build's state (an ok one's); its record (index row, version, recipe hash)."""
+    return BuildState(root).stage(version, sample, recipe.fingerprint())
+
+
+def record_samples(source: str, records: Iterable[dict], root: Location | str, version: int) -> int:
+    """Record ``source``'s finished cells in the build's state, range by range of plan rows as the build does
+    (so ``eo-etl build`` resumes from them); the number recorded. Records of cells not in the plan are refused."""
+    root = Location.of(root)
+    state = BuildState(root)
+    rows = plan_length(root / PLAN_NAME)
+    order = {cell: i for i, cell in enumerate(PlanReader(root / PLAN_NAME, ["grid_cell"]).rows(0, rows).grid_cell)}
+    records = list(records)
+    unknown = [record["grid_cell"] for record in records if record["grid_cell"] not in order]
+    if unknown:
+        raise ValueError(f"cell {unknown[0]!r} of {source} is not in {root / PLAN_NAME}")
+    ranges, size = plan_ranges(rows), range_size(rows)
+    parts: dict[tuple[int, int], list[dict]] = {}
+    for record in sorted(records, key=lambda record: order[record["grid_cell"]]):
+        parts.setdefault(ranges[order[record["grid_cell"]] // size], []).append(record)
+    for (first, stop), part in parts.items():
+        new = {record["grid_cell"] for record in part}
+        kept = [r for r in state.range_records(version, source, first, stop) if r["grid_cell"] not in new]
+        state.stage_range(version, source, first, stop, kept + part)
+    return len(records)
+
+
+def write_shards(recipe: Recipe, root: Location | str) -> Assignment:
+    """Positions for every recorded sample, then the shards not written yet, in this process: the assignment
+    (which ``finish_dataset`` needs)."""
+    assignment = assign(0, recipe, root)
+    writer = WriteShard(recipe, Location.of(root))
+    writer.setup()
+    for task in shards_to_write(assignment, recipe, root):
+        list(writer.process(task))
+    return assignment
+
+
+class _StageSample(beam.DoFn):
+    """Stages each sample in the version its window builds (looked up once, after the plan opened it)."""
+
+    def __init__(self, recipe: Recipe, root: Location):
+        self.recipe, self.root, self.version = recipe, root, None
+
+    def process(self, sample: Sample) -> Iterator[tuple[str, dict]]:
+        if self.version is None:
+            self.version = BuildState(self.root).open_version(self.recipe)  # the one PlanCells opened
+        yield sample.source, stage_sample(sample, self.recipe, self.root, self.version)
+
+
+class WriteShards(beam.PTransform):
+    """Samples into the dataset's stores: staged and recorded, given positions, written shard by shard in every
+    format of ``outputs.formats``; the assignment (one element) that ``FinishDataset`` takes. A source's records
+    (index rows, no pixels: the pixels are staged one by one) meet on one worker to be recorded; the build's own
+    graph (``eo_etl.pipeline.graph``) records them range by range where they are acquired instead.
+
+    Args:
+        recipe: the recipe (its outputs and sources).
+        root: the dataset's folder or URL.
+    """
+
+    def __init__(self, recipe: Recipe, root: Location | str):
+        super().__init__()
+        self.recipe, self.root = recipe, Location.of(root)
+
+    def expand(self, samples):
+        """Stage and record the samples; once all are, assign positions and write the shards."""
+        recipe, root = self.recipe, self.root
+        recorded = (
+            samples
+            | "stage samples" >> beam.ParDo(_StageSample(recipe, root))
+            | "by source" >> beam.GroupByKey()
+            | "record samples" >> beam.Map(_record, recipe, root)
+            | "all samples recorded" >> beam.CombineGlobally(sum)
+        )
+        assignment = recorded | "positions" >> beam.Map(assign, recipe, root)
+        written = (
+            assignment
+            | "open stores" >> beam.FlatMap(shards_to_write, recipe, root)
+            | "spread shards" >> beam.Reshuffle()
+            | "write shards" >> beam.ParDo(WriteShard(recipe, root))
+            | "all shards written" >> beam.combiners.Count.Globally()
+        )
+        return written | "assignment" >> beam.Map(_second, beam.pvalue.AsSingleton(assignment))
+
+
+def _second(_first, second):
+    return second
+
+
+def _record(grouped: tuple[str, Iterable[dict]], recipe: Recipe, root: Location) -> int:
+    source, records = grouped
+    return record_samples(source, records, root, BuildState(root).open_version(recipe))
+
+
+# --------------------------------------------------------------------------------------------- finish
+def finish_dataset(recipe: Recipe, root: Location | str, assignment: Assignment) -> str:
+    """The dataset's closing writes (statistics, STAC, exports, versions, then the index) once every shard of
+    ``assignment`` is written; the dataset's root."""
+    finish(0, recipe, Location.of(root), assignment)
+    return str(Location.of(root).native)
+
+
+class FinishDataset(beam.PTransform):
+    """The assignment of ``WriteShards`` to a finished dataset: its root (one element), for the stages after.
+
+    Args:
+        recipe: the recipe.
+        root: the dataset's folder or URL.
+    """
+
+    def __init__(self, recipe: Recipe, root: Location | str):
+        super().__init__()
+        self.recipe, self.root = recipe, Location.of(root)
+
+    def expand(self, assignment):
+        """Finish the dataset once."""
+        return assignment | "finish dataset" >> beam.Map(_finish, self.recipe, self.root)
+
+
+def _finish(assignment: Assignment, recipe: Recipe, root: Location) -> str:
+    return finish_dataset(recipe, root, assignment)
+
+
+# ------------------------------------------------------------------------------------ after the store
+class StageAfterStore(beam.PTransform):
+    """A stage after the store (``eo_etl.stages``: labels, captions, curation, or one of yours) on a finished
+    dataset, planned, run and assembled by ``eo_etl.stages.run.run_stage``; the root passes on.
+
+    Args:
+        stage: the stage (a :class:`eo_etl.stages.core.Stage`); it runs where the recipe configures it.
+        recipe: the recipe, whose section ``stage.section`` holds the stage's settings.
+    """
+
+    def __init__(self, stage: Stage, recipe: Recipe):
+        super().__init__()
+        self.stage, self.recipe = stage, recipe
+
+    def expand(self, roots):
+        """Run the stage on each root, then pass it on."""
+        return roots | f"stage {self.stage.name}" >> beam.Map(_run_stage, self.stage, self.recipe)
+
+
+def _run_stage(root: str, stage: Stage, recipe: Recipe) -> str:
+    run_stage(stage, recipe, Location.of(root))
+    return root

@@ -1,0 +1,121 @@
+"""eo_etl.beam: the README's composition runs on the demo catalogue and writes a dataset ``open_dataset`` reads
+with the custom step's columns; the plain functions behind the transforms, without Beam."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import apache_beam as beam
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pytest
+import zarr
+
+import eo_etl
+from eo_etl import beam as eo_beam
+from eo_etl.pipeline.state import BuildState
+from eo_etl.recipe import parse_recipe
+from eo_etl.sample import OK, SampleId
+from eo_etl.sources.acquire import SourceAcquisition
+from eo_etl.stages.core import Output, Stage
+from tests.datasets import place_sample, write_dataset
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def readme_example() -> str:
+    text = (ROOT / "README.md").read_text()
+    section = text.split("### Composing the build's steps in Beam\n", 1)[1]
+    return re.search(r"```python\n(.*?)```", section, re.S).group(1)
+
+
+def test_the_readmes_composition_writes_a_dataset_with_the_custom_columns(tmp_path, monkeypatch, capsys):
+    code = readme_example()
+    assert 'root = "out/composed"\n' in code
+    root = tmp_path / "composed"
+    monkeypatch.chdir(ROOT)  # the example's recipe path is the repository's
+    exec(compile(code.replace('"out/composed"', repr(str(root))), "README.md", "exec"), {"__name__": "readme"})
+    dataset = eo_etl.open_dataset(root, stages=["brightness"])
+    index = eo_etl.read_index(root)
+    stored = index[index.zarr_index.notna()].sort_values("zarr_index")
+    assert len(stored) == dataset.sizes["sample"] > 0
+    pixels = zarr.open_array(root / "pixels.zarr", path="s2l2a/pixels", mode="r")[:]
+    red = pixels[:, list(dataset.band.values).index("B04")].astype(float)
+    want = [r[r != 0].mean() for r in red]  # the custom column, recomputed from what was stored
+    np.testing.assert_allclose(dataset["brightness.red_mean"].values.astype(float), want, rtol=1e-6)
+    table = pd.read_parquet(root / "brightness.parquet")
+    assert list(table.columns) == ["sample_id", "red_mean", "bright"]
+    assert sorted(table.sample_id) == sorted(stored.sample_id)  # keyed by the one sample identity
+    assert all(SampleId.parse(sid).source == "s2l2a" for sid in table.sample_id)
+    assert capsys.readouterr().out.startswith("[")  # the example prints the column
+
+
+def test_the_plain_functions_plan_acquire_stage_record_write_and_finish_without_beam(tmp_path):
+    recipe = eo_etl.load_recipe(ROOT / "pipelines" / "demo.yaml")
+    root = tmp_path / "plain"
+    ranges = eo_beam.plan_cells(recipe, root)
+    cells = [cell for rows in ranges for cell in eo_beam.cells_in_rows(rows, recipe, root)]
+    assert ranges[0][0] == 0 and ranges[-1][1] == len(cells) > 0
+    version = BuildState(root).open_version(recipe)  # the one plan_cells opened
+    assert version == 1 and BuildState(root).open_version(recipe) == 1
+    acquisition = SourceAcquisition(recipe, recipe.sources[0])
+    try:
+        samples = list(eo_beam.acquire_cells(acquisition, cells))
+    finally:
+        acquisition.close()
+    assert [sample.cell for sample in samples] == [cell.name for cell in cells]
+    records = [eo_beam.stage_sample(sample, recipe, root, version) for sample in samples]
+    assert eo_beam.record_samples("s2l2a", records[::-1], root, version) == len(cells)  # any order in
+    assert [r["grid_cell"] for r in BuildState(root).records()] == [cell.name for cell in cells]  # plan order out
+    assignment = eo_beam.write_shards(recipe, root)
+    ok = [sample for sample in samples if sample.status == OK]
+    assert assignment.counts == {"s2l2a": len(ok)}
+    assert eo_beam.finish_dataset(recipe, root, assignment) == str(root)
+    ds = eo_etl.open_dataset(root)
+    np.testing.assert_array_equal(ds.pixels.values, np.stack([sample.pixels for sample in ok]))
+    rows = [eo_beam.column_row(sample, lambda s: {"cell": s.cell}) for sample in samples]
+    assert [row is None for row in rows] == [sample.status != OK for sample in samples]
+    eo_beam.write_table(root, "cells", [row for row in rows if row])
+    joined = eo_etl.open_dataset(root, stages=["cells"])
+    assert list(joined["cells.cell"].values) == [sample.cell for sample in ok]
+
+
+def test_record_samples_refuses_cells_outside_the_plan_and_tables_refuse_bad_names(tmp_path):
+    recipe = eo_etl.load_recipe(ROOT / "pipelines" / "demo.yaml")
+    eo_beam.plan_cells(recipe, tmp_path)
+    with pytest.raises(ValueError, match=r"cell '999U_999R' of s2l2a is not in"):
+        eo_beam.record_samples("s2l2a", [{"grid_cell": "999U_999R"}], tmp_path, 1)
+    with pytest.raises(ValueError, match=r"table name '\.\./up'"):
+        eo_beam.write_table(tmp_path, "../up", [])
+    with pytest.raises(ValueError, match=r"table name 'Bad'"):
+        eo_beam.SampleColumns("Bad", str, tmp_path)
+    with pytest.raises(ValueError, match=r"source 'landsat': the recipe has \['s2l2a'\]"):
+        eo_beam.AcquireCells(recipe, "landsat")
+
+
+def _brightest_open(settings, recipe):
+    def label(items):
+        return [Output({"brightest": int(item.pixels.max())}) for item in items]
+
+    return label
+
+
+# A stage after the store of the test's own (the stage contract of eo_etl.stages), run by StageAfterStore.
+BRIGHTEST = Stage(name="brightest", group="labels", section="labels.landcover", open=_brightest_open,
+                  columns=pa.schema([pa.field("brightest", pa.int64())]), needs_pixels=True)  # fmt: skip
+
+
+def test_a_stage_after_the_store_runs_on_a_finished_dataset_in_a_pipeline(tmp_path):
+    places = [(-98.0, 38.5), (20.5, 0.5), (10.0, 24.0)]
+    root = write_dataset(tmp_path / "ds", [place_sample(k, lon, lat) for k, (lon, lat) in enumerate(places)])
+    recipe = parse_recipe({
+        "name": "stages", "aoi": {"bbox": [0, 0, 1, 1]}, "time": {"start": "2019-01-01", "end": "2019-12-31"},
+        "labels": {"landcover": {"product": "modis-mcd12c1"}},
+    })  # fmt: skip
+    with beam.Pipeline(runner="DirectRunner") as pipeline:
+        _ = pipeline | beam.Create([str(root)]) | eo_beam.StageAfterStore(BRIGHTEST, recipe)
+    dataset = eo_etl.open_dataset(root, stages=["brightest"])
+    want = [int(place_sample(k, lon, lat).pixels.max()) for k, (lon, lat) in enumerate(places)]
+    assert list(dataset["brightest.brightest"].values) == want
