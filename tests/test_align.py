@@ -271,3 +271,88 @@ def test_an_anchor_from_a_recorded_row_equals_the_one_from_its_sample(catalog, t
     state.stage_range(1, "s2", 0, len(samples), [state.stage(1, sample, "hash") for sample in samples])
     records = state.range_records(1, "s2", 0, len(samples))
     assert [Anchor.of_record(record) for record in records] == [Anchor.of(sample) for sample in samples]
+
+
+@pytest.fixture(scope="module")
+def seasons(tmp_path_factory, catalog) -> str:
+    """Two Sentinel-2 scenes of the place, in spring and summer (the June one is the real scene with a shifted
+    date: mechanics only), beside the dated land cover (13 and 20 March, 1 June)."""
+    root = tmp_path_factory.mktemp("seasons")
+    scenes = [sentinel2_item(root / "data", "S2B_march", MARCH), sentinel2_item(root / "data", "S2B_june", JUNE)]
+    dated = pystac.read_file(catalog["url"]).get_child("land-cover-dated")
+    out = pystac.Catalog("seasons", "aligned sources over time slices")
+    extent = pystac.Extent(pystac.SpatialExtent([scenes[0].bbox]), pystac.TemporalExtent([[MARCH, JUNE]]))
+    for collection_id, items in (("sentinel-2-l2a", scenes), ("land-cover-dated", dated.get_items())):
+        collection = pystac.Collection(collection_id, collection_id, extent)
+        collection.add_items([item.clone() for item in items])
+        out.add_child(collection)
+    out.normalize_hrefs(str(root / "catalog"))
+    out.save(pystac.CatalogType.SELF_CONTAINED)
+    return str(root / "catalog" / "catalog.json")
+
+
+JUNE = datetime(2019, 6, 3, 14, 17, 29, tzinfo=UTC)
+SPRING, SUMMER, AUTUMN = (datetime(2019, month, 1, tzinfo=UTC) for month in (3, 6, 9))
+
+
+def test_with_time_slices_an_aligned_source_pairs_with_each_slice_s_primary_sample(seasons, tmp_path):
+    """SSL4EO-S12's rule: the secondary nearest each season's chosen scene, one sample per primary sample, with
+    its id start and slice; a season the primary has no scene in gives a rejected secondary saying so."""
+    dated = cover_source(seasons, collection="land-cover-dated", align={"to": "s2", "within_days": 3})
+    recipe = recipe_of(
+        [s2_source(seasons), dated],
+        time={"start": "2019-03-01", "end": "2019-11-30", "slices": {"every": "season"}},
+        outputs={"path": str(tmp_path / "out"), "formats": ["zarr"], "shard_size": 4},
+        runner={"kind": "direct", "workers": 1, "threads": 2},
+    )  # fmt: skip
+    plain = list(acquire_sources(recipe, cells_of(recipe, plan(recipe))))
+    by = {(s.source, s.cell, s.window_start): s for s in plain}
+    cells = {s.cell for s in plain}
+    assert len(by) == len(plain) == 2 * 3 * len(cells) and len(cells) >= 8  # two sources, three seasons a cell
+    for cell in cells:
+        for start, end, scene, cover in ((SPRING, SUMMER, MARCH, "b-earlier"), (SUMMER, AUTUMN, JUNE, "c-june")):
+            s2, land = by["s2", cell, start], by["cover", cell, start]
+            assert (s2.status, s2.timestamp, land.status, land.product_id) == (OK, scene, OK, cover)
+            assert (land.slice_start, land.slice_end) == (s2.slice_start, s2.slice_end) == (start, end)
+            assert land.transform == s2.transform and land.sample_id == SampleId(cell, "cover", start)
+        autumn = by["cover", cell, AUTUMN]
+        assert autumn.status == REJECTED and autumn.slice_start == AUTUMN
+        assert autumn.reason == f"no s2 sample to align with (rejected: {by['s2', cell, AUTUMN].reason})"
+    report = build(recipe)  # the Beam build: the same samples, recorded per slice
+    index = pd.read_parquet(report.output / "index.parquet")
+    assert len(index) == len(plain)
+    for row in index.itertuples():
+        expected = by[row.source, row.grid_cell, SampleId.parse(row.sample_id).start]
+        assert (row.status, None if pd.isna(row.product_id) else row.product_id) == (
+            expected.status,
+            expected.product_id,
+        )
+        assert pd.Timestamp(row.slice_start) == expected.slice_start
+
+
+def test_with_time_slices_an_anchor_from_a_recorded_row_equals_the_one_from_its_sample(seasons, tmp_path):
+    from eo_etl.pipeline.state import BuildState
+
+    recipe = recipe_of([s2_source(seasons)], time={"start": "2019-03-01", "end": "2019-08-31",
+                                                   "slices": {"every": "month"}})  # fmt: skip
+    samples = [s for s in acquire_sources(recipe, cells_of(recipe, plan(recipe)))]
+    assert {s.status for s in samples} == {OK, REJECTED} and len({s.window_start for s in samples}) == 6
+    state = BuildState(tmp_path)
+    state.stage_range(1, "s2", 0, len(samples), [state.stage(1, sample, "hash") for sample in samples])
+    records = state.range_records(1, "s2", 0, len(samples))
+    assert [Anchor.of_record(record) for record in records] == [Anchor.of(sample) for sample in samples]
+
+
+def test_with_every_scene_kept_an_aligned_source_pairs_with_each_day_s_sample(seasons):
+    """``pick: all`` makes a primary sample per acquisition day (its id starts that day): one secondary each."""
+    dated = cover_source(seasons, collection="land-cover-dated", align={"to": "s2", "within_days": 3})
+    time = {"start": "2019-03-01", "end": "2019-08-31", "slices": {"every": "season", "pick": "all"}}
+    recipe = recipe_of([s2_source(seasons), dated], time=time)
+    samples = list(acquire_sources(recipe, cells_of(recipe, plan(recipe))))
+    ids = {source: {(s.cell, s.window_start): s for s in samples if s.source == source} for source in ("s2", "cover")}
+    assert ids["s2"].keys() == ids["cover"].keys()
+    days = {start for _, start in ids["s2"]}
+    assert days == {datetime(2019, 3, 15, tzinfo=UTC), datetime(2019, 6, 3, tzinfo=UTC)}
+    for key, land in ids["cover"].items():
+        assert land.status == OK and land.product_id == ("b-earlier" if key[1].month == 3 else "c-june")
+        assert land.sample_id.start == ids["s2"][key].sample_id.start and land.slice_start == ids["s2"][key].slice_start
