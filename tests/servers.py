@@ -215,9 +215,12 @@ def _serve(handler) -> Iterator[str]:
 
 
 @contextmanager
-def file_server(root: Path, faults: Faults | None = None) -> Iterator[str]:
-    """Files under ``root`` over HTTP with range requests; yields the base URL."""
-    with _serve(partial(_FileHandler, directory=str(root), faults=faults or Faults())) as url:
+def file_server(root: Path, faults: Faults | None = None, *, latency_s: float = 0.0) -> Iterator[str]:
+    """Files under ``root`` over HTTP with range requests; yields the base URL. ``latency_s``: every request is
+    answered that late (an object store across a network; ``faults.requests`` counts the requests)."""
+    faults = faults or Faults()
+    faults.delay_s = max(faults.delay_s, latency_s)
+    with _serve(partial(_FileHandler, directory=str(root), faults=faults)) as url:
         yield url
 
 

@@ -152,6 +152,18 @@ def test_nodata_is_exact_in_lossy_mode_and_excluded_from_the_range(tmp_path, s2_
         assert measured == pytest.approx(band["psnr_db"], abs=1e-3) and measured > 45
 
 
+def test_bands_with_the_same_nodata_pixels_share_one_validity_plane(tmp_path, s2_cube):
+    cube = s2_cube[:, :4].copy()
+    cube[1, :, :20, :] = 0  # a swath edge: every band's
+    cube[2, 3, 30:34, 30:34] = 0  # a hole in the fourth band alone
+    sidecar = write_cube(tmp_path / "cube", cube, S2_BANDS[:4], nodata=0, options=LOSSY)
+    places = [(band["valid"]["stream"], band["valid"]["plane"]) for band in sidecar["bands"]]
+    assert places[0] == places[1] == places[2] != places[3]
+    validity = [stream for stream in sidecar["streams"] if stream["kind"] == "valid"]
+    assert len(validity) == 1 and validity[0]["bands"] == ["B02", "B08"]  # one plane each for the two patterns
+    assert np.array_equal(read_cube(tmp_path / "cube") == 0, cube == 0)
+
+
 @pytest.mark.parametrize("options", [VideoOptions(), VideoOptions(lossy=True, keyframe_interval=4)])
 def test_frames_and_bands_read_alone_equal_the_same_slice_of_a_full_read(tmp_path, monkeypatch, options):
     cube = np.random.default_rng(3).integers(900, 1300, (10, 4, 24, 32)).astype(np.uint16)

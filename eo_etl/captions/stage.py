@@ -52,23 +52,32 @@ def open_captioner(settings, recipe):
     with_place = settings.place and place.available()
     attribution = place.ATTRIBUTION if with_place else None
     if settings.kind == "template":
-        source = settings.template or "v1"
-        version = load_templates(source)["version"]  # a bad template file fails here, once, with one line
+        return _template_captioner(settings, sensors, with_place, attribution)
+    return _model_captioner(settings, recipe, sensors, with_place, attribution)
 
-        def caption(items: Sequence[Item]) -> list[Output]:
-            outputs = []
-            for item in items:
-                facts = facts_of(item, sensors, with_place)
-                captions = [
-                    {"variant": variant, "text": text, "flag": None, "model": "template", "prompt_version": version,
-                     "parameters": "{}", "created": None}
-                    for variant, text in template_captions(facts, source)
-                ]  # fmt: skip
-                outputs.append(Output(_row(captions, facts, attribution if "place" in facts else None)))
-            return outputs
 
-        return caption
+def _template_captioner(settings, sensors: dict[str, str], with_place: bool, attribution: str | None):
+    """Captions from the recipe's templates: no model, no clock, so two builds write the same bytes."""
+    source = settings.template or "v1"
+    version = load_templates(source)["version"]  # a bad template file fails here, once, with one line
 
+    def caption(items: Sequence[Item]) -> list[Output]:
+        outputs = []
+        for item in items:
+            facts = facts_of(item, sensors, with_place)
+            captions = [
+                {"variant": variant, "text": text, "flag": None, "model": "template", "prompt_version": version,
+                 "parameters": "{}", "created": None}
+                for variant, text in template_captions(facts, source)
+            ]  # fmt: skip
+            outputs.append(Output(_row(captions, facts, attribution if "place" in facts else None)))
+        return outputs
+
+    return caption
+
+
+def _model_captioner(settings, recipe, sensors: dict[str, str], with_place: bool, attribution: str | None):
+    """Captions from a language model (in-process or a service), through the caption cache."""
     folder = Location(settings.cache) if settings.cache else Location.of(recipe.output_path) / STATE_DIR / CACHE_DIR
     if settings.kind == "local":  # in-process on this worker: the RunInference handler, called per batch
         from eo_etl.captions.local import LocalCaptionHandler  # imports Beam: only where captions run locally

@@ -5,9 +5,10 @@ Three methods, each a column that holds, for a flagged sample, the ``sample_id``
 - ``exact``: the same pixels (the quality table's ``pixel_hash``), whatever the cell or window: a scene
   stored twice is redundant wherever it sits.
 - ``near_<t>``: embedding cosine ≥ t (the embed table's pooled unit vectors) among each sample's
-  ``neighbours`` nearest, found with faiss (exact inner product; on the GPU where faiss-gpu is installed);
-  past ``EXACT_LIMIT`` vectors, every such pair within inverted lists (matrix products per list on a random
-  64-d projection, then the exact cosine). One column per threshold (epsilon), e.g. ``near_0950``.
+  ``neighbours`` nearest, found with faiss (exact inner product; on the GPU, at any size, where faiss-gpu is
+  installed); past ``EXACT_LIMIT`` vectors on the CPU, every such pair within k-means inverted lists (matrix
+  products per list on a random 64-d projection, then the exact cosine; recall ≈ 0.998 of the exact pairs in
+  ``bench/curate.py``). One column per threshold (epsilon), e.g. ``near_0950``.
 - ``semdedup_<t>``: SemDeDup: k-means of the vectors into ``clusters``, then cosine ≥ t within a cluster.
 
 Of a group of duplicates one stays unflagged (``keep``: the first in index order, or the least cloudy); the
@@ -43,36 +44,49 @@ def column(method: str, threshold: float) -> str:
     return f"{method}_{round(threshold * 1000):04d}"
 
 
-def similar_pairs(vectors: np.ndarray, threshold: float, neighbours: int = 16, probes: int = 8) -> np.ndarray:
-    """Pairs (i, j), i < j, of unit vectors with cosine ≥ ``threshold``: (n, 2) int64. Up to ``EXACT_LIMIT``
-    vectors, among each one's ``neighbours`` nearest (faiss, exact; on the GPU with faiss-gpu); past it, every
-    pair that shares an inverted list (:func:`_list_pairs`)."""
+def similar_pairs(vectors: np.ndarray, threshold: float, neighbours: int = 16) -> np.ndarray:
+    """Pairs (i, j), i < j, of unit vectors with cosine ≥ ``threshold``: (n, 2) int64, sorted. Up to
+    ``EXACT_LIMIT`` vectors, among each one's ``neighbours`` nearest (faiss, exact); past it, every pair that
+    shares an inverted list (:func:`_list_pairs`). With faiss-gpu and a GPU, always the exact search, there."""
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)
     n, dim = vectors.shape
     if n < 2:
         return np.zeros((0, 2), np.int64)
-    if n > EXACT_LIMIT:
-        return _list_pairs(vectors, threshold, probes)
     import faiss
 
+    gpu = hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
+    if n > EXACT_LIMIT and not gpu:
+        return _list_pairs(vectors, threshold)
     index = faiss.IndexFlatIP(dim)
-    if hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0:
+    if gpu:
         index = faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), 0, index)
     index.add(vectors)
-    similarity, found = index.search(vectors, min(neighbours + 1, n))
-    rows = np.repeat(np.arange(n), found.shape[1])
-    keep = (similarity.ravel() >= threshold) & (found.ravel() >= 0) & (found.ravel() != rows)
-    pairs = np.stack([rows[keep], found.ravel()[keep]], axis=1)
-    return np.unique(np.sort(pairs, axis=1), axis=0)
+    found = []
+    for start in range(0, n, 65_536):  # bounded result memory: 65,536 × (neighbours + 1) at a time
+        similarity, nearest = index.search(vectors[start : start + 65_536], min(neighbours + 1, n))
+        rows = np.repeat(np.arange(start, start + len(nearest)), nearest.shape[1])
+        keep = (similarity.ravel() >= threshold) & (nearest.ravel() >= 0) & (nearest.ravel() != rows)
+        found.append(_pair_keys(rows[keep], nearest.ravel()[keep], n))
+    return _pairs(np.unique(np.concatenate(found)), n)
 
 
-def _list_pairs(vectors: np.ndarray, threshold: float, probes: int, dims: int = 64) -> np.ndarray:
-    """Near pairs among many vectors, on a seeded random projection to ``dims`` (cosines kept to about
-    (1 − t²)/√dims, so a sixfold margin loses no pair; the exact cosine then checks each candidate): √(probes·n)
-    list centres (vectors drawn at random), each vector kept in the list of its nearest centre and compared (one
-    matrix product per list) with the vectors that have that list among their ``probes`` nearest (faiss). A pair is
-    found when either one's list is among the other's probes: near copies almost always are. Matrix products, not
-    faiss' per-query scans (its IVF range search measured slower here): BLAS speed."""
+def _pair_keys(i: np.ndarray, j: np.ndarray, n: int) -> np.ndarray:
+    """Pairs as one int64 each (min · n + max): sorting and uniqueness on a flat array, not rows."""
+    return np.minimum(i, j).astype(np.int64) * n + np.maximum(i, j)
+
+
+def _pairs(keys: np.ndarray, n: int) -> np.ndarray:
+    return np.stack(np.divmod(keys, n), axis=1).astype(np.int64).reshape(-1, 2)
+
+
+def _list_pairs(vectors: np.ndarray, threshold: float, dims: int = 64, slack: float = 0.05) -> np.ndarray:
+    """Near pairs among many unit vectors, on a seeded random projection to ``dims``, normalised (a pair's
+    cosine there deviates from its own by about (1 − t²)/√dims: a fourfold margin loses next to none, and the
+    exact cosine then checks each candidate). Seeded spherical k-means places √(2.5·n) list centres; each vector
+    is kept in the list of its nearest centre (its home) and compared, one matrix product per list, with every
+    vector that has that centre within ``slack`` of its own nearest (about two lists a vector: a near copy's home
+    is, unless both sit on a border, and then one of the two finds the other). Matrix products, not faiss'
+    per-query IVF scans (slower here): BLAS speed, O(n^1.5)."""
     import faiss
 
     n, dim = vectors.shape
@@ -81,28 +95,40 @@ def _list_pairs(vectors: np.ndarray, threshold: float, probes: int, dims: int = 
     rotation.init(0)  # seeded: the same pairs each run
     projected = rotation.apply(vectors)
     faiss.normalize_L2(projected)
-    # √(probes·n) lists balance finding the lists (n × lists) and comparing in them (n × probes × n / lists)
-    lists = int(np.sqrt(probes * n))
-    centres = faiss.IndexFlatIP(dims)
-    centres.add(projected[np.sort(np.random.default_rng(0).choice(n, lists, replace=False))])
-    _, nearest = centres.search(projected, probes)  # nearest first
-    members = np.argsort(nearest[:, 0], kind="stable")  # by home list
-    member_bounds = np.searchsorted(nearest[members, 0], np.arange(lists + 1))
-    probe_list = nearest.ravel()
-    askers = np.argsort(probe_list, kind="stable")
-    asker_bounds = np.searchsorted(probe_list[askers], np.arange(lists + 1))
-    low = threshold - 6 * (1 - threshold**2) / np.sqrt(dims)
+    # √(2.5·n) lists balance finding them (n × lists) and comparing in them (n × ~2 probes × n / lists)
+    lists = int(np.sqrt(2.5 * n))
+    kmeans = faiss.Kmeans(dims, lists, niter=8, seed=0, spherical=True, max_points_per_centroid=16)
+    kmeans.train(projected)
+    homes, askers, probed = [], [], []
+    for start in range(0, n, 16_384):  # a block of vectors × every centre at a time: bounded memory
+        similarity = projected[start : start + 16_384] @ kmeans.centroids.T
+        home = similarity.argmax(axis=1)
+        similarity -= similarity[np.arange(len(home)), home][:, None]
+        asker, centre = np.divmod(np.flatnonzero(similarity >= -slack), lists)  # flat: 10x faster than 2-d nonzero
+        homes.append(home)
+        askers.append(asker + start)
+        probed.append(centre)
+    members, member_bounds = _grouped(np.arange(n), np.concatenate(homes), lists)
+    askers, asker_bounds = _grouped(np.concatenate(askers), np.concatenate(probed), lists)
+    low = threshold - 4 * (1 - threshold**2) / np.sqrt(dims)
     found = []
     for k in range(lists):
         home = members[member_bounds[k] : member_bounds[k + 1]]
-        asking = askers[asker_bounds[k] : asker_bounds[k + 1]] // probes
+        asking = askers[asker_bounds[k] : asker_bounds[k + 1]]
         if len(home) == 0 or len(asking) == 0:
             continue
-        q, m = np.nonzero(projected[asking] @ projected[home].T >= low)
-        found.append(np.stack([asking[q], home[m]], axis=1))
-    pairs = np.concatenate(found) if found else np.zeros((0, 2), np.int64)
-    pairs = np.unique(np.sort(pairs[pairs[:, 0] != pairs[:, 1]], axis=1), axis=0)
+        q, m = np.divmod(np.flatnonzero(projected[asking] @ projected[home].T >= low), len(home))
+        found.append(_pair_keys(asking[q], home[m], n))
+    keys = np.unique(np.concatenate(found))
+    pairs = _pairs(keys, n)
+    pairs = pairs[pairs[:, 0] != pairs[:, 1]]
     return pairs[np.einsum("ij,ij->i", vectors[pairs[:, 0]], vectors[pairs[:, 1]]) >= threshold]
+
+
+def _grouped(values: np.ndarray, groups: np.ndarray, count: int) -> tuple[np.ndarray, np.ndarray]:
+    """``values`` ordered by group (stable) and each group's bounds in them: group k is [bounds[k], bounds[k+1])."""
+    order = np.argsort(groups, kind="stable")
+    return values[order], np.searchsorted(groups[order], np.arange(count + 1))
 
 
 def semdedup_pairs(vectors: np.ndarray, threshold: float, clusters: int, seed: int) -> np.ndarray:
@@ -131,20 +157,20 @@ def _row_col(cell: str) -> tuple[int, int] | None:
     return int(row) * (1 if up == "U" else -1), int(col) * (1 if right == "R" else -1)
 
 
-def counted(ids: list[SampleId], settings: Dedup) -> Callable[[int, int], bool]:
-    """Whether a pair of samples may be near duplicates under the grid policy (module docstring)."""
+def counted(ids: list[SampleId], settings: Dedup) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
+    """Which pairs (arrays i, j) of samples may be near duplicates under the grid policy (module docstring)."""
+    source = pd.factorize(np.array([sid.source for sid in ids], dtype=object))[0]
+    cell = pd.factorize(np.array([sid.cell for sid in ids], dtype=object))[0]
+    start = pd.factorize(np.array([sid.start for sid in ids], dtype=object))[0]
+    # another grid's cell names: no neighbours known (NaN is never within 1)
+    grid = np.array([_row_col(sid.cell) or (np.nan, np.nan) for sid in ids], dtype=np.float64).reshape(-1, 2)
 
-    def neighbours(a: str, b: str) -> bool:
-        ra, rb = _row_col(a), _row_col(b)
-        return a != b and ra is not None and rb is not None and abs(ra[0] - rb[0]) <= 1 and abs(ra[1] - rb[1]) <= 1
-
-    def ok(i: int, j: int) -> bool:
-        a, b = ids[i], ids[j]
-        if a.source != b.source:
-            return False
-        if a.cell == b.cell and a.start != b.start:
-            return settings.across_versions
-        return settings.across_neighbours or not neighbours(a.cell, b.cell)
+    def ok(i: np.ndarray, j: np.ndarray) -> np.ndarray:
+        same_cell = cell[i] == cell[j]
+        neighbours = ~same_cell & (np.abs(grid[i] - grid[j]) <= 1).all(axis=1)
+        later = same_cell & (start[i] != start[j])
+        allowed = np.where(later, settings.across_versions, settings.across_neighbours | ~neighbours)
+        return (source[i] == source[j]) & allowed
 
     return ok
 
@@ -152,16 +178,15 @@ def counted(ids: list[SampleId], settings: Dedup) -> Callable[[int, int], bool]:
 def flag(pairs: np.ndarray, order: np.ndarray, n: int) -> np.ndarray:
     """For each sample, the index of the kept sample it duplicates (-1: kept): samples are taken in ``order``
     (the keep rule's priority); one not yet flagged is kept and flags its unflagged partners."""
-    partners: list[list[int]] = [[] for _ in range(n)]
-    for i, j in pairs:
-        partners[i].append(j)
-        partners[j].append(i)
+    pairs = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
+    ends = np.concatenate([pairs, pairs[:, ::-1]])  # each pair from both sides, grouped by the first
+    partners, bounds = _grouped(ends[:, 1], ends[:, 0], n)
     of = np.full(n, -1, dtype=np.int64)
-    for i in order:
+    order = np.asarray(order)
+    for i in order[bounds[order + 1] > bounds[order]].tolist():  # only samples with partners: others are kept
         if of[i] == -1:
-            for j in partners[i]:
-                if of[j] == -1:
-                    of[j] = i
+            mine = partners[bounds[i] : bounds[i + 1]]
+            of[mine[of[mine] == -1]] = i
             of[i] = -2  # kept
     of[of == -2] = -1
     return of
@@ -181,13 +206,18 @@ def find_duplicates(index: pd.DataFrame, quality: pd.DataFrame | None, embed: pd
     else:
         order = np.arange(n)
 
+    names = np.array([*stored, None], dtype=object)
+
     def named(of: np.ndarray) -> list[str | None]:
-        return [stored[k] if k >= 0 else None for k in of]
+        return names[of].tolist()  # -1: the None at the end
 
     if "exact" in settings.methods:
-        hashes = quality["pixel_hash"].to_numpy()
-        groups = pd.Series(range(n)).groupby(hashes, dropna=True).apply(list)
-        pairs = np.array([(g[0], other) for g in groups for other in g[1:]], dtype=np.int64).reshape(-1, 2)
+        group, _ = pd.factorize(quality["pixel_hash"].to_numpy())  # -1: no hash
+        seen = group >= 0
+        first = np.full(group.max(initial=0) + 1, n, dtype=np.int64)
+        np.minimum.at(first, group[seen], np.flatnonzero(seen))  # each hash's first sample, in index order
+        others = np.flatnonzero(seen & (first[np.maximum(group, 0)] != np.arange(n)))
+        pairs = np.stack([first[group[others]], others], axis=1)
         out["exact"] = named(flag(pairs, order, n))
     vector_methods = [m for m in settings.methods if m != "exact"]
     if vector_methods:
@@ -201,8 +231,9 @@ def find_duplicates(index: pd.DataFrame, quality: pd.DataFrame | None, embed: pd
                     local = similar_pairs(vectors, threshold, settings.neighbours)
                 else:
                     local = semdedup_pairs(vectors, threshold, settings.clusters, settings.seed)
-                pairs = np.array([(have[i], have[j]) for i, j in local if ok(have[i], have[j])], dtype=np.int64)
-                out[column(method, threshold)] = named(flag(pairs.reshape(-1, 2), order, n))
+                i, j = have[local[:, 0]], have[local[:, 1]]
+                keep = ok(i, j)
+                out[column(method, threshold)] = named(flag(np.stack([i[keep], j[keep]], axis=1), order, n))
     flags = [c for c in out.columns if c != "sample_id"]
     out["duplicate"] = out[flags].notna().any(axis=1)
     return out

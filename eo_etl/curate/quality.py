@@ -17,7 +17,7 @@ import pyarrow as pa
 
 from eo_etl.recipe.models import Quality, Recipe
 from eo_etl.sources.masks import cloud_pixels, missing_pixels, shadow_pixels
-from eo_etl.sources.profile import CollectionProfile, find_profile
+from eo_etl.sources.profile import CollectionProfile, QualityRule, find_profile
 from eo_etl.stages.core import Item, Output, Stage
 
 
@@ -46,15 +46,38 @@ def scores(pixels: np.ndarray, row: dict, profile: CollectionProfile | None, set
         missing |= (pixels[data] == nodata).any(axis=0)
     cloud = shadow = None
     if mask_band is not None:
-        mask = pixels[bands.index(mask_band)]
-        missing |= missing_pixels(rule, mask)
-        valid = ~missing
-        n_valid = max(int(valid.sum()), 1)
-        shadow_mask = shadow_pixels(rule, mask) & valid
-        shadow = float(shadow_mask.sum() / n_valid)
-        cloud = float((cloud_pixels(rule, mask) & valid & ~shadow_mask).sum() / n_valid)
+        cloud, shadow = _mask_scores(rule, pixels[bands.index(mask_band)], missing)
     valid = ~missing
     n_valid = int(valid.sum())
+    saturated, dead = _band_scores(pixels, row, data, valid, settings)
+    row_out = {
+        "cloud_fraction": cloud,
+        "shadow_fraction": shadow,
+        "nodata_fraction": float(missing.mean()) if missing.size else 1.0,
+        "saturated_fraction": float((saturated & valid).sum() / n_valid) if n_valid else 0.0,
+        "dead_bands": dead,
+        "pixel_hash": pixel_hash(pixels),
+    }
+    return row_out | _verdict(row_out, settings)
+
+
+def _mask_scores(rule: QualityRule, mask: np.ndarray, missing: np.ndarray) -> tuple[float, float]:
+    """Cloud and shadow fractions of the valid pixels by the mask band; adds the mask's missing pixels to
+    ``missing`` (in place)."""
+    missing |= missing_pixels(rule, mask)
+    valid = ~missing
+    n_valid = max(int(valid.sum()), 1)
+    shadow_mask = shadow_pixels(rule, mask) & valid
+    shadow = float(shadow_mask.sum() / n_valid)
+    cloud = float((cloud_pixels(rule, mask) & valid & ~shadow_mask).sum() / n_valid)
+    return cloud, shadow
+
+
+def _band_scores(
+    pixels: np.ndarray, row: dict, data: list[int], valid: np.ndarray, settings: Quality
+) -> tuple[np.ndarray, list[str]]:
+    """The saturated pixels of the data bands ``data``, and the names of the dead ones."""
+    bands = list(row["bands"])
     scales, offsets = np.asarray(row["scales"], float), np.asarray(row["offsets"], float)
     saturated = np.zeros(pixels.shape[1:], dtype=bool)
     dead = []
@@ -67,22 +90,20 @@ def scores(pixels: np.ndarray, row: dict, profile: CollectionProfile | None, set
         values = band[valid]
         if values.size == 0 or values.min() == values.max():
             dead.append(bands[i])
-    row_out = {
-        "cloud_fraction": cloud,
-        "shadow_fraction": shadow,
-        "nodata_fraction": float(missing.mean()) if missing.size else 1.0,
-        "saturated_fraction": float((saturated & valid).sum() / n_valid) if n_valid else 0.0,
-        "dead_bands": dead,
-        "pixel_hash": pixel_hash(pixels),
-    }
+    return saturated, dead
+
+
+def _verdict(row_out: dict, settings: Quality) -> dict:
+    """``passed``, ``flags`` and ``reason`` of the scores against the recipe's limits: every limit passed."""
     reasons = []
     for score in ("cloud", "shadow", "nodata", "saturated"):
         value, limit = row_out[f"{score}_fraction"], getattr(settings, f"max_{score}_fraction")
         if value is not None and value > limit:
             reasons.append(f"{score} {value:.3f} > {limit:g}")
+    dead = row_out["dead_bands"]
     if dead and not settings.allow_dead_bands:
         reasons.append(f"dead bands {', '.join(dead)}")
-    return row_out | {"passed": not reasons, "flags": [r.split(" ")[0] for r in reasons], "reason": "; ".join(reasons)}
+    return {"passed": not reasons, "flags": [r.split(" ")[0] for r in reasons], "reason": "; ".join(reasons)}
 
 
 def open_scorer(settings: Quality, recipe: Recipe):

@@ -50,6 +50,23 @@ class Footprints:
         return transform_by_zone(self.epsg, (self.xmin + self.xmax) / 2, (self.ymin + self.ymax) / 2, to_utm=False)
 
 
+def _rows(
+    radius_km: float, dist_km: float, latitude_range: tuple[float, float]
+) -> tuple[NDArray[np.int64], NDArray[np.float64]]:
+    """The grid's rows within ``latitude_range``, south to north: their signed numbers and latitudes.
+
+    Rows: linspace(-90, 90, n + 1)[:-1] wrapped into [-90, 90). Index i of the linspace becomes row i (U) when
+    it wraps, and row i - n (D) otherwise.
+    """
+    n = math.ceil(math.pi * radius_km / dist_km)
+    raw = np.arange(n, dtype=np.float64) * (180.0 / n) + (-90.0)
+    row_u = np.where(raw < 0, np.arange(n), np.arange(n) - n)
+    lat = np.mod(raw, 180.0) - 90.0
+    keep = (lat >= latitude_range[0]) & (lat <= latitude_range[1])
+    order = np.argsort(row_u[keep], kind="stable")
+    return row_u[keep][order].astype(np.int64), lat[keep][order]
+
+
 class MajorTomGrid:
     """Major TOM grid at any spacing.
 
@@ -72,16 +89,7 @@ class MajorTomGrid:
         self.latitude_range = (float(latitude_range[0]), float(latitude_range[1]))
         self.margin_m = float(margin_m)
 
-        # Rows: linspace(-90, 90, n + 1)[:-1] wrapped into [-90, 90). Index i of the linspace becomes
-        # row i (U) when it wraps, and row i - n (D) otherwise.
-        n = math.ceil(math.pi * self.radius_km / self.dist_km)
-        raw = np.arange(n, dtype=np.float64) * (180.0 / n) + (-90.0)
-        row_u = np.where(raw < 0, np.arange(n), np.arange(n) - n)
-        lat = np.mod(raw, 180.0) - 90.0
-        keep = (lat >= self.latitude_range[0]) & (lat <= self.latitude_range[1])
-        order = np.argsort(row_u[keep], kind="stable")
-        self.row_u: NDArray[np.int64] = row_u[keep][order].astype(np.int64)
-        self.row_lat: NDArray[np.float64] = lat[keep][order]
+        self.row_u, self.row_lat = _rows(self.radius_km, self.dist_km, self.latitude_range)
         if self.row_u.size < 2:
             raise ValueError(f"grid distance {dist_km} km leaves fewer than two rows in {latitude_range}")
         self._row_offset = int(self.row_u[0])  # row index = row_u - offset

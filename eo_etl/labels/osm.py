@@ -268,10 +268,7 @@ def _mask(geometries: list, transform: Affine, height: int, width: int) -> np.nd
 
 def _tag_statistics(tags, inside, kinds, seen, past, patch_area, ninths, ninth_of, overlapping) -> list[dict]:
     """One entry per kept key=value over the features that can be seen (see the module's notes)."""
-    members: dict[tuple[str, str], list[int]] = defaultdict(list)
-    for i in np.flatnonzero(seen):
-        for key, value in tags[i].items():
-            members[(key, value)].append(int(i))
+    members = _members(tags, seen)
     if not members:
         return []
     lines = np.flatnonzero(seen & (kinds == LINE))
@@ -299,12 +296,7 @@ def _tag_statistics(tags, inside, kinds, seen, past, patch_area, ninths, ninth_o
             position = line_ninths[on_lines].sum(axis=0) / line_ninths[on_lines].sum()
         elif area <= 0:  # points: the ninth each falls in
             position = np.bincount([ninth_of(inside[i]) for i in chosen], minlength=9) / len(chosen)
-        cos2, sin2, total = directions[on_lines].sum(axis=0) if len(on_lines) else (0.0, 0.0, 0.0)
-        orientation = strength = None
-        if total > 0:
-            # the x axis is east, angles count anticlockwise: a bearing is clockwise from north
-            orientation = float((90.0 - math.degrees(math.atan2(sin2, cos2) / 2)) % 180.0)
-            strength = float(math.hypot(cos2, sin2) / total)
+        orientation, strength = _orientation(*(directions[on_lines].sum(axis=0) if len(on_lines) else (0, 0, 0)))
         entries.append({
             "key": key, "value": value, "count": len(chosen),
             "area_fraction": float(area / patch_area),
@@ -313,6 +305,25 @@ def _tag_statistics(tags, inside, kinds, seen, past, patch_area, ninths, ninth_o
             "orientation_strength": strength, "extends_past": bool(past[chosen].any()),
         })  # fmt: skip
     return entries
+
+
+def _members(tags, seen: np.ndarray) -> dict[tuple[str, str], list[int]]:
+    """The features (their positions) that carry each key=value, of those that can be seen."""
+    members: dict[tuple[str, str], list[int]] = defaultdict(list)
+    for i in np.flatnonzero(seen):
+        for key, value in tags[i].items():
+            members[(key, value)].append(int(i))
+    return members
+
+
+def _orientation(cos2: float, sin2: float, total: float) -> tuple[float | None, float | None]:
+    """The mean bearing of lines (0-180°, from their doubled-angle sums weighted by length ``total``) and how
+    strongly they share it (0-1); None for both without lines."""
+    if total <= 0:
+        return None, None
+    # the x axis is east, angles count anticlockwise: a bearing is clockwise from north
+    orientation = float((90.0 - math.degrees(math.atan2(sin2, cos2) / 2)) % 180.0)
+    return orientation, float(math.hypot(cos2, sin2) / total)
 
 
 def open_labeller(settings: OsmLabels, recipe: Recipe) -> Labeller:

@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +23,9 @@ from eo_etl.store.zarr import STORE_NAME, quiet_consolidated
 
 STATUS_COLOURS = {"ok": (46, 139, 87), "rejected": (230, 145, 30), "failed": (200, 40, 40)}
 MAP_SIZE = (720, 480)
+MAP_MARGIN = 48  # px around the map, for the legend and the graticule's labels
+Bounds = tuple[float, float, float, float]  # west, south, east, north
+Pixel = Callable[[float, float], tuple[float, float]]  # lon, lat → x, y on the map
 THUMB = 128  # px per thumbnail side
 
 
@@ -30,14 +34,34 @@ def coverage_map(index: pd.DataFrame, path: Path) -> Path:
     from PIL import Image, ImageDraw  # the publish extra
 
     shapes = [g if isinstance(g, shapely.Geometry) else shapely.from_wkb(g) for g in index.geometry]
-    west, south, east, north = shapely.total_bounds(shapes) if shapes else (-180.0, -90.0, 180.0, 90.0)
+    bounds, pixel = _map_frame(shapely.total_bounds(shapes) if shapes else (-180.0, -90.0, 180.0, 90.0))
+    image = Image.new("RGB", MAP_SIZE, (250, 250, 248))
+    draw = ImageDraw.Draw(image)
+    _graticule(draw, bounds, pixel)
+    for shape, status in zip(shapes, index.status):
+        colour = STATUS_COLOURS.get(status, (120, 120, 120))
+        for polygon in getattr(shape, "geoms", [shape]):
+            ring = [pixel(x, y) for x, y in polygon.exterior.coords]
+            draw.polygon(ring, fill=colour + (0,), outline=(40, 40, 40))
+    x = MAP_MARGIN
+    for status, colour in STATUS_COLOURS.items():  # the legend, with each status's count
+        count = int((index.status == status).sum())
+        draw.rectangle([x, 12, x + 12, 24], fill=colour)
+        draw.text((x + 16, 12), f"{status} ({count})", fill=(30, 30, 30))
+        x += 130
+    image.save(path, format="PNG")
+    return path
+
+
+def _map_frame(bounds: Bounds) -> tuple[Bounds, Pixel]:
+    """The map's bounds (``bounds`` padded) and the function from lon/lat to a pixel of the map, centred."""
+    west, south, east, north = bounds
     pad = max(east - west, north - south, 1e-3) * 0.08
     west, south, east, north = west - pad, south - pad, east + pad, north + pad
     width, height = MAP_SIZE
-    margin = 48
     # One scale for both axes, corrected for latitude, so cells keep their shape.
     stretch = math.cos(math.radians((south + north) / 2)) or 1.0
-    scale = min((width - 2 * margin) / ((east - west) * stretch), (height - 2 * margin) / (north - south))
+    scale = min((width - 2 * MAP_MARGIN) / ((east - west) * stretch), (height - 2 * MAP_MARGIN) / (north - south))
 
     left = (width - (east - west) * stretch * scale) / 2  # centred
     bottom = height - (height - (north - south) * scale) / 2
@@ -45,30 +69,22 @@ def coverage_map(index: pd.DataFrame, path: Path) -> Path:
     def pixel(lon: float, lat: float) -> tuple[float, float]:
         return left + (lon - west) * stretch * scale, bottom - (lat - south) * scale
 
-    image = Image.new("RGB", MAP_SIZE, (250, 250, 248))
-    draw = ImageDraw.Draw(image)
+    return (west, south, east, north), pixel
+
+
+def _graticule(draw, bounds: Bounds, pixel: Pixel) -> None:
+    """Lines of longitude and latitude at a round step, labelled in degrees."""
+    west, south, east, north = bounds
+    width, height = MAP_SIZE
     step = _nice_step(max(east - west, north - south) / 4)
     for lon in np.arange(math.ceil(west / step) * step, east, step):
         x, _ = pixel(lon, south)
-        draw.line([(x, margin), (x, height - margin)], fill=(215, 215, 215))
-        draw.text((x + 2, height - margin + 4), f"{lon:.{_decimals(step)}f}°", fill=(90, 90, 90))
+        draw.line([(x, MAP_MARGIN), (x, height - MAP_MARGIN)], fill=(215, 215, 215))
+        draw.text((x + 2, height - MAP_MARGIN + 4), f"{lon:.{_decimals(step)}f}°", fill=(90, 90, 90))
     for lat in np.arange(math.ceil(south / step) * step, north, step):
         _, y = pixel(west, lat)
-        draw.line([(margin, y), (width - margin, y)], fill=(215, 215, 215))
+        draw.line([(MAP_MARGIN, y), (width - MAP_MARGIN, y)], fill=(215, 215, 215))
         draw.text((4, y - 6), f"{lat:.{_decimals(step)}f}°", fill=(90, 90, 90))
-    for shape, status in zip(shapes, index.status):
-        colour = STATUS_COLOURS.get(status, (120, 120, 120))
-        for polygon in getattr(shape, "geoms", [shape]):
-            ring = [pixel(x, y) for x, y in polygon.exterior.coords]
-            draw.polygon(ring, fill=colour + (0,), outline=(40, 40, 40))
-    x = margin
-    for status, colour in STATUS_COLOURS.items():
-        count = int((index.status == status).sum())
-        draw.rectangle([x, 12, x + 12, 24], fill=colour)
-        draw.text((x + 16, 12), f"{status} ({count})", fill=(30, 30, 30))
-        x += 130
-    image.save(path, format="PNG")
-    return path
 
 
 def thumbnails(root: Path, source: str, profile: str | None, rows: pd.DataFrame, count: int, path: Path) -> Path | None:

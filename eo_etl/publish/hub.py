@@ -18,11 +18,15 @@ import json
 from dataclasses import dataclass, field
 from fnmatch import fnmatch
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from eo_etl.publish.card import FIGURES, write_card
 from eo_etl.recipe import Recipe
 from eo_etl.recipe.models import Publish
 from eo_etl.store.catalog import COLLECTION_NAME
+
+if TYPE_CHECKING:
+    from huggingface_hub import HfApi
 
 HUB_TITLE = "Hugging Face Hub"
 INTERNAL = ["_build/*", "_build.lock", "*.partial", ".*", "*/.*"]  # never uploaded
@@ -84,25 +88,33 @@ def publish(
     version = _version(root)
     message = f"{recipe.name} version {version}" if version else recipe.name
     try:
-        api.create_repo(settings.repo_id, repo_type="dataset", private=settings.private, exist_ok=True)
-        if settings.revision != "main":
-            api.create_branch(settings.repo_id, repo_type="dataset", branch=settings.revision, exist_ok=True)
-        for files, what, ignore in ((data, "data", INTERNAL + last), (last, "index, STAC and card", INTERNAL)):
-            if not files:
-                continue
-            commit = api.upload_folder(
-                repo_id=settings.repo_id, repo_type="dataset", folder_path=root, revision=settings.revision,
-                allow_patterns=None if what == "data" else files, ignore_patterns=ignore,
-                commit_message=f"{message}: {what}",
-            )  # fmt: skip
-            report.commits.append(commit.oid)
-            report.url = commit.commit_url
+        _upload(api, root, settings, data, last, message, report)
     except HfHubHTTPError as error:
         status = error.response.status_code if error.response is not None else "no reply"
         raise PublishError(f"publish to {settings.repo_id}: the Hub answered {status}; rerun to resume") from None
     except OSError as error:
         raise PublishError(f"publish to {settings.repo_id}: {type(error).__name__}; rerun to resume") from None
     return report
+
+
+def _upload(
+    api: HfApi, root: Path, settings: Publish, data: list[str], last: list[str], message: str, report: PublishReport
+) -> None:
+    """The repo (and branch) made if new, then two commits: the data, then the index, STAC and card that name it
+    (so a reader never sees an index whose files are missing); each commit noted in ``report``."""
+    api.create_repo(settings.repo_id, repo_type="dataset", private=settings.private, exist_ok=True)
+    if settings.revision != "main":
+        api.create_branch(settings.repo_id, repo_type="dataset", branch=settings.revision, exist_ok=True)
+    for files, what, ignore in ((data, "data", INTERNAL + last), (last, "index, STAC and card", INTERNAL)):
+        if not files:
+            continue
+        commit = api.upload_folder(
+            repo_id=settings.repo_id, repo_type="dataset", folder_path=root, revision=settings.revision,
+            allow_patterns=None if what == "data" else files, ignore_patterns=ignore,
+            commit_message=f"{message}: {what}",
+        )  # fmt: skip
+        report.commits.append(commit.oid)
+        report.url = commit.commit_url
 
 
 def _link_collection(root: Path, url: str, revision: str) -> None:

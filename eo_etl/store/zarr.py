@@ -30,9 +30,11 @@ Rewriting skips complete shards, and the same samples give the same bytes.
 
 from __future__ import annotations
 
+import asyncio
 import math
 import warnings
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -106,13 +108,16 @@ class BandStatistics:
 
     def add(self, pixels: np.ndarray) -> None:
         """``pixels``: (sample, band, y, x) or (band, y, x)."""
-        values = pixels.reshape(-1, *pixels.shape[-3:]).swapaxes(0, 1).reshape(len(self.bands), -1)
-        for i, band in enumerate(values):
-            if self.offset is not None:
-                self.histograms[i] += np.bincount(band.astype(np.int64) + self.offset if self.offset else band,
-                                                  minlength=self.histograms.shape[1])  # fmt: skip
-            else:
-                self._add_moments(i, band if self.nodata is None else band[band != self.nodata])
+        samples = pixels.reshape(-1, *pixels.shape[-3:])
+        if self.offset is not None:  # a sample's band at a time: contiguous, no copy (half the time of one)
+            for sample in samples:
+                for i, band in enumerate(sample):
+                    values = band.ravel()
+                    self.histograms[i] += np.bincount(values.astype(np.int64) + self.offset if self.offset else values,
+                                                      minlength=self.histograms.shape[1])  # fmt: skip
+            return
+        for i, band in enumerate(samples.swapaxes(0, 1).reshape(len(self.bands), -1)):
+            self._add_moments(i, band if self.nodata is None else band[band != self.nodata])
 
     def _add_moments(self, i: int, valid: np.ndarray) -> None:
         if valid.size == 0:
@@ -203,18 +208,25 @@ class ZarrWriter:
         self.root, self.source, self.layout, self.shard_size, self.build = str(root), source, layout, shard_size, build
         if tidy:
             _remove_partial_files(f"{self.root}/{source}")  # this source's group only: the others have their writers
-        group = zarr.open_group(self.root, mode="a", zarr_format=3, use_consolidated=False,  # edits, not reads
-                                storage_options=storage_options)  # fmt: skip
-        if source in group and group[source].attrs.get("layout") == self._layout_attrs():
-            self.group = group[source]
-            if self.group["pixels"].shape[0] < capacity:
-                self._resize(capacity)
-        else:
-            self.group = group.create_group(source, overwrite=True, attributes={"layout": self._layout_attrs()})
-            self._create_arrays(max(capacity, 1))
+        self._group = sync(self._open(capacity, storage_options))
+        self.group = zarr.Group(self._group)
         self.arrays = {name: array for name, array in self.group.arrays()}  # looked up once: each asks the store
         self.pixels = self.arrays["pixels"]
         self.statistics = BandStatistics(layout.bands, layout.dtype, layout.nodata)
+
+    async def _open(self, capacity: int, storage_options: dict | None) -> zarr.AsyncGroup:
+        """The source's group: resumed (grown to ``capacity``) when its layout and build match, else created."""
+        group = await zarr.api.asynchronous.open_group(self.root, mode="a", zarr_format=3, use_consolidated=False,
+                                                       storage_options=storage_options)  # edits, not reads  # fmt: skip
+        if await group.contains(self.source):
+            existing = await group.getitem(self.source)
+            if existing.attrs.get("layout") == self._layout_attrs():
+                if (await existing.getitem("pixels")).shape[0] < capacity:
+                    await _resize(existing, capacity)
+                return existing
+        created = await group.create_group(self.source, overwrite=True, attributes={"layout": self._layout_attrs()})
+        await self._create_arrays(created, max(capacity, 1))
+        return created
 
     @classmethod
     def existing(
@@ -233,18 +245,18 @@ class ZarrWriter:
                 "width": layout.width, "dtype": layout.dtype, "nodata": layout.nodata, "shard_size": self.shard_size,
                 "build": self.build}  # fmt: skip
 
-    def _create_arrays(self, capacity: int) -> None:
-        layout, group, n = self.layout, self.group, self.shard_size
+    async def _create_arrays(self, group: zarr.AsyncGroup, capacity: int) -> None:
+        """Every array of the group, created concurrently (each is a metadata write)."""
+        layout, n = self.layout, self.shard_size
         bands, height, width = len(layout.bands), layout.height, layout.width
-        group.create_array(
+        created = [group.create_array(
             "pixels", shape=(capacity, bands, height, width), dtype=layout.dtype,
             chunks=(1, bands, height, width), shards=(n, bands, height, width), compressors=COMPRESSOR,
             fill_value=layout.nodata or 0, dimension_names=("sample", "band", "y", "x"),
             attributes={"long_name": f"{self.source} pixels as delivered (digital numbers)", "nodata": layout.nodata,
                         "coordinates": " ".join(SAMPLE_COORDINATES)},
-        )  # fmt: skip
-        array = group.create_array("band", shape=(bands,), dtype=str, dimension_names=("band",))
-        array[:] = np.asarray(layout.bands, dtype=str)
+        )]  # fmt: skip
+        band = group.create_array("band", shape=(bands,), dtype=str, dimension_names=("band",))
         metres = {"units": "m", "long_name": "pixel centre"}
         per_sample = {  # name: dtype, the other dimension (and its length), attributes
             "sample": (str, (), {"long_name": "grid cell"}),
@@ -265,9 +277,13 @@ class ZarrWriter:
             "nodata": ("float64", (), {"long_name": "share of the patch's pixels with no data, 0-1"}),
             "processing_baseline": (str, (), {"long_name": "the provider's processing version of the item"}),
         }
-        for name, (dtype, other, attrs) in per_sample.items():
+        created += [
             group.create_array(name, shape=(capacity, *other[1:]), dtype=dtype, chunks=(n, *other[1:]),
-                               dimension_names=("sample", *other[:1]), attributes=attrs)  # fmt: skip
+                               dimension_names=("sample", *other[:1]), attributes=attrs)
+            for name, (dtype, other, attrs) in per_sample.items()
+        ]  # fmt: skip
+        band, *_ = await asyncio.gather(band, *created)
+        await band.setitem(slice(None), np.asarray(layout.bands, dtype=str))
 
     def shard_complete(self, k: int) -> bool:
         key = self.pixels.metadata.encode_chunk_key((k, 0, 0, 0))
@@ -284,18 +300,24 @@ class ZarrWriter:
         for sample in samples:
             self.layout.check(sample)
         pixels = np.stack([sample.pixels for sample in samples])
-        self.statistics.add(pixels)
         start = k * self.shard_size
         rows = slice(start, start + len(samples))
         coordinates = _coordinates(samples)
-        if self.shard_complete(k) and all(
-            np.array_equal(self.arrays[name][rows], coordinates[name]) for name in ("sample", "time")
-        ):
-            return False
-        for name, values in coordinates.items():
-            self.arrays[name][rows] = values
-        self.pixels[rows] = pixels  # last: the shard's existence says the samples are all there
-        return True
+        with ThreadPoolExecutor(1) as counter:  # the statistics are counted while zarr compresses and writes
+            counted = counter.submit(self.statistics.add, pixels)
+            kept = self.shard_complete(k) and all(
+                np.array_equal(self.arrays[name][rows], coordinates[name]) for name in ("sample", "time")
+            )
+            if not kept:
+                sync(self._write(rows, coordinates, pixels))
+            counted.result()
+        return not kept
+
+    async def _write(self, rows: slice, coordinates: dict[str, np.ndarray], pixels: np.ndarray) -> None:
+        """The coordinates (concurrently), then the pixels: the shard's existence says the samples are all there."""
+        await asyncio.gather(*(self.arrays[name].async_array.setitem(rows, values)
+                               for name, values in coordinates.items()))  # fmt: skip
+        await self.pixels.async_array.setitem(rows, pixels)
 
     def _grid_mapping(self, count: int) -> None:
         """CF grid mapping (what rioxarray reads) when the samples share one CRS; none when zones differ."""
@@ -313,15 +335,10 @@ class ZarrWriter:
             if "grid_mapping" in pixels.attrs:
                 del pixels.attrs["grid_mapping"]
 
-    def _resize(self, count: int) -> None:
-        for _, array in self.group.arrays():
-            if "sample" in (array.metadata.dimension_names or ()) and array.shape[0] != count:
-                array.resize((count, *array.shape[1:]))
-
     def close(self, count: int, statistics: BandStatistics | None = None) -> None:
         """Trim to ``count`` samples, record the statistics (``statistics``, else those of the shards this
         writer wrote), consolidate the metadata for quick opens."""
-        self._resize(count)
+        sync(_resize(self._group, count))
         statistics = statistics or self.statistics
         self.group.attrs.update({"band_statistics": statistics.as_dict(), "samples": count})
         self._grid_mapping(count)
@@ -335,6 +352,15 @@ def quiet_consolidated() -> Iterator[None]:
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Consolidated metadata is currently not part")
         yield
+
+
+async def _resize(group: zarr.AsyncGroup, count: int) -> None:
+    """Every per-sample array of ``group`` to ``count`` samples (concurrently: each is a metadata write)."""
+    arrays = [array async for _, array in group.arrays()]
+    await asyncio.gather(*(
+        array.resize((count, *array.shape[1:])) for array in arrays
+        if "sample" in (array.metadata.dimension_names or ()) and array.shape[0] != count
+    ))  # fmt: skip
 
 
 def _coordinates(samples: Sequence[Sample]) -> dict[str, np.ndarray]:
