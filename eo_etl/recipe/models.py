@@ -974,16 +974,10 @@ class Recipe(Section):
                     f"sources[{i}].kind: time slices (time.slices) need a STAC API or a static catalog; "
                     f"{source.kind!r} makes one sample per cell"
                 )
-            if source.align is None and source.patch_size is None:
-                source.patch_size = round(grid.footprint_m / source.resolution_m)
-                if source.patch_size > MAX_PATCH:
-                    raise ValueError(
-                        f"sources[{i}].resolution_m: {source.resolution_m:g} m makes {source.patch_size} px patches "
-                        f"of the {grid.footprint_m:g} m footprint; at most {MAX_PATCH}: set patch_size or a coarser "
-                        "resolution"
-                    )
             if source.align is not None:
                 _align_problem(self.sources, i)
+            elif source.patch_size is None:
+                source.patch_size = _footprint_patch(grid, source, i)
             shard_bytes = 4 * self.outputs.shard_size * len(source.bands) * source.patch_size**2
             if shard_bytes > MAX_SHARD_BYTES:
                 raise ValueError(
@@ -1044,6 +1038,17 @@ class Recipe(Section):
             if getattr(self.aoi, name) is not None:
                 content["aoi"][name] = hashlib.sha256(getattr(self.aoi, name).read_bytes()).hexdigest()
         return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _footprint_patch(grid, source: Source, i: int) -> int:
+    """The patch size of ``sources[i]`` left unset: the grid's sample footprint at its resolution."""
+    size = round(grid.footprint_m / source.resolution_m)
+    if size > MAX_PATCH:
+        raise ValueError(
+            f"sources[{i}].resolution_m: {source.resolution_m:g} m makes {size} px patches of the "
+            f"{grid.footprint_m:g} m footprint; at most {MAX_PATCH}: set patch_size or a coarser resolution"
+        )
+    return size
 
 
 def _align_problem(sources: list[Source], i: int) -> None:

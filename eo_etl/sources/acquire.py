@@ -458,6 +458,10 @@ class SourceAcquisition:
             error = plain or error
             yield from (sample.fail(error, context) for cell in cells for sample in self._unsearched(cell, anchors))
             return
+        yield from self._cut(cells, items, anchors)
+
+    def _cut(self, cells: list[Cell], items: list[pystac.Item], anchors: dict[str, list[Anchor]]) -> Iterator[Sample]:
+        """The samples of ``cells`` from the search's ``items``, in the reader's threads."""
         if self.source.align is not None:  # a sample per anchor: one per primary sample of the cell (align.py)
             jobs = [(cell, anchor) for cell in cells for anchor in anchors.get(cell.name) or [None]]
             cells, anchored = [cell for cell, _ in jobs], [anchor for _, anchor in jobs]
