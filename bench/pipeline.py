@@ -26,6 +26,7 @@ from eo_etl.plan import PLAN_NAME, plan, write_plan
 from eo_etl.recipe import load_recipe
 from eo_etl.sample import OK
 from eo_etl.sources.acquire import acquire_source
+from eo_etl.sources.align import anchors_of
 from eo_etl.sources.cell import cells_of
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -41,13 +42,16 @@ def plain_build(recipe, root: Path) -> int:
     version = state.open_version(recipe)
     recipe_hash = recipe.fingerprint()
     ranges = plan_ranges(len(cells))
-    for source in recipe.sources:
-        samples = acquire_source(recipe, source, cells_of(recipe, cells), workers=recipe.runner.threads)
+    anchors: dict[str, dict] = {}  # a primary source's samples, by cell, for the sources aligned to it
+    for source in sorted(recipe.sources, key=lambda s: s.align is not None):  # primaries first
+        given = anchors.get(source.align.to) if source.align else None
+        samples = acquire_source(recipe, source, cells_of(recipe, cells), workers=recipe.runner.threads, anchors=given)
         for first, stop in ranges:  # recorded as the pipeline does: one state file per range of plan rows
+            batch = [next(samples) for _ in range(first, stop)]
+            anchors.setdefault(source.name, {}).update(anchors_of(batch))
             records = []
             with state.staging(version, source.name, first, stop, keep=set()) as stage:
-                for _ in range(first, stop):
-                    sample = next(samples)
+                for sample in batch:
                     records.append(sample.record() | {"recipe_hash": recipe_hash, "version": version})
                     if sample.status == OK:
                         stage(staged_name(records[-1]), sample.pixels)

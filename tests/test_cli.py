@@ -36,6 +36,7 @@ def test_validate_accepts_the_demo_and_summarises_it(demo_catalog):
     assert result.returncode == 0, result.stderr
     assert "valid recipe: demo" in result.stdout
     assert "majortom, 1 km" in result.stdout
+    assert "landcover (local, 1 bands @ 10 m, on s2l2a's grid, ≤ 0 days)" in result.stdout
 
 
 @pytest.mark.parametrize(
@@ -49,7 +50,8 @@ def test_validate_accepts_the_demo_and_summarises_it(demo_catalog):
 )
 def test_a_bad_recipe_gets_one_line_naming_the_field_and_exit_2(tmp_path, demo_catalog, change, field):
     data = yaml.safe_load((ROOT / "pipelines" / "demo.yaml").read_text()) | change
-    data["sources"][0]["url"] = str(demo_catalog)
+    for source in data["sources"]:
+        source["url"] = str(demo_catalog)
     bad = tmp_path / "bad.yaml"
     bad.write_text(yaml.safe_dump(data))
     for command in ("validate", "plan", "build"):
@@ -72,10 +74,12 @@ def test_plan_writes_geoparquet_with_the_major_tom_columns(tmp_path, demo_catalo
     assert pd.read_parquet(target).grid_cell.tolist() == cells.grid_cell.tolist()
 
 
-def demo_recipe(tmp_path: Path, **changes) -> Path:
-    """The demo recipe reading a fresh demo catalog in ``tmp_path``, with ``changes`` applied."""
+def demo_recipe(tmp_path: Path, *, aligned: bool = False, **changes) -> Path:
+    """The demo recipe reading a fresh demo catalog in ``tmp_path``, with ``changes`` applied; its Sentinel-2
+    source alone unless ``aligned`` (then with the land cover aligned to it too)."""
     data = yaml.safe_load((ROOT / "pipelines" / "demo.yaml").read_text())
-    data["sources"][0]["url"] = str(write_demo_catalog(tmp_path / "catalog"))
+    catalog = str(write_demo_catalog(tmp_path / "catalog"))
+    data["sources"] = [source | {"url": catalog} for source in data["sources"] if aligned or "align" not in source]
     data["outputs"] = {"path": str(tmp_path / "demo")}
     data |= changes
     (tmp_path / "demo.yaml").write_text(yaml.safe_dump(data))

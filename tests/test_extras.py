@@ -99,7 +99,8 @@ def test_a_builds_out_and_runner_are_named_as_the_flags_that_set_them(really_abs
 
 def test_the_command_line_says_it_in_one_line_and_exit_2_really_absent_extra(really_absent, tmp_path, demo_catalog):
     data = yaml.safe_load((ROOT / "pipelines" / "demo.yaml").read_text())
-    data["sources"][0]["url"] = str(demo_catalog)  # the copy lives elsewhere: its catalogue by absolute path
+    for source in data["sources"]:
+        source["url"] = str(demo_catalog)  # the copy lives elsewhere: its catalogue by absolute path
     (tmp_path / "gs.yaml").write_text(yaml.safe_dump(data | {"outputs": {"path": "gs://bucket/x"}}))
     result = run("validate", "gs.yaml", cwd=tmp_path)  # plan and build load it the same way
     assert result.returncode == 2, result.stderr

@@ -99,17 +99,9 @@ def _list_pairs(vectors: np.ndarray, threshold: float, dims: int = 64, slack: fl
     lists = int(np.sqrt(2.5 * n))
     kmeans = faiss.Kmeans(dims, lists, niter=8, seed=0, spherical=True, max_points_per_centroid=16)
     kmeans.train(projected)
-    homes, askers, probed = [], [], []
-    for start in range(0, n, 16_384):  # a block of vectors × every centre at a time: bounded memory
-        similarity = projected[start : start + 16_384] @ kmeans.centroids.T
-        home = similarity.argmax(axis=1)
-        similarity -= similarity[np.arange(len(home)), home][:, None]
-        asker, centre = np.divmod(np.flatnonzero(similarity >= -slack), lists)  # flat: 10x faster than 2-d nonzero
-        homes.append(home)
-        askers.append(asker + start)
-        probed.append(centre)
-    members, member_bounds = _grouped(np.arange(n), np.concatenate(homes), lists)
-    askers, asker_bounds = _grouped(np.concatenate(askers), np.concatenate(probed), lists)
+    homes, askers, probed = _assign_lists(projected, kmeans.centroids, slack)
+    members, member_bounds = _grouped(np.arange(n), homes, lists)
+    askers, asker_bounds = _grouped(askers, probed, lists)
     low = threshold - 4 * (1 - threshold**2) / np.sqrt(dims)
     found = []
     for k in range(lists):
@@ -123,6 +115,21 @@ def _list_pairs(vectors: np.ndarray, threshold: float, dims: int = 64, slack: fl
     pairs = _pairs(keys, n)
     pairs = pairs[pairs[:, 0] != pairs[:, 1]]
     return pairs[np.einsum("ij,ij->i", vectors[pairs[:, 0]], vectors[pairs[:, 1]]) >= threshold]
+
+
+def _assign_lists(projected: np.ndarray, centroids: np.ndarray, slack: float) -> tuple[np.ndarray, ...]:
+    """Each vector's home list (its nearest centre), and the (vector, list) pairs with the list's centre within
+    ``slack`` of the vector's nearest: the lists it is compared in."""
+    homes, askers, probed = [], [], []
+    for start in range(0, len(projected), 16_384):  # a block of vectors × every centre at a time: bounded memory
+        similarity = projected[start : start + 16_384] @ centroids.T
+        home = similarity.argmax(axis=1)
+        similarity -= similarity[np.arange(len(home)), home][:, None]
+        asker, centre = np.divmod(np.flatnonzero(similarity >= -slack), len(centroids))  # flat: 10x faster than 2-d
+        homes.append(home)
+        askers.append(asker + start)
+        probed.append(centre)
+    return np.concatenate(homes), np.concatenate(askers), np.concatenate(probed)
 
 
 def _grouped(values: np.ndarray, groups: np.ndarray, count: int) -> tuple[np.ndarray, np.ndarray]:
@@ -192,6 +199,25 @@ def flag(pairs: np.ndarray, order: np.ndarray, n: int) -> np.ndarray:
     return of
 
 
+def _keep_order(quality: pd.DataFrame | None, keep: str, n: int) -> np.ndarray:
+    """The order in which samples are kept first: index order, or least cloudy first (ties in index order)."""
+    if keep != "least_cloudy":
+        return np.arange(n)
+    cloud = quality["cloud_fraction"].fillna(1.0).to_numpy() if quality is not None else np.zeros(n)
+    return np.lexsort((np.arange(n), cloud))
+
+
+def _exact_pairs(hashes: np.ndarray) -> np.ndarray:
+    """(first, other) pairs of samples with the same pixel hash, the first in index order; no hash pairs none."""
+    n = len(hashes)
+    group, _ = pd.factorize(hashes)  # -1: no hash
+    seen = group >= 0
+    first = np.full(group.max(initial=0) + 1, n, dtype=np.int64)
+    np.minimum.at(first, group[seen], np.flatnonzero(seen))  # each hash's first sample, in index order
+    others = np.flatnonzero(seen & (first[np.maximum(group, 0)] != np.arange(n)))
+    return np.stack([first[group[others]], others], axis=1)
+
+
 def find_duplicates(index: pd.DataFrame, quality: pd.DataFrame | None, embed: pd.DataFrame | None,
                     settings: Dedup) -> pd.DataFrame:  # fmt: skip
     """The dedup table of the stored samples of ``index`` (in its order) from the quality and embed tables."""
@@ -200,25 +226,14 @@ def find_duplicates(index: pd.DataFrame, quality: pd.DataFrame | None, embed: pd
     out = pd.DataFrame({"sample_id": stored})
     ids = [SampleId.parse(s) for s in stored]
     quality = quality.set_index("sample_id").reindex(stored) if quality is not None else None
-    if settings.keep == "least_cloudy":
-        cloud = quality["cloud_fraction"].fillna(1.0).to_numpy() if quality is not None else np.zeros(n)
-        order = np.lexsort((np.arange(n), cloud))
-    else:
-        order = np.arange(n)
-
+    order = _keep_order(quality, settings.keep, n)
     names = np.array([*stored, None], dtype=object)
 
     def named(of: np.ndarray) -> list[str | None]:
         return names[of].tolist()  # -1: the None at the end
 
     if "exact" in settings.methods:
-        group, _ = pd.factorize(quality["pixel_hash"].to_numpy())  # -1: no hash
-        seen = group >= 0
-        first = np.full(group.max(initial=0) + 1, n, dtype=np.int64)
-        np.minimum.at(first, group[seen], np.flatnonzero(seen))  # each hash's first sample, in index order
-        others = np.flatnonzero(seen & (first[np.maximum(group, 0)] != np.arange(n)))
-        pairs = np.stack([first[group[others]], others], axis=1)
-        out["exact"] = named(flag(pairs, order, n))
+        out["exact"] = named(flag(_exact_pairs(quality["pixel_hash"].to_numpy()), order, n))
     vector_methods = [m for m in settings.methods if m != "exact"]
     if vector_methods:
         rows = embed.set_index("sample_id").reindex(stored)["embedding"]

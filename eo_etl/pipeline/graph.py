@@ -31,16 +31,19 @@ from eo_etl.pipeline.transforms import (
     shard_tasks,
 )
 from eo_etl.recipe import Recipe
+from eo_etl.sources.align import aligned_groups
 from eo_etl.store.location import Location
 
 
 def build_graph(pipeline: beam.Pipeline, recipe: Recipe, root: Location, version: int):
-    """Adds the build to ``pipeline``: every source over every cell of the plan written at ``root``."""
-    sources = [source.name for source in recipe.sources]
+    """Adds the build to ``pipeline``: every source over every cell of the plan written at ``root`` (a source
+    aligned to another with it, in the same step: sources/align.py)."""
+    primaries = list(aligned_groups(recipe))
+    sources = [source.name for source in recipe.sources]  # the index: every source's rows
     workers = recipe.runner.workers
     positions = (
         pipeline
-        | "plan" >> beam.Create([sources])
+        | "plan" >> beam.Create([primaries])
         | "ranges of plan rows" >> beam.FlatMap(ranges_of_plan, root, workers)
         | "spread cells" >> beam.Reshuffle()
         | "acquire and stage" >> beam.ParDo(AcquireRange(recipe, root, version))

@@ -37,7 +37,7 @@ from pathlib import Path
 import numpy as np
 
 from eo_etl.recipe import Recipe
-from eo_etl.sample import FAILED
+from eo_etl.sample import FAILED, OK, Sample
 from eo_etl.store.location import Location, read_each
 from eo_etl.store.zarr import BandStatistics
 
@@ -152,6 +152,14 @@ class BuildState:
                         if cell in keep:
                             add(cell, staged[cell])
             yield add
+
+    def stage(self, version: int, sample: Sample, recipe_hash: str) -> dict:
+        """Stage one finished sample's pixels (an ok one's) in a file of its own, for samples that come one at a time
+        in any order (eo_etl.beam); its record, which :meth:`stage_range` writes with the others of its range."""
+        record = sample.record() | {"recipe_hash": recipe_hash, "version": version}
+        if sample.status == OK:
+            self.save_pixels(version, sample.source, staged_name(record), sample.pixels)
+        return record
 
     def stage_range(self, version: int, source: str, first: int, stop: int, records: list[dict]) -> None:
         """Record a range of cells as finished, once its ok cells' pixels are staged (:meth:`staging`): one file

@@ -19,6 +19,7 @@ from eo_etl.plan import PLAN_NAME
 from eo_etl.recipe import Recipe
 from eo_etl.sample import FAILED, OK, REJECTED, Sample
 from eo_etl.sources.acquire import SourceAcquisition
+from eo_etl.sources.align import aligned_groups, anchors_of_records
 from eo_etl.sources.cell import cells_of
 from eo_etl.sources.remote import HostLimiter, RetryPolicy
 from eo_etl.store.dataset import close_dataset, existing_pixel_store, open_pixel_store, write_shard
@@ -46,9 +47,10 @@ class AcquireRange(beam.DoFn):
     """(source, first, stop) → the cells of those plan rows (whole ranges) not finished before, acquired and
     staged: cut in the worker's threads under its share of the recipe's per-service limits (transient errors
     retried, and counted), each outcome counted (the quality step's tally), then recorded in the build's state
-    range by range, the unit of resuming (the range's pixels in one file, then its records in another). Yields,
-    for each of its ranges and every version with records there, how many samples that version stores: the
-    counts the positions are made from (``shards.Positions``)."""
+    range by range, the unit of resuming (the range's pixels in one file, then its records in another). Then the
+    same for each source aligned to ``source``, on its samples' grids and dates (``sources/align.py``), read back
+    from their records. Yields, for each of its ranges, each source and every version with records there, how many
+    samples that version stores: the counts the positions are made from (``shards.Positions``)."""
 
     def __init__(self, recipe: Recipe, root: Location, version: int):
         self.recipe, self.root, self.version = recipe, root, version
@@ -62,6 +64,7 @@ class AcquireRange(beam.DoFn):
                                            limiter=limiter)
             for source in self.recipe.sources
         }  # fmt: skip
+        self.groups = aligned_groups(self.recipe)
         self.retries_counted: Counter[str] = Counter()
         self.skipped_counted: set[str] = set()
         self.ranges = RangeReader(self.root)
@@ -71,6 +74,19 @@ class AcquireRange(beam.DoFn):
     def process(self, element: tuple[str, int, int]) -> Iterator[tuple[RangeKey, int]]:
         source, first, stop = element
         ranges = plan_ranges(self.rows, first, stop)  # each recorded in its own file
+        cells = cells_of(self.recipe, self.ranges.plan.rows(first, stop))
+        found = {source: self._acquire(source, ranges, cells)}
+        anchors = anchors_of_records(r for part in ranges for r in found[source][part])  # by cell: each sample's
+        for secondary in self.groups.get(source, ()):
+            found[secondary.name] = self._acquire(secondary.name, ranges, cells, anchors)
+        order = {cell.name: first + i for i, cell in enumerate(cells)}
+        for name, records in found.items():
+            for part in ranges:
+                for settled in self.ranges.settle(name, *part, order, {self.version: records[part]}):
+                    yield (name, settled.version, *part), len(settled.stored)
+
+    def _acquire(self, source: str, ranges: list[tuple[int, int]], cells: list, anchors=None) -> dict:
+        """One source's cells of ``ranges`` acquired and staged; the records of each range (finished before too)."""
         found = {part: self.state.range_records(self.version, source, *part) for part in ranges}
         kept = {}
         for part, records in found.items():
@@ -79,13 +95,12 @@ class AcquireRange(beam.DoFn):
             kept[part] = [record for record in records if record["grid_cell"] not in retry]
         done = {record["grid_cell"]: part for part, records in kept.items() for record in records}
         counter("cells already finished").inc(len(done))
-        cells = cells_of(self.recipe, self.ranges.plan.rows(first, stop))
         part_of = {cell.name: ranges[i // range_size(self.rows)] for i, cell in enumerate(cells)}
         todo = [cell for cell in cells if cell.name not in done]
         new: dict[tuple[int, int], list[dict]] = {}
         with ExitStack() as staging:  # a range's pixels go to its file as they come: one cell's held at a time
             sinks: dict[tuple[int, int], PixelSink] = {}
-            for sample in self.acquisitions[source].acquire(todo):
+            for sample in self.acquisitions[source].acquire(todo, anchors):
                 count_outcome(sample)
                 part = part_of[sample.cell]
                 record = sample.record() | {"recipe_hash": self.recipe_hash, "version": self.version}
@@ -101,10 +116,7 @@ class AcquireRange(beam.DoFn):
             self.state.stage_range(self.version, source, *part, found[part])
         if todo:
             self._count_retries(source)
-        order = {cell.name: first + i for i, cell in enumerate(cells)}
-        for part in ranges:
-            for settled in self.ranges.settle(source, *part, order, {self.version: found[part]}):
-                yield (source, settled.version, *part), len(settled.stored)
+        return found
 
     def _count_retries(self, source: str) -> None:
         retries = Counter(self.policy.by_host)  # what this worker's retries cost each host, since last counted

@@ -292,6 +292,26 @@ def _utc(value: datetime | date) -> datetime:
 # ------------------------------------------------------------------------------------------- what
 
 
+MAX_ALIGN_DAYS = 366
+
+
+class Align(Section):
+    """Ties a source to another one of the recipe (its primary): each of its samples is cut on the primary's
+    sample grid (the same CRS and bounds, pixels of its own resolution_m) from the scene nearest in time to the
+    primary's chosen scene, and joins it by sample id's cell and start. A cell whose primary has no sample, or
+    with no scene within ``within_days`` of the primary's, is a rejected sample with the reason."""
+
+    to: Identifier = Field(description="Name of the primary source (one without align of its own).")
+    within_days: float | None = Field(
+        3.0,
+        ge=0,
+        le=MAX_ALIGN_DAYS,
+        description="Largest time between this source's scene and the primary's, in days (an item whose "
+        "start_datetime/end_datetime covers the primary's date is 0 days away). null: the same grid with no time "
+        "rule, searched at any date (a static product such as a DEM).",
+    )
+
+
 class Source(Section):
     """One imagery source: a collection at a STAC API, in Earth Engine, or in a static catalog on disk; or, for
     benchmarks and tests only, synthetic pixels made from each cell's name (no I/O, never imagery)."""
@@ -340,6 +360,11 @@ class Source(Section):
         gt=0,
         le=MAX_PATCH,
         description="Pixels per side; the grid's sample footprint at resolution_m if unset (1068).",
+    )
+    align: Align | None = Field(
+        None,
+        description="Cut on another source's sample grid, from its scene nearest the other's date (see Align); "
+        "patch_size then follows from the primary's extent.",
     )
     sign: Literal["planetary-computer"] | None = Field(
         None,
@@ -942,20 +967,17 @@ class Recipe(Section):
         if duplicates:
             raise ValueError(f"sources: duplicate name {duplicates[0]!r}; give each source a distinct name")
         grid = get_grid(self.grid.kind, self.grid.distance_km)
-        for i, source in enumerate(self.sources):
+        # aligned sources last: their patch follows from their primary's
+        for i, source in sorted(enumerate(self.sources), key=lambda pair: pair[1].align is not None):
             if self.time.slices is not None and source.kind in ("gee", "synthetic"):
                 raise ValueError(
                     f"sources[{i}].kind: time slices (time.slices) need a STAC API or a static catalog; "
                     f"{source.kind!r} makes one sample per cell"
                 )
-            if source.patch_size is None:
-                source.patch_size = round(grid.footprint_m / source.resolution_m)
-                if source.patch_size > MAX_PATCH:
-                    raise ValueError(
-                        f"sources[{i}].resolution_m: {source.resolution_m:g} m makes {source.patch_size} px patches "
-                        f"of the {grid.footprint_m:g} m footprint; at most {MAX_PATCH}: set patch_size or a coarser "
-                        "resolution"
-                    )
+            if source.align is not None:
+                _align_problem(self.sources, i)
+            elif source.patch_size is None:
+                source.patch_size = _footprint_patch(grid, source, i)
             shard_bytes = 4 * self.outputs.shard_size * len(source.bands) * source.patch_size**2
             if shard_bytes > MAX_SHARD_BYTES:
                 raise ValueError(
@@ -1016,6 +1038,46 @@ class Recipe(Section):
             if getattr(self.aoi, name) is not None:
                 content["aoi"][name] = hashlib.sha256(getattr(self.aoi, name).read_bytes()).hexdigest()
         return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _footprint_patch(grid, source: Source, i: int) -> int:
+    """The patch size of ``sources[i]`` left unset: the grid's sample footprint at its resolution."""
+    size = round(grid.footprint_m / source.resolution_m)
+    if size > MAX_PATCH:
+        raise ValueError(
+            f"sources[{i}].resolution_m: {source.resolution_m:g} m makes {size} px patches of the "
+            f"{grid.footprint_m:g} m footprint; at most {MAX_PATCH}: set patch_size or a coarser resolution"
+        )
+    return size
+
+
+def _align_problem(sources: list[Source], i: int) -> None:
+    """Checks ``sources[i].align`` and sets its patch_size: the primary's extent in its own pixels, a whole number."""
+    source = sources[i]
+    primary = next((s for s in sources if s.name == source.align.to), None)
+    field = f"sources[{i}].align"
+    if primary is None or primary is source:
+        names = [s.name for s in sources if s is not source]
+        raise ValueError(f"{field}.to: {shown(source.align.to)} is not another source; sources: {', '.join(names)}")
+    if primary.align is not None:
+        raise ValueError(f"{field}.to: {primary.name} is aligned itself; align to the source it aligns to")
+    if source.kind not in ("stac", "local"):
+        raise ValueError(f"{field}: a {source.kind} source cannot align; only stac and local sources do")
+    extent = primary.patch_size * primary.resolution_m  # metres, set on the primary before (it has no align)
+    pixels = extent / source.resolution_m
+    if abs(pixels - round(pixels)) > 1e-6 or round(pixels) < 1:
+        raise ValueError(
+            f"sources[{i}].resolution_m: {source.resolution_m:g} m does not divide {primary.name}'s "
+            f"{extent:g} m patch; aligned sources share its bounds, so pick a resolution that does"
+        )
+    if source.patch_size is not None and source.patch_size != round(pixels):
+        raise ValueError(
+            f"sources[{i}].patch_size: {source.patch_size} px of {source.resolution_m:g} m differs from "
+            f"{primary.name}'s {extent:g} m patch ({round(pixels)} px); unset it, aligned sources share the bounds"
+        )
+    source.patch_size = round(pixels)
+    if source.patch_size > MAX_PATCH:
+        raise ValueError(f"sources[{i}].resolution_m: {source.patch_size} px patches; at most {MAX_PATCH}")
 
 
 def too_many_cells(field: str, count: int, grid) -> str:

@@ -15,6 +15,9 @@ The rule, in order:
 With ``time.slices`` the same rule runs per time slice on the scenes of that slice, ranked towards the slice's
 middle, after one search over the whole window (sources/slices.py).
 
+A source aligned to another (``align:``) is cut on that source's grid from its scene nearest in time, once per
+sample of the other (per slice, with time slices): the rule is in ``align.py``.
+
 Any error left after retries makes a failed sample with the reason (``transient: …`` when its retries ran out
 on a fault that may pass: a rerun tries the cell again); one bad cell never stops a build.
 """
@@ -37,6 +40,17 @@ from eo_etl.recipe import Recipe
 from eo_etl.recipe.models import Source, TimeSlices
 from eo_etl.sample import FAILED, REJECTED, TRANSIENT, Sample
 from eo_etl.sources import masks
+from eo_etl.sources.align import (
+    Anchor,
+    aligned_grid,
+    aligned_groups,
+    aligned_sample,
+    anchors_of,
+    days_from,
+    search_window,
+    too_far_reason,
+    without_anchor,
+)
 from eo_etl.sources.cell import Cell
 from eo_etl.sources.patch import (
     NO_SCENE,
@@ -159,25 +173,39 @@ class StacReader(SourceReader):
         return patch_grid(cell.epsg, cell.footprint, self.source.resolution_m, size, anchor)
 
     # ------------------------------------------------------------------------------------------ cells
-    def acquire(self, cell: Cell, items: Iterable[pystac.Item]) -> Sample:
-        """The cell's sample from ``items`` (the search results around it), or a rejected/failed one."""
-        sample = cell.sample(self.source.name, self.start)
+    def acquire(self, cell: Cell, items: Iterable[pystac.Item], anchor: Anchor | None = None) -> Sample:
+        """The cell's sample from ``items`` (the search results around it), or a rejected/failed one; an aligned
+        source's on the grid and near the date of ``anchor``, its primary's sample of the cell (of one slice)."""
+        if anchor is None:
+            sample = cell.sample(self.source.name, self.start)
+        else:  # the primary sample's id start and slice: the join
+            sample = aligned_sample(cell, self.source.name, anchor)
+        align = self.source.align
+        if align is not None and (anchor is None or anchor.grid is None):
+            return without_anchor(sample, anchor, align.to)
         try:
             with gdal_env():
-                return self._acquire(cell, list(items), sample)
+                return self._acquire(cell, list(items), sample, anchor)
         except Exception as error:  # recorded, not raised: the build goes on with the other cells
             return sample.fail(error, TRANSIENT if is_transient(error) else "")
 
-    def _acquire(self, cell: Cell, items: list[pystac.Item], sample: Sample) -> Sample:
+    def _acquire(self, cell: Cell, items: list[pystac.Item], sample: Sample, anchor: Anchor | None = None) -> Sample:
         try:
-            candidates, grid, rule = self._prepare(cell, items)
-            return self._mosaic(self._clear(candidates, grid, rule, self.target_time), grid, sample, rule)
+            candidates, grid, rule = self._prepare(cell, items, anchor)
+            if anchor is None:
+                chosen = self._clear(candidates, grid, rule, self.target_time)
+            else:  # an aligned source: the scene nearest its primary's date
+                chosen = self._clear(candidates, grid, rule, anchor.when, key=_nearest(anchor))
+            return self._mosaic(chosen, grid, sample, rule)
         except _Outcome as outcome:
             return outcome.apply(sample)
 
-    def _prepare(self, cell: Cell, items: list[pystac.Item]) -> tuple[list[_Candidate], PatchGrid, QualityRule | None]:
+    def _prepare(
+        self, cell: Cell, items: list[pystac.Item], anchor: Anchor | None = None
+    ) -> tuple[list[_Candidate], PatchGrid, QualityRule | None]:
         """The usable items over the cell, ranked over the whole window, the cell's patch grid (one for every
-        slice, so a cell's slices stack) and the quality rule; raises :class:`_Outcome` when there are none."""
+        slice, so a cell's slices stack) and the quality rule; raises :class:`_Outcome` when there are none.
+        An aligned source's (``anchor``): those near its primary's date, nearest first, on the primary's grid."""
         fp_lonlat = box(*cell.lonlat_bounds)
         over = [it for it in items if it.geometry is not None and shape(it.geometry).intersects(fp_lonlat)]
         if not over:
@@ -190,21 +218,31 @@ class StacReader(SourceReader):
         rule = self.quality  # the mask, where every scene has it; else the scenes' own cloud cover
         if rule is not None and any(self.asset(it, rule.band) is None for it in usable):
             rule = None
-        candidates = sorted(
-            (_Candidate(it, item_time(it), scene_cloud(it, self.profile.cloud_property) / 100) for it in usable),
-            key=lambda c: self._rank(c, self.target_time),
-        )
-        return candidates, self.grid_for(cell, candidates), rule
+        candidates = [
+            _Candidate(it, item_time(it), scene_cloud(it, self.profile.cloud_property) / 100) for it in usable
+        ]
+        if anchor is None:
+            candidates.sort(key=lambda c: self._rank(c, self.target_time))
+            return candidates, self.grid_for(cell, candidates), rule
+        within = self.source.align.within_days
+        if within is not None:
+            candidates = [c for c in candidates if days_from(c.item, anchor.when) <= within]
+            if not candidates:
+                raise _Outcome(REJECTED, too_far_reason(anchor.source, anchor.when, within))
+        candidates.sort(key=_nearest(anchor))
+        return candidates, aligned_grid(anchor, self.source.resolution_m), rule
 
     def _clear(
-        self, candidates: list[_Candidate], grid: PatchGrid, rule: QualityRule | None, target: datetime
+        self, candidates: list[_Candidate], grid: PatchGrid, rule: QualityRule | None, target: datetime, key=None
     ) -> list[_Candidate]:
-        """``candidates`` ranked towards ``target`` (with a quality band: those clear enough over the cell)."""
-        candidates = sorted(candidates, key=lambda c: self._rank(c, target))
+        """``candidates`` ranked towards ``target`` (with a quality band: those clear enough over the cell); by
+        ``key`` instead where given (an aligned source's nearest in time)."""
+        key = key or (lambda c: self._rank(c, target))
+        candidates = sorted(candidates, key=key)
         if rule is None:
             return candidates
         seen = self._with_cell_cloud(candidates[:MAX_RANKED], grid, rule)
-        clear = sorted((c for c in seen if c.cloud * 100 <= self.source.max_cloud), key=lambda c: self._rank(c, target))
+        clear = sorted((c for c in seen if c.cloud * 100 <= self.source.max_cloud), key=key)
         if not clear:
             raise _Outcome(REJECTED, no_clear_scene(bool(seen), self.source.max_cloud))
         return clear
@@ -346,6 +384,11 @@ def _slice_sample(cell: Cell, source: str, piece: TimeSlice, start: datetime | N
     return sample
 
 
+def _nearest(anchor: Anchor):
+    """An aligned source's ranking: nearest the primary's date, then the least cloud, then the item id."""
+    return lambda c: (days_from(c.item, anchor.when), c.cloud, c.item.id)
+
+
 def href_of(asset: pystac.Asset) -> str:
     """The asset's absolute href: static catalogs store them relative to the item; a path that is already
     absolute stays a path (pystac would put it on the API's host)."""
@@ -373,6 +416,7 @@ class SourceAcquisition:
                  limiter: HostLimiter | None = None):  # fmt: skip
         self.source = source
         self.window = (recipe.time.start_utc, recipe.time.end_exclusive_utc)
+        self.searched = search_window(source, self.window)  # an aligned source's is wider
         self.slices = recipe.time.slices
         self.policy = policy or RetryPolicy()
         self.limiter = limiter
@@ -381,8 +425,11 @@ class SourceAcquisition:
         self.catalog: StacCatalog | None = None
         self.unreachable: ConnectionError | None = None  # the catalogue, when opening it failed for want of a network
 
-    def acquire(self, cells: list[Cell]) -> Iterator[Sample]:
-        """The samples of ``cells``, in order; a catalogue or service that cannot be reached fails the cells."""
+    def acquire(self, cells: list[Cell], anchors: dict[str, list[Anchor]] | None = None) -> Iterator[Sample]:
+        """The samples of ``cells``, in order; a catalogue or service that cannot be reached fails the cells.
+        An aligned source needs ``anchors``, its primary's samples of the cells by cell name (``align.py``): it
+        makes one sample per anchor, with the anchor's id start and slice."""
+        anchors = anchors or {}
         if self.source.kind == "gee":
             yield from self._earth_engine(cells)
             return
@@ -401,7 +448,7 @@ class SourceAcquisition:
                     self.source.url, self.source.collection, cloud_property=self.reader.profile.cloud_property,
                     policy=self.policy, limiter=self.reader.limiter,
                 )  # fmt: skip
-            items = self.catalog.search(_lonlat_bbox(cells), *self.window, max_cloud=self.source.max_cloud)
+            items = self.catalog.search(_lonlat_bbox(cells), *self.searched, max_cloud=self.source.max_cloud)
         except Exception as error:
             context = f"{TRANSIENT if is_transient(error) else ''}search failed: "
             plain = unreachable(error, self.source.url)  # one plain line, the same for every cell
@@ -409,17 +456,27 @@ class SourceAcquisition:
                 # unreachable for a whole retry budget: later batches fail at once, not after another one
                 self.unreachable = plain
             error = plain or error
-            yield from (sample.fail(error, context) for cell in cells for sample in self._unsearched(cell))
+            yield from (sample.fail(error, context) for cell in cells for sample in self._unsearched(cell, anchors))
             return
-        slices = self.slices
-        if slices is None:
+        yield from self._cut(cells, items, anchors)
+
+    def _cut(self, cells: list[Cell], items: list[pystac.Item], anchors: dict[str, list[Anchor]]) -> Iterator[Sample]:
+        """The samples of ``cells`` from the search's ``items``, in the reader's threads."""
+        if self.source.align is not None:  # a sample per anchor: one per primary sample of the cell (align.py)
+            jobs = [(cell, anchor) for cell in cells for anchor in anchors.get(cell.name) or [None]]
+            cells, anchored = [cell for cell, _ in jobs], [anchor for _, anchor in jobs]
+            yield from self.pool.map(self.reader.acquire, cells, repeat(items), anchored)
+        elif self.slices is None:
             yield from self.pool.map(self.reader.acquire, cells, repeat(items))
         else:  # one search for the whole window (above), bucketed by slice per cell
-            for samples in self.pool.map(self.reader.acquire_slices, cells, repeat(items), repeat(slices)):
+            for samples in self.pool.map(self.reader.acquire_slices, cells, repeat(items), repeat(self.slices)):
                 yield from samples
 
-    def _unsearched(self, cell: Cell) -> list[Sample]:
-        """The empty samples a cell records when its search failed: one per slice (the window, unsliced)."""
+    def _unsearched(self, cell: Cell, anchors: dict[str, list[Anchor]]) -> list[Sample]:
+        """The empty samples a cell records when its search failed: one per slice (the window, unsliced); an
+        aligned source's, one per anchor."""
+        if self.source.align is not None and anchors.get(cell.name):
+            return [aligned_sample(cell, self.source.name, anchor) for anchor in anchors[cell.name]]
         if self.slices is None:
             return [cell.sample(self.source.name, self.window[0])]
         pieces = window_slices(self.slices, *self.window)
@@ -455,14 +512,44 @@ def acquire_source(
     workers: int = 2,
     policy: RetryPolicy | None = None,
     limiter: HostLimiter | None = None,
+    anchors: dict[str, list[Anchor]] | None = None,
 ) -> Iterator[Sample]:
-    """Samples of ``source`` for ``cells`` in order, cut in ``workers`` threads, in batches of ``SEARCH_BATCH``."""
+    """Samples of ``source`` for ``cells`` in order, cut in ``workers`` threads, in batches of ``SEARCH_BATCH``
+    (an aligned source's on its primary's ``anchors``, by cell name)."""
     acquisition = SourceAcquisition(recipe, source, threads=workers, policy=policy, limiter=limiter)
     try:
         for batch in _batches(cells, SEARCH_BATCH):
-            yield from acquisition.acquire(batch)
+            yield from acquisition.acquire(batch, anchors)
     finally:
         acquisition.close()
+
+
+def acquire_sources(
+    recipe: Recipe,
+    cells: list[Cell],
+    *,
+    workers: int = 2,
+    policy: RetryPolicy | None = None,
+    limiter: HostLimiter | None = None,
+) -> Iterator[Sample]:
+    """Every source's samples of ``cells`` without Beam: per batch of cells, each primary source's, then those of
+    the sources aligned to it, on the primary's grids and dates."""
+    groups = aligned_groups(recipe)
+    acquisitions = {
+        source.name: SourceAcquisition(recipe, source, threads=workers, policy=policy, limiter=limiter)
+        for source in recipe.sources
+    }
+    try:
+        for batch in _batches(cells, SEARCH_BATCH):
+            for primary, secondaries in groups.items():
+                samples = list(acquisitions[primary].acquire(batch))
+                yield from samples
+                anchors = anchors_of(samples)
+                for source in secondaries:
+                    yield from acquisitions[source.name].acquire(batch, anchors)
+    finally:
+        for acquisition in acquisitions.values():
+            acquisition.close()
 
 
 def _lonlat_bbox(cells: list[Cell]) -> tuple[float, float, float, float]:

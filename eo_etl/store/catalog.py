@@ -56,7 +56,8 @@ def stac_items(index: gpd.GeoDataFrame, collection_id: str, distance_km: float =
                 "proj:shape": [int(row.height), int(row.width)],
                 "proj:transform": list(row.transform)[:6],
                 "eo:cloud_cover": None if pd.isna(row.cloud_cover) else float(row.cloud_cover),
-                "processing:version": row.processing_baseline,
+                # a source without one (land cover) reads back as NaN beside another's strings
+                "processing:version": None if pd.isna(row.processing_baseline) else str(row.processing_baseline),
                 "eo_etl:source": row.source,
                 "eo_etl:nodata_fraction": float(row.nodata),
                 "eo_etl:source_items": list(row.items),
