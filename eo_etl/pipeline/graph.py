@@ -1,6 +1,7 @@
 """The Beam graph of a build, generated from the recipe:
 
-    sources ─► ranges of plan rows ─► Reshuffle ─► acquire + stage (each range's cells, read from the plan)
+    primary sources ─► ranges of plan rows ─► Reshuffle ─► acquire + stage (each range's cells, read from the
+        plan; then the sources aligned to the primary, on its samples)
         ─► samples stored per (source, version, range) ─► combined: positions (prefix sums) ─┐
     ┌─────────────────────────────────────────────────────────────────────────────────────┘
     ├─► shards (as ranges) ─► Reshuffle ─► check (restage moved pixels) ─► open stores ─► write shards ─┐
