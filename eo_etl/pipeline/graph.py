@@ -39,12 +39,11 @@ from eo_etl.store.location import Location
 def build_graph(pipeline: beam.Pipeline, recipe: Recipe, root: Location, version: int):
     """Adds the build to ``pipeline``: every source over every cell of the plan written at ``root`` (a source
     aligned to another with it, in the same step: sources/align.py)."""
-    primaries = list(aligned_groups(recipe))
     sources = [source.name for source in recipe.sources]  # the index: every source's rows
     workers = recipe.runner.workers
     positions = (
         pipeline
-        | "plan" >> beam.Create([primaries])
+        | "plan" >> beam.Create([list(aligned_groups(recipe))])  # primaries: each acquires its aligned sources
         | "ranges of plan rows" >> beam.FlatMap(ranges_of_plan, root, workers)
         | "spread cells" >> beam.Reshuffle()
         | "acquire and stage" >> beam.ParDo(AcquireRange(recipe, root, version))
@@ -52,12 +51,12 @@ def build_graph(pipeline: beam.Pipeline, recipe: Recipe, root: Location, version
         | "positions" >> beam.Map(Positions.of)
     )
     at = beam.pvalue.AsSingleton(positions)
-    tasks = positions | "shards" >> beam.FlatMap(shard_tasks, recipe)
     pending = (
-        tasks
+        positions
+        | "shards" >> beam.FlatMap(shard_tasks, recipe)
         | "spread shards" >> beam.Reshuffle()
         | "check shards" >> beam.ParDo(CheckShard(root))
-    )  # fmt: skip
+    )
     opened = (
         pending
         | "by source" >> beam.Map(lambda task: (task.source, task))
