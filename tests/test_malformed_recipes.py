@@ -245,7 +245,7 @@ CASES = [
     (
         "aoi-two-kinds",
         {"aoi": {"bbox": [14.0, 40.5, 14.5, 41.0], "cells": ["454U_120R"]}},
-        "aoi: give exactly one of bbox, file or cells",
+        "aoi: give exactly one of bbox, file, cells or points",
     ),
     ("bad-cell", {"aoi": {"cells": ["0D_3R"]}}, "aoi.cells[0]: '0D_3R' is not a cell name"),
     ("unknown-grid", {"grid": {"kind": "h3"}}, "grid.kind: unknown grid 'h3'; allowed: majortom"),
