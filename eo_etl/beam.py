@@ -30,6 +30,7 @@ import apache_beam as beam
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from eo_etl.pipeline.graph import WriteShardsAt
 from eo_etl.pipeline.plan_rows import PlanReader, plan_length, plan_ranges, range_size, work_ranges
 from eo_etl.pipeline.shards import Positions
 from eo_etl.pipeline.state import BuildState
@@ -350,24 +351,7 @@ class WriteShards(beam.PTransform):
             | "all samples recorded" >> beam.CombineGlobally(sum)
         )
         positions = recorded | "positions" >> beam.Map(_positions, recipe, root)
-        pending = (
-            positions
-            | "shards" >> beam.FlatMap(shard_tasks, recipe)
-            | "spread shards" >> beam.Reshuffle()
-            | "check shards" >> beam.ParDo(CheckShard(root))
-        )
-        opened = (
-            pending
-            | "by source of shard" >> beam.Map(lambda task: (task.source, task))
-            | "first to write" >> beam.CombinePerKey(lambda tasks: min(tasks, key=lambda task: task.k))
-            | "open stores" >> beam.Map(open_store, recipe, root, beam.pvalue.AsSingleton(positions))
-        )
-        written = (
-            pending
-            | "spread writes" >> beam.Reshuffle()
-            | "write shards" >> beam.ParDo(WriteShard(recipe, root), beam.pvalue.AsList(opened))
-            | "all shards written" >> beam.combiners.Count.Globally()
-        )
+        written = positions | "write shards" >> WriteShardsAt(recipe, root)
         return written | "positions, shards written" >> beam.Map(_second, beam.pvalue.AsSingleton(positions))
 
 

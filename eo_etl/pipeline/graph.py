@@ -51,24 +51,7 @@ def build_graph(pipeline: beam.Pipeline, recipe: Recipe, root: Location, version
         | "positions" >> beam.Map(Positions.of)
     )
     at = beam.pvalue.AsSingleton(positions)
-    pending = (
-        positions
-        | "shards" >> beam.FlatMap(shard_tasks, recipe)
-        | "spread shards" >> beam.Reshuffle()
-        | "check shards" >> beam.ParDo(CheckShard(root))
-    )
-    opened = (
-        pending
-        | "by source" >> beam.Map(lambda task: (task.source, task))
-        | "first to write" >> beam.CombinePerKey(lambda tasks: min(tasks, key=lambda task: task.k))
-        | "open stores" >> beam.Map(open_store, recipe, root, at)
-    )
-    shards_done = (
-        pending
-        | "spread writes" >> beam.Reshuffle()
-        | "write shards" >> beam.ParDo(WriteShard(recipe, root), beam.pvalue.AsList(opened))
-        | "all shards written" >> beam.combiners.Count.Globally()
-    )
+    shards_done = positions | "write shards" >> WriteShardsAt(recipe, root)
     parts = (
         positions
         | "ranges again" >> beam.FlatMap(lambda _, sources: ranges_of_plan(sources, root, workers), sources)
@@ -76,3 +59,33 @@ def build_graph(pipeline: beam.Pipeline, recipe: Recipe, root: Location, version
         | "index parts" >> beam.ParDo(WriteIndexPart(recipe, root), at)
     )
     return shards_done | "index, STAC, exports" >> beam.Map(finish, recipe, root, at, beam.pvalue.AsList(parts))
+
+
+class WriteShardsAt(beam.PTransform):
+    """The positions (one element) to every shard written: tasks checked (moved pixels restaged), each source's
+    stores opened once by its first shard, then the shards written; one element, the count, once all are."""
+
+    def __init__(self, recipe: Recipe, root: Location):
+        super().__init__()
+        self.recipe, self.root = recipe, root
+
+    def expand(self, positions):
+        recipe, root = self.recipe, self.root
+        pending = (
+            positions
+            | "shards" >> beam.FlatMap(shard_tasks, recipe)
+            | "spread shards" >> beam.Reshuffle()
+            | "check shards" >> beam.ParDo(CheckShard(root))
+        )
+        opened = (
+            pending
+            | "by source" >> beam.Map(lambda task: (task.source, task))
+            | "first to write" >> beam.CombinePerKey(lambda tasks: min(tasks, key=lambda task: task.k))
+            | "open stores" >> beam.Map(open_store, recipe, root, beam.pvalue.AsSingleton(positions))
+        )
+        return (
+            pending
+            | "spread writes" >> beam.Reshuffle()
+            | "write shards" >> beam.ParDo(WriteShard(recipe, root), beam.pvalue.AsList(opened))
+            | "all shards written" >> beam.combiners.Count.Globally()
+        )
