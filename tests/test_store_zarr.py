@@ -206,3 +206,27 @@ def test_a_store_of_another_build_is_started_afresh(tmp_path):
     writer = ZarrWriter(tmp_path / "p.zarr", "s2", layout, capacity=3, shard_size=2, build="b")
     assert writer.group.attrs["layout"]["build"] == "b"
     assert not writer.shard_complete(0)
+
+
+def _open_writer(root: Path, source: str, layout: PixelLayout, start) -> None:
+    start.wait()
+    ZarrWriter(root, source, layout, capacity=2, shard_size=2)
+
+
+def test_writers_of_several_sources_opening_a_new_store_at_once_all_open_it(tmp_path):
+    """Each source's stores are opened by its own worker process at the same moment (the demo's two aligned
+    sources did): the writers racing to create the root group all get it, and every source's group is there."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("fork")  # the workers start with the test's imports: fast
+    layout = PixelLayout.of(sentinel2_samples(1)[0])
+    sources = [f"s{i}" for i in range(6)]
+    for attempt in range(4):  # a fresh store each time: the race is at its creation
+        root, start = tmp_path / f"p{attempt}.zarr", context.Barrier(len(sources))
+        workers = [context.Process(target=_open_writer, args=(root, source, layout, start)) for source in sources]
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join(60)
+        assert [worker.exitcode for worker in workers] == [0] * len(sources)
+        assert sorted(name for name, _ in zarr.open_group(str(root), mode="r").groups()) == sources

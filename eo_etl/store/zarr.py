@@ -188,6 +188,17 @@ class BandStatistics:
                 **percentiles}  # fmt: skip
 
 
+async def _root_group(root: str, storage_options: dict | None) -> zarr.AsyncGroup:
+    """The dataset's root group, created when missing. Each source's writer opens it on its own worker at the same
+    time; the one that loses the race to create it opens the winner's instead of failing."""
+    try:
+        return await zarr.api.asynchronous.open_group(root, mode="a", zarr_format=3, use_consolidated=False,
+                                                      storage_options=storage_options)  # fmt: skip
+    except zarr.errors.ContainsGroupError:
+        return await zarr.api.asynchronous.open_group(root, mode="r+", zarr_format=3, use_consolidated=False,
+                                                      storage_options=storage_options)  # fmt: skip
+
+
 class ZarrWriter:
     """Writes one source's samples into ``<root>/<source>``, a shard at a time.
 
@@ -216,8 +227,7 @@ class ZarrWriter:
 
     async def _open(self, capacity: int, storage_options: dict | None) -> zarr.AsyncGroup:
         """The source's group: resumed (grown to ``capacity``) when its layout and build match, else created."""
-        group = await zarr.api.asynchronous.open_group(self.root, mode="a", zarr_format=3, use_consolidated=False,
-                                                       storage_options=storage_options)  # edits, not reads  # fmt: skip
+        group = await _root_group(self.root, storage_options)
         if await group.contains(self.source):
             existing = await group.getitem(self.source)
             if existing.attrs.get("layout") == self._layout_attrs():
