@@ -11,6 +11,8 @@ token goes (nowhere: not the logs, the reasons, the index nor the STAC output).
 from __future__ import annotations
 
 import logging
+import socket
+import time
 from datetime import UTC, datetime
 
 import numpy as np
@@ -26,6 +28,7 @@ from eo_etl.demo import raster_asset, raster_item, write_cog
 from eo_etl.plan import plan
 from eo_etl.recipe import RecipeError, parse_recipe
 from eo_etl.sample import FAILED, OK
+from eo_etl.sources import signing
 from eo_etl.sources.acquire import acquire_source
 from eo_etl.sources.cell import cells_of
 from eo_etl.sources.remote import RetryPolicy
@@ -136,6 +139,21 @@ def test_a_signed_read_that_fails_says_which_href_without_the_token(pc, tmp_path
     assert "not recognized as being in a supported file format" in caplog.text  # GDAL's words, path and all …
     assert f"{BLOB}/S1A_broken/vh.tif{REDACTED}" in caplog.text  # … redacted
     assert SECRET not in sample.reason and SECRET not in caplog.text
+
+
+def test_a_token_endpoint_that_never_answers_costs_retries_and_a_recorded_failure_not_a_hung_worker(pc, monkeypatch):
+    silent = socket.create_server(("127.0.0.1", 0))  # accepts connections (the kernel's backlog), never answers
+    with silent:
+        monkeypatch.setattr(signing, "TOKEN_TIMEOUT_S", 0.3)
+        monkeypatch.setenv("PC_SDK_SAS_URL", f"http://127.0.0.1:{silent.getsockname()[1]}/api/sas/v1/token")
+        Settings.get.cache_clear()
+        policy = RetryPolicy(attempts=2, initial_s=0.01, max_s=0.02)
+        started = time.monotonic()
+        r = recipe(pc["api"])
+        [sample] = acquire_source(r, r.sources[0], cells_of(r, plan(r)), policy=policy)
+    assert time.monotonic() - started < 20
+    assert sample.status == FAILED and "timed out" in sample.reason.lower(), sample.reason
+    assert policy.retries >= 1 and pc["storage"].requests == []  # retried, and no blob read went out unsigned
 
 
 def test_a_build_with_signed_reads_records_no_token_in_the_index_or_the_stac_output(pc):

@@ -7,8 +7,10 @@ urllib3 each request, in DEBUG log records: a filter on their loggers redacts qu
 
 Planetary Computer: ``planetary_computer.sas.get_token`` (the planetary-computer extra) asks the token endpoint
 (``PC_SDK_SAS_URL``, with ``PC_SDK_SUBSCRIPTION_KEY`` if set) for a token per storage account and container and
-caches it until a minute before it expires; each request goes through the one retry policy and host limit, the
-package's own retries off. Hrefs outside Azure Blob Storage, or signed already, are read as they are.
+caches it until a minute before it expires. The request is ours, not the package's ``get_token`` (which has no
+timeout: a token endpoint that stops answering would hang a worker): it has a timeout, goes through the one retry
+policy and host limit, and fills the package's token cache. Hrefs outside Azure Blob Storage, or signed already,
+are read as they are.
 """
 
 from __future__ import annotations
@@ -17,10 +19,13 @@ import logging
 from collections.abc import Callable
 from urllib.parse import urlparse
 
+import requests
+
 from eo_etl.sources.remote import HostLimiter, RetryPolicy, limited_call
 from eo_etl.text import redacted
 
 BLOB_STORAGE_DOMAIN = ".blob.core.windows.net"
+TOKEN_TIMEOUT_S = 30.0  # a token request that takes longer is a transient failure (retried), not a hung worker
 LOGGERS = ("rasterio", "urllib3")  # they log the URLs they open or request, query strings and all
 
 Signer = Callable[[str], str]
@@ -39,12 +44,12 @@ class PlanetaryComputerSigner:
     """Appends Planetary Computer's SAS token for the href's storage account and container."""
 
     def __init__(self, policy: RetryPolicy, limiter: HostLimiter):
-        from planetary_computer.sas import get_token
         from planetary_computer.settings import Settings
         from planetary_computer.utils import parse_blob_url
 
-        self._get_token, self._parse = get_token, parse_blob_url
-        self.token_url = Settings.get().sas_url
+        self._parse = parse_blob_url
+        self.settings = Settings.get()
+        self.token_url = self.settings.sas_url
         self.policy, self.limiter = policy, limiter
         hide_url_queries_in_logs()
 
@@ -53,8 +58,26 @@ class PlanetaryComputerSigner:
         if not parsed.netloc.endswith(BLOB_STORAGE_DOMAIN) or parsed.query:
             return href
         account, container = self._parse(parsed)
-        token = limited_call(self.policy, self.limiter, self.token_url, self._get_token, account, container, 0)
-        return token.sign(href).href
+        return self.token(account, container).sign(href).href
+
+    def token(self, account: str, container: str):
+        """The cached token for the container, or a new one when it has less than a minute left."""
+        from planetary_computer.sas import TOKEN_CACHE
+
+        url = f"{self.token_url}/{account}/{container}"
+        token = TOKEN_CACHE.get(url)
+        if token is None or token.ttl() < 60:
+            token = TOKEN_CACHE[url] = limited_call(self.policy, self.limiter, url, self._request_token, url)
+        return token
+
+    def _request_token(self, url: str):
+        from planetary_computer.sas import SASToken
+
+        key = self.settings.subscription_key
+        headers = {"Ocp-Apim-Subscription-Key": key} if key else None
+        answer = requests.get(url, headers=headers, timeout=TOKEN_TIMEOUT_S)
+        answer.raise_for_status()
+        return SASToken(**answer.json())
 
 
 class RedactQueries(logging.Filter):
