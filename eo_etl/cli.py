@@ -23,6 +23,7 @@ from eo_etl.grid.points import PointsError, locate_points, read_points, write_po
 from eo_etl.recipe import Recipe, RecipeError, load_recipe
 from eo_etl.recipe.load import parse_section
 from eo_etl.recipe.models import MAX_CELLS, Publish, Runner
+from eo_etl.sample import SampleId
 from eo_etl.store.location import Location, local_file_problem, local_folder_problem
 from eo_etl.text import printable
 
@@ -243,12 +244,13 @@ def _print_build(parsed: Recipe, report: BuildReport, stages: str | None) -> Non
     if report.metrics:
         counters = ", ".join(f"{name} {value}" for name, value in sorted(report.metrics.items()))
         out.print(f"[dim]counters: {safe(counters)}[/dim]", highlight=False, soft_wrap=True)
+    first = {source.name: rank for rank, source in enumerate(parsed.sources)}  # the recipe's first source first
     if report.samples:
-        _print_samples(report.samples, report.output)
+        _print_samples(sorted(report.samples, key=lambda r: first.get(r["source"], len(first))), report.output)
     elif stages is None:
         _print_cells(report.cells, total=report.planned)
     if any(stage.name == "captions" and stage.status in ("done", "up to date") for stage in report.stages):
-        _print_captions(report.output)
+        _print_captions(report.output, first)
     if report.failures:
         _print_failures(parsed, report)
 
@@ -455,10 +457,13 @@ def _print_cells(cells: pd.DataFrame, limit: int = 8, total: int | None = None) 
         out.print(f"[dim]… and {total - limit} more[/dim]")
 
 
-def _print_captions(output: Path | str, limit: int = 3) -> None:
-    """A few of the captions just made, as text from the dataset: escaped (OSM names are untrusted)."""
+def _print_captions(output: Path | str, first: dict[str, int], limit: int = 3) -> None:
+    """A few of the captions just made, as text from the dataset: escaped (OSM names are untrusted); samples of
+    the sources ranked first in ``first`` (a source's name → its rank) first."""
     table = Location.of(output) / "captions.parquet"
     rows = pd.read_parquet(table.url, storage_options=table.storage_options, columns=["sample_id", "captions"])
+    rank = rows.sample_id.map(lambda text: first.get(SampleId.parse(text).source, len(first)))
+    rows = rows.iloc[rank.argsort(kind="stable")]
     shown_rows = 0
     for row in rows.itertuples():
         texts = [c["text"] for c in row.captions if c["text"]]
