@@ -249,12 +249,13 @@ def _fit_crf(tmp: Path, sidecar: dict, cube: np.ndarray, plan: _Plan, options: V
         decoded = _read(tmp, sidecar, names, None)
         return _psnr_full_range(cube[:, columns], decoded, sidecar["nodata"]) >= target
 
-    low, high, best = 0.0, float(CRF_MAX), None  # high misses the target (or is the best)
-    if meets(high):
+    # Bisection over crf = i * CRF_STEP: ``high`` misses the target unless it is the best.
+    low, high, best = 0, round(CRF_MAX / CRF_STEP), None
+    if meets(high * CRF_STEP):
         best = high
-    while best != high and high - low > CRF_STEP:
-        middle = (low + high) / 2
-        if meets(middle):
+    while best != high and high - low > 1:
+        middle = (low + high) // 2
+        if meets(middle * CRF_STEP):
             best = low = middle
         else:
             high = middle
@@ -262,7 +263,8 @@ def _fit_crf(tmp: Path, sidecar: dict, cube: np.ndarray, plan: _Plan, options: V
         if not meets(0.0):
             reached = _psnr_full_range(cube[:, columns], _read(tmp, sidecar, names, None), sidecar["nodata"])
             raise ValueError(f"target_psnr_db {target} is out of reach: crf 0 gives {reached:.2f} dB")
-        best = 0.0
+        best = 0
+    best *= CRF_STEP
     if sidecar["streams"][lossy[0]]["crf"] != best:  # the last try was another crf
         meets(best)
 
