@@ -96,3 +96,11 @@ def test_lossless_cubes_have_no_psnr_and_targets_are_bounded(tmp_path, series):
         VideoOptions(target_psnr_db=56.0)
     with pytest.raises(ValueError, match="outside 20.0..80.0"):
         VideoOptions(lossy=True, target_psnr_db=90.0)
+
+
+def test_an_unreachable_target_is_a_clear_error_and_leaves_nothing(tmp_path, series):
+    # x265's inter frames top out near 68 dB on this series even at crf 0
+    options = VideoOptions(lossy=True, target_psnr_db=80.0, keyframe_interval=4)
+    with pytest.raises(ValueError, match=r"target_psnr_db 80.0 is out of reach: crf 0 gives \d+\.\d\d dB"):
+        write_cube(tmp_path / "cube", series, BANDS, nodata=NODATA, options=options)
+    assert not any(tmp_path.iterdir())
