@@ -70,7 +70,7 @@ PSNR_PEAK = "value range of the band's valid pixels over the cube (max - min)"
 # not the data's, so for reflectance ranging over 0..16000 it reads ~12 dB higher than PSNR_PEAK's.
 PSNR_FULL_RANGE = "peak = the dtype's full range (65535 for 16-bit types), MSE over every lossy band's valid pixels"
 CRF_MAX, CRF_STEP = 51.0, 0.25  # libx265 takes a fractional crf
-TARGET_PSNR_DB = (20.0, 80.0)  # PSNR_FULL_RANGE; 12-bit codes of a full 16-bit range cap it near 83 dB
+TARGET_PSNR_DB = (20.0, 80.0)  # PSNR_FULL_RANGE; x265 reaches less on some cubes (VideoOptions.keyframe_interval)
 RANGE_RULE = "min..max of the band's valid pixels over the cube (no robust clipping: outliers keep their values)"
 
 # x265, and why each setting:
@@ -85,7 +85,8 @@ RANGE_RULE = "min..max of the band's valid pixels over the cube (no robust clipp
 #    out ~5 dB worse than the first at the same crf.
 #  qcomp=1: one QP for every frame instead of coarser ones for complex frames (crf's default 0.6), which is what
 #    PSNR rewards: on the Landsat series at 56 dB (bench/store.py) 6% fewer bits (0.916 -> 0.857 bits a pixel a
-#    band, a keyframe every 32); qcomp 0.8 gave 0.872. cuTree (cutree=1) gave 0.843 but stays off, see above.
+#    band, a keyframe every 32, before the 8-bit range coder below); qcomp 0.8 gave 0.872. cuTree (cutree=1)
+#    gave 0.843 but stays off, see above (and with qcomp=1 it has no effect).
 X265_PARAMS = "log-level=error:scenecut=0:open-gop=0:frame-threads=1:info=0:cutree=0:qcomp=1"
 # ffv1: level 3 (slice CRCs), one slice: 4 slices (FFmpeg's default) cost 5% on 64 px frames. Intra-only. Its
 # packets were the same for 1 to 16 encoder threads.
