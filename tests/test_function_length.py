@@ -16,8 +16,6 @@ ALLOWED = {
     "curate/sample.py: write_balance",
     "store/taco.py: write_taco",
     "store/torch_dataset.py: __init__",
-    "store/video.py: _encode",
-    "store/video.py: write_cube",
 }
 
 

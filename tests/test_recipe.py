@@ -116,6 +116,11 @@ def test_time_range_dates_include_both_days_and_datetimes_are_exact():
         ),
         ({"outputs": {"formats": ["taco"]}}, "outputs.formats: zarr is the dataset's pixel store: list it too"),
         ({"outputs": {"video": {"crf": 60}}}, "outputs.video.crf: input should be less than or equal to 51"),
+        (
+            {"outputs": {"video": {"lossy": True, "target_psnr_db": 95}}},
+            "outputs.video.target_psnr_db: input should be less than or equal to 80",
+        ),
+        ({"outputs": {"video": {"target_psnr_db": 56}}}, "outputs.video: target_psnr_db: set `lossy: true` too"),
         ({"publish": {"repo_id": "no-slash"}}, "publish.repo_id: string should match pattern"),
         ({"runner": {"kind": "local"}}, "runner.kind: input should be 'direct', 'dataflow', 'spark' or 'flink'"),
         ({"name": "My Set"}, "name: 'My Set' is not a name: 1 to 64 of a-z, 0-9, _ and -"),

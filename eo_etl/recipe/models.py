@@ -811,6 +811,20 @@ class VideoOutput(Section):
     keyframe_interval: int = Field(
         1, ge=1, le=10_000, description="Frames (samples) between keyframes: the cost of a seek."
     )
+    # Bounds as eo_etl.store.video.TARGET_PSNR_DB (not imported: the video extra may be absent).
+    target_psnr_db: float | None = Field(
+        None,
+        ge=20,
+        le=80,
+        description="Lossy only: instead of crf, the highest crf per cube whose decoded cube reaches this PSNR, "
+        "measured as xarrayvideo does (peak = the type's full range, 65535 for 16-bit; nodata excluded).",
+    )
+
+    @model_validator(mode="after")
+    def _target_needs_lossy(self) -> VideoOutput:
+        if self.target_psnr_db is not None and not self.lossy:
+            raise ValueError("target_psnr_db: set `lossy: true` too (lossless cubes are exact)")
+        return self
 
 
 class Outputs(Section):

