@@ -48,6 +48,7 @@ from eo_etl.pipeline.transforms import (
 from eo_etl.plan import PLAN_NAME, check_buildable, plan_bands, write_plan
 from eo_etl.recipe import Recipe
 from eo_etl.sample import OK, Sample
+from eo_etl.sources import SEARCH_BATCH
 from eo_etl.sources.acquire import SourceAcquisition
 from eo_etl.sources.align import aligned_groups, anchors_of
 from eo_etl.sources.cell import Cell, cells_of
@@ -171,7 +172,7 @@ class AcquireCells(beam.PTransform):
         batch: cells acquired together (one catalogue search).
     """
 
-    def __init__(self, recipe: Recipe, source: str, *, aligned: bool = False, batch: int = 64):
+    def __init__(self, recipe: Recipe, source: str, *, aligned: bool = False, batch: int = SEARCH_BATCH):
         super().__init__()
         chosen = next((s for s in recipe.sources if s.name == source), None)
         if chosen is None:
