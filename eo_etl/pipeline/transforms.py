@@ -52,6 +52,17 @@ def ranges_of_plan(sources: list[str], root: Location, workers: int) -> Iterator
             yield source, first, stop
 
 
+def open_acquisitions(recipe: Recipe, sources: list, policy: RetryPolicy) -> dict[str, SourceAcquisition]:
+    """Each of ``sources`` opened on this worker to acquire (its reader, catalogue and threads), under the worker's
+    share of the recipe's per-service limits, by name."""
+    runner = recipe.runner
+    limiter = HostLimiter.share(runner.limits, runner.workers)
+    return {
+        source.name: SourceAcquisition(recipe, source, threads=runner.threads, policy=policy, limiter=limiter)
+        for source in sources
+    }
+
+
 class AcquireRange(beam.DoFn):
     """(source, first, stop) → the cells of those plan rows (whole ranges) not finished before, acquired and
     staged: cut in the worker's threads under its share of the recipe's per-service limits (transient errors
@@ -65,14 +76,8 @@ class AcquireRange(beam.DoFn):
         self.recipe, self.root, self.version = recipe, root, version
 
     def setup(self):
-        runner = self.recipe.runner
-        self.policy = RetryPolicy.of(runner.limits)
-        limiter = HostLimiter.share(runner.limits, runner.workers)
-        self.acquisitions = {
-            source.name: SourceAcquisition(self.recipe, source, threads=runner.threads, policy=self.policy,
-                                           limiter=limiter)
-            for source in self.recipe.sources
-        }  # fmt: skip
+        self.policy = RetryPolicy.of(self.recipe.runner.limits)
+        self.acquisitions = open_acquisitions(self.recipe, self.recipe.sources, self.policy)
         self.groups = aligned_groups(self.recipe)
         self.retries_counted: Counter[str] = Counter()
         self.skipped_counted: set[str] = set()
