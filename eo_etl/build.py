@@ -101,7 +101,7 @@ def build(
     """
     location = Location.of(output or recipe.output_path)
     recipe = _with_runner(recipe, runner)
-    beam_options = _checked_runner(recipe, location, options, out_given=output is not None, runner=runner)
+    beam_options = _beam_options(recipe, location, options, out_given=output is not None, runner=runner)
     if stages is not None:
         return _run_stages_alone(recipe, location, beam_options, find_stages(stages), since=since, redo=redo)
     state = BuildState(location)
@@ -121,7 +121,7 @@ def _with_runner(recipe: Recipe, runner: str | None) -> Recipe:
     return recipe.model_copy(update={"runner": recipe.runner.model_copy(update={"kind": runner})})
 
 
-def _checked_runner(recipe: Recipe, location: Location, options: dict | None, *, out_given: bool,
+def _beam_options(recipe: Recipe, location: Location, options: dict | None, *, out_given: bool,
                     runner: str | None):  # fmt: skip
     """The runner's Beam options, after the checks that would otherwise fail a build at its end: a runner
     without its options, Dataflow writing to a local folder, a missing extra."""
