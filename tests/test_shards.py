@@ -192,3 +192,14 @@ def test_staged_pixels_go_only_for_ranges_whose_samples_all_lie_in_full_shards()
     assert positions.ranges_in_full_shards(2) == [("s2", 1, 0, 2), ("s2", 1, 2, 4)]
     assert positions.ranges_in_full_shards(5) == [("s2", 1, 0, 2), ("s2", 1, 2, 4), ("s2", 2, 0, 2)]
     assert positions.ranges_in_full_shards(1) == sorted(positions.starts)
+
+
+def test_the_progress_view_counts_the_cells_and_shards_where_the_state_records_them(tmp_path):
+    from eo_etl.pipeline.progress import _cells, _count
+
+    state = BuildState(tmp_path)
+    state.stage_range(2, "s2", 0, 2, [record("c0", version=2), record("c1", version=2)])
+    state.stage_range(2, "s1", 4, 5, [record("c4", version=2, source="s1")])
+    state.record_shard("s2", 0, [ShardEntry(2, "c0")], BandStatistics(("B04",), "uint16", 0.0))
+    assert _cells(state.samples_dir(2).local_path) == 3 and _cells(state.samples_dir(1).local_path) == 0
+    assert _count(state.shards_dir.local_path, "*/*.json") == 1
