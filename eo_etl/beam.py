@@ -16,6 +16,13 @@ so a step of yours is any transform from samples to samples::
             | StageAfterStore(landcover, recipe)  # a registered stage on the stored samples (run_stage)
         )
 
+``eo-etl build`` composes three others (``eo_etl.pipeline.graph.build_graph``), which work over ranges of
+the written plan rather than samples, so that its job graph holds no cell::
+
+    positions = pipeline | AcquirePlan(recipe, root, version)   # acquired, staged, recorded by range (plan_cells first)
+    written = positions | WriteShardsAt(recipe, root)          # the shards; WriteShards ends with it too
+    _ = (positions, written) | FinishAt(recipe, root)          # index parts alongside the shards; FinishDataset's
+
 ``root`` is the dataset's folder or object-store URL; it keeps the build's state (``_build/``) as
 ``eo_etl.build`` does, so a composed pipeline and ``eo-etl build`` resume each other's work. One pipeline
 writes a dataset at a time (``build`` takes the dataset's lock; a pipeline of yours runs under yours).
@@ -30,7 +37,7 @@ import apache_beam as beam
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from eo_etl.pipeline.graph import WriteShardsAt
+from eo_etl.pipeline.graph import AcquirePlan, FinishAt, WriteShardsAt
 from eo_etl.pipeline.plan_rows import PlanReader, plan_length, plan_ranges, range_size, work_ranges
 from eo_etl.pipeline.shards import Positions
 from eo_etl.pipeline.state import BuildState
@@ -41,6 +48,7 @@ from eo_etl.pipeline.transforms import (
     WriteShard,
     count_outcome,
     finish,
+    open_acquisitions,
     open_store,
     ranges_of_plan,
     shard_tasks,
@@ -48,21 +56,25 @@ from eo_etl.pipeline.transforms import (
 from eo_etl.plan import PLAN_NAME, check_buildable, plan_bands, write_plan
 from eo_etl.recipe import Recipe
 from eo_etl.sample import OK, Sample
+from eo_etl.sources import SEARCH_BATCH
 from eo_etl.sources.acquire import SourceAcquisition
 from eo_etl.sources.align import aligned_groups, anchors_of
 from eo_etl.sources.cell import Cell, cells_of
-from eo_etl.sources.remote import HostLimiter, RetryPolicy
+from eo_etl.sources.remote import RetryPolicy
 from eo_etl.stages.core import STAGE_NAME, Stage
 from eo_etl.stages.run import run_stage
 from eo_etl.store.location import Location
 
 __all__ = [
     "AcquireCells",
+    "AcquirePlan",
+    "FinishAt",
     "FinishDataset",
     "PlanCells",
     "SampleColumns",
     "StageAfterStore",
     "WriteShards",
+    "WriteShardsAt",
     "acquire_cells",
     "cells_in_rows",
     "column_row",
@@ -140,16 +152,10 @@ class _Acquire(beam.DoFn):
         self.recipe, self.source, self.aligned = recipe, source, aligned
 
     def setup(self):
-        runner = self.recipe.runner
         followers = aligned_groups(self.recipe)[self.source] if self.aligned else []
         primary = next(s for s in self.recipe.sources if s.name == self.source)
-        self.acquisitions = [
-            SourceAcquisition(
-                self.recipe, source, threads=runner.threads, policy=RetryPolicy.of(runner.limits),
-                limiter=HostLimiter.share(runner.limits, runner.workers),
-            )
-            for source in [primary, *followers]
-        ]  # fmt: skip
+        policy = RetryPolicy.of(self.recipe.runner.limits)
+        self.acquisitions = list(open_acquisitions(self.recipe, [primary, *followers], policy).values())
 
     def process(self, cells: list[Cell]) -> Iterator[Sample]:
         yield from acquire_cells(self.acquisitions[0], cells, self.acquisitions[1:])
@@ -171,7 +177,7 @@ class AcquireCells(beam.PTransform):
         batch: cells acquired together (one catalogue search).
     """
 
-    def __init__(self, recipe: Recipe, source: str, *, aligned: bool = False, batch: int = 64):
+    def __init__(self, recipe: Recipe, source: str, *, aligned: bool = False, batch: int = SEARCH_BATCH):
         super().__init__()
         chosen = next((s for s in recipe.sources if s.name == source), None)
         if chosen is None:
@@ -383,7 +389,8 @@ def finish_dataset(recipe: Recipe, root: Location | str, positions: Positions) -
 
 class FinishDataset(beam.PTransform):
     """The positions of ``WriteShards`` to a finished dataset: its root (one element), for the stages after. The
-    index is written in parts by the workers, range by range, then merged.
+    index is written in parts by the workers, range by range, then merged (the build's own ``FinishAt``, which
+    starts the index parts as the shards are written).
 
     Args:
         recipe: the recipe.
@@ -395,23 +402,8 @@ class FinishDataset(beam.PTransform):
         self.recipe, self.root = recipe, Location.of(root)
 
     def expand(self, positions):
-        """Write the index's parts, then finish the dataset once."""
-        recipe, root = self.recipe, self.root
-        sources = [source.name for source in recipe.sources]
-        workers = recipe.runner.workers
-        at = beam.pvalue.AsSingleton(positions)
-        parts = (
-            positions
-            | "ranges" >> beam.FlatMap(lambda _, sources: ranges_of_plan(sources, root, workers), sources)
-            | "spread index" >> beam.Reshuffle()
-            | "index parts" >> beam.ParDo(WriteIndexPart(recipe, root), at)
-        )
-        return positions | "finish dataset" >> beam.Map(_finish, recipe, root, beam.pvalue.AsList(parts))
-
-
-def _finish(positions: Positions, recipe: Recipe, root: Location, parts: list) -> str:
-    finish(0, recipe, root, positions, parts)
-    return str(root.native)
+        """The positions come once every shard is written: finish from them."""
+        return (positions, positions) | "finish dataset" >> FinishAt(self.recipe, self.root)
 
 
 # ------------------------------------------------------------------------------------ after the store

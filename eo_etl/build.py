@@ -21,8 +21,8 @@ from eo_etl.pipeline.plan_rows import plan_length
 from eo_etl.pipeline.run import make_pipeline, run_pipeline, stages_a_template
 from eo_etl.pipeline.stages import run_stage_pipeline
 from eo_etl.pipeline.state import BuildState
-from eo_etl.pipeline.transforms import PLAN_NAME, SKIPPED_ITEM
-from eo_etl.plan import check_buildable, plan_bands, write_plan
+from eo_etl.pipeline.transforms import SKIPPED_ITEM
+from eo_etl.plan import PLAN_NAME, check_buildable, plan_bands, write_plan
 from eo_etl.recipe import Recipe
 from eo_etl.recipe.models import TimeRange
 from eo_etl.sample import FAILED, OK, REJECTED, TRANSIENT
@@ -99,62 +99,87 @@ def build(
     ``stages`` (names or groups: ``labels``) runs only those stages on the dataset as built, no acquisition;
     ``redo`` makes them forget their recorded work and start afresh.
     """
-    output_given = output is not None
     location = Location.of(output or recipe.output_path)
-    output = location.native
-    state = BuildState(location)
-    if runner:
-        recipe = recipe.model_copy(update={"runner": recipe.runner.model_copy(update={"kind": runner})})
-    beam_options = pipeline_options(recipe.runner, options)  # a runner without its options fails before any work
-    if recipe.runner.kind == "dataflow" and location.local:
-        raise ValueError(f"--out {location}: Dataflow's workers share no disk; write the dataset to gs://… or s3://…")
-    require_extras(recipe, out=output if output_given else None, runner=runner)  # not a build lost at its end
+    recipe = _with_runner(recipe, runner)
+    beam_options = _beam_options(recipe, location, options, out_given=output is not None, runner=runner)
     if stages is not None:
         return _run_stages_alone(recipe, location, beam_options, find_stages(stages), since=since, redo=redo)
+    state = BuildState(location)
     if since is not None:
-        window = window_since(state, since, until)
-        if window is None:
-            return BuildReport(output, gpd.GeoDataFrame(), up_to_date=True)
-        recipe = recipe.model_copy(update={"time": window})
-
+        recipe = _in_window(recipe, window_since(state, since, until))
+        if recipe is None:
+            return BuildReport(location.native, gpd.GeoDataFrame(), up_to_date=True)
     location.mkdir()
     with DatasetLock(location):  # one writer per dataset, from here to the end
         return _build_locked(recipe, location, state, beam_options, progress=progress)
 
 
+def _with_runner(recipe: Recipe, runner: str | None) -> Recipe:
+    """The recipe with its runner's kind overridden (``--runner``), or as it is."""
+    if not runner:
+        return recipe
+    return recipe.model_copy(update={"runner": recipe.runner.model_copy(update={"kind": runner})})
+
+
+def _beam_options(recipe: Recipe, location: Location, options: dict | None, *, out_given: bool,
+                    runner: str | None):  # fmt: skip
+    """The runner's Beam options, after the checks that would otherwise fail a build at its end: a runner
+    without its options, Dataflow writing to a local folder, a missing extra."""
+    beam_options = pipeline_options(recipe.runner, options)  # a runner without its options fails before any work
+    if recipe.runner.kind == "dataflow" and location.local:
+        raise ValueError(f"--out {location}: Dataflow's workers share no disk; write the dataset to gs://… or s3://…")
+    require_extras(recipe, out=location.native if out_given else None, runner=runner)  # not a build lost at its end
+    return beam_options
+
+
+def _in_window(recipe: Recipe, window: TimeRange | None) -> Recipe | None:
+    """The recipe over ``--since``'s window; None when that window is empty (nothing new to build)."""
+    return None if window is None else recipe.model_copy(update={"time": window})
+
+
 def _build_locked(recipe: Recipe, location: Location, state: BuildState, beam_options, *, progress: bool):
-    output = location.native
-    location.remove_partial_files()  # a killed build's half-written files; the lock makes this build the only writer
-    check_buildable(recipe)
-    write_plan(plan_bands(recipe), location / PLAN_NAME)  # band by band: the driver never holds every cell
-    planned = plan_length(location / PLAN_NAME)
-    (location / "recipe.json").write_text(recipe.model_dump_json(indent=2) + "\n")
-    report = BuildReport(output, _cells_shown(location / PLAN_NAME, planned), version=state.open_version(recipe))
-    report.planned = planned
-    report.stages.append(StageReport("plan", "done", f"{planned} cells → {location / PLAN_NAME}"))
+    """The build under the dataset's lock: plan, acquire and store, the stages after the store, publish."""
+    report = _plan(recipe, location, state)
     if not recipe.sources:
         report.stages.append(StageReport("acquire", "not configured", "the recipe has no sources"))
-    else:
-        # the workers read the cells from the plan and skip those finished before: nothing per cell here
-        if stages_a_template(beam_options):  # the job runs later: nothing to wait for or read back
-            make_pipeline(recipe, location, report.version, beam_options).run()
-            report.stages.append(StageReport("acquire", "not available", "staged as a Dataflow template"))
-            return report
-        report.metrics = run_pipeline(recipe, location, report.version, beam_options, progress=progress, cells=planned)
-        report.warnings = sorted(name for name in report.metrics if name.startswith(SKIPPED_ITEM))
-        for name in report.warnings:
-            del report.metrics[name]
-        report.metrics["cells planned"] = planned * len(recipe.sources)
-        report.metrics.setdefault("cells already finished", 0)
-        report.samples = _samples_shown(location / INDEX_NAME)
-        report.versions = state.versions()
-        report.stages += _stage_reports(recipe, location, report)
+    elif stages_a_template(beam_options):  # the job runs later: nothing to wait for or read back
+        make_pipeline(recipe, location, report.version, beam_options).run()
+        report.stages.append(StageReport("acquire", "not available", "staged as a Dataflow template"))
+        return report
+    else:  # the workers read the cells from the plan and skip those finished before: nothing per cell here
+        report.metrics = run_pipeline(recipe, location, report.version, beam_options, progress=progress,
+                                      cells=report.planned)  # fmt: skip
+        _read_back(recipe, location, state, report)
     report.stages += _later_stages(recipe, location, beam_options, metrics=report.metrics)
-    if not recipe.publish:
-        report.stages.append(StageReport("publish", "not configured", "the recipe has no publish"))
-    else:
-        report.stages.append(_publish(recipe, location, report))
+    report.stages.append(_publish(recipe, location, report))
     return report
+
+
+def _plan(recipe: Recipe, location: Location, state: BuildState) -> BuildReport:
+    """Write the plan and the recipe as resolved, open this build's version: the report, its plan stage done."""
+    plan = location / PLAN_NAME
+    location.remove_partial_files()  # a killed build's half-written files; the lock makes this build the only writer
+    check_buildable(recipe)
+    write_plan(plan_bands(recipe), plan)  # band by band: the driver never holds every cell
+    planned = plan_length(plan)
+    (location / "recipe.json").write_text(recipe.model_dump_json(indent=2) + "\n")
+    report = BuildReport(location.native, _cells_shown(plan, planned), version=state.open_version(recipe))
+    report.planned = planned
+    report.stages.append(StageReport("plan", "done", f"{planned} cells → {plan}"))
+    return report
+
+
+def _read_back(recipe: Recipe, location: Location, state: BuildState, report: BuildReport) -> None:
+    """What the pipeline did, into ``report``: its counters (skipped catalogue items as warnings), the index's
+    first records, the versions, and the acquire and store stages."""
+    report.warnings = sorted(name for name in report.metrics if name.startswith(SKIPPED_ITEM))
+    for name in report.warnings:
+        del report.metrics[name]
+    report.metrics["cells planned"] = report.planned * len(recipe.sources)
+    report.metrics.setdefault("cells already finished", 0)
+    report.samples = _samples_shown(location / INDEX_NAME)
+    report.versions = state.versions()
+    report.stages += _stage_reports(recipe, location, report)
 
 
 SHOWN_CELLS = 1_000  # the plan's cells (and index rows) a report holds: all of a small plan, the first of a larger
@@ -277,6 +302,8 @@ def _later_view(view: View, recipe: Recipe, location: Location, *, redo: bool) -
 
 def _publish(recipe: Recipe, location: Location, report: BuildReport) -> StageReport:
     """The build's last step: the card, then the upload (a folder only: the Hub client uploads local files)."""
+    if not recipe.publish:
+        return StageReport("publish", "not configured", "the recipe has no publish")
     from eo_etl.publish.hub import PublishError, publish
 
     if report.failed or not report.samples:

@@ -83,6 +83,27 @@ def test_the_plain_functions_plan_acquire_stage_record_write_and_finish_without_
     assert list(joined["cells.cell"].values) == [sample.cell for sample in ok]
 
 
+def test_the_builds_own_transforms_compose_into_the_dataset_eo_etl_build_then_finds_done(tmp_path):
+    """build_graph's steps, composed by hand as eo_etl.beam offers them: the same state the build keeps, so a build
+    over the result acquires and writes nothing and leaves the same index."""
+    recipe = eo_etl.load_recipe(ROOT / "pipelines" / "demo.yaml")
+    recipe = recipe.model_copy(update={"labels": None, "captions": None, "curation": None})  # the store only
+    root = tmp_path / "own"
+    eo_beam.plan_cells(recipe, root)
+    version = BuildState(root).open_version(recipe)  # the one plan_cells opened
+    with beam.Pipeline(runner="DirectRunner") as pipeline:
+        positions = pipeline | eo_beam.AcquirePlan(recipe, root, version)
+        written = positions | eo_beam.WriteShardsAt(recipe, root)
+        assert_that((positions, written) | eo_beam.FinishAt(recipe, root), equal_to([str(root)]))
+    index = eo_etl.read_index(root)
+    assert sorted(index.source.unique()) == ["landcover", "s2l2a"] and index.zarr_index.notna().sum() == 24
+    report = eo_etl.build(recipe, root)
+    m = report.metrics
+    assert m["cells already finished"] == m["cells planned"] > 0 and m.get("shards written", 0) == 0
+    assert m["shards already written"] > 0 and report.version == version
+    pd.testing.assert_frame_equal(eo_etl.read_index(root), index)
+
+
 def test_record_samples_refuses_cells_outside_the_plan_and_tables_refuse_bad_names(tmp_path):
     recipe = eo_etl.load_recipe(ROOT / "pipelines" / "demo.yaml")
     eo_beam.plan_cells(recipe, tmp_path)

@@ -9,16 +9,6 @@ MAX_LINES = 40
 PACKAGE = Path(__file__).resolve().parent.parent / "eo_etl"
 REASON = re.compile(r"\blong\b", re.IGNORECASE)  # the word, not "longitude" or "belongs"
 
-# Long functions in modules being reshaped on other branches as this test was added (module path: function).
-# The lead trims this list after merging those branches; nothing new goes on it.
-ALLOWED = {
-    "build.py: build",
-    "curate/sample.py: write_balance",
-    "store/taco.py: write_taco",
-    "store/torch_dataset.py: __init__",
-}
-
-
 def long_functions() -> dict[str, int]:
     """Every function over MAX_LINES lines whose docstring does not say it is long, with its length."""
     found = {}
@@ -33,9 +23,6 @@ def long_functions() -> dict[str, int]:
 
 
 def test_no_function_is_long_without_a_reason_in_its_docstring():
-    offenders = {name: lines for name, lines in long_functions().items() if name not in ALLOWED}
+    offenders = long_functions()
     assert not offenders, f"over {MAX_LINES} lines, split them or say why in the docstring: {offenders}"
 
-
-def test_the_allow_list_names_only_functions_that_are_still_long():
-    assert not ALLOWED - long_functions().keys(), "split or explained since: remove them from ALLOWED"

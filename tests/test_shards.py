@@ -10,8 +10,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
+import pytest
 
-from eo_etl.pipeline.shards import Positions, ShardTask, index_records, settle, shard_members
+from eo_etl.pipeline.shards import Positions, ShardTask, index_records, settle, shard_members, stored_statistics
 from eo_etl.pipeline.state import BuildState, ShardEntry
 from eo_etl.recipe import load_recipe
 from eo_etl.sample import FAILED, OK, REJECTED
@@ -164,3 +165,41 @@ def test_the_state_records_written_shards_with_their_statistics(tmp_path):
     assert back.as_dict() == statistics.as_dict() and back.as_dict()["B04"]["mean"] == 4.0  # 0 is nodata
     state.forget_shards_from("s2", 1)
     assert state.shard_entries("s2", 0) == entries and state.shard_entries("s2", 1) is None
+
+
+def test_the_store_statistics_merge_every_shards_own_and_a_shard_not_written_as_assigned_fails(tmp_path):
+    state = BuildState(tmp_path)
+    bands = (("B04",), "uint16", 0.0)
+    shards = [np.array([[[0, 2], [4, 6]]], np.uint16), np.array([[[8, 10], [0, 0]]], np.uint16)]
+    for k, pixels in enumerate(shards):
+        statistics = BandStatistics(*bands)
+        statistics.add(pixels)
+        state.record_shard("s2", k, [ShardEntry(1, f"c{2 * k}"), ShardEntry(1, f"c{2 * k + 1}")][: 2 - k], statistics)
+    merged = stored_statistics(state, "s2", 3, 2, lambda: BandStatistics(*bands))
+    whole = BandStatistics(*bands)
+    whole.add(np.stack(shards))  # (sample, band, y, x)
+    assert merged.as_dict() == whole.as_dict() and merged.as_dict()["B04"]["mean"] == 6.0  # 0 is nodata
+    with pytest.raises(RuntimeError, match="shard 1 of s2 was not written as assigned"):
+        stored_statistics(state, "s2", 4, 2, lambda: BandStatistics(*bands))  # shard 1 holds one sample, not two
+    state.forget_shards_from("s2", 1)
+    with pytest.raises(RuntimeError, match="shard 1 of s2 was not written as assigned"):
+        stored_statistics(state, "s2", 3, 2, lambda: BandStatistics(*bands))  # shard 1's record gone
+
+
+def test_staged_pixels_go_only_for_ranges_whose_samples_all_lie_in_full_shards():
+    positions = Positions.of({("s2", 1, 0, 2): 2, ("s2", 1, 2, 4): 2, ("s2", 2, 0, 2): 1, ("s1", 1, 0, 2): 1})
+    # s2 stores 5 samples: shards of 2 are [0, 1] [2, 3] full, [4] partial; s1's one sample is a partial shard
+    assert positions.ranges_in_full_shards(2) == [("s2", 1, 0, 2), ("s2", 1, 2, 4)]
+    assert positions.ranges_in_full_shards(5) == [("s2", 1, 0, 2), ("s2", 1, 2, 4), ("s2", 2, 0, 2)]
+    assert positions.ranges_in_full_shards(1) == sorted(positions.starts)
+
+
+def test_the_progress_view_counts_the_cells_and_shards_where_the_state_records_them(tmp_path):
+    from eo_etl.pipeline.progress import _cells, _count
+
+    state = BuildState(tmp_path)
+    state.stage_range(2, "s2", 0, 2, [record("c0", version=2), record("c1", version=2)])
+    state.stage_range(2, "s1", 4, 5, [record("c4", version=2, source="s1")])
+    state.record_shard("s2", 0, [ShardEntry(2, "c0")], BandStatistics(("B04",), "uint16", 0.0))
+    assert _cells(state.samples_dir(2).local_path) == 3 and _cells(state.samples_dir(1).local_path) == 0
+    assert _count(state.shards_dir.local_path, "*/*.json") == 1

@@ -107,6 +107,18 @@ def test_band_statistics_are_those_of_the_valid_pixels(tmp_path):
         assert (statistics[band]["min"], statistics[band]["max"]) == (valid.min(), valid.max())
 
 
+def test_a_writer_restarts_its_statistics_to_count_one_shard_alone(tmp_path):
+    samples = sentinel2_samples(4)
+    writer = ZarrWriter(tmp_path / "pixels.zarr", "s2", PixelLayout.of(samples[0]), capacity=4, shard_size=2)
+    writer.write_shard(0, samples[:2])
+    shard = writer.restart_statistics()  # what a worker writing shard 1 of a shared store records for it
+    writer.write_shard(1, samples[2:])
+    alone = writer.empty_statistics()
+    alone.add(np.stack([s.pixels for s in samples[2:]]))
+    assert shard is writer.statistics and shard.as_dict() == alone.as_dict()
+    assert writer.empty_statistics().as_dict() != shard.as_dict()  # nothing counted in a fresh one
+
+
 def test_rewriting_the_same_samples_skips_complete_shards_and_changes_no_byte(tmp_path):
     samples = sentinel2_samples(5)
     write(tmp_path / "pixels.zarr", samples, shard_size=2)

@@ -107,6 +107,21 @@ def write_balance(recipe: Recipe, root) -> str:
     """``<dataset>/balance.parquet`` from the index and the embed (needed), quality, dedup and landcover tables."""
     settings = recipe.curation.balance
     root = Location.of(root)
+    frame = _candidates(root, settings)
+    _pick(frame, settings)
+    table = pa.Table.from_pandas(frame.drop(columns="embedding").reset_index(), preserve_index=False,
+                                 schema=pa.schema([("sample_id", pa.string()), ("candidate", pa.bool_()),
+                                                   ("stratum", pa.string()), ("clusters", pa.list_(pa.int64())),
+                                                   ("split", pa.string()), (settings.split, pa.bool_())]))  # fmt: skip
+    target = root / TABLE_NAME
+    with target.staged_file() as path:
+        pq.write_table(table, path)
+    return target.url
+
+
+def _candidates(root: Location, settings) -> pd.DataFrame:
+    """The stored samples by ``sample_id``: embedding, stratum (landcover's majority class) and whether each is a
+    candidate (embedded, passed quality, not a duplicate, not in an excluded stratum)."""
     index = pq.read_table((root / INDEX_NAME).url, columns=["sample_id", "zarr_index"]).to_pandas()
     stored = index.loc[index["zarr_index"].notna(), "sample_id"].tolist()
     embed = _read(root, "embed.parquet")
@@ -129,6 +144,13 @@ def write_balance(recipe: Recipe, root) -> str:
         None, index=frame.index, dtype=object)).fillna(UNKNOWN)  # fmt: skip
     candidate &= ~frame["stratum"].isin(settings.exclude)
     frame["candidate"] = candidate
+    return frame
+
+
+def _pick(frame: pd.DataFrame, settings) -> None:
+    """The balanced subset of the candidates, into ``frame``: each candidate's clusters, the split of those chosen
+    and a column named after the split saying whether each sample is in it."""
+    candidate = frame["candidate"]
     chosen, labels, strata = balance(frame[candidate], settings) if candidate.any() else ([], None, None)
     frame["clusters"] = None
     frame["split"] = None
@@ -139,11 +161,3 @@ def write_balance(recipe: Recipe, root) -> str:
         )
     frame.loc[picked, "split"] = settings.split
     frame[settings.split] = frame["split"].notna()
-    table = pa.Table.from_pandas(frame.drop(columns="embedding").reset_index(), preserve_index=False,
-                                 schema=pa.schema([("sample_id", pa.string()), ("candidate", pa.bool_()),
-                                                   ("stratum", pa.string()), ("clusters", pa.list_(pa.int64())),
-                                                   ("split", pa.string()), (settings.split, pa.bool_())]))  # fmt: skip
-    target = root / TABLE_NAME
-    with target.staged_file() as path:
-        pq.write_table(table, path)
-    return target.url

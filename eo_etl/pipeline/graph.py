@@ -38,27 +38,78 @@ from eo_etl.store.location import Location
 
 def build_graph(pipeline: beam.Pipeline, recipe: Recipe, root: Location, version: int):
     """Adds the build to ``pipeline``: every source over every cell of the plan written at ``root`` (a source
-    aligned to another with it, in the same step: sources/align.py)."""
-    sources = [source.name for source in recipe.sources]  # the index: every source's rows
-    workers = recipe.runner.workers
-    positions = (
-        pipeline
-        | "plan" >> beam.Create([list(aligned_groups(recipe))])  # primaries: each acquires its aligned sources
-        | "ranges of plan rows" >> beam.FlatMap(ranges_of_plan, root, workers)
-        | "spread cells" >> beam.Reshuffle()
-        | "acquire and stage" >> beam.ParDo(AcquireRange(recipe, root, version))
-        | "samples per range" >> beam.combiners.ToDict()
-        | "positions" >> beam.Map(Positions.of)
-    )
-    at = beam.pvalue.AsSingleton(positions)
+    aligned to another with it, in the same step: sources/align.py). Composed of the transforms ``eo_etl.beam``
+    offers: ``AcquirePlan``, ``WriteShardsAt`` and ``FinishAt``."""
+    positions = pipeline | "acquire and stage" >> AcquirePlan(recipe, root, version)
     shards_done = positions | "write shards" >> WriteShardsAt(recipe, root)
-    parts = (
-        positions
-        | "ranges again" >> beam.FlatMap(lambda _, sources: ranges_of_plan(sources, root, workers), sources)
-        | "spread index" >> beam.Reshuffle()
-        | "index parts" >> beam.ParDo(WriteIndexPart(recipe, root), at)
-    )
-    return shards_done | "index, STAC, exports" >> beam.Map(finish, recipe, root, at, beam.pvalue.AsList(parts))
+    return (positions, shards_done) | "index, STAC, exports" >> FinishAt(recipe, root)
+
+
+class AcquirePlan(beam.PTransform):
+    """The plan written at ``root`` to the positions (one element): its cells as ranges of plan rows, read and
+    acquired by the workers, every source (a source aligned to another with it, on its samples), each range staged
+    and recorded in the build's state as it is done (cells finished before are skipped), and the samples each
+    range stores counted and combined into positions (``shards.Positions``).
+
+    Args:
+        recipe: the recipe (its sources, rules, limits, runner).
+        root: the dataset's folder or URL, where the plan is written (``eo_etl.beam.plan_cells`` writes it).
+        version: the version this build makes (``BuildState(root).open_version(recipe)``; ``plan_cells`` opens it).
+    """
+
+    def __init__(self, recipe: Recipe, root: Location, version: int):
+        super().__init__()
+        self.recipe, self.root, self.version = recipe, Location.of(root), version
+
+    def expand(self, pipeline):
+        """Spread the ranges of plan rows, acquire and stage each, then combine their counts."""
+        return (
+            pipeline
+            | "plan" >> beam.Create([list(aligned_groups(self.recipe))])  # primaries: each acquires its aligned ones
+            | "ranges of plan rows" >> beam.FlatMap(ranges_of_plan, self.root, self.recipe.runner.workers)
+            | "spread cells" >> beam.Reshuffle()
+            | "acquire and stage" >> beam.ParDo(AcquireRange(self.recipe, self.root, self.version))
+            | "samples per range" >> beam.combiners.ToDict()
+            | "positions" >> beam.Map(Positions.of)
+        )
+
+
+class FinishAt(beam.PTransform):
+    """(the positions, anything that comes once every shard is written) to the dataset's root (one element), once
+    finished: the index written in parts by the workers, range by range, as the shards are written; then the
+    closing writes (statistics, STAC, exports, versions, the index merged from its parts: ``finish``).
+
+    Args:
+        recipe: the recipe.
+        root: the dataset's folder or URL.
+    """
+
+    def __init__(self, recipe: Recipe, root: Location):
+        super().__init__()
+        self.recipe, self.root = recipe, Location.of(root)
+
+    def expand(self, inputs):
+        """Write the index's parts from the positions; finish once the shards are written too."""
+        positions, shards_done = inputs
+        recipe, root = self.recipe, self.root
+        sources = [source.name for source in recipe.sources]  # the index: every source's rows
+        at = beam.pvalue.AsSingleton(positions)
+        parts = (
+            positions
+            | "ranges" >> beam.FlatMap(_ranges_of_plan, sources, root, recipe.runner.workers)
+            | "spread index" >> beam.Reshuffle()
+            | "index parts" >> beam.ParDo(WriteIndexPart(recipe, root), at)
+        )
+        return shards_done | "finish" >> beam.Map(_finish, recipe, root, at, beam.pvalue.AsList(parts))
+
+
+def _ranges_of_plan(_positions, sources: list[str], root: Location, workers: int):
+    return ranges_of_plan(sources, root, workers)
+
+
+def _finish(shards_done, recipe: Recipe, root: Location, positions: Positions, parts: list) -> str:
+    finish(shards_done, recipe, root, positions, parts)
+    return str(root.native)
 
 
 class WriteShardsAt(beam.PTransform):

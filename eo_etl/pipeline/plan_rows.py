@@ -15,18 +15,18 @@ import bisect
 import pandas as pd
 import pyarrow.parquet as pq
 
+from eo_etl.sources import SEARCH_BATCH  # cells per range: one catalogue search, one state file
 from eo_etl.store.location import Location
 
 PLAN_ROW_GROUP = 8192  # rows a worker reads to find its range's cells
-MAX_RANGE = 64  # cells per range: one catalogue search, one state file
 BATCHES_PER_WORKER = 4  # elements per worker at least, so that every worker stays busy to the end
 RANGES_AT_LEAST = 64  # a small plan is cut finer, so that its cells still spread over the workers
 CELL_COLUMNS = ["grid_cell", "grid_row_u", "grid_col_r", "centre_lat", "centre_lon"]
 
 
 def range_size(rows: int) -> int:
-    """Cells per range for a plan of ``rows`` cells: 1 up to 127 cells, ``MAX_RANGE`` from 4096 on."""
-    return max(1, min(MAX_RANGE, rows // RANGES_AT_LEAST))
+    """Cells per range for a plan of ``rows`` cells: 1 up to 127 cells, ``SEARCH_BATCH`` from 4096 on."""
+    return max(1, min(SEARCH_BATCH, rows // RANGES_AT_LEAST))
 
 
 def plan_ranges(rows: int, first: int = 0, stop: int | None = None) -> list[tuple[int, int]]:
@@ -39,8 +39,8 @@ def plan_ranges(rows: int, first: int = 0, stop: int | None = None) -> list[tupl
 
 def work_ranges(rows: int, workers: int) -> list[tuple[int, int]]:
     """The elements the workers share: whole ranges, enough of them to keep ``workers`` busy to the end, each
-    of at most ``MAX_RANGE`` cells (one catalogue search) unless a range alone is larger."""
-    batch = max(1, min(MAX_RANGE, -(-rows // (max(1, workers) * BATCHES_PER_WORKER))))
+    of at most ``SEARCH_BATCH`` cells (one catalogue search) unless a range alone is larger."""
+    batch = max(1, min(SEARCH_BATCH, -(-rows // (max(1, workers) * BATCHES_PER_WORKER))))
     size = range_size(rows) * max(1, -(-batch // range_size(rows)))
     return [(first, min(first + size, rows)) for first in range(0, rows, size)]
 

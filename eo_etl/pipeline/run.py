@@ -41,8 +41,8 @@ def run_pipeline(recipe: Recipe, location: Location, version: int, options, *, p
     state = BuildState(location)
     with beam_scratch():
         if progress and location.local:  # the view polls the state folder: cheap on a disk, not in a bucket
-            samples_dir = state.dir.local_path / "versions" / f"{version:04d}" / "samples"
-            with build_progress(samples_dir, state.dir.local_path / "shards", cells * len(recipe.sources)):
+            samples, shards = state.samples_dir(version).local_path, state.shards_dir.local_path
+            with build_progress(samples, shards, cells * len(recipe.sources)):
                 result = pipeline.run()
                 result.wait_until_finish()
         else:

@@ -8,11 +8,13 @@ every record, and every process (and every rerun) that asks gets the same answer
 from __future__ import annotations
 
 import bisect
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from eo_etl.pipeline.state import ShardEntry, staged_name
+from eo_etl.pipeline.state import BuildState, ShardEntry, staged_name
 from eo_etl.sample import OK, REJECTED
 from eo_etl.sources.patch import NO_SCENE, NO_SCENE_IN_SLICE
+from eo_etl.store.zarr import BandStatistics
 
 NOTHING_NEW = (NO_SCENE, NO_SCENE_IN_SLICE)  # a later version's rejections that are no gap: nothing was acquired
 
@@ -109,6 +111,13 @@ class Positions:
             shards.append(slices)
         return shards
 
+    def ranges_in_full_shards(self, size: int) -> list[RangeKey]:
+        """The ranges whose stored samples all lie in full shards of ``size`` positions: their staged pixels can
+        go. A partial last shard keeps its ranges' pixels, for the next version to rewrite it with more."""
+        return [
+            key for key, (start, n) in self.starts.items() if start + n <= self.counts.get(key[0], 0) // size * size
+        ]
+
 
 @dataclass(frozen=True)
 class ShardTask:
@@ -126,6 +135,20 @@ def shard_members(task: ShardTask, settled_of) -> tuple[list[ShardEntry], list[d
             entries.append(ShardEntry(part.version, staged_name(part.records[i])))
             records.append(part.records[i])
     return entries, records
+
+
+def stored_statistics(state: BuildState, source: str, count: int, size: int,
+                      empty: Callable[[], BandStatistics]) -> BandStatistics:  # fmt: skip
+    """The band statistics of ``source``'s ``count`` stored samples, merged from those its shards of ``size`` recorded
+    (``empty()``: statistics with nothing counted); a shard missing, or not holding the samples assigned to it,
+    fails the build."""
+    statistics = empty()
+    for k in range(-(-count // size)):
+        entries = state.shard_entries(source, k)
+        if entries is None or len(entries) != min(size, count - k * size):
+            raise RuntimeError(f"shard {k} of {source} was not written as assigned")
+        statistics.merge(state.shard_statistics(source, k, empty()))
+    return statistics
 
 
 def index_records(records: list[dict], first: int | None) -> list[dict]:

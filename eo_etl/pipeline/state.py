@@ -119,6 +119,15 @@ class BuildState:
     def _version_dir(self, version: int) -> Location:
         return self.dir / "versions" / f"{version:04d}"
 
+    def samples_dir(self, version: int) -> Location:
+        """Where a version's finished ranges are recorded (what a progress view counts)."""
+        return self._version_dir(version) / "samples"
+
+    @property
+    def shards_dir(self) -> Location:
+        """Where written shards are recorded (what a progress view counts)."""
+        return self.dir / "shards"
+
     # -------------------------------------------------------------------------------------- samples
     def _sample(self, version: int, source: str, cell: str, suffix: str) -> Location:
         return self._version_dir(version) / "samples" / source / f"{cell}{suffix}"

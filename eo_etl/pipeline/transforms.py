@@ -13,7 +13,16 @@ from apache_beam.metrics import Metrics
 
 from eo_etl.pipeline.index_parts import merge_parts, write_part
 from eo_etl.pipeline.plan_rows import CELL_COLUMNS, PlanReader, plan_length, plan_ranges, range_size, work_ranges
-from eo_etl.pipeline.shards import Positions, RangeKey, Settled, ShardTask, index_records, settle, shard_members
+from eo_etl.pipeline.shards import (
+    Positions,
+    RangeKey,
+    Settled,
+    ShardTask,
+    index_records,
+    settle,
+    shard_members,
+    stored_statistics,
+)
 from eo_etl.pipeline.state import BuildState, PixelSink, ShardEntry, staged_name
 from eo_etl.plan import PLAN_NAME
 from eo_etl.recipe import Recipe
@@ -25,7 +34,7 @@ from eo_etl.sources.remote import HostLimiter, RetryPolicy
 from eo_etl.store.dataset import close_dataset, existing_pixel_store, open_pixel_store, write_shard
 from eo_etl.store.index import INDEX_NAME, index_frame, index_table, write_index
 from eo_etl.store.location import Location
-from eo_etl.store.zarr import BandStatistics, ZarrWriter
+from eo_etl.store.zarr import ZarrWriter
 
 NAMESPACE = "eo_etl"
 SKIPPED_ITEM = "catalogue item skipped: "  # a counter named by the item's href and why: one line in the report
@@ -43,6 +52,17 @@ def ranges_of_plan(sources: list[str], root: Location, workers: int) -> Iterator
             yield source, first, stop
 
 
+def open_acquisitions(recipe: Recipe, sources: list, policy: RetryPolicy) -> dict[str, SourceAcquisition]:
+    """Each of ``sources`` opened on this worker to acquire (its reader, catalogue and threads), under the worker's
+    share of the recipe's per-service limits, by name."""
+    runner = recipe.runner
+    limiter = HostLimiter.share(runner.limits, runner.workers)
+    return {
+        source.name: SourceAcquisition(recipe, source, threads=runner.threads, policy=policy, limiter=limiter)
+        for source in sources
+    }
+
+
 class AcquireRange(beam.DoFn):
     """(source, first, stop) → the cells of those plan rows (whole ranges) not finished before, acquired and
     staged: cut in the worker's threads under its share of the recipe's per-service limits (transient errors
@@ -56,14 +76,8 @@ class AcquireRange(beam.DoFn):
         self.recipe, self.root, self.version = recipe, root, version
 
     def setup(self):
-        runner = self.recipe.runner
-        self.policy = RetryPolicy.of(runner.limits)
-        limiter = HostLimiter.share(runner.limits, runner.workers)
-        self.acquisitions = {
-            source.name: SourceAcquisition(self.recipe, source, threads=runner.threads, policy=self.policy,
-                                           limiter=limiter)
-            for source in self.recipe.sources
-        }  # fmt: skip
+        self.policy = RetryPolicy.of(self.recipe.runner.limits)
+        self.acquisitions = open_acquisitions(self.recipe, self.recipe.sources, self.policy)
         self.groups = aligned_groups(self.recipe)
         self.retries_counted: Counter[str] = Counter()
         self.skipped_counted: set[str] = set()
@@ -294,10 +308,9 @@ class WriteShard(beam.DoFn):
                     name = staged_name(record)
                     samples.append(Sample.from_record(record, _load_pixels(state, key, name, staged)))
                     entries.append(ShardEntry(version, name))
-        layout = writer.layout
-        writer.statistics = BandStatistics(layout.bands, layout.dtype, layout.nodata)  # this shard's alone
+        statistics = writer.restart_statistics()  # this shard's alone
         write_shard(self.root, self.recipe, writer, task.k, samples)
-        state.record_shard(task.source, task.k, entries, writer.statistics)
+        state.record_shard(task.source, task.k, entries, statistics)
         counter("shards written").inc()
         counter("samples written").inc(len(samples))
         counter("shard bytes written").inc(writer.shard_bytes(task.k))
@@ -342,17 +355,9 @@ def finish(_shards_done: int, recipe: Recipe, root: Location, positions: Positio
     size = recipe.outputs.shard_size
     stored = {}
     for source, count in positions.counts.items():
-        layout = existing_pixel_store(root, source).layout
-        statistics = BandStatistics(layout.bands, layout.dtype, layout.nodata)
-        shards = -(-count // size)
-        for k in range(shards):
-            entries = state.shard_entries(source, k)
-            if entries is None or len(entries) != min(size, count - k * size):
-                raise RuntimeError(f"shard {k} of {source} was not written as assigned")
-            shard = BandStatistics(layout.bands, layout.dtype, layout.nodata)
-            statistics.merge(state.shard_statistics(source, k, shard))
-        state.forget_shards_from(source, shards)
-        stored[source] = (count, statistics)
+        empty = existing_pixel_store(root, source).empty_statistics
+        stored[source] = (count, stored_statistics(state, source, count, size, empty))
+        state.forget_shards_from(source, -(-count // size))
     state.finish_versions(positions.added)
     held: dict[tuple[str, str], list[Location]] = {}
     for source, row, first, stop in sorted(parts):
@@ -366,6 +371,5 @@ def finish(_shards_done: int, recipe: Recipe, root: Location, positions: Positio
     close_dataset(root, recipe, index, stored)
     merged.fs.mv(merged.path, (root / INDEX_NAME).path)  # last: a dataset whose index exists is complete
     state.remove_index_parts()
-    for (source, version, first, stop), (start, n) in positions.starts.items():
-        if start + n <= positions.counts.get(source, 0) // size * size:
-            state.drop_range_pixels(version, source, first, stop)
+    for source, version, first, stop in positions.ranges_in_full_shards(size):
+        state.drop_range_pixels(version, source, first, stop)

@@ -39,7 +39,7 @@ from shapely.geometry import box, shape
 from eo_etl.recipe import Recipe
 from eo_etl.recipe.models import Source, TimeSlices
 from eo_etl.sample import FAILED, REJECTED, TRANSIENT, Sample
-from eo_etl.sources import masks
+from eo_etl.sources import SEARCH_BATCH, masks
 from eo_etl.sources.align import (
     Anchor,
     aligned_grid,
@@ -82,7 +82,6 @@ from eo_etl.sources.synthetic import SyntheticReader
 from eo_etl.text import public_href
 
 MAX_RANKED = 8  # candidates whose cloud mask is read per cell
-SEARCH_BATCH = 64  # cells per catalogue search
 FALSE_NORTHING_SOUTH = 10_000_000.0  # what sets EPSG:327zz apart from EPSG:326zz
 
 

@@ -32,7 +32,7 @@ import zarr
 from pydantic import BaseModel
 
 from eo_etl.recipe import Recipe
-from eo_etl.stages.core import Item, Stage, stage_settings
+from eo_etl.stages.core import Item, Stage, View, stage_settings
 from eo_etl.store.index import INDEX_NAME
 from eo_etl.store.location import Location
 from eo_etl.store.zarr import STORE_NAME, quiet_consolidated
@@ -139,15 +139,11 @@ def read_table(root: Location, name: str) -> pd.DataFrame:
 def plan_stage(stage: Stage, recipe: Recipe, root: Location, *, redo: bool = False) -> StagePlan | None:
     """What running ``stage`` on the dataset at ``root`` takes; None when the recipe does not configure it.
     ``redo`` forgets the stage's recorded work first."""
-    settings = stage_settings(stage, recipe)
-    if settings is None:
+    opened = _opened(stage, recipe, root, redo)
+    if opened is None:
         return None
     root = Location.of(root)
-    state = StageState(root, stage)
-    fingerprint = settings_fingerprint(stage, settings)
-    if redo:
-        state.dir.remove(recursive=True)
-    forgotten = state.start(fingerprint)
+    settings, state, fingerprint, forgotten = opened
     rows = read_stored_rows(root)
     upstream = {name: _upstream_table(root, recipe, name) for name in stage.reads}
     work = []
@@ -169,6 +165,19 @@ def plan_stage(stage: Stage, recipe: Recipe, root: Location, *, redo: bool = Fal
         _remove_masks(root, stage, rows["source"].unique())
     prepare_masks(root, stage, settings, rows)
     return plan
+
+
+def _opened(stage: Stage | View, recipe: Recipe, root: Location, redo: bool):
+    """A stage (or view) opened to plan: its settings, state, settings fingerprint and whether its recorded work
+    was forgotten (``redo``, or other settings); None when the recipe does not configure it."""
+    settings = stage_settings(stage, recipe)
+    if settings is None:
+        return None
+    state = StageState(root, stage)
+    fingerprint = settings_fingerprint(stage, settings)
+    if redo:
+        state.dir.remove(recursive=True)
+    return settings, state, fingerprint, state.start(fingerprint)
 
 
 class BatchRunner:

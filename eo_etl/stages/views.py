@@ -21,8 +21,8 @@ from dataclasses import dataclass
 from pydantic import BaseModel
 
 from eo_etl.recipe import Recipe
-from eo_etl.stages.core import View, stage_settings
-from eo_etl.stages.run import StageState, _digest, _inputs_fingerprint, _records, read_stored_rows, settings_fingerprint
+from eo_etl.stages.core import View
+from eo_etl.stages.run import StageState, _digest, _inputs_fingerprint, _opened, _records, read_stored_rows
 from eo_etl.store.location import Location
 
 ABSENT = "absent"
@@ -50,15 +50,11 @@ def inputs_fingerprint(view: View, root: Location) -> str:
 
 def plan_view(view: View, recipe: Recipe, root: Location, *, redo: bool = False) -> ViewPlan | None:
     """Whether the view needs writing; None when the recipe does not configure it. ``redo`` forgets its record."""
-    settings = stage_settings(view, recipe)
-    if settings is None:
+    opened = _opened(view, recipe, root, redo)
+    if opened is None:
         return None
     root = Location.of(root)
-    state = StageState(root, view)
-    fingerprint = settings_fingerprint(view, settings)
-    if redo:
-        state.dir.remove(recursive=True)
-    state.start(fingerprint)
+    settings, state, fingerprint, _ = opened
     inputs = inputs_fingerprint(view, root)
     done = state.done() == {"settings": fingerprint, "inputs": inputs} and (root / view.table_name).exists()
     return ViewPlan(view, settings, fingerprint, inputs, done)

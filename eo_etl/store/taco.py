@@ -123,17 +123,37 @@ def write_taco(
     ``Provider`` fields (name, roles, url); ``tasks`` its task names.
     """
     path = Path(path)
+    _check_arguments(path, dataset_id, block, overwrite)
+    staging = path.with_name(path.name + ".partial")
+    shutil.rmtree(staging, ignore_errors=True)  # what a killed run left
+    scratch = staging / "scratch"
+    scratch.mkdir(parents=True)
+    collection = _collection(version, description, licenses, providers, tasks, title, keywords)
+    try:
+        shards = _write_staged(staging, scratch, samples, dataset_id, collection, block, shard_size)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    if path.exists():
+        shutil.rmtree(path)
+    staging.rename(path)
+    return [path / shard.name for shard in shards]
+
+
+def _check_arguments(path: Path, dataset_id: str, block: int, overwrite: bool) -> None:
+    """Refuse a bad TACO id, an empty block, or a dataset that exists and is not to be overwritten."""
     if not re.fullmatch(r"[a-z0-9_-]+", dataset_id):
         raise ValueError(f"dataset_id {dataset_id!r}: TACO ids are lowercase letters, digits, '_' and '-'")
     if block < 1:
         raise ValueError(f"block must be at least 1 cell, got {block}")
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path} exists; pass overwrite=True to replace it")
-    staging = path.with_name(path.name + ".partial")
-    shutil.rmtree(staging, ignore_errors=True)  # what a killed run left
-    scratch = staging / "scratch"
-    scratch.mkdir(parents=True)
-    collection = {
+
+
+def _collection(version: str, description: str, licenses: Sequence[str], providers: Sequence[dict],
+                tasks: Sequence[str], title: str | None, keywords: Sequence[str]) -> dict:  # fmt: skip
+    """The TACO collection's fields (tacotoolbox's ``Taco`` beside its samples)."""
+    return {
         "dataset_version": version,
         "description": description,
         "licenses": list(licenses),
@@ -142,21 +162,20 @@ def write_taco(
         "title": title,
         "keywords": list(keywords) or None,
     }
-    try:
-        entries = _write_cogs(scratch, samples, block)
-        shards = []
-        for code, group in _blocks(entries):
-            taco = Taco(tortilla=Tortilla(samples=group), id=dataset_id, **collection)
-            shards += _write_shards(staging / f"{dataset_id}_{code}.tacozip", taco, shard_size, scratch)
-        shutil.rmtree(scratch)
-        tacotoolbox.create_tacocat(shards, output=staging)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    if path.exists():
-        shutil.rmtree(path)
-    staging.rename(path)
-    return [path / shard.name for shard in shards]
+
+
+def _write_staged(staging: Path, scratch: Path, samples: Iterable[Sample], dataset_id: str, collection: dict,
+                  block: int, shard_size: str) -> list[Path]:  # fmt: skip
+    """The samples' COGs (in ``scratch``, removed after), a TACO per block of cells and the ``.tacocat`` over them,
+    in ``staging``; the shards, in order."""
+    entries = _write_cogs(scratch, samples, block)
+    shards = []
+    for code, group in _blocks(entries):
+        taco = Taco(tortilla=Tortilla(samples=group), id=dataset_id, **collection)
+        shards += _write_shards(staging / f"{dataset_id}_{code}.tacozip", taco, shard_size, scratch)
+    shutil.rmtree(scratch)
+    tacotoolbox.create_tacocat(shards, output=staging)
+    return shards
 
 
 def _write_cogs(scratch: Path, samples: Iterable[Sample], block: int) -> list[tuple[tuple, TacoSample]]:

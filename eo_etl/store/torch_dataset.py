@@ -77,23 +77,10 @@ class SampleDataset(torch.utils.data.Dataset):
         self.series = cell_series(rows) if time_series else None
         if self.series is not None and (stages or masks):
             raise ValueError("time_series: stage rows and masks are per sample; read them without time_series")
-        columns = stage_columns(self.root, rows, stages, storage_options)
-        self.stage_rows = {
-            stage: [{c.removeprefix(f"{stage}."): v for c, v in row.items() if c.startswith(f"{stage}.")}
-                    for row in columns.to_dict("records")]
-            for stage in stages
-        }  # fmt: skip
+        self.stage_rows = _stage_rows(stage_columns(self.root, rows, stages, storage_options), stages)
         group = self._group()
-        self.masks = list(masks)
-        missing = [name for name in self.masks if "." not in name or name not in group]
-        if missing:
-            raise ValueError(f"no mask {missing[0]!r} in {self.source}; stages write masks as <stage>.<name>")
-        all_bands = list(group["band"][:])
-        self.bands = list(bands or all_bands)
-        unknown = [band for band in self.bands if band not in all_bands]
-        if unknown:
-            raise ValueError(f"unknown bands {unknown} for {self.source}; stored: {all_bands}")
-        self.band_positions = [all_bands.index(band) for band in self.bands]
+        self.masks = _stored_masks(group, masks, self.source)
+        self.bands, self.band_positions = _stored_bands(group, bands, self.source)
         statistics = group.attrs["band_statistics"]
         self.mean = np.array([statistics[band]["mean"] or 0.0 for band in self.bands], dtype=np.float32)
         self.std = np.array([statistics[band]["std"] or 1.0 for band in self.bands], dtype=np.float32)
@@ -158,3 +145,31 @@ class SampleDataset(torch.utils.data.Dataset):
 
     def __getstate__(self) -> dict:
         return self.__dict__ | {"_pixels": None, "_masks": None}  # workers reopen the store rather than pickle it
+
+
+def _stage_rows(columns, stages: Sequence[str]) -> dict[str, list[dict]]:
+    """Each stage's row per sample, its columns without the ``<stage>.`` prefix."""
+    return {
+        stage: [{c.removeprefix(f"{stage}."): v for c, v in row.items() if c.startswith(f"{stage}.")}
+                for row in columns.to_dict("records")]
+        for stage in stages
+    }  # fmt: skip
+
+
+def _stored_masks(group: zarr.Group, masks: Sequence[str], source: str) -> list[str]:
+    """The masks asked for, each one a stage wrote (``<stage>.<name>``) in ``source``'s group."""
+    masks = list(masks)
+    missing = [name for name in masks if "." not in name or name not in group]
+    if missing:
+        raise ValueError(f"no mask {missing[0]!r} in {source}; stages write masks as <stage>.<name>")
+    return masks
+
+
+def _stored_bands(group: zarr.Group, bands: Sequence[str] | None, source: str) -> tuple[list[str], list[int]]:
+    """The bands asked for (all by default), each one ``source`` stores, and their places in its pixels."""
+    stored = list(group["band"][:])
+    chosen = list(bands or stored)
+    unknown = [band for band in chosen if band not in stored]
+    if unknown:
+        raise ValueError(f"unknown bands {unknown} for {source}; stored: {stored}")
+    return chosen, [stored.index(band) for band in chosen]

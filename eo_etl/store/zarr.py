@@ -345,6 +345,15 @@ class ZarrWriter:
             if "grid_mapping" in pixels.attrs:
                 del pixels.attrs["grid_mapping"]
 
+    def empty_statistics(self) -> BandStatistics:
+        """Statistics of this store's layout with nothing counted yet."""
+        return BandStatistics(self.layout.bands, self.layout.dtype, self.layout.nodata)
+
+    def restart_statistics(self) -> BandStatistics:
+        """Count the statistics afresh from here (one shard's alone, where writers share a store); those counted."""
+        self.statistics = self.empty_statistics()
+        return self.statistics
+
     def close(self, count: int, statistics: BandStatistics | None = None) -> None:
         """Trim to ``count`` samples, record the statistics (``statistics``, else those of the shards this
         writer wrote), consolidate the metadata for quick opens."""
