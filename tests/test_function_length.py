@@ -9,6 +9,7 @@ MAX_LINES = 40
 PACKAGE = Path(__file__).resolve().parent.parent / "eo_etl"
 REASON = re.compile(r"\blong\b", re.IGNORECASE)  # the word, not "longitude" or "belongs"
 
+
 def long_functions() -> dict[str, int]:
     """Every function over MAX_LINES lines whose docstring does not say it is long, with its length."""
     found = {}
@@ -25,4 +26,3 @@ def long_functions() -> dict[str, int]:
 def test_no_function_is_long_without_a_reason_in_its_docstring():
     offenders = long_functions()
     assert not offenders, f"over {MAX_LINES} lines, split them or say why in the docstring: {offenders}"
-
