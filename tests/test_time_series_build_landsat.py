@@ -27,7 +27,7 @@ from eo_etl.sample import OK, REJECTED, SampleId
 from eo_etl.sources.patch import NO_SCENE_IN_SLICE
 from eo_etl.sources.slices import window_slices
 from eo_etl.store.read import open_dataset, read_samples
-from eo_etl.store.video import read_cube
+from eo_etl.store.video import read_cube, read_sidecar
 from tests.imagery import SERIES_BANDS, SERIES_FILL, series_item, series_scenes, write_item_collection
 from tests.servers import file_server, stac_api
 from tests.test_time_slices_landsat import NO_VALID, PATCH, TILE_CRS, on_patch, ranking, searched, sliced
@@ -136,8 +136,13 @@ def test_real_series_open_dataset_gives_each_place_over_time_with_eoboxs_pixels(
         starts = [r.slice_start.tz_convert(None).to_datetime64() for r in rows]
         assert list(cube.slice_start.values) == starts  # slot t is the same month for every cell
         assert list(series.slice_start.values[0]) == starts
-        times = pd.to_datetime(cube.time.values)
-        assert times.is_monotonic_increasing
+        assert list(cube.time.values) == [r.timestamp.tz_convert(None).to_datetime64() for r in rows]
+        for slot, row in enumerate(rows):  # georeferenced as the patch was cut: pixel centres, reflectance scale
+            _, transform = grid(row)
+            one = cube.isel(time_slot=slot)
+            np.testing.assert_array_equal(one.x.values, transform.c + transform.a * (np.arange(PATCH) + 0.5))
+            np.testing.assert_array_equal(one.y.values, transform.f + transform.e * (np.arange(PATCH) + 0.5))
+            assert int(one.epsg) == 32613 and one.scale.values.tolist() == [1e-4] * len(SERIES_BANDS)
         np.testing.assert_array_equal(cube.pixels.values, np.stack([expected_pixels(built, r) for r in rows]))
     assert (series.pixels.values == SERIES_FILL).any()  # Landsat 7's SLC-off stripes stay nodata
 
@@ -200,6 +205,7 @@ def test_real_series_each_video_cube_is_one_place_over_time_decoded_losslessly(b
         folder = Path(rows[0].video_path)
         folder = folder if folder.is_absolute() else built["root"] / folder
         folders.add(folder)
+        assert read_sidecar(folder)["lossy"] is False
         cube = read_cube(folder)
         assert cube.dtype == np.int16
         np.testing.assert_array_equal(cube, np.stack([expected_pixels(built, r) for r in rows]))
