@@ -178,6 +178,16 @@ def test_real_series_read_samples_and_the_torch_dataset_give_the_same_sequences(
         assert item["times"].tolist() == [int(r.timestamp.timestamp()) for r in rows]
         assert item["slice_starts"].tolist() == [int(r.slice_start.timestamp()) for r in rows]
 
+    # normalised by the statistics of every stored pixel (four shards merged), nodata 0
+    stacks = {cell: np.stack([expected_pixels(built, r) for r in rows]) for cell, rows in places.items()}
+    bands = np.concatenate(list(stacks.values())).swapaxes(0, 1)
+    mean = np.array([band[band != SERIES_FILL].mean() for band in bands])[:, None, None]
+    std = np.array([band[band != SERIES_FILL].std() for band in bands])[:, None, None]
+    for item in SampleDataset(built["root"], SOURCE, time_series=True):
+        expected = stacks[item["grid_cell"]]
+        normalised = np.where((expected != SERIES_FILL).all(axis=1)[:, None], (expected - mean) / std, 0)
+        np.testing.assert_allclose(item["pixels"].numpy(), normalised, rtol=1e-5, atol=1e-5)
+
 
 # -------------------------------------------------------------------------------------------- TACO, video
 def test_real_series_taco_lists_each_place_over_time_with_eoboxs_pixels(built):
