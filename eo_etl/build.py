@@ -21,7 +21,7 @@ from eo_etl.pipeline.plan_rows import plan_length
 from eo_etl.pipeline.run import make_pipeline, run_pipeline, stages_a_template
 from eo_etl.pipeline.stages import run_stage_pipeline
 from eo_etl.pipeline.state import BuildState
-from eo_etl.pipeline.transforms import PLAN_NAME, SKIPPED_ITEM
+from eo_etl.pipeline.transforms import PLAN_NAME, SKIPPED_ITEM, WARNINGS
 from eo_etl.plan import check_buildable, plan_bands, write_plan
 from eo_etl.recipe import Recipe
 from eo_etl.recipe.models import TimeRange
@@ -59,7 +59,9 @@ class BuildReport:
     version: int | None = None  # the version this build made
     versions: list[dict] = field(default_factory=list)  # every version of the dataset (versions.json)
     up_to_date: bool = False  # --since found no new time to build
-    warnings: list[str] = field(default_factory=list)  # what was skipped on the way (unreadable catalogue items)
+    # what was skipped or changed on the way: unreadable catalogue items, video cubes stored lossless (a target PSNR
+    # out of reach)
+    warnings: list[str] = field(default_factory=list)
     failures: list[tuple[int, str]] = field(default_factory=list)  # the most common reasons cells failed, counted
     planned: int | None = None  # cells in the plan
 
@@ -141,7 +143,7 @@ def _build_locked(recipe: Recipe, location: Location, state: BuildState, beam_op
             report.stages.append(StageReport("acquire", "not available", "staged as a Dataflow template"))
             return report
         report.metrics = run_pipeline(recipe, location, report.version, beam_options, progress=progress, cells=planned)
-        report.warnings = sorted(name for name in report.metrics if name.startswith(SKIPPED_ITEM))
+        report.warnings = sorted(name for name in report.metrics if name.startswith(WARNINGS))
         for name in report.warnings:
             del report.metrics[name]
         report.metrics["cells planned"] = planned * len(recipe.sources)
@@ -317,8 +319,9 @@ def _stage_reports(recipe: Recipe, location: Location, report: BuildReport) -> l
     resumed = m.get("cells already finished", 0)
     acquire = f"{acquired} in version {report.version}" + (f" ({resumed} finished before)" if resumed else "")
     acquire += f", {m.get('retries', 0)} retries"
-    if report.warnings:
-        acquire += f", {len(report.warnings)} catalogue items skipped (unreadable)"
+    skipped = sum(warning.startswith(SKIPPED_ITEM) for warning in report.warnings)
+    if skipped:
+        acquire += f", {skipped} catalogue items skipped (unreadable)"
     transient = sum(n for reason, n in reasons.items() if reason.startswith(TRANSIENT))
     if transient:
         acquire += f", {transient} failed transiently (a rerun tries them again)"

@@ -29,6 +29,8 @@ from eo_etl.store.zarr import BandStatistics, ZarrWriter
 
 NAMESPACE = "eo_etl"
 SKIPPED_ITEM = "catalogue item skipped: "  # a counter named by the item's href and why: one line in the report
+VIDEO_LOSSLESS = "video cube stored lossless: "  # a counter named by the cube and why: one line in the report
+WARNINGS = (SKIPPED_ITEM, VIDEO_LOSSLESS)  # counters that are warnings in the report, not counts
 
 
 def counter(name: str):
@@ -296,7 +298,8 @@ class WriteShard(beam.DoFn):
                     entries.append(ShardEntry(version, name))
         layout = writer.layout
         writer.statistics = BandStatistics(layout.bands, layout.dtype, layout.nodata)  # this shard's alone
-        write_shard(self.root, self.recipe, writer, task.k, samples)
+        for warning in write_shard(self.root, self.recipe, writer, task.k, samples):
+            counter(VIDEO_LOSSLESS + warning).inc()
         state.record_shard(task.source, task.k, entries, writer.statistics)
         counter("shards written").inc()
         counter("samples written").inc(len(samples))
