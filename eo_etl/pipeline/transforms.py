@@ -38,6 +38,8 @@ from eo_etl.store.zarr import ZarrWriter
 
 NAMESPACE = "eo_etl"
 SKIPPED_ITEM = "catalogue item skipped: "  # a counter named by the item's href and why: one line in the report
+VIDEO_LOSSLESS = "video cube stored lossless: "  # a counter named by the cube and why: one line in the report
+WARNINGS = (SKIPPED_ITEM, VIDEO_LOSSLESS)  # counters that are warnings in the report, not counts
 
 
 def counter(name: str):
@@ -309,7 +311,8 @@ class WriteShard(beam.DoFn):
                     samples.append(Sample.from_record(record, _load_pixels(state, key, name, staged)))
                     entries.append(ShardEntry(version, name))
         statistics = writer.restart_statistics()  # this shard's alone
-        write_shard(self.root, self.recipe, writer, task.k, samples)
+        for warning in write_shard(self.root, self.recipe, writer, task.k, samples):
+            counter(VIDEO_LOSSLESS + warning).inc()
         state.record_shard(task.source, task.k, entries, statistics)
         counter("shards written").inc()
         counter("samples written").inc(len(samples))

@@ -817,7 +817,8 @@ class VideoOutput(Section):
         ge=20,
         le=80,
         description="Lossy only: instead of crf, the highest crf per cube whose decoded cube reaches this PSNR, "
-        "measured as xarrayvideo does (peak = the type's full range, 65535 for 16-bit; nodata excluded).",
+        "measured as xarrayvideo does (peak = the type's full range, 65535 for 16-bit; nodata excluded). A cube "
+        "that misses it even at crf 0 is stored lossless, with a warning.",
     )
 
     @model_validator(mode="after")

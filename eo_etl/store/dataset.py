@@ -55,31 +55,34 @@ def existing_pixel_store(root: Root, source: str, *, tidy: bool = False) -> Zarr
     return ZarrWriter.existing(store.url, source, tidy=tidy, storage_options=store.storage_options)
 
 
-def write_shard(root: Root, recipe: Recipe, writer: ZarrWriter, k: int, samples: Sequence[Sample]) -> str | None:
+def write_shard(root: Root, recipe: Recipe, writer: ZarrWriter, k: int, samples: Sequence[Sample]) -> list[str]:
     """Shard ``k`` of a source in every format the recipe asks for (the one place a shard's formats are chosen);
-    the video folder (relative), if any."""
+    what its writing has to warn of, one line each (the video cube, stored lossless: why)."""
     writer.write_shard(k, samples)
     if "majortom" in recipe.outputs.formats:
         _write_majortom_part(Location.of(root), recipe, k, samples)
     if "video" not in recipe.outputs.formats:
-        return None
+        return []
     folder = f"video/{samples[0].source}/shard-{k:05d}"
-    _write_video(Location.of(root) / folder, recipe, samples)
-    return folder
+    fallback = _write_video(Location.of(root) / folder, recipe, samples)
+    return [f"{folder}: outputs.video.{fallback['reason']}"] if fallback else []
 
 
-def _write_video(folder: Location, recipe: Recipe, samples: Sequence[Sample]) -> None:
+def _write_video(folder: Location, recipe: Recipe, samples: Sequence[Sample]) -> dict | None:
+    """The shard's cube; the sidecar's ``fallback`` when a target PSNR out of reach made it lossless (the build
+    goes on: eo_etl/store/video.py says why)."""
     from eo_etl.store.video import SIDECAR, VideoOptions, write_cube  # the video extra
 
     source = samples[0].source
     options = recipe.outputs.video
     with folder.staged_folder(last=(SIDECAR,)) as path:  # the sidecar says a cube is complete: it goes last
-        write_cube(
+        sidecar = write_cube(
             path, np.stack([s.pixels for s in samples]), samples[0].bands, masks=_masks(recipe, source),
             nodata=samples[0].nodata,
             options=VideoOptions(lossy=options.lossy, crf=options.crf, keyframe_interval=options.keyframe_interval,
-                                 target_psnr_db=options.target_psnr_db),
+                                 target_psnr_db=options.target_psnr_db, out_of_reach="lossless"),
         )  # fmt: skip
+    return sidecar["fallback"]
 
 
 def _write_majortom_part(root: Location, recipe: Recipe, k: int, samples: Sequence[Sample]) -> None:

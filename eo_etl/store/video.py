@@ -34,6 +34,15 @@ took ~0.94 bits per pixel per band with every frame a keyframe and ~0.84 with a 
 plane of the SLC-off gaps included), where xarrayvideo reports 1.22 at 56.7 dB on Sentinel-2 cubes. PCA across the
 three bands (xarrayvideo's option) cost more bits at equal PSNR there, so bands are coded as they are.
 
+A target out of reach (even crf 0 misses it: x265 tops out by the data, a band's wide value range, inter frames):
+``out_of_reach`` "error" (a direct call's default) raises TargetOutOfReach; "lossless" (what a build asks for)
+stores that cube ffv1 lossless and records why in its sidecar (``fallback``). A build falls back rather than fails
+because the target is a floor on quality and a lossless cube is above any floor: the dataset stays complete and as
+good as asked, only that cube costs more bits. Whether a cube reaches the target depends on its pixels, known only
+once acquired, so no recipe check can catch it beforehand; an error would stop a build at its last writes (and its
+rerun at the same place) over one cube, and leave one fix, a lower target for every cube. Nor is it silent: the
+sidecar says so and the build reports a warning naming the cube.
+
 The folder is written as a hidden ``.<name>.partial`` sibling and renamed when complete, so a killed writer
 never leaves a folder that looks complete; the next write of the same folder replaces the leftover. Same
 input, same bytes (see the x265 parameters for what that takes).
@@ -71,6 +80,7 @@ PSNR_PEAK = "value range of the band's valid pixels over the cube (max - min)"
 PSNR_FULL_RANGE = "peak = the dtype's full range (65535 for 16-bit types), MSE over every lossy band's valid pixels"
 CRF_MAX, CRF_STEP = 51.0, 0.25  # libx265 takes a fractional crf
 TARGET_PSNR_DB = (20.0, 80.0)  # PSNR_FULL_RANGE; x265 reaches less on some cubes (VideoOptions.keyframe_interval)
+OUT_OF_REACH = ("error", "lossless")
 RANGE_RULE = "min..max of the band's valid pixels over the cube (no robust clipping: outliers keep their values)"
 
 # x265, and why each setting:
@@ -111,6 +121,7 @@ class VideoOptions:
     # Lossy only: instead of ``crf``, the highest crf (to CRF_STEP) whose decoded cube has at least this PSNR as
     # xarrayvideo measures it (PSNR_FULL_RANGE), found per cube by bisection (~9 encodes of the lossy streams).
     target_psnr_db: float | None = None
+    out_of_reach: str = "error"  # or "lossless": what a target that crf 0 misses does (see the module's docstring)
 
     def __post_init__(self):
         if not 0 <= self.crf <= CRF_MAX:
@@ -123,6 +134,16 @@ class VideoOptions:
                 raise ValueError("target_psnr_db applies to lossy cubes only (lossless ones are exact)")
             if not low <= self.target_psnr_db <= high:
                 raise ValueError(f"target_psnr_db {self.target_psnr_db} is outside {low}..{high}")
+        if self.out_of_reach not in OUT_OF_REACH:
+            raise ValueError(f"out_of_reach {self.out_of_reach!r}: expected one of {', '.join(OUT_OF_REACH)}")
+
+
+class TargetOutOfReach(ValueError):
+    """Even crf 0 misses ``target_psnr_db``; ``reached`` is what crf 0 gives (PSNR_FULL_RANGE, dB)."""
+
+    def __init__(self, target: float, reached: float):
+        super().__init__(f"target_psnr_db {target} is out of reach: crf 0 gives {reached:.2f} dB")
+        self.target, self.reached = target, reached
 
 
 @dataclass
@@ -148,9 +169,23 @@ def write_cube(
     """Write ``cube`` (frame, band, y, x) to ``folder`` as video streams plus ``video.json``; returns the sidecar.
 
     Bands named in ``masks`` (labels, SCL) are always stored lossless. ``nodata`` pixels are exact in every mode.
+    A ``target_psnr_db`` out of reach raises TargetOutOfReach, or stores the cube lossless (``options.out_of_reach``).
     """
     folder, cube, bands = Path(folder), np.asarray(cube), list(bands)
     _check(cube, bands, masks, nodata)
+    try:
+        return _write(folder, cube, bands, masks, nodata, options)
+    except TargetOutOfReach as error:
+        if options.out_of_reach != "lossless":
+            raise
+        reached = round(error.reached, 4)
+        fallback = {"to": "lossless", "target_psnr_db": error.target, "crf_0_psnr_full_range_db": reached,
+                    "reason": str(error)}  # fmt: skip
+        return _write(folder, cube, bands, masks, nodata, replace(options, lossy=False, target_psnr_db=None), fallback)
+
+
+def _write(folder: Path, cube: np.ndarray, bands: list[str], masks, nodata, options: VideoOptions, fallback=None):
+    """write_cube's work once the input is checked; ``fallback``: why a lossy cube was stored lossless instead."""
     plan = _plan(cube, bands, masks, nodata, options.lossy)
     tmp = folder.parent / f".{folder.name}.partial"
     shutil.rmtree(tmp, ignore_errors=True)  # a killed writer's leftover
@@ -158,6 +193,8 @@ def write_cube(
     try:
         streams = [_write_stream(tmp, plan, k, options) for k in range(len(plan.groups))]
         sidecar = _sidecar(cube, nodata, options, streams, plan)
+        if fallback:  # the target asked for, and why it was not used
+            sidecar |= {"target_psnr_db": fallback["target_psnr_db"], "fallback": fallback}
         if options.target_psnr_db is not None:
             _fit_crf(tmp, sidecar, cube, plan, options)
         _count_bits(sidecar, cube, plan)
@@ -231,6 +268,7 @@ def _sidecar(cube: np.ndarray, nodata, options: VideoOptions, streams: list[dict
         "nodata": None if nodata is None else int(nodata),
         "lossy": options.lossy,
         "target_psnr_db": options.target_psnr_db,
+        "fallback": None,  # why a lossy cube was stored lossless (out_of_reach "lossless"): see write_cube
         "psnr_peak": PSNR_PEAK,
         "psnr_full_range_rule": PSNR_FULL_RANGE,
         "range_rule": RANGE_RULE,
@@ -253,7 +291,7 @@ def _count_bits(sidecar: dict, cube: np.ndarray, plan: _Plan) -> None:
 
 def _fit_crf(tmp: Path, sidecar: dict, cube: np.ndarray, plan: _Plan, options: VideoOptions) -> None:
     """Encode the lossy streams again at the highest crf (to CRF_STEP) whose cube meets options.target_psnr_db
-    (PSNR_FULL_RANGE): a bisection, PSNR falling as crf rises. ValueError when even crf 0 misses it."""
+    (PSNR_FULL_RANGE): a bisection, PSNR falling as crf rises. TargetOutOfReach when even crf 0 misses it."""
     lossy = [k for k, (_, is_lossy, _) in enumerate(plan.groups) if is_lossy]
     if not lossy:  # only masks
         return
@@ -279,7 +317,7 @@ def _fit_crf(tmp: Path, sidecar: dict, cube: np.ndarray, plan: _Plan, options: V
     if best is None:
         if not meets(0.0):
             reached = _psnr_full_range(cube[:, columns], _read(tmp, sidecar, names, None), sidecar["nodata"])
-            raise ValueError(f"target_psnr_db {target} is out of reach: crf 0 gives {reached:.2f} dB")
+            raise TargetOutOfReach(target, reached)
         best = 0
     best *= CRF_STEP
     if sidecar["streams"][lossy[0]]["crf"] != best:  # the last try was another crf
