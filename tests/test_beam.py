@@ -69,7 +69,7 @@ def test_the_plain_functions_plan_acquire_stage_record_write_and_finish_without_
     assert [sample.cell for sample in samples] == [cell.name for cell in cells]
     records = [eo_beam.stage_sample(sample, recipe, root, version) for sample in samples]
     assert eo_beam.record_samples("s2l2a", records[::-1], root, version) == len(cells)  # any order in
-    assert [r["grid_cell"] for r in BuildState(root).records()] == [cell.name for cell in cells]  # plan order out
+    assert [r.grid_cell for r in BuildState(root).records()] == [cell.name for cell in cells]  # plan order out
     positions = eo_beam.write_shards(recipe, root)
     ok = [sample for sample in samples if sample.status == OK]
     assert positions.counts == {"s2l2a": len(ok)} and positions.added == {1: len(ok)}
