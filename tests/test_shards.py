@@ -14,6 +14,7 @@ import numpy as np
 
 from eo_etl.pipeline.shards import Positions, ShardTask, index_records, settle, shard_members
 from eo_etl.pipeline.state import BuildState, ShardEntry
+from eo_etl.pipeline.transforms import shard_tasks
 from eo_etl.recipe import load_recipe
 from eo_etl.sample import FAILED, OK, REJECTED
 from eo_etl.sources.patch import NO_SCENE, NO_SCENE_IN_SLICE
@@ -165,3 +166,52 @@ def test_the_state_records_written_shards_with_their_statistics(tmp_path):
     assert back.as_dict() == statistics.as_dict() and back.as_dict()["B04"]["mean"] == 4.0  # 0 is nodata
     state.forget_shards_from("s2", 1)
     assert state.shard_entries("s2", 0) == entries and state.shard_entries("s2", 1) is None
+
+
+def test_positions_are_the_prefix_sums_of_the_counts_in_source_version_and_plan_order():
+    counts = {("s2", 2, 0, 2): 1, ("s2", 1, 2, 4): 3, ("s1", 1, 0, 2): 0, ("s2", 1, 0, 2): 2, ("s2", 1, 4, 5): 0}
+    positions = Positions.of(counts)
+    assert positions.starts == {
+        ("s1", 1, 0, 2): (0, 0),
+        ("s2", 1, 0, 2): (0, 2), ("s2", 1, 2, 4): (2, 3), ("s2", 1, 4, 5): (5, 0),  # version 1 in plan order …
+        ("s2", 2, 0, 2): (5, 1),  # … then version 2 after it
+    }  # fmt: skip
+    assert positions.counts == {"s2": 6}  # a source storing nothing has no store
+    assert positions.added == {1: 5, 2: 1} and positions.first_version == 1
+    empty = Positions.of({})
+    assert empty.counts == {} and empty.first_version is None and empty.shard_slices("s2", 4) == []
+
+
+def test_shard_tasks_cover_each_sources_positions_once_in_shards_of_shard_size():
+    counts = {("s2", 1, 0, 2): 2, ("s2", 1, 2, 4): 3, ("s2", 2, 0, 2): 1, ("s1", 1, 0, 2): 1, ("s0", 1, 0, 2): 0}
+    positions = Positions.of(counts)
+    tasks = list(shard_tasks(positions, recipe(shard_size=4)))
+    assert [(task.source, task.k) for task in tasks] == [("s1", 0), ("s2", 0), ("s2", 1)]  # none for s0's nothing
+    assert tasks[0].slices == ((("s1", 1, 0, 2), 0, 1),)
+    assert tasks[1].slices == ((("s2", 1, 0, 2), 0, 2), (("s2", 1, 2, 4), 0, 2))
+    assert tasks[2].slices == ((("s2", 1, 2, 4), 2, 3), (("s2", 2, 0, 2), 0, 1))  # the last shard: 2 of 4
+    for source in ("s2", "s1"):  # every stored sample of a source in exactly one shard, in position order
+        spans = [(key, lo, hi) for task in tasks if task.source == source for key, lo, hi in task.slices]
+        assert sum(hi - lo for _, lo, hi in spans) == positions.counts[source]
+        assert [positions.starts[key][0] + lo for key, lo, _ in spans] == sorted(
+            positions.starts[key][0] + lo for key, lo, _ in spans
+        )
+
+
+def test_the_state_stages_a_sample_as_its_row_and_lists_every_versions_records_in_order(tmp_path):
+    state = BuildState(tmp_path)
+    samples = [place_sample(k, 10.0 + k, 45.0) for k in range(3)]
+    samples[1].fail(RuntimeError("read timed out"))
+    staged = [state.stage(1 + k % 2, sample, "hash") for k, sample in enumerate(samples)]
+    assert [(r.version, r.recipe_hash, r.grid_cell) for r in staged] == [(1, "hash", s.cell) for s in samples[:1]] + [
+        (2, "hash", samples[1].cell), (1, "hash", samples[2].cell)]  # fmt: skip
+    np.testing.assert_array_equal(state.load_pixels(1, "s2", samples[0].cell), samples[0].pixels)
+    assert not state.has_pixels(2, "s2", samples[1].cell)  # a failed sample has no pixels to stage
+    state.stage_range(2, "s2", 0, 2, [staged[1]])
+    state.stage_range(1, "s2", 2, 3, [staged[2]])
+    state.stage_range(1, "s2", 0, 2, [staged[0]])
+    state.stage_range(1, "s1", 0, 2, [replace(staged[0], source="s1")])
+    assert [(r.version, r.source, r.grid_cell) for r in state.records()] == [
+        (1, "s1", samples[0].cell), (1, "s2", samples[0].cell), (1, "s2", samples[2].cell),
+        (2, "s2", samples[1].cell)]  # fmt: skip
+    assert state.records()[1] == staged[0]  # the row as staged, typed again
