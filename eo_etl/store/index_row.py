@@ -42,15 +42,22 @@ def _missing(value) -> bool:
         return True
 
 
+# each takes the plain value (the build's state, Arrow) first, at once: rows are read many at a time
 def _text(value) -> str | None:
+    if value is None or type(value) is str:
+        return value
     return None if _missing(value) else str(value)
 
 
 def _integer(value) -> int | None:
+    if value is None or type(value) is int:
+        return value
     return None if _missing(value) else int(value)
 
 
 def _number(value) -> float | None:
+    if type(value) is float:
+        return None if value != value else value
     return None if _missing(value) else float(value)
 
 
@@ -65,6 +72,8 @@ def _instant(value) -> datetime | None:
 
 def _sequence(value) -> tuple:
     """A list column's value as a tuple of plain values (pandas gives numpy arrays); () for none."""
+    if type(value) is list:
+        return tuple(value)
     if value is None:
         return ()
     return tuple(value.tolist() if hasattr(value, "tolist") else value)
@@ -137,7 +146,7 @@ class IndexRow:
         """The row of ``values``: a record of the build's state (times as ISO text), a pandas row of the index
         (NaN or NaT for nulls, numpy arrays, ``hrefs`` as JSON) or an Arrow one. Keys that are not columns are
         ignored (a reader's frame may hold more); columns left out take their defaults."""
-        return cls(**{name: convert(values[name]) for name, convert in _CONVERTERS.items() if name in values})
+        return cls(**{name: _CONVERTERS[name](value) for name, value in values.items() if name in _CONVERTERS})
 
     def to_dict(self, names: Iterable[str] | None = None) -> dict[str, Any]:
         """The row's ``names`` columns (all by default) as plain values (lists, ``hrefs`` a dict of lists): what
@@ -172,7 +181,6 @@ COLUMNS = tuple(f.name for f in _FIELDS)
 _CONVERTERS = {f.name: f.metadata.get("convert") or _converter(f.metadata["arrow"]) for f in _FIELDS}
 SAMPLE_COLUMNS = COLUMNS[: COLUMNS.index("reason") + 1]  # what the sample itself gives (Sample.row)
 STAGED_COLUMNS = (*SAMPLE_COLUMNS, "recipe_hash", "version")  # what the build's state records
-LOCATION_COLUMNS = ("zarr_group", "zarr_index", "video_path", "video_frame")
 INDEX_SCHEMA = pa.schema([
     pa.field(f.name, f.metadata["arrow"], nullable=f.metadata["nullable"],
              metadata={"description": f.metadata["description"]})
