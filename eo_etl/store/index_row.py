@@ -1,7 +1,8 @@
 """One row of the dataset index, declared once: each field of :class:`IndexRow` is a column of ``index.parquet``
 with its Arrow type and description, and ``INDEX_SCHEMA`` (and so ``schemas/index.schema.json``) is generated from
-the fields. Every writer builds an ``IndexRow`` and every reader gets one back (:meth:`IndexRow.from_dict`), so no
-code spells the columns as string keys of a dict.
+the fields. The build's writers make ``IndexRow``s and its readers get them back (:meth:`IndexRow.from_dict`, from
+the build's state, the index file or a frame of it); :meth:`IndexRow.to_dict` is the one place a row becomes a plain
+dict (for JSON and pandas). The stages after the store take index rows as dicts read from the file (stages/core.py).
 
 A row fills up as the build goes: the sample gives its own columns (``Sample.row``: ``SAMPLE_COLUMNS``), staging
 adds ``recipe_hash`` and ``version``, the assignment of positions the location columns, and the index writer the
@@ -29,9 +30,6 @@ def _column(kind: pa.DataType, description: str, *, nullable: bool = True, defau
     if isinstance(default, dict):  # an empty one, each row its own
         return field(default_factory=dict, metadata=metadata)
     return field(default=default, metadata=metadata)
-
-
-_REQUIRED = MISSING
 
 
 def _missing(value) -> bool:
@@ -92,13 +90,13 @@ class IndexRow:
 
     # fmt: off
     sample_id: str | None = _column(_TEXT, "the sample's identity, CELL.SOURCE.WINDOW_START (eo_etl.sample.SampleId); "
-                                    "every stage table is keyed by it", nullable=False, default=_REQUIRED)
-    grid_cell: str = _column(_TEXT, "Major TOM cell name, e.g. 454U_120R", nullable=False, default=_REQUIRED)
+                                    "every stage table is keyed by it", nullable=False, default=MISSING)
+    grid_cell: str = _column(_TEXT, "Major TOM cell name, e.g. 454U_120R", nullable=False, default=MISSING)
     grid_row_u: int = _column(pa.int64(), "Major TOM row (signed: U north of the equator, D south)",
-                              nullable=False, default=_REQUIRED)
+                              nullable=False, default=MISSING)
     grid_col_r: int = _column(pa.int64(), "Major TOM column (signed: R east of 0°, L west)",
-                              nullable=False, default=_REQUIRED)
-    source: str = _column(_TEXT, "the recipe's source name", nullable=False, default=_REQUIRED)
+                              nullable=False, default=MISSING)
+    source: str = _column(_TEXT, "the recipe's source name", nullable=False, default=MISSING)
     product_id: str | None = _column(_TEXT, "id of the item (scene) the pixels came from first")
     timestamp: datetime | None = _column(_TIME, "acquisition time of that item")
     cloud_cover: float | None = _column(pa.float64(), "cloud, percent: over the cell from the quality band, else "
@@ -110,7 +108,7 @@ class IndexRow:
     centre_lat: float | None = _column(pa.float64(), "latitude of the cell's centre")
     centre_lon: float | None = _column(pa.float64(), "longitude of the cell's centre")
     crs: str = _column(_TEXT, "the pixels' CRS (the cell's UTM zone), e.g. EPSG:32719", nullable=False,
-                       default=_REQUIRED)
+                       default=MISSING)
     transform: tuple[float, ...] = _column(_FLOATS, "affine (a, b, c, d, e, f) of the pixels; empty without pixels",
                                            default=())
     bands: tuple[str, ...] = _column(_TEXTS, "band names, in the order of the pixels", default=())
@@ -127,7 +125,7 @@ class IndexRow:
     slice_start: datetime | None = _column(_TIME, "start of the time slice the sample was chosen in "
                                            "(recipe time.slices); empty when the recipe does not slice time")
     slice_end: datetime | None = _column(_TIME, "end of that time slice (exclusive)")
-    status: str = _column(_TEXT, "ok, rejected or failed", nullable=False, default=_REQUIRED)
+    status: str = _column(_TEXT, "ok, rejected or failed", nullable=False, default=MISSING)
     reason: str | None = _column(_TEXT, "why a sample was rejected or failed")
     recipe_hash: str | None = _column(_TEXT, "fingerprint of the recipe that built the row")
     version: int | None = _column(pa.int64(), "dataset version (time window) of the row", nullable=False)
