@@ -62,7 +62,7 @@ def plain_build(recipe, root: Path) -> int:
             records = []
             with state.staging(version, source.name, first, stop, keep=set()) as stage:
                 for sample in batch:
-                    records.append(sample.record() | {"recipe_hash": recipe_hash, "version": version})
+                    records.append(sample.row(version, recipe_hash))
                     if sample.status == OK:
                         stage(staged_name(records[-1]), sample.pixels)
             state.stage_range(version, source.name, first, stop, records)

@@ -63,6 +63,7 @@ from eo_etl.sources.cell import Cell, cells_of
 from eo_etl.sources.remote import RetryPolicy
 from eo_etl.stages.core import STAGE_NAME, Stage
 from eo_etl.stages.run import run_stage
+from eo_etl.store.index_row import IndexRow
 from eo_etl.store.location import Location
 
 __all__ = [
@@ -256,13 +257,13 @@ def _same(sample: Sample) -> Sample:
 
 
 # ---------------------------------------------------------------------------------------------- store
-def stage_sample(sample: Sample, recipe: Recipe, root: Location | str, version: int) -> dict:
+def stage_sample(sample: Sample, recipe: Recipe, root: Location | str, version: int) -> IndexRow:
     """Stage a sample's pixels in the build's state (an ok one's, in a file of its own: samples come one at a time,
     in any order); its record (index row, version, recipe hash)."""
     return BuildState(root).stage(version, sample, recipe.fingerprint())
 
 
-def record_samples(source: str, records: Iterable[dict], root: Location | str, version: int) -> int:
+def record_samples(source: str, records: Iterable[IndexRow], root: Location | str, version: int) -> int:
     """Record ``source``'s finished cells in the build's state, range by range of plan rows as the build does
     (so ``eo-etl build`` resumes from them); the number recorded. Records of cells not in the plan are refused."""
     root = Location.of(root)
@@ -270,16 +271,16 @@ def record_samples(source: str, records: Iterable[dict], root: Location | str, v
     rows = plan_length(root / PLAN_NAME)
     order = {cell: i for i, cell in enumerate(PlanReader(root / PLAN_NAME, ["grid_cell"]).rows(0, rows).grid_cell)}
     records = list(records)
-    unknown = [record["grid_cell"] for record in records if record["grid_cell"] not in order]
+    unknown = [record.grid_cell for record in records if record.grid_cell not in order]
     if unknown:
         raise ValueError(f"cell {unknown[0]!r} of {source} is not in {root / PLAN_NAME}")
     ranges, size = plan_ranges(rows), range_size(rows)
-    parts: dict[tuple[int, int], list[dict]] = {}
-    for record in sorted(records, key=lambda record: order[record["grid_cell"]]):
-        parts.setdefault(ranges[order[record["grid_cell"]] // size], []).append(record)
+    parts: dict[tuple[int, int], list[IndexRow]] = {}
+    for record in sorted(records, key=lambda record: order[record.grid_cell]):
+        parts.setdefault(ranges[order[record.grid_cell] // size], []).append(record)
     for (first, stop), part in parts.items():
-        new = {record["grid_cell"] for record in part}
-        kept = [r for r in state.range_records(version, source, first, stop) if r["grid_cell"] not in new]
+        new = {record.grid_cell for record in part}
+        kept = [r for r in state.range_records(version, source, first, stop) if r.grid_cell not in new]
         state.stage_range(version, source, first, stop, kept + part)
     return len(records)
 
@@ -325,7 +326,7 @@ class _StageSample(beam.DoFn):
     def __init__(self, recipe: Recipe, root: Location):
         self.recipe, self.root, self.version = recipe, root, None
 
-    def process(self, sample: Sample) -> Iterator[tuple[str, dict]]:
+    def process(self, sample: Sample) -> Iterator[tuple[str, IndexRow]]:
         if self.version is None:
             self.version = BuildState(self.root).open_version(self.recipe)  # the one PlanCells opened
         yield sample.source, stage_sample(sample, self.recipe, self.root, self.version)
@@ -369,7 +370,7 @@ def _second(_first, second):
     return second
 
 
-def _record(grouped: tuple[str, Iterable[dict]], recipe: Recipe, root: Location) -> int:
+def _record(grouped: tuple[str, Iterable[IndexRow]], recipe: Recipe, root: Location) -> int:
     source, records = grouped
     return record_samples(source, records, root, BuildState(root).open_version(recipe))
 

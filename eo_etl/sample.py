@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 import numpy as np
 from numpy.typing import NDArray
 
+from eo_etl.store.index_row import SAMPLE_COLUMNS, IndexRow
 from eo_etl.text import redacted
 
 OK, REJECTED, FAILED = "ok", "rejected", "failed"
@@ -52,7 +53,7 @@ class SampleId:
 @dataclass
 class Sample:
     """One source's pixels for one grid cell, with their provenance, quality and status (``ok``, ``rejected`` or
-    ``failed`` with a ``reason``); :meth:`record` is its index row, :attr:`sample_id` its identity."""
+    ``failed`` with a ``reason``); :meth:`row` is its index row, :attr:`sample_id` its identity."""
 
     cell: str
     row_u: int
@@ -106,74 +107,47 @@ class Sample:
             raise ValueError(f"sample {self.key} has no window_start: its id is unknown")
         return SampleId(self.cell, self.source, self.window_start)
 
-    def record(self) -> dict:
-        """One flat row for the index: the Major TOM columns, then provenance and status."""
-        return {
-            "sample_id": None if self.window_start is None else str(self.sample_id),
-            "grid_cell": self.cell,
-            "grid_row_u": self.row_u,
-            "grid_col_r": self.col_r,
-            "source": self.source,
-            "product_id": self.product_id,
-            "timestamp": self.timestamp,
+    def row(self, version: int | None = None, recipe_hash: str | None = None) -> IndexRow:
+        """The sample's index row: the Major TOM columns, then provenance and status (and the build's ``version``
+        and ``recipe_hash`` when given); the build adds where its pixels are stored."""
+        stored = self.pixels is not None
+        return IndexRow(
+            sample_id=None if self.window_start is None else str(self.sample_id),
+            grid_cell=self.cell, grid_row_u=self.row_u, grid_col_r=self.col_r, source=self.source,
+            product_id=self.product_id, timestamp=self.timestamp,
             # Over the cell when the source has a cloud mask, else the scene's: Major TOM's cloud_cover.
-            "cloud_cover": self.scene_cloud if self.cloud_fraction is None else 100.0 * self.cloud_fraction,
-            "scene_cloud_cover": self.scene_cloud,
-            "cloud_basis": self.cloud_basis,
-            "nodata": self.nodata_fraction,
-            "centre_lat": self.centre_lat,
-            "centre_lon": self.centre_lon,
-            "crs": self.crs,
-            "transform": list(self.transform),
-            "bands": list(self.bands),
-            "dtype": None if self.pixels is None else str(self.pixels.dtype),
-            "height": None if self.pixels is None else int(self.pixels.shape[1]),
-            "width": None if self.pixels is None else int(self.pixels.shape[2]),
-            "nodata_value": None if self.nodata is None or np.isnan(self.nodata) else float(self.nodata),
-            "scales": list(self.scales),
-            "offsets": list(self.offsets),
-            "items": list(self.items),
-            "hrefs": {band: list(h) for band, h in self.hrefs.items()},
-            "processing_baseline": self.processing_baseline,
-            "slice_start": self.slice_start,
-            "slice_end": self.slice_end,
-            "status": self.status,
-            "reason": self.reason,
-        }
-
-    @classmethod
-    def from_record(cls, record: dict, pixels: NDArray | None = None) -> Sample:
-        """The sample an index row describes (``record()``'s inverse), with ``pixels`` when given."""
-        cloud_cover, scene_cloud = record["cloud_cover"], record["scene_cloud_cover"]
-        masked = cloud_cover is not None and cloud_cover == cloud_cover and cloud_cover != scene_cloud
-        nodata = record["nodata_value"]
-        return cls(
-            cell=record["grid_cell"], row_u=int(record["grid_row_u"]), col_r=int(record["grid_col_r"]),
-            source=record["source"], crs=record["crs"], transform=tuple(record["transform"]),
-            bands=tuple(record["bands"]), pixels=pixels, nodata=None if nodata != nodata else nodata,
-            scales=tuple(record["scales"]), offsets=tuple(record["offsets"]), timestamp=record["timestamp"],
-            product_id=record["product_id"], items=tuple(record["items"]),
-            hrefs={band: tuple(h) for band, h in record["hrefs"].items()},
-            processing_baseline=_text(record["processing_baseline"]),
-            # record() gives the cell's cloud when the source has a mask, else the scene's
-            cloud_fraction=cloud_cover / 100.0 if masked else None, scene_cloud=scene_cloud,
-            cloud_basis=record.get("cloud_basis"),
-            nodata_fraction=record["nodata"], centre_lat=record["centre_lat"], centre_lon=record["centre_lon"],
-            window_start=SampleId.parse(record["sample_id"]).start if record.get("sample_id") else None,
-            slice_start=_instant(record.get("slice_start")), slice_end=_instant(record.get("slice_end")),
-            status=record["status"], reason=record["reason"],
+            cloud_cover=self.scene_cloud if self.cloud_fraction is None else 100.0 * self.cloud_fraction,
+            scene_cloud_cover=self.scene_cloud, cloud_basis=self.cloud_basis, nodata=self.nodata_fraction,
+            centre_lat=self.centre_lat, centre_lon=self.centre_lon, crs=self.crs,
+            transform=tuple(self.transform), bands=tuple(self.bands),
+            dtype=str(self.pixels.dtype) if stored else None,
+            height=int(self.pixels.shape[1]) if stored else None, width=int(self.pixels.shape[2]) if stored else None,
+            nodata_value=None if self.nodata is None or np.isnan(self.nodata) else float(self.nodata),
+            scales=tuple(self.scales), offsets=tuple(self.offsets), items=tuple(self.items),
+            hrefs={band: tuple(h) for band, h in self.hrefs.items()},
+            processing_baseline=self.processing_baseline, slice_start=self.slice_start, slice_end=self.slice_end,
+            status=self.status, reason=self.reason, recipe_hash=recipe_hash, version=version,
         )  # fmt: skip
 
+    def record(self) -> dict:
+        """The sample's own columns of its index row as plain values (what exports tag it with, and a stage reads)."""
+        return self.row().to_dict(SAMPLE_COLUMNS)
 
-def _text(value) -> str | None:
-    """A text column's value; None for a null that a frame mixing sources made NaN (a source with no baseline)."""
-    return None if value is None or value != value else value
-
-
-def _instant(value) -> datetime | None:
-    """A record's time (a datetime, a pandas Timestamp, an ISO string or missing) as a datetime or None."""
-    if value is None or value != value:  # None, NaN or NaT
-        return None
-    if isinstance(value, str):
-        return datetime.fromisoformat(value)
-    return value.to_pydatetime() if hasattr(value, "to_pydatetime") else value
+    @classmethod
+    def from_row(cls, row: IndexRow, pixels: NDArray | None = None) -> Sample:
+        """The sample an index row describes (:meth:`row`'s inverse), with ``pixels`` when given."""
+        cloud_cover, scene_cloud = row.cloud_cover, row.scene_cloud_cover
+        masked = cloud_cover is not None and cloud_cover == cloud_cover and cloud_cover != scene_cloud
+        nodata = row.nodata_value
+        return cls(
+            cell=row.grid_cell, row_u=row.grid_row_u, col_r=row.grid_col_r, source=row.source, crs=row.crs,
+            transform=row.transform, bands=row.bands, pixels=pixels, nodata=None if nodata != nodata else nodata,
+            scales=row.scales, offsets=row.offsets, timestamp=row.timestamp, product_id=row.product_id,
+            items=row.items, hrefs=dict(row.hrefs), processing_baseline=row.processing_baseline,
+            # row() gives the cell's cloud when the source has a mask, else the scene's
+            cloud_fraction=cloud_cover / 100.0 if masked else None, scene_cloud=scene_cloud,
+            cloud_basis=row.cloud_basis, nodata_fraction=row.nodata, centre_lat=row.centre_lat,
+            centre_lon=row.centre_lon,
+            window_start=SampleId.parse(row.sample_id).start if row.sample_id else None,
+            slice_start=row.slice_start, slice_end=row.slice_end, status=row.status, reason=row.reason,
+        )  # fmt: skip

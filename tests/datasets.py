@@ -7,7 +7,7 @@ as a build leaves them, for samples at chosen places (stages read the index rows
 
 from __future__ import annotations
 
-import json
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -18,6 +18,7 @@ from pyproj import CRS, Transformer
 
 from eo_etl.sample import Sample
 from eo_etl.store.index import INDEX_NAME, index_frame, write_index
+from eo_etl.store.index_row import IndexRow
 from eo_etl.store.zarr import STORE_NAME, PixelLayout, ZarrWriter
 
 WINDOW = datetime(2019, 1, 1, tzinfo=UTC)
@@ -59,23 +60,14 @@ def write_dataset(root: Path, samples: list[Sample], shard_size: int = 4, versio
     for k in range(0, len(everything), shard_size):
         writer.write_shard(k // shard_size, everything[k : k + shard_size])
     writer.close(len(everything))
-    records = [{key: value for key, value in record.items() if key not in ("geometry", "bbox")} for record in before]
+    records = [IndexRow.from_dict(record) for record in before]
     for i, sample in enumerate(samples):
-        records.append(sample.record() | {"version": version, "recipe_hash": "test", "zarr_group": sample.source,
-                                          "zarr_index": start + i})  # fmt: skip
-    for record in records:
-        if isinstance(record["hrefs"], str):
-            record["hrefs"] = json.loads(record["hrefs"])
+        records.append(replace(sample.row(version, "test"), zarr_group=sample.source, zarr_index=start + i))
     cells = gpd.GeoDataFrame({"grid_cell": []}, geometry=gpd.GeoSeries([], crs=4326))
     write_index(index_frame(records, cells), index_path)
     return root
 
 
 def _sample_of(root: Path, record: dict) -> Sample:
-    pixels = zarr.open_array(root / STORE_NAME / record["source"] / "pixels", mode="r")[int(record["zarr_index"])]
-    record = dict(record)
-    record["hrefs"] = json.loads(record["hrefs"]) if isinstance(record["hrefs"], str) else record["hrefs"]
-    record["timestamp"] = record["timestamp"].to_pydatetime()
-    for key in ("transform", "bands", "scales", "offsets", "items"):
-        record[key] = list(record[key])
-    return Sample.from_record(record, pixels)
+    row = IndexRow.from_dict(record)
+    return Sample.from_row(row, zarr.open_array(root / STORE_NAME / row.source / "pixels", mode="r")[row.zarr_index])

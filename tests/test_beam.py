@@ -21,6 +21,7 @@ from eo_etl.recipe import parse_recipe
 from eo_etl.sample import OK, SampleId
 from eo_etl.sources.acquire import SourceAcquisition
 from eo_etl.stages.core import Output, Stage
+from eo_etl.store.index_row import IndexRow
 from tests.datasets import place_sample, write_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -69,7 +70,7 @@ def test_the_plain_functions_plan_acquire_stage_record_write_and_finish_without_
     assert [sample.cell for sample in samples] == [cell.name for cell in cells]
     records = [eo_beam.stage_sample(sample, recipe, root, version) for sample in samples]
     assert eo_beam.record_samples("s2l2a", records[::-1], root, version) == len(cells)  # any order in
-    assert [r["grid_cell"] for r in BuildState(root).records()] == [cell.name for cell in cells]  # plan order out
+    assert [r.grid_cell for r in BuildState(root).records()] == [cell.name for cell in cells]  # plan order out
     positions = eo_beam.write_shards(recipe, root)
     ok = [sample for sample in samples if sample.status == OK]
     assert positions.counts == {"s2l2a": len(ok)} and positions.added == {1: len(ok)}
@@ -108,7 +109,9 @@ def test_record_samples_refuses_cells_outside_the_plan_and_tables_refuse_bad_nam
     recipe = eo_etl.load_recipe(ROOT / "pipelines" / "demo.yaml")
     eo_beam.plan_cells(recipe, tmp_path)
     with pytest.raises(ValueError, match=r"cell '999U_999R' of s2l2a is not in"):
-        eo_beam.record_samples("s2l2a", [{"grid_cell": "999U_999R"}], tmp_path, 1)
+        outside = IndexRow(sample_id="999U_999R.s2l2a.20190101", grid_cell="999U_999R", grid_row_u=999,
+                           grid_col_r=999, source="s2l2a", crs="EPSG:32632", status="ok")  # fmt: skip
+        eo_beam.record_samples("s2l2a", [outside], tmp_path, 1)
     with pytest.raises(ValueError, match=r"table name '\.\./up'"):
         eo_beam.write_table(tmp_path, "../up", [])
     with pytest.raises(ValueError, match=r"table name 'Bad'"):

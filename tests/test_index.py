@@ -32,7 +32,7 @@ def failed(sample: Sample) -> Sample:
 
 
 def written(samples: list[Sample], path) -> tuple[pa.Schema, pd.Series]:
-    records = [s.record() | {"recipe_hash": "h", "version": 1} for s in samples]
+    records = [s.row(version=1, recipe_hash="h") for s in samples]
     write_index(index_frame(records, plan(RECIPE)), path)
     return pq.read_schema(path), pd.read_parquet(path).dtypes
 

@@ -29,9 +29,8 @@ def test_a_malformed_id_is_refused_by_name(text):
         SampleId.parse(text)
 
 
-def test_the_record_carries_the_id_and_from_record_restores_the_window():
+def test_the_row_carries_the_id_and_from_row_restores_the_window():
     start = datetime(2019, 1, 1, tzinfo=UTC)
     sample = Sample("5327D_5052L", -5327, -5052, "s2", "EPSG:32719", window_start=start).reject("no scene")
-    record = sample.record()
-    assert record["sample_id"] == "5327D_5052L.s2.20190101"
-    assert Sample.from_record(record).sample_id == sample.sample_id
+    assert sample.record()["sample_id"] == sample.row().sample_id == "5327D_5052L.s2.20190101"
+    assert Sample.from_row(sample.row()).sample_id == sample.sample_id

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import replace
 
 import apache_beam as beam
 import numpy as np
@@ -126,9 +127,9 @@ def test_an_index_merged_from_workers_parts_is_the_file_written_from_all_rows_at
     samples = list(acquire_source(recipe, recipe.sources[0], cells_of(recipe, cells)))
     for sample in samples[::5]:  # failures: no pixels, no footprint, empty columns
         sample.fail(OSError("HTTP 503"))
-    records = [s.record() | {"recipe_hash": "h", "version": v} for v in (1, 2) for s in samples]
-    records += [r | {"source": "other"} for r in records[::3]]
-    assert len({grid_row(r["grid_cell"]) for r in records}) > 3 and len(records) > 40
+    records = [s.row(version=v, recipe_hash="h") for v in (1, 2) for s in samples]
+    records += [replace(r, source="other") for r in records[::3]]
+    assert len({grid_row(r.grid_cell) for r in records}) > 3 and len(records) > 40
     whole = tmp_path / "whole.parquet"
     write_index(index_frame(records, cells), whole)
 
@@ -137,7 +138,7 @@ def test_an_index_merged_from_workers_parts_is_the_file_written_from_all_rows_at
         part = Location(tmp_path / "parts" / f"{i}.parquet")
         chunk = records[start : start + 17]
         for row in write_part(index_table(index_frame(chunk, cells)), part):
-            for source in {r["source"] for r in chunk if grid_row(r["grid_cell"]) == row}:
+            for source in {r.source for r in chunk if grid_row(r.grid_cell) == row}:
                 held.setdefault((source, row), []).append(part)
     merged = Location(tmp_path / "merged.parquet")
     assert merge_parts(held, merged) == len(records)

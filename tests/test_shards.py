@@ -6,6 +6,7 @@ contract: positions dense, deterministic, in version then plan order whatever or
 from __future__ import annotations
 
 import random
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -14,9 +15,11 @@ import pytest
 
 from eo_etl.pipeline.shards import Positions, ShardTask, index_records, settle, shard_members, stored_statistics
 from eo_etl.pipeline.state import BuildState, ShardEntry
+from eo_etl.pipeline.transforms import shard_tasks
 from eo_etl.recipe import load_recipe
 from eo_etl.sample import FAILED, OK, REJECTED
 from eo_etl.sources.patch import NO_SCENE, NO_SCENE_IN_SLICE
+from eo_etl.store.index_row import IndexRow
 from eo_etl.store.zarr import BandStatistics
 from tests.datasets import place_sample
 
@@ -30,9 +33,9 @@ def recipe(shard_size: int = 2, formats=("zarr",)):
     return demo.model_copy(update={"outputs": outputs})
 
 
-def record(cell: str, version: int = 1, source: str = "s2", status: str = OK, when=MARCH, reason=None) -> dict:
-    return {"grid_cell": cell, "source": source, "version": version, "status": status, "timestamp": when,
-            "reason": reason}  # fmt: skip
+def record(cell: str, version: int = 1, source: str = "s2", status: str = OK, when=MARCH, reason=None) -> IndexRow:
+    return IndexRow(sample_id=f"{cell}.{source}.20190101", grid_cell=cell, grid_row_u=0, grid_col_r=0, source=source,
+                    crs="EPSG:32632", version=version, status=status, timestamp=when, reason=reason)  # fmt: skip
 
 
 CELLS = ["c0", "c1", "c2", "c3", "c4"]
@@ -40,13 +43,13 @@ ORDER = {cell: i for i, cell in enumerate(CELLS)}
 RANGES = [(0, 2), (2, 4), (4, 5)]  # ranges of plan rows, each settled on its own as a worker does
 
 
-def place(records: list[dict], recipe) -> tuple[Positions, list[dict], dict]:
+def place(records: list[IndexRow], recipe) -> tuple[Positions, list[IndexRow], dict]:
     """What the pipeline does with records that arrive in any order: settle each (source, range) apart, count
     what each version stores there, combine the counts into positions, place each range's records."""
-    grouped: dict[tuple[str, int, int], dict[int, list[dict]]] = {}
+    grouped: dict[tuple[str, int, int], dict[int, list[IndexRow]]] = {}
     for r in records:
-        first, stop = next(part for part in RANGES if part[0] <= ORDER[r["grid_cell"]] < part[1])
-        grouped.setdefault((r["source"], first, stop), {}).setdefault(r["version"], []).append(r)
+        first, stop = next(part for part in RANGES if part[0] <= ORDER[r.grid_cell] < part[1])
+        grouped.setdefault((r.source, first, stop), {}).setdefault(r.version, []).append(r)
     settled = {
         (source, part.version, first, stop): part
         for (source, first, stop), by_version in grouped.items()
@@ -67,7 +70,7 @@ def test_positions_are_dense_per_source_in_version_then_plan_order_and_do_not_de
     (a, placed_a, _), (b, placed_b, _) = place(records, recipe()), place(shuffled, recipe())
 
     def stored(placed):
-        return sorted((r["source"], r["zarr_index"], r["version"], r["grid_cell"]) for r in placed if "zarr_index" in r)
+        return sorted((r.source, r.zarr_index, r.version, r.grid_cell) for r in placed if r.zarr_index is not None)
 
     placed = stored(placed_a)
     assert placed == stored(placed_b) and a == b  # the same positions whatever the order records came in
@@ -75,18 +78,18 @@ def test_positions_are_dense_per_source_in_version_then_plan_order_and_do_not_de
     assert [i for s, i, _, _ in placed if s == "s2"] == list(range(7))  # dense: 0..n-1, no gap
     assert [(i, c) for s, i, _, c in placed if s == "s1"] == [(0, "c0"), (1, "c2")]  # each source from 0
     assert a.counts == {"s2": 7, "s1": 2} and a.added == {1: 7, 2: 2}
-    failed = next(r for r in placed_a if r["status"] == FAILED)
-    assert "zarr_index" not in failed  # only ok samples take a place
+    failed = next(r for r in placed_a if r.status == FAILED)
+    assert failed.zarr_index is None and failed.zarr_group is None  # only ok samples take a place
 
 
 def test_a_cells_time_slices_take_consecutive_positions_in_time_order():
-    def sliced(cell: str, stamp: str) -> dict:
+    def sliced(cell: str, stamp: str) -> IndexRow:
         when = datetime.strptime(stamp, "%Y%m%d").replace(tzinfo=UTC)  # each slice its own scene
-        return record(cell, when=when) | {"sample_id": f"{cell}.s2.{stamp}", "slice_start": when}
+        return replace(record(cell, when=when), sample_id=f"{cell}.s2.{stamp}", slice_start=when)
 
     records = [sliced("c1", "20190601"), sliced("c0", "20190901"), sliced("c1", "20190301"), sliced("c0", "20190301")]
     _, placed, settled = place(random.Random(1).sample(records, 4), recipe())
-    order = [r["sample_id"] for r in sorted(placed, key=lambda r: r["zarr_index"])]
+    order = [r.sample_id for r in sorted(placed, key=lambda r: r.zarr_index)]
     assert order == ["c0.s2.20190301", "c0.s2.20190901", "c1.s2.20190301", "c1.s2.20190601"]
     entries, _ = shard_members(ShardTask("s2", 0, ((("s2", 1, 0, 2), 0, 4),)), settled.__getitem__)
     assert [e.cell for e in entries] == ["c0.20190301", "c0.20190901", "c1.20190301", "c1.20190601"]  # staged names
@@ -99,7 +102,7 @@ def test_shards_are_filled_by_slices_of_ranges_in_shard_size_positions_with_thei
     assert [[(e.version, e.cell) for e in entries] for entries, _ in members] == [
         [(1, "c0"), (1, "c1")], [(1, "c2"), (1, "c3")], [(1, "c4")]]  # fmt: skip
     for entries, records in members:
-        assert [r["grid_cell"] for r in records] == [e.cell for e in entries]
+        assert [r.grid_cell for r in records] == [e.cell for e in entries]
     three = positions.shard_slices("s2", 3)  # a shard straddling two ranges lists a slice of each
     assert three == [
         [(("s2", 1, 0, 2), 0, 2), (("s2", 1, 2, 4), 0, 1)],
@@ -110,11 +113,11 @@ def test_shards_are_filled_by_slices_of_ranges_in_shard_size_positions_with_thei
 def test_the_same_scene_in_a_later_window_is_not_stored_twice_and_video_frames_follow_positions():
     records = [record("c0"), record("c1"), record("c0", version=2)]  # c0's March scene again in version 2
     positions, placed, settled = place(records, recipe(shard_size=2, formats=("zarr", "video")))
-    again = next(r for r in placed if r["version"] == 2)
-    assert again["status"] == REJECTED and again["reason"] == "the same scene is in version 1"
-    assert "zarr_index" not in again and settled[("s2", 2, 0, 2)].repeats == ["c0"]
+    again = next(r for r in placed if r.version == 2)
+    assert again.status == REJECTED and again.reason == "the same scene is in version 1"
+    assert again.zarr_index is None and settled[("s2", 2, 0, 2)].repeats == ["c0"]
     assert positions.counts == {"s2": 2} and positions.added == {1: 2, 2: 0}
-    assert sorted((r["video_path"], r["video_frame"]) for r in placed if r["version"] == 1) == [
+    assert sorted((r.video_path, r.video_frame) for r in placed if r.version == 1) == [
         ("video/s2/shard-00000", 0), ("video/s2/shard-00000", 1)]  # fmt: skip
 
 
@@ -122,23 +125,22 @@ def test_the_index_leaves_out_a_later_windows_cells_that_had_no_scene():
     records = [record("c0", status=REJECTED, reason=NO_SCENE), record("c0", version=2, status=REJECTED,
                reason=NO_SCENE), record("c1", version=2, status=REJECTED, reason="too cloudy"),
                record("c2", version=2, status=REJECTED, reason=NO_SCENE_IN_SLICE)]  # fmt: skip
-    assert [(r["grid_cell"], r["version"]) for r in index_records(records, 1)] == [("c0", 1), ("c1", 2)]
+    assert [(r.grid_cell, r.version) for r in index_records(records, 1)] == [("c0", 1), ("c1", 2)]
 
 
 def test_the_state_records_ranges_of_cells_and_reads_them_back_in_order(tmp_path):
     state = BuildState(tmp_path)
     samples = [place_sample(k, 10.0 + k, 45.0) for k in range(3)]
     samples[2].fail(RuntimeError("read timed out"))
-    records = [sample.record() | {"recipe_hash": "hash", "version": 1} for sample in samples]
+    records = [sample.row(version=1, recipe_hash="hash") for sample in samples]
     with state.staging(1, "s2", 0, 2, keep=set()) as stage:
         for sample in samples[:2]:
             stage(sample.cell, sample.pixels)
     state.stage_range(1, "s2", 0, 2, records[:2])
     state.stage_range(1, "s2", 2, 3, records[2:])
     back = state.records()
-    assert [r["grid_cell"] for r in back] == [s.cell for s in samples]
-    assert back[0]["timestamp"] == samples[0].timestamp  # a datetime again, not its text
-    assert state.range_records(1, "s2", 2, 3)[0]["status"] == FAILED and state.range_records(1, "s2", 3, 4) == []
+    assert back == records  # the rows as staged, times datetimes again (not their text)
+    assert state.range_records(1, "s2", 2, 3)[0].status == FAILED and state.range_records(1, "s2", 3, 4) == []
     assert state.done_cells(1, "s2") == {samples[0].cell, samples[1].cell}  # failed cells are tried again
     with state.range_pixels(1, "s2", 0, 2) as staged:
         assert sorted(staged) == sorted(s.cell for s in samples[:2])
@@ -203,3 +205,52 @@ def test_the_progress_view_counts_the_cells_and_shards_where_the_state_records_t
     state.record_shard("s2", 0, [ShardEntry(2, "c0")], BandStatistics(("B04",), "uint16", 0.0))
     assert _cells(state.samples_dir(2).local_path) == 3 and _cells(state.samples_dir(1).local_path) == 0
     assert _count(state.shards_dir.local_path, "*/*.json") == 1
+
+
+def test_positions_are_the_prefix_sums_of_the_counts_in_source_version_and_plan_order():
+    counts = {("s2", 2, 0, 2): 1, ("s2", 1, 2, 4): 3, ("s1", 1, 0, 2): 0, ("s2", 1, 0, 2): 2, ("s2", 1, 4, 5): 0}
+    positions = Positions.of(counts)
+    assert positions.starts == {
+        ("s1", 1, 0, 2): (0, 0),
+        ("s2", 1, 0, 2): (0, 2), ("s2", 1, 2, 4): (2, 3), ("s2", 1, 4, 5): (5, 0),  # version 1 in plan order …
+        ("s2", 2, 0, 2): (5, 1),  # … then version 2 after it
+    }  # fmt: skip
+    assert positions.counts == {"s2": 6}  # a source storing nothing has no store
+    assert positions.added == {1: 5, 2: 1} and positions.first_version == 1
+    empty = Positions.of({})
+    assert empty.counts == {} and empty.first_version is None and empty.shard_slices("s2", 4) == []
+
+
+def test_shard_tasks_cover_each_sources_positions_once_in_shards_of_shard_size():
+    counts = {("s2", 1, 0, 2): 2, ("s2", 1, 2, 4): 3, ("s2", 2, 0, 2): 1, ("s1", 1, 0, 2): 1, ("s0", 1, 0, 2): 0}
+    positions = Positions.of(counts)
+    tasks = list(shard_tasks(positions, recipe(shard_size=4)))
+    assert [(task.source, task.k) for task in tasks] == [("s1", 0), ("s2", 0), ("s2", 1)]  # none for s0's nothing
+    assert tasks[0].slices == ((("s1", 1, 0, 2), 0, 1),)
+    assert tasks[1].slices == ((("s2", 1, 0, 2), 0, 2), (("s2", 1, 2, 4), 0, 2))
+    assert tasks[2].slices == ((("s2", 1, 2, 4), 2, 3), (("s2", 2, 0, 2), 0, 1))  # the last shard: 2 of 4
+    for source in ("s2", "s1"):  # every stored sample of a source in exactly one shard, in position order
+        spans = [(key, lo, hi) for task in tasks if task.source == source for key, lo, hi in task.slices]
+        assert sum(hi - lo for _, lo, hi in spans) == positions.counts[source]
+        assert [positions.starts[key][0] + lo for key, lo, _ in spans] == sorted(
+            positions.starts[key][0] + lo for key, lo, _ in spans
+        )
+
+
+def test_the_state_stages_a_sample_as_its_row_and_lists_every_versions_records_in_order(tmp_path):
+    state = BuildState(tmp_path)
+    samples = [place_sample(k, 10.0 + k, 45.0) for k in range(3)]
+    samples[1].fail(RuntimeError("read timed out"))
+    staged = [state.stage(1 + k % 2, sample, "hash") for k, sample in enumerate(samples)]
+    assert [(r.version, r.recipe_hash, r.grid_cell) for r in staged] == [(1, "hash", s.cell) for s in samples[:1]] + [
+        (2, "hash", samples[1].cell), (1, "hash", samples[2].cell)]  # fmt: skip
+    np.testing.assert_array_equal(state.load_pixels(1, "s2", samples[0].cell), samples[0].pixels)
+    assert not state.has_pixels(2, "s2", samples[1].cell)  # a failed sample has no pixels to stage
+    state.stage_range(2, "s2", 0, 2, [staged[1]])
+    state.stage_range(1, "s2", 2, 3, [staged[2]])
+    state.stage_range(1, "s2", 0, 2, [staged[0]])
+    state.stage_range(1, "s1", 0, 2, [replace(staged[0], source="s1")])
+    assert [(r.version, r.source, r.grid_cell) for r in state.records()] == [
+        (1, "s1", samples[0].cell), (1, "s2", samples[0].cell), (1, "s2", samples[2].cell),
+        (2, "s2", samples[1].cell)]  # fmt: skip
+    assert state.records()[1] == staged[0]  # the row as staged, typed again

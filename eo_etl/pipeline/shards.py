@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import bisect
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from eo_etl.pipeline.state import BuildState, ShardEntry, staged_name
 from eo_etl.sample import OK, REJECTED
 from eo_etl.sources.patch import NO_SCENE, NO_SCENE_IN_SLICE
+from eo_etl.store.index_row import IndexRow
 from eo_etl.store.zarr import BandStatistics
 
 NOTHING_NEW = (NO_SCENE, NO_SCENE_IN_SLICE)  # a later version's rejections that are no gap: nothing was acquired
@@ -28,12 +29,12 @@ class Settled:
     version of the range already has turned into a rejection) and which of them are stored, in position order."""
 
     version: int
-    records: list[dict]
+    records: list[IndexRow]
     stored: list[int] = field(default_factory=list)  # indexes into records
     repeats: list[str] = field(default_factory=list)  # ok samples not stored (staged names): scene of a version before
 
 
-def settle(by_version: dict[int, list[dict]], order: dict[str, int]) -> list[Settled]:
+def settle(by_version: dict[int, list[IndexRow]], order: dict[str, int]) -> list[Settled]:
     """The records of one range of one source, every version's (``by_version``), settled version by version;
     ``order``: each cell's place in the plan."""
     first_version: dict[tuple, int] = {}
@@ -41,13 +42,13 @@ def settle(by_version: dict[int, list[dict]], order: dict[str, int]) -> list[Set
     for version in sorted(by_version):
         part = Settled(version, [])
         # plan order; a cell's time slices in time order, one after the other
-        in_order = sorted(by_version[version], key=lambda r: (order.get(r["grid_cell"], -1), r.get("sample_id") or ""))
+        in_order = sorted(by_version[version], key=lambda r: (order.get(r.grid_cell, -1), r.sample_id or ""))
         for record in in_order:
-            if record["status"] == OK:
-                scene = (record["grid_cell"], record["timestamp"])
+            if record.status == OK:
+                scene = (record.grid_cell, record.timestamp)
                 if scene in first_version:
                     reason = f"the same scene is in version {first_version[scene]}"
-                    record = record | {"status": REJECTED, "reason": reason}
+                    record = replace(record, status=REJECTED, reason=reason)
                     part.repeats.append(staged_name(record))
                 else:
                     first_version[scene] = version
@@ -80,17 +81,15 @@ class Positions:
     def first_version(self) -> int | None:
         return min(self.added, default=None)
 
-    def place(self, source: str, first: int, stop: int, part: Settled, recipe) -> list[dict]:
+    def place(self, source: str, first: int, stop: int, part: Settled, recipe) -> list[IndexRow]:
         """``part``'s records with where their pixels are (stored ones)."""
         size, video = recipe.outputs.shard_size, "video" in recipe.outputs.formats
         start, _ = self.starts.get((source, part.version, first, stop), (0, 0))
         out = list(part.records)
         for offset, i in enumerate(part.stored):
             position = start + offset
-            out[i] = out[i] | {"zarr_group": source, "zarr_index": position}
-            if video:
-                out[i] |= {"video_path": f"video/{source}/shard-{position // size:05d}",
-                           "video_frame": position % size}  # fmt: skip
+            where = {"video_path": f"video/{source}/shard-{position // size:05d}", "video_frame": position % size}
+            out[i] = replace(out[i], zarr_group=source, zarr_index=position, **(where if video else {}))
         return out
 
     def shard_slices(self, source: str, size: int) -> list[list[tuple[RangeKey, int, int]]]:
@@ -126,7 +125,7 @@ class ShardTask:
     slices: tuple[tuple[RangeKey, int, int], ...]  # where its samples' records are (Positions.shard_slices)
 
 
-def shard_members(task: ShardTask, settled_of) -> tuple[list[ShardEntry], list[dict]]:
+def shard_members(task: ShardTask, settled_of) -> tuple[list[ShardEntry], list[IndexRow]]:
     """The entries and records of a shard, by position; ``settled_of(key)`` settles the range ``key``."""
     entries, records = [], []
     for key, lo, hi in task.slices:
@@ -151,12 +150,12 @@ def stored_statistics(state: BuildState, source: str, count: int, size: int,
     return statistics
 
 
-def index_records(records: list[dict], first: int | None) -> list[dict]:
+def index_records(records: list[IndexRow], first: int | None) -> list[IndexRow]:
     """The records the index lists: every outcome of the first version (``first``); of later versions, every cell
     that had something in its window. A later window with no scene over a cell is nothing new, not a gap: left
     out, a daily ``--since LAST`` does not add a row per cell per day (nor per time slice)."""
     return [
         record
         for record in records
-        if record["version"] == first or record["status"] != REJECTED or record["reason"] not in NOTHING_NEW
+        if record.version == first or record.status != REJECTED or record.reason not in NOTHING_NEW
     ]

@@ -38,6 +38,7 @@ import numpy as np
 
 from eo_etl.recipe import Recipe
 from eo_etl.sample import FAILED, OK, Sample
+from eo_etl.store.index_row import STAGED_COLUMNS, IndexRow
 from eo_etl.store.location import Location, read_each
 from eo_etl.store.zarr import BandStatistics
 
@@ -52,12 +53,12 @@ class ShardEntry:
     cell: str  # the sample's staged name (staged_name): its cell, with time slices its cell and slice stamp
 
 
-def staged_name(record: dict) -> str:
+def staged_name(row: IndexRow) -> str:
     """The name a sample's pixels are staged and listed in shards under: its cell; with time slices, where a cell
     has several samples, ``CELL.STAMP`` (its sample_id without the source, which the folder already names)."""
-    if record.get("slice_start") is None:
-        return record["grid_cell"]
-    cell, _, stamp = record["sample_id"].split(".")
+    if row.slice_start is None:
+        return row.grid_cell
+    cell, _, stamp = row.sample_id.split(".")
     return f"{cell}.{stamp}"
 
 
@@ -135,7 +136,7 @@ class BuildState:
     def _range(self, version: int, source: str, first: int, stop: int, suffix: str = ".json") -> Location:
         return self._version_dir(version) / "samples" / source / f"{RANGE_PREFIX}{first:09d}-{stop:09d}{suffix}"
 
-    def range_records(self, version: int, source: str, first: int, stop: int) -> list[dict]:
+    def range_records(self, version: int, source: str, first: int, stop: int) -> list[IndexRow]:
         """The records of plan rows ``first`` to ``stop`` (a range, plan_rows.py) of ``source`` finished so far in
         this version, failed ones included; none when the range was never finished."""
         try:
@@ -162,19 +163,19 @@ class BuildState:
                             add(cell, staged[cell])
             yield add
 
-    def stage(self, version: int, sample: Sample, recipe_hash: str) -> dict:
+    def stage(self, version: int, sample: Sample, recipe_hash: str) -> IndexRow:
         """Stage one finished sample's pixels (an ok one's) in a file of its own, for samples that come one at a time
         in any order (eo_etl.beam); its record, which :meth:`stage_range` writes with the others of its range."""
-        record = sample.record() | {"recipe_hash": recipe_hash, "version": version}
+        record = sample.row(version, recipe_hash)
         if sample.status == OK:
             self.save_pixels(version, sample.source, staged_name(record), sample.pixels)
         return record
 
-    def stage_range(self, version: int, source: str, first: int, stop: int, records: list[dict]) -> None:
+    def stage_range(self, version: int, source: str, first: int, stop: int, records: list[IndexRow]) -> None:
         """Record a range of cells as finished, once its ok cells' pixels are staged (:meth:`staging`): one file
         with the records of every cell of the range (those finished before, then the new ones), which says the
-        range is done."""
-        text = json.dumps(records, default=_json)
+        range is done. A record holds its row's columns up to ``version`` (``STAGED_COLUMNS``)."""
+        text = json.dumps([record.to_dict(STAGED_COLUMNS) for record in records], default=_json)
         self._range(version, source, first, stop).write_bytes(text.encode())
 
     @contextmanager
@@ -219,10 +220,10 @@ class BuildState:
         """Cells of ``source`` this version has finished; a cell with a failed sample (one of its time slices) is
         tried again whole."""
         paths = (self._version_dir(version) / "samples" / source).glob(f"{RANGE_PREFIX}*.json")
-        records = [record for data in read_each(paths) for record in json.loads(data)]
-        return {r["grid_cell"] for r in records} - {r["grid_cell"] for r in records if r["status"] == FAILED}
+        records = [record for data in read_each(paths) for record in _parse_records(data)]
+        return {r.grid_cell for r in records} - {r.grid_cell for r in records if r.status == FAILED}
 
-    def records(self) -> list[dict]:
+    def records(self) -> list[IndexRow]:
         """Every finished cell's record, all versions, in version, source and plan order (one read per range)."""
         paths = (self.dir / "versions").glob(f"*/samples/*/{RANGE_PREFIX}*.json")
         return [record for data in read_each(paths) for record in _parse_records(data)]
@@ -271,10 +272,5 @@ class BuildState:
                 path.remove()
 
 
-def _parse_records(data: bytes) -> list[dict]:
-    records = json.loads(data)
-    for record in records:
-        for name in ("timestamp", "slice_start", "slice_end"):
-            if record.get(name) is not None:
-                record[name] = datetime.fromisoformat(record[name])
-    return records
+def _parse_records(data: bytes) -> list[IndexRow]:
+    return [IndexRow.from_dict(record) for record in json.loads(data)]

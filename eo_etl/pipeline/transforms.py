@@ -33,6 +33,7 @@ from eo_etl.sources.cell import cells_of
 from eo_etl.sources.remote import HostLimiter, RetryPolicy
 from eo_etl.store.dataset import close_dataset, existing_pixel_store, open_pixel_store, write_shard
 from eo_etl.store.index import INDEX_NAME, index_frame, index_table, write_index
+from eo_etl.store.index_row import IndexRow
 from eo_etl.store.location import Location
 from eo_etl.store.zarr import ZarrWriter
 
@@ -107,23 +108,23 @@ class AcquireRange(beam.DoFn):
         kept = {}
         for part, records in found.items():
             # a cell is done when none of its samples failed (with time slices it has several): else all again
-            retry = {record["grid_cell"] for record in records if record["status"] == FAILED}
-            kept[part] = [record for record in records if record["grid_cell"] not in retry]
-        done = {record["grid_cell"]: part for part, records in kept.items() for record in records}
+            retry = {record.grid_cell for record in records if record.status == FAILED}
+            kept[part] = [record for record in records if record.grid_cell not in retry]
+        done = {record.grid_cell: part for part, records in kept.items() for record in records}
         counter("cells already finished").inc(len(done))
         part_of = {cell.name: ranges[i // range_size(self.rows)] for i, cell in enumerate(cells)}
         todo = [cell for cell in cells if cell.name not in done]
-        new: dict[tuple[int, int], list[dict]] = {}
+        new: dict[tuple[int, int], list[IndexRow]] = {}
         with ExitStack() as staging:  # a range's pixels go to its file as they come: one cell's held at a time
             sinks: dict[tuple[int, int], PixelSink] = {}
             for sample in self.acquisitions[source].acquire(todo, anchors):
                 count_outcome(sample)
                 part = part_of[sample.cell]
-                record = sample.record() | {"recipe_hash": self.recipe_hash, "version": self.version}
+                record = sample.row(self.version, self.recipe_hash)
                 new.setdefault(part, []).append(record)
                 if sample.status == OK:
                     if part not in sinks:
-                        keep = {staged_name(r) for r in kept[part] if r["status"] == OK}  # a rerun's: staged before
+                        keep = {staged_name(r) for r in kept[part] if r.status == OK}  # a rerun's: staged before
                         sinks[part] = staging.enter_context(self.state.staging(self.version, source, *part, keep=keep))
                     sinks[part](staged_name(record), sample.pixels)
                     counter("pixel bytes staged").inc(sample.pixels.nbytes)
@@ -175,7 +176,7 @@ class RangeReader:
         return {cell: first + i for i, cell in enumerate(self.plan.rows(first, stop)["grid_cell"])}
 
     def settle(self, source: str, first: int, stop: int, order: dict[str, int] | None = None,
-               known: dict[int, list[dict]] | None = None) -> list[Settled]:  # fmt: skip
+               known: dict[int, list[IndexRow]] | None = None) -> list[Settled]:  # fmt: skip
         """Every version's records of a range (``known``: some already read), settled (shards.settle)."""
         by_version = {}
         for version in self.versions:
@@ -266,7 +267,7 @@ def open_store(first: tuple[str, ShardTask], recipe: Recipe, root: Location, pos
     (key, lo, _), *_ = task.slices
     part = ranges.part(key)
     record = part.records[part.stored[lo]]
-    sample = Sample.from_record(record, _load_pixels(ranges.state, key, staged_name(record)))
+    sample = Sample.from_row(record, _load_pixels(ranges.state, key, staged_name(record)))
     open_pixel_store(root, recipe, sample, capacity=positions.counts[source])
     return source
 
@@ -308,7 +309,7 @@ class WriteShard(beam.DoFn):
                 for i in part.stored[lo:hi]:
                     record = part.records[i]
                     name = staged_name(record)
-                    samples.append(Sample.from_record(record, _load_pixels(state, key, name, staged)))
+                    samples.append(Sample.from_row(record, _load_pixels(state, key, name, staged)))
                     entries.append(ShardEntry(version, name))
         statistics = writer.restart_statistics()  # this shard's alone
         for warning in write_shard(self.root, self.recipe, writer, task.k, samples):

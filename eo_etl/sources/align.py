@@ -31,7 +31,6 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-import pandas as pd
 import pystac
 from affine import Affine
 
@@ -41,6 +40,7 @@ from eo_etl.sample import FAILED, OK, TRANSIENT, Sample
 from eo_etl.sources.cell import Cell
 from eo_etl.sources.patch_grid import PatchGrid
 from eo_etl.sources.stac import item_time
+from eo_etl.store.index_row import IndexRow
 
 # A grid-only alignment (within_days null) searches at any date: static products carry their production date.
 ANY_TIME = (datetime(1970, 1, 1, tzinfo=UTC), datetime(2100, 1, 1, tzinfo=UTC))
@@ -69,16 +69,14 @@ class Anchor:
         return cls(sample.source, _grid(sample.crs, sample.transform, width, height), sample.timestamp, **when)
 
     @classmethod
-    def of_record(cls, record: dict) -> Anchor:
+    def of_record(cls, record: IndexRow) -> Anchor:
         """From a recorded index row (a range finished before a resumed build)."""
-        sample = Sample.from_record(record)  # its id start and slice, as the sample had them
+        sample = Sample.from_row(record)  # its id start and slice, as the sample had them
         when = {"start": sample.window_start, "slice_start": sample.slice_start, "slice_end": sample.slice_end}
-        if record["status"] != OK:
-            return cls(record["source"], status=record["status"], reason=record["reason"], **when)
-        timestamp = pd.Timestamp(record["timestamp"]).to_pydatetime()
-        timestamp = timestamp if timestamp.tzinfo else timestamp.replace(tzinfo=UTC)
-        grid = _grid(record["crs"], record["transform"], int(record["width"]), int(record["height"]))
-        return cls(record["source"], grid, timestamp, **when)
+        if record.status != OK:
+            return cls(record.source, status=record.status, reason=record.reason, **when)
+        grid = _grid(record.crs, record.transform, record.width, record.height)
+        return cls(record.source, grid, _utc(record.timestamp), **when)
 
 
 def _grid(crs: str, transform, width: int, height: int) -> PatchGrid:
@@ -93,11 +91,11 @@ def anchors_of(samples: Iterable[Sample]) -> dict[str, list[Anchor]]:
     return anchors
 
 
-def anchors_of_records(records: Iterable[dict]) -> dict[str, list[Anchor]]:
+def anchors_of_records(records: Iterable[IndexRow]) -> dict[str, list[Anchor]]:
     """The anchors of a primary's recorded index rows, by cell name (a resumed build's finished ranges)."""
     anchors: dict[str, list[Anchor]] = {}
     for record in records:
-        anchors.setdefault(record["grid_cell"], []).append(Anchor.of_record(record))
+        anchors.setdefault(record.grid_cell, []).append(Anchor.of_record(record))
     return anchors
 
 

@@ -34,6 +34,7 @@ from eo_etl.sample import Sample
 from eo_etl.sources.profile import find_profile
 from eo_etl.store.catalog import write_catalog
 from eo_etl.store.index import INDEX_NAME, index_frame, write_index
+from eo_etl.store.index_row import IndexRow
 from eo_etl.store.location import Location
 from eo_etl.store.zarr import STORE_NAME, BandStatistics, PixelLayout, ZarrWriter
 
@@ -108,7 +109,7 @@ def finish_dataset(
     root: Root,
     recipe: Recipe,
     cells: gpd.GeoDataFrame,
-    records: list[dict],
+    records: list[IndexRow],
     stored: dict[str, tuple[int, BandStatistics]],
 ) -> gpd.GeoDataFrame:
     """Close each source's pixel store at its sample count with its statistics (``stored``), then write the

@@ -3,9 +3,9 @@ Major TOM columns, provenance, quality, status and where the sample's pixels liv
 
 ``geometry`` is the footprint of the pixels in lon/lat, or the grid cell's when there are none.
 
-Every index has the Arrow schema declared here (``INDEX_SCHEMA``), whatever its rows hold: a build whose
-samples all failed, or none did, gives the same types (nullable integers, string columns), so indexes of two
-builds concatenate. ``schemas/index.schema.json`` publishes it (``eo-etl schema``).
+Every index has the Arrow schema generated from its declared row (``INDEX_SCHEMA``, from ``index_row.IndexRow``),
+whatever its rows hold: a build whose samples all failed, or none did, gives the same types (nullable integers,
+string columns), so indexes of two builds concatenate. ``schemas/index.schema.json`` publishes it (``eo-etl schema``).
 """
 
 from __future__ import annotations
@@ -22,77 +22,23 @@ import shapely
 from geopandas.io.arrow import _geopandas_to_arrow  # GeoParquet's metadata, as to_parquet writes it
 from rasterio.transform import Affine, array_bounds
 
+from eo_etl.store.index_row import INDEX_SCHEMA, IndexRow
 from eo_etl.store.location import Location
 
 INDEX_NAME = "index.parquet"
 
-# Where a stored sample's pixels are, beside its record; None where the format was not written.
-LOCATION_COLUMNS = {
-    "zarr_group": "pixels.zarr group (the source) holding the sample",
-    "zarr_index": "position along the group's sample dimension",
-    "video_path": "video cube folder holding the sample",
-    "video_frame": "frame of the sample in that cube",
-}
-
-
-def _column(name: str, kind: pa.DataType, description: str, nullable: bool = True) -> pa.Field:
-    return pa.field(name, kind, nullable=nullable, metadata={"description": description})
-
-
-_TEXT, _FLOATS, _TEXTS = pa.string(), pa.list_(pa.float64()), pa.list_(pa.string())
-INDEX_SCHEMA = pa.schema([
-    _column("sample_id", _TEXT, "the sample's identity, CELL.SOURCE.WINDOW_START (eo_etl.sample.SampleId); "
-            "every stage table is keyed by it", nullable=False),
-    _column("grid_cell", _TEXT, "Major TOM cell name, e.g. 454U_120R", nullable=False),
-    _column("grid_row_u", pa.int64(), "Major TOM row (signed: U north of the equator, D south)", nullable=False),
-    _column("grid_col_r", pa.int64(), "Major TOM column (signed: R east of 0°, L west)", nullable=False),
-    _column("source", _TEXT, "the recipe's source name", nullable=False),
-    _column("product_id", _TEXT, "id of the item (scene) the pixels came from first"),
-    _column("timestamp", pa.timestamp("us", tz="UTC"), "acquisition time of that item"),
-    _column("cloud_cover", pa.float64(), "cloud, percent: over the cell from the quality band, else the scene's"),
-    _column("scene_cloud_cover", pa.float64(), "the item's own cloud cover, percent"),
-    _column("cloud_basis", _TEXT, "where cloud_cover comes from: a quality band's name (SCL, QA_PIXEL) or 'scene'"),
-    _column("nodata", pa.float64(), "share of the patch's pixels with no data, 0-1"),
-    _column("centre_lat", pa.float64(), "latitude of the cell's centre"),
-    _column("centre_lon", pa.float64(), "longitude of the cell's centre"),
-    _column("crs", _TEXT, "the pixels' CRS (the cell's UTM zone), e.g. EPSG:32719", nullable=False),
-    _column("transform", _FLOATS, "affine (a, b, c, d, e, f) of the pixels; empty without pixels"),
-    _column("bands", _TEXTS, "band names, in the order of the pixels"),
-    _column("dtype", _TEXT, "numpy dtype of the pixels"),
-    _column("height", pa.int64(), "pixel rows"),
-    _column("width", pa.int64(), "pixel columns"),
-    _column("nodata_value", pa.float64(), "the pixels' nodata value"),
-    _column("scales", _FLOATS, "per band: physical value = pixel * scale + offset"),
-    _column("offsets", _FLOATS, "per band offsets"),
-    _column("items", _TEXTS, "every item the pixels came from, best first"),
-    _column("hrefs", _TEXT, "JSON object: band -> the asset hrefs read"),
-    _column("processing_baseline", _TEXT, "the provider's processing version of the item"),
-    _column("slice_start", pa.timestamp("us", tz="UTC"), "start of the time slice the sample was chosen in "
-            "(recipe time.slices); empty when the recipe does not slice time"),
-    _column("slice_end", pa.timestamp("us", tz="UTC"), "end of that time slice (exclusive)"),
-    _column("status", _TEXT, "ok, rejected or failed", nullable=False),
-    _column("reason", _TEXT, "why a sample was rejected or failed"),
-    _column("recipe_hash", _TEXT, "fingerprint of the recipe that built the row"),
-    _column("version", pa.int64(), "dataset version (time window) of the row", nullable=False),
-    *(_column(name, pa.int64() if name.endswith(("_index", "_frame")) else _TEXT, text)
-      for name, text in LOCATION_COLUMNS.items()),
-    _column("geometry", pa.binary(), "footprint of the pixels (else of the cell) in lon/lat, WKB", nullable=False),
-    _column("bbox", pa.struct([(side, pa.float64()) for side in ("xmin", "ymin", "xmax", "ymax")]),
-            "bounds of geometry (GeoParquet 1.1 covering)"),
-])  # fmt: skip
 TIME_COLUMNS = ("timestamp", "slice_start", "slice_end")
+_TEXT = pa.string()
 _GAPPED_INTEGERS = [field.name for field in INDEX_SCHEMA if pa.types.is_integer(field.type) and field.nullable]
 _TEXT_COLUMNS = [field.name for field in INDEX_SCHEMA if field.type == _TEXT]
+_FRAME_COLUMNS = [name for name in INDEX_SCHEMA.names if name not in ("geometry", "bbox")]  # the frame makes those
 
 
-def index_frame(records: Iterable[dict], cells: gpd.GeoDataFrame) -> gpd.GeoDataFrame:
-    """Sample records (``Sample.record()`` plus locations) as a GeoDataFrame, by source then cell."""
-    frame = pd.DataFrame(list(records))
+def index_frame(rows: Iterable[IndexRow], cells: gpd.GeoDataFrame) -> gpd.GeoDataFrame:
+    """Index rows as a GeoDataFrame, by source then cell; each footprint from its pixels, else its cell's."""
+    frame = pd.DataFrame([row.to_dict(_FRAME_COLUMNS) for row in rows])
     if frame.empty:
         return gpd.GeoDataFrame(frame, geometry=gpd.GeoSeries([], crs=4326))
-    for column in LOCATION_COLUMNS:
-        if column not in frame:
-            frame[column] = None
     frame["zarr_index"] = frame["zarr_index"].astype("Int64")
     frame["video_frame"] = frame["video_frame"].astype("Int64")
     frame["geometry"] = _footprints(frame)
@@ -126,7 +72,7 @@ def index_table(index: gpd.GeoDataFrame) -> pa.Table:
     """The index as GeoParquet's Arrow table, in ``INDEX_SCHEMA`` whatever the rows hold."""
     unknown = sorted(set(index.columns) - set(INDEX_SCHEMA.names))
     if unknown:
-        raise ValueError(f"index columns {unknown} are not in INDEX_SCHEMA (eo_etl/store/index.py): declare them")
+        raise ValueError(f"index columns {unknown} are not in INDEX_SCHEMA (eo_etl/store/index_row.py): declare them")
     frame = index.copy()
     for name in INDEX_SCHEMA.names:
         if name not in frame and name != "bbox":

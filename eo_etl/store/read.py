@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator, Sequence
 
 import numpy as np
@@ -13,6 +12,7 @@ import zarr
 from eo_etl.sample import Sample
 from eo_etl.stages.core import STAGE_NAME
 from eo_etl.store.index import INDEX_NAME
+from eo_etl.store.index_row import IndexRow
 from eo_etl.store.series import cell_series, position_grid
 from eo_etl.store.zarr import STORE_NAME, quiet_consolidated
 
@@ -175,7 +175,5 @@ def _samples(root, source: str, rows: pd.DataFrame, storage_options: dict | None
         first = int(block[0]["zarr_index"])
         stack = pixels[first : int(block[-1]["zarr_index"]) + 1]
         for record in block:
-            hrefs = record["hrefs"]
-            record |= {"hrefs": json.loads(hrefs) if isinstance(hrefs, str) else hrefs,
-                       "timestamp": pd.Timestamp(record["timestamp"]).to_pydatetime()}  # fmt: skip
-            yield Sample.from_record(record, stack[int(record["zarr_index"]) - first])
+            row = IndexRow.from_dict(record)
+            yield Sample.from_row(row, stack[row.zarr_index - first])
