@@ -41,7 +41,7 @@ from eo_etl.demo import S2_EPSG, sentinel2_bands  # noqa: E402
 from eo_etl.sample import Sample  # noqa: E402
 from eo_etl.store.read import open_dataset  # noqa: E402
 from eo_etl.store.video import VideoOptions, band_summary, write_cube  # noqa: E402
-from eo_etl.store.zarr import COMPRESSOR, STORE_NAME, PixelLayout, ZarrWriter, _coordinates  # noqa: E402
+from eo_etl.store.zarr import COMPRESSOR, STORE_NAME, PixelLayout, ZarrWriter, _coordinates, _records  # noqa: E402
 
 BANDS = ("B02", "B03", "B04", "B08", "B11", "B12")
 SERIES_BANDS = ("b3", "b4", "b5")  # Landsat 5/7 red, near infrared, shortwave infrared 1
@@ -80,12 +80,15 @@ def samples_at(stack: np.ndarray, origin: Affine, places: list[tuple[int, int]],
     ]
 
 
-def medians(functions: dict, repeats: int = REPEATS) -> dict[str, tuple[float, float]]:
+def medians(functions: dict, repeats: int = REPEATS, before=None) -> dict[str, tuple[float, float]]:
     """Median wall and CPU seconds (the process's, every thread) of each function, the functions interleaved so
-    that a busy machine slows all alike. On a loaded machine the CPU seconds are the steadier measure."""
+    that a busy machine slows all alike. On a loaded machine the CPU seconds are the steadier measure.
+    ``before``, untimed, runs ahead of each call (removing the previous run's files is no part of a write)."""
     times = {name: [] for name in functions}
     for _ in range(repeats):
         for name, function in functions.items():
+            if before is not None:
+                before()
             wall, cpu = time.perf_counter(), time.process_time()
             function()
             times[name].append((time.perf_counter() - wall, time.process_time() - cpu))
@@ -107,10 +110,13 @@ def throughput(stack: np.ndarray, origin: Affine, folder: Path, size: int = 192,
     megabytes = sum(s.pixels.nbytes for s in samples) / 1e6
     shards = [samples[k : k + SHARD] for k in range(0, len(samples), SHARD)]
     shape, layout = (len(samples), len(BANDS), size, size), PixelLayout.of(samples[0])
-    coordinates = [_coordinates(shard) for shard in shards]  # the bare writers get them for free
+    coordinates = [_coordinates(_records(shard), layout) for shard in shards]  # the bare writers get them for free
+
+    def remove_written():
+        shutil.rmtree(folder / "ours", ignore_errors=True)
+        shutil.rmtree(folder / "bare", ignore_errors=True)
 
     def write_ours():
-        shutil.rmtree(folder / "ours", ignore_errors=True)
         writer = ZarrWriter(folder / "ours" / STORE_NAME, "s2", layout, capacity=len(samples), shard_size=SHARD)
         for k, shard in enumerate(shards):
             writer.write_shard(k, shard)
@@ -119,7 +125,6 @@ def throughput(stack: np.ndarray, origin: Affine, folder: Path, size: int = 192,
     def write_bare(every_array: bool = False):
         """zarr-python alone: the pixel array with the same codecs and shards (and, with ``every_array``, the
         same per-sample arrays with the same chunks), a shard at a time."""
-        shutil.rmtree(folder / "bare", ignore_errors=True)
         group = zarr.open_group(folder / "bare", mode="w", zarr_format=3)
         pixels = group.create_array("pixels", shape=shape, dtype="uint16", chunks=(1, *shape[1:]),
                                     shards=(SHARD, *shape[1:]), compressors=COMPRESSOR, fill_value=0)  # fmt: skip
@@ -142,7 +147,11 @@ def throughput(stack: np.ndarray, origin: Affine, folder: Path, size: int = 192,
     def read_bare():
         return zarr.open_array(folder / "ours" / STORE_NAME, path="s2/pixels", mode="r")[:]
 
-    writes = medians({"ours": write_ours, "bare": write_bare, "bare, every array": lambda: write_bare(True)})
+    writes = medians(
+        {"ours": write_ours, "bare": write_bare, "bare, every array": lambda: write_bare(True)}, before=remove_written
+    )
+    write_ours()
+    write_bare()
     assert np.array_equal(read_ours(), np.stack([s.pixels for s in samples]))
     assert np.array_equal(read_ours(), zarr.open_array(folder / "bare", path="pixels", mode="r")[:])
     reads = medians({"ours": read_ours, "bare": read_bare})
