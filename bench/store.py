@@ -4,7 +4,9 @@ Prints:
 - write and read throughput (MB/s of raw pixels) of the sharded Zarr store (``ZarrWriter``, blosc-zstd,
   16 samples a shard; ``open_dataset`` to read) against bare zarr-python writing and reading the same pixels
   with the same codecs and shards, in the same run (medians of interleaved runs), and the ratio (target
-  ≤ 1.2×); bare zarr-python writing every array ours writes (pixels and the per-sample coordinates) too;
+  ≤ 1.2×); the CPU of our open, shards and close (open and close are per store, so they weigh less as a
+  store grows); bare zarr-python writing the pixels and 17 per-sample arrays a shard at a time (the layout
+  before format 4, which wrote 18 files a shard);
   96 samples of 6 × 192 × 192 px cut at scattered places of the scene, then 32 of 528 × 528 px (the scene
   tiled);
 - compression against quality for the same 6 non-overlapping 100 × 100 px samples (the scene tiled
@@ -116,11 +118,19 @@ def throughput(stack: np.ndarray, origin: Affine, folder: Path, size: int = 192,
         shutil.rmtree(folder / "ours", ignore_errors=True)
         shutil.rmtree(folder / "bare", ignore_errors=True)
 
+    phases = {"open": [], "shards": [], "close": []}  # CPU seconds of each phase of our writes
+
     def write_ours():
+        cpu = [time.process_time()]
         writer = ZarrWriter(folder / "ours" / STORE_NAME, "s2", layout, capacity=len(samples), shard_size=SHARD)
+        cpu.append(time.process_time())
         for k, shard in enumerate(shards):
             writer.write_shard(k, shard)
+        cpu.append(time.process_time())
         writer.close(len(samples))
+        cpu.append(time.process_time())
+        for phase, start, end in zip(phases, cpu, cpu[1:]):
+            phases[phase].append(end - start)
 
     def write_bare(every_array: bool = False):
         """zarr-python alone: the pixel array with the same codecs and shards (and, with ``every_array``, the
@@ -161,9 +171,14 @@ def throughput(stack: np.ndarray, origin: Affine, folder: Path, size: int = 192,
     print(f"  write: ours (ZarrWriter: open, shards, statistics, close) {megabytes / writes['ours'][0]:6.1f} MB/s; "
           f"bare zarr-python (the pixel array) {megabytes / writes['bare'][0]:6.1f} MB/s "
           f"→ {_ratios(writes['ours'], writes['bare'])} (target ≤ 1.2×)")  # fmt: skip
+    cpu = {phase: 1000 * statistics.median(seconds) for phase, seconds in phases.items()}
+    bare_cpu = 1000 * writes["bare"][1]
+    print(f"         ours' CPU: open {cpu['open']:.0f} ms, {len(shards)} shards {cpu['shards']:.0f} ms (statistics "
+          f"included), close {cpu['close']:.0f} ms (coordinate arrays, consolidated metadata); bare's CPU "
+          f"{bare_cpu:.0f} ms: shards alone {cpu['shards'] / bare_cpu:.2f}×")  # fmt: skip
     every = writes["bare, every array"]
-    print(f"         bare zarr-python writing the same arrays (pixels and {len(coordinates[0])} per-sample) "
-          f"{megabytes / every[0]:6.1f} MB/s → {_ratios(writes['ours'], every)}")  # fmt: skip
+    print(f"         bare zarr-python writing pixels and {len(coordinates[0])} per-sample arrays a shard at a time "
+          f"(our format 3 layout) {megabytes / every[0]:6.1f} MB/s → {_ratios(writes['ours'], every)}")  # fmt: skip
     print(f"  read:  ours (open_dataset(...).pixels.values) {megabytes / reads['ours'][0]:6.1f} MB/s; "
           f"bare zarr-python {megabytes / reads['bare'][0]:6.1f} MB/s → {_ratios(reads['ours'], reads['bare'])} "
           "(target ≤ 1.2×)")  # fmt: skip
