@@ -334,10 +334,11 @@ class ZarrWriter:
                                dimension_names=("sample", *other[:1]), attributes=attrs, overwrite=True)
             for name, (dtype, other, attrs) in specs.items()
         ))  # fmt: skip
+        records = await (await group.getitem(RECORDS)).getitem("sample")  # as resized (a handle keeps its shape)
         zones = set()
         for start in range(0, count, chunk):
             rows = slice(start, min(start + chunk, count))
-            values = _coordinates(await self.records.async_array.getitem(rows), self.layout)
+            values = _coordinates(await records.getitem(rows), self.layout)
             zones.update(int(epsg) for epsg in np.unique(values["epsg"]))
             await asyncio.gather(*(array.setitem(rows, values[name]) for name, array in zip(specs, arrays)))
         return zones
