@@ -26,7 +26,7 @@ statistics of the valid pixels (for normalisation) are in the group's ``band_sta
 
 Layout choice (format 4), measured in ``bench/store.py``: a shard costs two files, its pixels and its
 ``records`` chunk, not one file per coordinate (format 3 wrote 17 small coordinate files a shard: a shard cost
-up to 1.5× bare zarr-python's on small samples; now about 1.05× before the band statistics, ~1.2× with them).
+up to 1.5× bare zarr-python's on small samples; now 1.1–1.25× its CPU, the band statistics included).
 ``close`` writes the coordinate arrays once, from the records, in chunks of many shards (``coordinate_chunk``),
 so ``open_zarr`` reads a coordinate in a few requests, not one per shard. That close is a fixed cost per store
 (17 array creations, the consolidated metadata: ~0.1 s of CPU), which weighs on a small store only. Rejected:
