@@ -4,7 +4,9 @@ Prints:
 - write and read throughput (MB/s of raw pixels) of the sharded Zarr store (``ZarrWriter``, blosc-zstd,
   16 samples a shard; ``open_dataset`` to read) against bare zarr-python writing and reading the same pixels
   with the same codecs and shards, in the same run (medians of interleaved runs), and the ratio (target
-  ≤ 1.2×); bare zarr-python writing every array ours writes (pixels and the per-sample coordinates) too;
+  ≤ 1.2×); the CPU of our open, shards and close (open and close are per store, so they weigh less as a
+  store grows); bare zarr-python writing the pixels and 17 per-sample arrays a shard at a time (the layout
+  before format 4, which wrote 18 files a shard);
   96 samples of 6 × 192 × 192 px cut at scattered places of the scene, then 32 of 528 × 528 px (the scene
   tiled);
 - compression against quality for the same 6 non-overlapping 100 × 100 px samples (the scene tiled
@@ -44,7 +46,7 @@ from eo_etl.demo import S2_EPSG, sentinel2_bands  # noqa: E402
 from eo_etl.sample import Sample  # noqa: E402
 from eo_etl.store.read import open_dataset  # noqa: E402
 from eo_etl.store.video import VideoOptions, band_summary, write_cube  # noqa: E402
-from eo_etl.store.zarr import COMPRESSOR, STORE_NAME, PixelLayout, ZarrWriter, _coordinates  # noqa: E402
+from eo_etl.store.zarr import COMPRESSOR, STORE_NAME, PixelLayout, ZarrWriter, _coordinates, _records  # noqa: E402
 
 BANDS = ("B02", "B03", "B04", "B08", "B11", "B12")
 SERIES_BANDS = ("b3", "b4", "b5")  # Landsat 5/7 red, near infrared, shortwave infrared 1
@@ -85,12 +87,15 @@ def samples_at(stack: np.ndarray, origin: Affine, places: list[tuple[int, int]],
     ]
 
 
-def medians(functions: dict, repeats: int = REPEATS) -> dict[str, tuple[float, float]]:
+def medians(functions: dict, repeats: int = REPEATS, before=None) -> dict[str, tuple[float, float]]:
     """Median wall and CPU seconds (the process's, every thread) of each function, the functions interleaved so
-    that a busy machine slows all alike. On a loaded machine the CPU seconds are the steadier measure."""
+    that a busy machine slows all alike. On a loaded machine the CPU seconds are the steadier measure.
+    ``before``, untimed, runs ahead of each call (removing the previous run's files is no part of a write)."""
     times = {name: [] for name in functions}
     for _ in range(repeats):
         for name, function in functions.items():
+            if before is not None:
+                before()
             wall, cpu = time.perf_counter(), time.process_time()
             function()
             times[name].append((time.perf_counter() - wall, time.process_time() - cpu))
@@ -112,19 +117,29 @@ def throughput(stack: np.ndarray, origin: Affine, folder: Path, size: int = 192,
     megabytes = sum(s.pixels.nbytes for s in samples) / 1e6
     shards = [samples[k : k + SHARD] for k in range(0, len(samples), SHARD)]
     shape, layout = (len(samples), len(BANDS), size, size), PixelLayout.of(samples[0])
-    coordinates = [_coordinates(shard) for shard in shards]  # the bare writers get them for free
+    coordinates = [_coordinates(_records(shard), layout) for shard in shards]  # the bare writers get them for free
+
+    def remove_written():
+        shutil.rmtree(folder / "ours", ignore_errors=True)
+        shutil.rmtree(folder / "bare", ignore_errors=True)
+
+    phases = {"open": [], "shards": [], "close": []}  # CPU seconds of each phase of our writes
 
     def write_ours():
-        shutil.rmtree(folder / "ours", ignore_errors=True)
+        cpu = [time.process_time()]
         writer = ZarrWriter(folder / "ours" / STORE_NAME, "s2", layout, capacity=len(samples), shard_size=SHARD)
+        cpu.append(time.process_time())
         for k, shard in enumerate(shards):
             writer.write_shard(k, shard)
+        cpu.append(time.process_time())
         writer.close(len(samples))
+        cpu.append(time.process_time())
+        for phase, start, end in zip(phases, cpu, cpu[1:]):
+            phases[phase].append(end - start)
 
     def write_bare(every_array: bool = False):
         """zarr-python alone: the pixel array with the same codecs and shards (and, with ``every_array``, the
         same per-sample arrays with the same chunks), a shard at a time."""
-        shutil.rmtree(folder / "bare", ignore_errors=True)
         group = zarr.open_group(folder / "bare", mode="w", zarr_format=3)
         pixels = group.create_array("pixels", shape=shape, dtype="uint16", chunks=(1, *shape[1:]),
                                     shards=(SHARD, *shape[1:]), compressors=COMPRESSOR, fill_value=0)  # fmt: skip
@@ -147,7 +162,11 @@ def throughput(stack: np.ndarray, origin: Affine, folder: Path, size: int = 192,
     def read_bare():
         return zarr.open_array(folder / "ours" / STORE_NAME, path="s2/pixels", mode="r")[:]
 
-    writes = medians({"ours": write_ours, "bare": write_bare, "bare, every array": lambda: write_bare(True)})
+    writes = medians(
+        {"ours": write_ours, "bare": write_bare, "bare, every array": lambda: write_bare(True)}, before=remove_written
+    )
+    write_ours()
+    write_bare()
     assert np.array_equal(read_ours(), np.stack([s.pixels for s in samples]))
     assert np.array_equal(read_ours(), zarr.open_array(folder / "bare", path="pixels", mode="r")[:])
     reads = medians({"ours": read_ours, "bare": read_bare})
@@ -157,9 +176,14 @@ def throughput(stack: np.ndarray, origin: Affine, folder: Path, size: int = 192,
     print(f"  write: ours (ZarrWriter: open, shards, statistics, close) {megabytes / writes['ours'][0]:6.1f} MB/s; "
           f"bare zarr-python (the pixel array) {megabytes / writes['bare'][0]:6.1f} MB/s "
           f"→ {_ratios(writes['ours'], writes['bare'])} (target ≤ 1.2×)")  # fmt: skip
+    cpu = {phase: 1000 * statistics.median(seconds) for phase, seconds in phases.items()}
+    bare_cpu = 1000 * writes["bare"][1]
+    print(f"         ours' CPU: open {cpu['open']:.0f} ms, {len(shards)} shards {cpu['shards']:.0f} ms (statistics "
+          f"included), close {cpu['close']:.0f} ms (coordinate arrays, consolidated metadata); bare's CPU "
+          f"{bare_cpu:.0f} ms: shards alone {cpu['shards'] / bare_cpu:.2f}×")  # fmt: skip
     every = writes["bare, every array"]
-    print(f"         bare zarr-python writing the same arrays (pixels and {len(coordinates[0])} per-sample) "
-          f"{megabytes / every[0]:6.1f} MB/s → {_ratios(writes['ours'], every)}")  # fmt: skip
+    print(f"         bare zarr-python writing pixels and {len(coordinates[0])} per-sample arrays a shard at a time "
+          f"(our format 3 layout) {megabytes / every[0]:6.1f} MB/s → {_ratios(writes['ours'], every)}")  # fmt: skip
     print(f"  read:  ours (open_dataset(...).pixels.values) {megabytes / reads['ours'][0]:6.1f} MB/s; "
           f"bare zarr-python {megabytes / reads['bare'][0]:6.1f} MB/s → {_ratios(reads['ours'], reads['bare'])} "
           "(target ≤ 1.2×)")  # fmt: skip

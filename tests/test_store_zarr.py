@@ -242,3 +242,26 @@ def test_writers_of_several_sources_opening_a_new_store_at_once_all_open_it(tmp_
             worker.join(60)
         assert [worker.exitcode for worker in workers] == [0] * len(sources)
         assert sorted(name for name, _ in zarr.open_group(str(root), mode="r").groups()) == sources
+
+
+def test_a_shard_writes_its_pixels_and_one_record_and_close_writes_each_coordinate_in_one_chunk(tmp_path):
+    """Per-shard files are what an object store pays a request for: two a shard, however many coordinates."""
+    samples = sentinel2_samples(7)
+    root = tmp_path / "p.zarr"
+    writer = ZarrWriter(root, "s2", PixelLayout.of(samples[0]), capacity=9, shard_size=3)
+    for k in range(3):
+        writer.write_shard(k, samples[3 * k : 3 * k + 3])
+    chunks = sorted(p.relative_to(root / "s2").as_posix() for p in root.rglob("*") if p.is_file() and "/c/" in str(p))
+    assert chunks == [
+        "band/c/0",
+        *(f"pixels/c/{k}/0/0/0" for k in range(3)),
+        *(f"records/sample/c/{k}" for k in range(3)),
+    ]
+    with pytest.raises(ValueError, match="a sample has no record"):
+        writer.close(8)  # a position no shard was written to
+    writer.close(7)
+    ds = xr.open_zarr(root, group="s2")
+    for name in ("sample", "time", "x", "scale", "sample_id"):
+        assert len([p for p in (root / "s2" / name / "c").rglob("*") if p.is_file()]) == 1
+    assert list(ds.sample_id.values) == [s.record()["sample_id"] for s in samples]
+    assert "records" not in ds.variables  # the writer's records are a subgroup: no variable of plain xarray's

@@ -86,11 +86,15 @@ def open_dataset(
     ``source`` may be left out when the dataset has one. With ``time_series`` the samples are grouped by place:
     see :func:`series_dataset`.
     """
-    source = choose_source(root, source, sources(root, storage_options))
-    with quiet_consolidated():
-        dataset = xr.open_zarr(
-            join_path(root, STORE_NAME), group=source, storage_options=storage_options, mask_and_scale=False
-        )
+    if source is None:
+        source = choose_source(root, source, sources(root, storage_options))
+    try:  # one read of the consolidated metadata; the sources are listed only to say what a wrong name missed
+        with quiet_consolidated():
+            dataset = xr.open_zarr(join_path(root, STORE_NAME), group=source, storage_options=storage_options,
+                                   consolidated=True, zarr_format=3, mask_and_scale=False)  # fmt: skip
+    except (KeyError, FileNotFoundError):
+        choose_source(root, source, sources(root, storage_options))
+        raise
     missing = [column for column in SAMPLE_COLUMNS if column not in dataset.coords]  # stores before format 3
     if not missing and not stages and not time_series:
         return dataset

@@ -13,6 +13,8 @@
                                                         of pixels with no data; the value is the ``nodata`` attribute)
     pixels.zarr/<source>/spatial_ref   ()               CF grid mapping of x/y when every sample shares one UTM
                                                         zone (``pixels`` names it in ``grid_mapping``)
+    pixels.zarr/<source>/records/sample   (sample,)     the writer's own: each sample's coordinates as JSON
+                                                        (x/y as their transform), one chunk per shard
 
 The ``sample`` coordinate holds the grid cell: the index's ``grid_cell``. ``sample_id`` is the key of the index
 and of every stage table.
@@ -22,15 +24,26 @@ finds the CRS (through ``spatial_ref``, or ``write_crs(int(epsg))`` on a selecte
 transform (from a selected sample's x/y). Per-band
 statistics of the valid pixels (for normalisation) are in the group's ``band_statistics`` attribute.
 
+Layout choice (format 4), measured in ``bench/store.py``: a shard costs two files, its pixels and its
+``records`` chunk, not one file per coordinate (format 3 wrote 17 small coordinate files a shard: a shard cost
+up to 1.5× bare zarr-python's on small samples; now 1.1–1.25× its CPU, the band statistics included).
+``close`` writes the coordinate arrays once, from the records, in chunks of many shards (``coordinate_chunk``),
+so ``open_zarr`` reads a coordinate in a few requests, not one per shard. That close is a fixed cost per store
+(17 array creations, the consolidated metadata: ~0.1 s of CPU), which weighs on a small store only. Rejected:
+zarr's sharding for the coordinates (still an object per array per shard); coordinates from the index at the
+end (the writer could no longer tell by itself which samples a shard holds). Until ``close`` the group has
+pixels and records only: readers open closed stores (a dataset is finished once its index exists).
+
 A shard is written in one put (zarr's local store writes a temporary file and renames it; an object
-store's PUT is whole), after the per-sample coordinates of its samples, so a shard that exists is
-complete; a killed writer leaves at most a stray ``*.partial`` file, removed when the store is reopened.
-Rewriting skips complete shards, and the same samples give the same bytes.
+store's PUT is whole), after its samples' record, so a shard that exists is complete; a killed writer leaves
+at most a stray ``*.partial`` file, removed when the store is reopened. Rewriting skips complete shards whose
+records are those of the samples given, and the same samples give the same bytes.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import math
 import warnings
 from collections.abc import Iterator, Sequence
@@ -51,7 +64,10 @@ from eo_etl.sample import OK, Sample
 STORE_NAME = "pixels.zarr"
 COMPRESSOR = BloscCodec(cname="zstd", clevel=3, shuffle="bitshuffle")  # level 5 packs 1% more at half the speed
 EPOCH_UNITS = "milliseconds since 1970-01-01T00:00:00"
-FORMAT_VERSION = 3  # 2: scale and offset per sample; 3: the index's sample columns, CF grid mapping
+FORMAT_VERSION = 4  # 2: scale and offset per sample; 3: the index's sample columns, CF grid mapping;
+# 4: per-shard records, coordinates written at close
+RECORDS = "records"  # the subgroup of the shards' records (xarray shows a group's arrays, not its subgroups)
+COORDINATE_CHUNK_BYTES = 4 << 20  # a chunk of the widest coordinate (x, y: 8 bytes a pixel column) at most
 
 
 # Index columns stored per sample too, so a reader without the index (plain xarray) has them.
@@ -109,12 +125,11 @@ class BandStatistics:
     def add(self, pixels: np.ndarray) -> None:
         """``pixels``: (sample, band, y, x) or (band, y, x)."""
         samples = pixels.reshape(-1, *pixels.shape[-3:])
-        if self.offset is not None:  # a sample's band at a time: contiguous, no copy (half the time of one)
-            for sample in samples:
+        if self.offset is not None:  # a sample's band at a time: contiguous, no copy; np.add.at counts in place,
+            for sample in samples:  # in half the time of np.bincount (which first copies the values to intp)
                 for i, band in enumerate(sample):
                     values = band.ravel()
-                    self.histograms[i] += np.bincount(values.astype(np.int64) + self.offset if self.offset else values,
-                                                      minlength=self.histograms.shape[1])  # fmt: skip
+                    np.add.at(self.histograms[i], values.astype(np.int64) + self.offset if self.offset else values, 1)
             return
         for i, band in enumerate(samples.swapaxes(0, 1).reshape(len(self.bands), -1)):
             self._add_moments(i, band if self.nodata is None else band[band != self.nodata])
@@ -221,8 +236,8 @@ class ZarrWriter:
             _remove_partial_files(f"{self.root}/{source}")  # this source's group only: the others have their writers
         self._group = sync(self._open(capacity, storage_options))
         self.group = zarr.Group(self._group)
-        self.arrays = {name: array for name, array in self.group.arrays()}  # looked up once: each asks the store
-        self.pixels = self.arrays["pixels"]
+        self.pixels = self.group["pixels"]  # looked up once: each lookup asks the store
+        self.records = self.group[f"{RECORDS}/sample"]
         self.statistics = BandStatistics(layout.bands, layout.dtype, layout.nodata)
 
     async def _open(self, capacity: int, storage_options: dict | None) -> zarr.AsyncGroup:
@@ -256,44 +271,24 @@ class ZarrWriter:
                 "build": self.build}  # fmt: skip
 
     async def _create_arrays(self, group: zarr.AsyncGroup, capacity: int) -> None:
-        """Every array of the group, created concurrently (each is a metadata write)."""
+        """The arrays shards are written into (pixels, records) and the band names, created concurrently (each is
+        a metadata write); the coordinate arrays come at ``close``."""
         layout, n = self.layout, self.shard_size
         bands, height, width = len(layout.bands), layout.height, layout.width
-        created = [group.create_array(
+        pixels = group.create_array(
             "pixels", shape=(capacity, bands, height, width), dtype=layout.dtype,
             chunks=(1, bands, height, width), shards=(n, bands, height, width), compressors=COMPRESSOR,
             fill_value=layout.nodata or 0, dimension_names=("sample", "band", "y", "x"),
             attributes={"long_name": f"{self.source} pixels as delivered (digital numbers)", "nodata": layout.nodata,
                         "coordinates": " ".join(SAMPLE_COORDINATES)},
-        )]  # fmt: skip
+        )  # fmt: skip
         band = group.create_array("band", shape=(bands,), dtype=str, dimension_names=("band",))
-        metres = {"units": "m", "long_name": "pixel centre"}
-        per_sample = {  # name: dtype, the other dimension (and its length), attributes
-            "sample": (str, (), {"long_name": "grid cell"}),
-            "time": ("int64", (), {"units": EPOCH_UNITS, "calendar": "proleptic_gregorian"}),
-            "epsg": ("int32", (), {"long_name": "EPSG code of the sample's UTM zone (x, y)"}),
-            "grid_row_u": ("int32", (), {}),
-            "grid_col_r": ("int32", (), {}),
-            "centre_lat": ("float64", (), {"units": "degrees_north"}),
-            "centre_lon": ("float64", (), {"units": "degrees_east"}),
-            "x": ("float64", ("x", width), {"standard_name": "projection_x_coordinate", **metres}),
-            "y": ("float64", ("y", height), {"standard_name": "projection_y_coordinate", **metres}),
-            "scale": ("float64", ("band", bands), {"long_name": "physical value = pixel * scale + offset"}),
-            "offset": ("float64", ("band", bands), {"long_name": "physical value = pixel * scale + offset"}),
-            "sample_id": (str, (), {"long_name": "sample id: the key of index.parquet and every stage table"}),
-            "crs": (str, (), {"long_name": "CRS of the sample's x/y"}),
-            "product_id": (str, (), {"long_name": "id of the item (scene) the pixels came from first"}),
-            "cloud_cover": ("float64", (), {"units": "%", "long_name": "cloud cover over the cell (Major TOM)"}),
-            "nodata": ("float64", (), {"long_name": "share of the patch's pixels with no data, 0-1"}),
-            "processing_baseline": (str, (), {"long_name": "the provider's processing version of the item"}),
-        }
-        created += [
-            group.create_array(name, shape=(capacity, *other[1:]), dtype=dtype, chunks=(n, *other[1:]),
-                               dimension_names=("sample", *other[:1]), attributes=attrs)
-            for name, (dtype, other, attrs) in per_sample.items()
-        ]  # fmt: skip
-        band, *_ = await asyncio.gather(band, *created)
-        await band.setitem(slice(None), np.asarray(layout.bands, dtype=str))
+        band, records, *_ = await asyncio.gather(band, group.create_group(RECORDS), pixels)
+        await asyncio.gather(
+            band.setitem(slice(None), np.asarray(layout.bands, dtype=str)),
+            records.create_array("sample", shape=(capacity,), dtype=str, chunks=(n,), dimension_names=("sample",),
+                                 attributes={"long_name": "the sample's coordinates as JSON, written with its shard"}),
+        )  # fmt: skip
 
     def shard_complete(self, k: int) -> bool:
         key = self.pixels.metadata.encode_chunk_key((k, 0, 0, 0))
@@ -312,29 +307,50 @@ class ZarrWriter:
         pixels = np.stack([sample.pixels for sample in samples])
         start = k * self.shard_size
         rows = slice(start, start + len(samples))
-        coordinates = _coordinates(samples)
+        records = _records(samples)
         with ThreadPoolExecutor(1) as counter:  # the statistics are counted while zarr compresses and writes
             counted = counter.submit(self.statistics.add, pixels)
-            kept = self.shard_complete(k) and all(
-                np.array_equal(self.arrays[name][rows], coordinates[name]) for name in ("sample", "time")
-            )
+            kept = self.shard_complete(k) and np.array_equal(self.records[rows], records)
             if not kept:
-                sync(self._write(rows, coordinates, pixels))
+                sync(self._write(rows, records, pixels))
             counted.result()
         return not kept
 
-    async def _write(self, rows: slice, coordinates: dict[str, np.ndarray], pixels: np.ndarray) -> None:
-        """The coordinates (concurrently), then the pixels: the shard's existence says the samples are all there."""
-        await asyncio.gather(*(self.arrays[name].async_array.setitem(rows, values)
-                               for name, values in coordinates.items()))  # fmt: skip
+    async def _write(self, rows: slice, records: np.ndarray, pixels: np.ndarray) -> None:
+        """The records, then the pixels: the shard's existence says its samples are all there."""
+        await self.records.async_array.setitem(rows, records)
         await self.pixels.async_array.setitem(rows, pixels)
 
-    def _grid_mapping(self, count: int) -> None:
+    def coordinate_chunk(self, count: int) -> int:
+        """Samples a chunk of the coordinate arrays: the widest (x or y, 8 bytes a pixel) at most
+        ``COORDINATE_CHUNK_BYTES``, and no more than the samples there are."""
+        widest = 8 * max(self.layout.width, self.layout.height, len(self.layout.bands))
+        return max(1, min(count, COORDINATE_CHUNK_BYTES // widest))
+
+    async def _write_coordinates(self, count: int) -> set[int]:
+        """Every coordinate array at ``count`` samples, from the records, a chunk of samples at a time (bounded
+        memory however many there are); the EPSG codes of the samples."""
+        chunk = self.coordinate_chunk(count)
+        group, specs = self._group, _coordinate_specs(self.layout)
+        arrays = await asyncio.gather(*(
+            group.create_array(name, shape=(count, *other[1:]), dtype=dtype, chunks=(chunk, *other[1:]),
+                               dimension_names=("sample", *other[:1]), attributes=attrs, overwrite=True)
+            for name, (dtype, other, attrs) in specs.items()
+        ))  # fmt: skip
+        records = await (await group.getitem(RECORDS)).getitem("sample")  # as resized (a handle keeps its shape)
+        zones = set()
+        for start in range(0, count, chunk):
+            rows = slice(start, min(start + chunk, count))
+            values = _coordinates(await records.getitem(rows), self.layout)
+            zones.update(int(epsg) for epsg in np.unique(values["epsg"]))
+            await asyncio.gather(*(array.setitem(rows, values[name]) for name, array in zip(specs, arrays)))
+        return zones
+
+    def _grid_mapping(self, zones: set[int]) -> None:
         """CF grid mapping (what rioxarray reads) when the samples share one CRS; none when zones differ."""
-        zones = np.unique(self.arrays["epsg"][:count]) if count else []
         pixels = self.group["pixels"]  # fresh: writing attrs through a handle from before the resize undoes it
         if len(zones) == 1:
-            crs = pyproj.CRS.from_epsg(int(zones[0]))
+            crs = pyproj.CRS.from_epsg(zones.pop())
             attrs = {**crs.to_cf(), "spatial_ref": crs.to_wkt()}  # spatial_ref: GDAL's name, rioxarray reads it
             self.group.create_array("spatial_ref", shape=(), dtype="int32", attributes=attrs, overwrite=True)
             pixels.attrs.update(grid_mapping="spatial_ref", coordinates=" ".join([*SAMPLE_COORDINATES, "spatial_ref"]))
@@ -355,12 +371,13 @@ class ZarrWriter:
         return self.statistics
 
     def close(self, count: int, statistics: BandStatistics | None = None) -> None:
-        """Trim to ``count`` samples, record the statistics (``statistics``, else those of the shards this
-        writer wrote), consolidate the metadata for quick opens."""
+        """Trim to ``count`` samples, write the coordinate arrays from the shards' records, record the statistics
+        (``statistics``, else those of the shards this writer wrote), consolidate the metadata for quick opens."""
         sync(_resize(self._group, count))
+        zones = sync(self._write_coordinates(count))
         statistics = statistics or self.statistics
         self.group.attrs.update({"band_statistics": statistics.as_dict(), "samples": count})
-        self._grid_mapping(count)
+        self._grid_mapping(zones)
         with quiet_consolidated():
             zarr.consolidate_metadata(self.group.store)  # the store's root: pixels.zarr
 
@@ -374,36 +391,72 @@ def quiet_consolidated() -> Iterator[None]:
 
 
 async def _resize(group: zarr.AsyncGroup, count: int) -> None:
-    """Every per-sample array of ``group`` to ``count`` samples (concurrently: each is a metadata write)."""
+    """Every per-sample array of ``group`` and its records to ``count`` samples (concurrently: each is a metadata
+    write)."""
     arrays = [array async for _, array in group.arrays()]
+    if await group.contains(RECORDS):
+        arrays += [array async for _, array in (await group.getitem(RECORDS)).arrays()]
     await asyncio.gather(*(
         array.resize((count, *array.shape[1:])) for array in arrays
         if "sample" in (array.metadata.dimension_names or ()) and array.shape[0] != count
     ))  # fmt: skip
 
 
-def _coordinates(samples: Sequence[Sample]) -> dict[str, np.ndarray]:
-    """The per-sample coordinate values of a shard's samples."""
-    x = [s.transform[2] + s.transform[0] * (np.arange(s.pixels.shape[2]) + 0.5) for s in samples]
-    y = [s.transform[5] + s.transform[4] * (np.arange(s.pixels.shape[1]) + 0.5) for s in samples]
-    records = [s.record() for s in samples]
+def _coordinate_specs(layout: PixelLayout) -> dict[str, tuple]:
+    """Each coordinate array: its dtype, its other dimension (and length), its attributes."""
+    metres = {"units": "m", "long_name": "pixel centre"}
+    bands = len(layout.bands)
     return {
-        "sample": np.array([s.cell for s in samples], dtype=str),
-        "time": np.array([round(s.timestamp.timestamp() * 1000) for s in samples], dtype="int64"),
-        "epsg": np.array([int(s.crs.split(":")[1]) for s in samples], dtype="int32"),
-        "grid_row_u": np.array([s.row_u for s in samples], dtype="int32"),
-        "grid_col_r": np.array([s.col_r for s in samples], dtype="int32"),
-        "centre_lat": np.array([s.centre_lat for s in samples], dtype="float64"),
-        "centre_lon": np.array([s.centre_lon for s in samples], dtype="float64"),
-        "x": np.stack(x),
-        "y": np.stack(y),
-        "scale": np.array([s.scales for s in samples], dtype="float64"),
-        "offset": np.array([s.offsets for s in samples], dtype="float64"),
-        **{
-            name: np.array([_missing(r[name], dtype) for r in records], dtype=dtype)
-            for name, dtype in INDEX_COLUMNS.items()
-        },  # fmt: skip
+        "sample": (str, (), {"long_name": "grid cell"}),
+        "time": ("int64", (), {"units": EPOCH_UNITS, "calendar": "proleptic_gregorian"}),
+        "epsg": ("int32", (), {"long_name": "EPSG code of the sample's UTM zone (x, y)"}),
+        "grid_row_u": ("int32", (), {}),
+        "grid_col_r": ("int32", (), {}),
+        "centre_lat": ("float64", (), {"units": "degrees_north"}),
+        "centre_lon": ("float64", (), {"units": "degrees_east"}),
+        "x": ("float64", ("x", layout.width), {"standard_name": "projection_x_coordinate", **metres}),
+        "y": ("float64", ("y", layout.height), {"standard_name": "projection_y_coordinate", **metres}),
+        "scale": ("float64", ("band", bands), {"long_name": "physical value = pixel * scale + offset"}),
+        "offset": ("float64", ("band", bands), {"long_name": "physical value = pixel * scale + offset"}),
+        "sample_id": (str, (), {"long_name": "sample id: the key of index.parquet and every stage table"}),
+        "crs": (str, (), {"long_name": "CRS of the sample's x/y"}),
+        "product_id": (str, (), {"long_name": "id of the item (scene) the pixels came from first"}),
+        "cloud_cover": ("float64", (), {"units": "%", "long_name": "cloud cover over the cell (Major TOM)"}),
+        "nodata": ("float64", (), {"long_name": "share of the patch's pixels with no data, 0-1"}),
+        "processing_baseline": (str, (), {"long_name": "the provider's processing version of the item"}),
     }
+
+
+def _records(samples: Sequence[Sample]) -> np.ndarray:
+    """Each sample's coordinates as JSON text (x and y as the transform's origin and pixel size): what ``close``
+    writes the coordinate arrays from. The same sample gives the same text (floats round-trip exactly)."""
+    rows = []
+    for s in samples:
+        record = s.record()
+        rows.append(json.dumps({
+            "sample": s.cell, "time": round(s.timestamp.timestamp() * 1000), "epsg": int(s.crs.split(":")[1]),
+            "grid_row_u": s.row_u, "grid_col_r": s.col_r, "centre_lat": s.centre_lat, "centre_lon": s.centre_lon,
+            "x": [s.transform[2], s.transform[0]], "y": [s.transform[5], s.transform[4]],
+            "scale": list(s.scales), "offset": list(s.offsets), **{name: record[name] for name in INDEX_COLUMNS},
+        }, default=lambda value: value.item()))  # numpy scalars as plain numbers  # fmt: skip
+    return np.array(rows, dtype=str)
+
+
+def _coordinates(records: Sequence[str], layout: PixelLayout) -> dict[str, np.ndarray]:
+    """The coordinate arrays' values of the samples of ``records`` (``_records``)."""
+    if not all(records):  # the fill value: a position no shard was written to
+        raise ValueError("a sample has no record: close a store after writing every shard of its samples")
+    rows = [json.loads(str(text)) for text in records]
+    columns = {"x": layout.width, "y": layout.height}
+    values = {name: np.array([row[name] for row in rows], dtype=dtype)
+              for name, (dtype, *_) in _coordinate_specs(layout).items()
+              if name not in columns and name not in INDEX_COLUMNS}  # fmt: skip
+    for name, size in columns.items():  # pixel centres from the origin and the pixel size
+        origin, step = np.array([row[name] for row in rows], dtype="float64").reshape(-1, 2).T
+        values[name] = origin[:, None] + step[:, None] * (np.arange(size) + 0.5)
+    for name, dtype in INDEX_COLUMNS.items():
+        values[name] = np.array([_missing(row[name], dtype) for row in rows], dtype=dtype)
+    return values
 
 
 def _missing(value, dtype) -> object:
