@@ -362,8 +362,7 @@ def finish(_shards_done: int, recipe: Recipe, root: Location, positions: Positio
         merge_parts(held, merged)
     else:
         write_index(index_frame([], gpd.GeoDataFrame()), merged)
-    index = gpd.read_parquet(merged.url, storage_options=merged.storage_options)
-    close_dataset(root, recipe, index, stored)
+    close_dataset(root, recipe, merged, stored)  # the exports read the merged index a batch at a time
     merged.fs.mv(merged.path, (root / INDEX_NAME).path)  # last: a dataset whose index exists is complete
     state.remove_index_parts()
     for (source, version, first, stop), (start, n) in positions.starts.items():

@@ -175,7 +175,12 @@ def _samples(root, source: str, rows: pd.DataFrame, storage_options: dict | None
         first = int(block[0]["zarr_index"])
         stack = pixels[first : int(block[-1]["zarr_index"]) + 1]
         for record in block:
-            hrefs = record["hrefs"]
-            record |= {"hrefs": json.loads(hrefs) if isinstance(hrefs, str) else hrefs,
-                       "timestamp": pd.Timestamp(record["timestamp"]).to_pydatetime()}  # fmt: skip
-            yield Sample.from_record(record, stack[int(record["zarr_index"]) - first])
+            yield sample_of(record, stack[int(record["zarr_index"]) - first])
+
+
+def sample_of(record: dict, pixels: np.ndarray) -> Sample:
+    """A stored sample from its index row (as a dict, geometry left out) and its pixels."""
+    hrefs = record["hrefs"]
+    record |= {"hrefs": json.loads(hrefs) if isinstance(hrefs, str) else hrefs,
+               "timestamp": pd.Timestamp(record["timestamp"]).to_pydatetime()}  # fmt: skip
+    return Sample.from_record(record, pixels)
