@@ -7,21 +7,25 @@ Items (id: the sample id) carry the Major TOM cell (``grid:code``: ``MAJORTOM-45
 where the pixels are (``eo_etl:zarr_index`` in the ``pixels`` asset, with STAC 1.1 band objects). Both validate
 against the STAC 1.1 and extension schemas, and rustac and stac-geoparquet read ``items.parquet``.
 
-Written from the index a batch of rows at a time (``index_batches.py``), in two passes: the first finds the
-extent and the items' Arrow schema (stac-geoparquet infers one per batch; they are unified), the second converts
-each batch to that schema and writes row groups of ``ITEMS_ROW_GROUP`` items. So the writer holds one row group,
-and the file is the same whatever the batch size.
+Written from the index a batch of rows at a time (``index_batches.py``): each batch's items are made, converted
+to Arrow (stac-geoparquet infers a schema per batch) and spilled to a local scratch file, the extent gathered on
+the way; then the batches' schemas are unified and the spilled tables read back one by one in that schema and
+written in row groups of ``ITEMS_ROW_GROUP`` items. So the writer holds a batch and a row group, and the file is
+the same whatever the batch size.
 """
 
 from __future__ import annotations
 
 import json
+import tempfile
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import geopandas as gpd
 import pandas as pd
 import pyarrow as pa
+import pyarrow.feather as feather
 import pystac
 import shapely
 from stac_geoparquet.arrow import parse_stac_items_to_arrow, to_parquet
@@ -97,7 +101,20 @@ def write_catalog(
     """Write ``items.parquet`` and ``collection.json`` from the index (in memory, or where it is written), read
     ``batch_size`` rows at a time; ``statistics``: source → band → statistics."""
     root = Location.of(root)
-    bbox, interval, schema = _survey(index, recipe, batch_size)
+    with tempfile.TemporaryDirectory(prefix="eo-etl-items-") as scratch:
+        bbox, interval, tables = _survey(index, recipe, batch_size, Path(scratch))
+        if tables:
+            schema = pa.unify_schemas([table.schema for table in tables], promote_options="permissive")
+            conformed = (_conformed(feather.read_table(table.path), schema) for table in tables)
+            with (root / ITEMS_NAME).staged_file() as partial:
+                to_parquet(pa.RecordBatchReader.from_batches(schema, _row_groups(conformed, ITEMS_ROW_GROUP)), partial)
+    collection = _collection(recipe, bbox, interval, statistics)
+    target = root / COLLECTION_NAME
+    target.write_text(json.dumps(collection.to_dict(include_self_link=False, transform_hrefs=False), indent=2))
+    return target.native
+
+
+def _collection(recipe: Recipe, bbox: list, interval: list, statistics: dict[str, dict]) -> pystac.Collection:
     collection = pystac.Collection(
         id=recipe.name,
         description=recipe.description or f"{recipe.name}, built by eo-etl",
@@ -118,38 +135,32 @@ def write_catalog(
     collection.add_asset("pixels", pystac.Asset(f"./{STORE_NAME}", media_type=ZARR_TYPE, roles=["data"]))
     collection.add_asset("index", pystac.Asset("./index.parquet", media_type=PARQUET_TYPE, roles=["metadata"]))
     collection.add_link(pystac.Link("items", f"./{ITEMS_NAME}", media_type=PARQUET_TYPE, title="stac-geoparquet"))
-    if schema is not None:
-        tables = (_conformed(table, schema) for table in _item_tables(index, recipe, batch_size))
-        with (root / ITEMS_NAME).staged_file() as partial:
-            to_parquet(pa.RecordBatchReader.from_batches(schema, _row_groups(tables, ITEMS_ROW_GROUP)), partial)
-    target = root / COLLECTION_NAME
-    target.write_text(json.dumps(collection.to_dict(include_self_link=False, transform_hrefs=False), indent=2))
-    return target.native
+    return collection
 
 
-def _item_tables(index: Index, recipe: Recipe, batch_size: int | None) -> Iterator[pa.Table]:
-    """The STAC items of each batch of index rows with stored samples, as stac-geoparquet's Arrow table."""
+@dataclass(frozen=True)
+class _Spilled:
+    path: Path  # a batch's items as stac-geoparquet's Arrow table, in a scratch file
+    schema: pa.Schema  # as inferred from that batch alone
+
+
+def _survey(index: Index, recipe: Recipe, batch_size: int | None, scratch: Path):
+    """One pass over the index: the stored samples' bbox and time interval, and each batch's items spilled to
+    ``scratch``."""
+    bounds, times, tables = [], [], []
     for rows in index_batches(index, batch_size=batch_size):
-        items = stac_items(rows, recipe.name, recipe.grid.distance_km)
-        if items:
-            yield parse_stac_items_to_arrow(items).read_all()
-
-
-def _survey(index: Index, recipe: Recipe, batch_size: int | None):
-    """The first pass: the stored samples' bbox and time interval, and the items' Arrow schema (None: no items)."""
-    bounds, times, schemas = [], [], []
-    for rows in index_batches(index, ["zarr_index", "timestamp", "geometry"], batch_size):
         stored = rows[rows.zarr_index.notna()]
-        if not stored.empty:
-            bounds.append(stored.total_bounds)
-            times += [stored.timestamp.min(), stored.timestamp.max()]
-    for table in _item_tables(index, recipe, batch_size):
-        schemas.append(table.schema)
-        schemas[:] = [pa.unify_schemas(schemas, promote_options="permissive")]  # a property null in every row so far
+        if stored.empty:
+            continue
+        bounds.append(stored.total_bounds)
+        times += [stored.timestamp.min(), stored.timestamp.max()]
+        table = parse_stac_items_to_arrow(stac_items(stored, recipe.name, recipe.grid.distance_km)).read_all()
+        tables.append(_Spilled(scratch / f"{len(tables):06d}.arrow", table.schema))
+        feather.write_feather(table, tables[-1].path)
     if not bounds:
-        return [-180.0, -90.0, 180.0, 90.0], [None, None], None
+        return [-180.0, -90.0, 180.0, 90.0], [None, None], []
     bbox = [*map(min, *(b[:2] for b in bounds)), *map(max, *(b[2:] for b in bounds))] if len(bounds) > 1 else bounds[0]
-    return list(bbox), [min(times).to_pydatetime(), max(times).to_pydatetime()], schemas[0]
+    return list(bbox), [min(times).to_pydatetime(), max(times).to_pydatetime()], tables
 
 
 def _conformed(table: pa.Table, schema: pa.Schema) -> pa.Table:

@@ -26,9 +26,9 @@ def index_batches(index: Index, columns: Sequence[str] | None = None, batch_size
     GeoDataFrames, or plain DataFrames when ``columns`` leaves out the geometry."""
     size = batch_size or EXPORT_BATCH
     if isinstance(index, pd.DataFrame):
-        part = index if columns is None else index[list(columns)]
-        for start in range(0, len(part), size):
-            yield part.iloc[start : start + size]
+        for start in range(0, len(index), size):
+            rows = index.iloc[start : start + size]
+            yield rows if columns is None else rows[list(columns)]
         return
     with index.fs.open(index.path, "rb") as file:
         source = pq.ParquetFile(file)
