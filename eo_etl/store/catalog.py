@@ -44,7 +44,7 @@ EXTENSIONS = [
     "https://stac-extensions.github.io/grid/v1.1.0/schema.json",
     "https://stac-extensions.github.io/processing/v1.2.0/schema.json",
 ]
-ITEMS_ROW_GROUP = 16_384  # items in a row group of items.parquet: about 20 MB of Arrow, what the writer holds
+ITEMS_ROW_GROUP = 8192  # items in a row group of items.parquet: about 10 MB of Arrow, what the writer holds
 
 
 def grid_prefix(distance_km: float) -> str:

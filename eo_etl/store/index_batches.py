@@ -15,7 +15,7 @@ from geopandas.io.arrow import _arrow_to_geopandas  # what gpd.read_parquet make
 
 from eo_etl.store.location import Location
 
-EXPORT_BATCH = 8192  # index rows at once: about 10 MB of rows, and their STAC items, at the closing step
+EXPORT_BATCH = 2048  # index rows at once (and their STAC items): a few MB at the closing step
 
 Index = gpd.GeoDataFrame | Location  # an index in memory, or where one is written
 
