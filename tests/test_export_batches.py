@@ -63,8 +63,8 @@ def test_the_exports_read_the_index_in_small_batches_and_write_the_same_files(wh
     monkeypatch.setattr(pq.ParquetFile, "iter_batches", counted)
     _, report = build_with(tmp_path, monkeypatch, 3)
     stored = report.metrics["samples written"]
-    # STAC's two passes (extent and schema, then items), TACO's and Major TOM's: each 3 rows at a time
-    assert stored > 10 and max(read) == 3 and len(read) >= 4 * -(-stored // 3)
+    # STAC's, TACO's and Major TOM's passes over the index: each 3 rows at a time
+    assert stored > 10 and max(read) == 3 and len(read) == 3 * -(-stored // 3)
     root = tmp_path / "out"
     built = files(root)
     assert built == files(whole[1])
