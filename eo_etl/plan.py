@@ -1,8 +1,10 @@
 """Planning: the recipe's area of interest → the grid cells a build covers.
 
-A plan of any size is made in bounded memory: the cells come in bands of whole grid rows, south to north, each
-of about ``BAND_CELLS`` cells, and are written band by band (a world on the 1 km grid is 509 M cells, a
-legitimate plan; a build takes at most ``MAX_CELLS`` of them, and says so before it lists any).
+A plan of any size is made in bounded memory: the cells are found in bands of whole grid rows, south to north,
+of about ``BAND_CELLS`` cells each, and made into tables of at most ``BAND_CELLS`` rows, each written as it comes
+(a world on the 1 km grid is 509 M cells, a legitimate plan; a build takes at most ``MAX_CELLS`` of them, and says
+so before it lists any). What the driver holds while planning is one such table and one band's cell numbers
+(16 bytes a cell, a row more at most), whatever the plan's size.
 """
 
 from __future__ import annotations
@@ -28,7 +30,9 @@ from eo_etl.recipe.models import MAX_CELLS, Aoi, too_many_cells
 from eo_etl.store.location import Location
 
 PLAN_NAME = "plan.parquet"  # the plan beside a dataset: its cells, the rows the build's workers read
-BAND_CELLS = 100_000  # cells listed at once: about 150 MB at the peak of making their table
+# cells made into a table at once: their names, polygons and footprints take about 1.5 kB a cell at the peak (GEOS
+# and pyarrow's buffers included), so ~12 MB; and one row group of the plan, which workers read by ranges
+BAND_CELLS = PLAN_ROW_GROUP
 
 
 def plan(recipe: Recipe) -> gpd.GeoDataFrame:
@@ -52,12 +56,12 @@ def check_buildable(recipe: Recipe) -> None:
 
 
 def plan_bands(recipe: Recipe, band_cells: int = BAND_CELLS) -> Iterator[gpd.GeoDataFrame]:
-    """The cells of the recipe's AOI as tables of whole grid rows, south to north, of about ``band_cells``
-    cells each (one row more at most): together they are :func:`plan`'s table, for an AOI of any size."""
+    """The cells of the recipe's AOI as tables of at most ``band_cells`` cells, south to north (found in bands of
+    whole grid rows of about as many): together they are :func:`plan`'s table, for an AOI of any size."""
     grid = get_grid(recipe.grid.kind, recipe.grid.distance_km)
     aoi = recipe.aoi
     if aoi.cells is not None or aoi.points is not None:
-        yield cells_frame(grid, *aoi_cells(grid, aoi))  # a list the recipe holds or a table: bounded by validation
+        yield from _tables(grid, *aoi_cells(grid, aoi), band_cells)  # a list the recipe holds or a table: bounded
         return
     geometry = read_aoi_file(aoi) if aoi.file is not None else None
     boxes = [aoi.bbox] if geometry is None else [shapely.bounds(part) for part in shapely.get_parts(geometry)]
@@ -67,8 +71,14 @@ def plan_bands(recipe: Recipe, band_cells: int = BAND_CELLS) -> Iterator[gpd.Geo
             rows, cols = grid.cells_in_bbox(*_in_rows(grid, aoi.bbox, first, last))
         else:
             rows, cols = geometry_cells(grid, geometry, row_range=(first, last), area=area)
-        if len(rows):
-            yield cells_frame(grid, rows, cols)
+        yield from _tables(grid, rows, cols, band_cells)
+
+
+def _tables(grid: MajorTomGrid, rows: np.ndarray, cols: np.ndarray, size: int) -> Iterator[gpd.GeoDataFrame]:
+    """The cells' table in pieces of at most ``size`` rows: a band of rows may hold more (one row of the 1 km grid
+    is up to 40,000 cells), and the table, not the cell numbers, is what takes the memory."""
+    for start in range(0, len(rows), size):
+        yield cells_frame(grid, rows[start : start + size], cols[start : start + size])
 
 
 def write_plan(cells: gpd.GeoDataFrame | Iterable[gpd.GeoDataFrame], path: Location | Path | str) -> Path | str:

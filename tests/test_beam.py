@@ -23,6 +23,7 @@ from eo_etl.sources.acquire import SourceAcquisition
 from eo_etl.stages.core import Output, Stage
 from eo_etl.store.index_row import IndexRow
 from tests.datasets import place_sample, write_dataset
+from tests.test_scale import synthetic_recipe
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -173,3 +174,27 @@ def test_a_stage_after_the_store_runs_on_a_finished_dataset_in_a_pipeline(tmp_pa
     dataset = eo_etl.open_dataset(root, stages=["brightest"])
     want = [int(place_sample(k, lon, lat).pixels.max()) for k, (lon, lat) in enumerate(places)]
     assert list(dataset["brightest.brightest"].values) == want
+
+
+def test_samples_staged_one_at_a_time_are_let_go_once_full_shards_hold_them(tmp_path):
+    recipe = synthetic_recipe(tmp_path, [10.0, 45.0, 10.2, 45.2], shard_size=4)  # 9 cells: shards of 4, 4 and 1
+    root = tmp_path / "out"
+    cells = [cell for rows in eo_beam.plan_cells(recipe, root) for cell in eo_beam.cells_in_rows(rows, recipe, root)]
+    version = BuildState(root).open_version(recipe)
+    acquisition = SourceAcquisition(recipe, recipe.sources[0])
+    try:
+        samples = list(eo_beam.acquire_cells(acquisition, cells))
+    finally:
+        acquisition.close()
+    records = [eo_beam.stage_sample(sample, recipe, root, version) for sample in samples]
+    staged = root / "_build" / "versions" / "0001" / "samples" / "sentinel-2-l2a"
+    assert len(list(staged.glob("*.npy"))) == len(samples) == 9  # a file each
+    eo_beam.record_samples("sentinel-2-l2a", records, root, version)
+    positions = eo_beam.write_shards(recipe, root)
+    assert len(list(staged.glob("*.npy"))) == 9  # kept until the dataset is finished
+    eo_beam.finish_dataset(recipe, root, positions)
+    index = eo_etl.read_index(root).sort_values("zarr_index")
+    assert {path.stem for path in staged.glob("*.npy")} == {index.grid_cell.iloc[-1]}  # the partial shard's alone
+    by_cell = {sample.cell: sample.pixels for sample in samples}
+    stored = eo_etl.open_dataset(root).pixels.values
+    np.testing.assert_array_equal(stored, np.stack([by_cell[cell] for cell in index.grid_cell]))

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import gc
 import itertools
 import tracemalloc
+import weakref
 
 import geopandas as gpd
 import numpy as np
@@ -138,21 +140,48 @@ def test_a_plan_in_bands_of_grid_rows_is_the_plan_listed_at_once(tmp_path):
     assert rows[0] == 4539  # the row below the edge
 
 
-def test_a_world_on_the_1_km_grid_is_planned_in_bounded_bands_south_to_north():
+def test_a_world_on_the_1_km_grid_is_planned_in_bounded_tables_south_to_north():
     world = recipe({"bbox": [-180, -90, 180, 90]}, distance_km=1)
     grid = get_grid("majortom", 1)
     bands = row_bands(grid, [world.aoi.bbox], BAND_CELLS)
     assert bands[0][0] == 0 and bands[-1][1] == grid.n_rows - 1  # every row, once, in order
     assert all(b[0] == a[1] + 1 for a, b in zip(bands, bands[1:]))
-    assert 4000 < len(bands) < 6000  # 509 M cells in bands of ~100 k
     tracemalloc.start()
-    first = list(itertools.islice(plan_bands(world, band_cells=20_000), 3))
+    first = list(itertools.islice(plan_bands(world), 3))
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
-    assert peak < 200 << 20  # not the 3.8 GiB of listing every cell
-    assert all(15_000 <= len(band) <= 20_000 + int(grid.n_cols.max()) for band in first), [len(b) for b in first]
-    rows = np.concatenate([band.grid_row_u.to_numpy() for band in first])
+    assert peak < 64 << 20  # not the 3.8 GiB of listing every cell
+    assert all(len(table) <= BAND_CELLS for table in first)
+    rows = np.concatenate([table.grid_row_u.to_numpy() for table in first])
     assert (np.diff(rows) >= 0).all() and rows[0] == grid.row_u[0]
+
+
+def test_planning_holds_one_table_of_cells_at_a_time_whatever_the_plan_size(tmp_path):
+    def written(bbox):
+        """The plan written; the most tables alive at once and the traced peak while it was made."""
+        made, most = [], [0]
+
+        def watched(tables):
+            for table in tables:
+                gc.collect()
+                most[0] = max(most[0], sum(ref() is not None for ref in made))  # those before it, still alive
+                made.append(weakref.ref(table))
+                yield table
+
+        tracemalloc.start()
+        target = write_plan(watched(plan_bands(recipe({"bbox": bbox}, distance_km=1), band_cells=500)), tmp_path / "p")
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        return pq.ParquetFile(target).metadata.num_rows, most[0], peak
+
+    small, small_held, small_peak = written([14.0, 40.6, 14.4, 40.8])
+    large, large_held, large_peak = written([14.0, 40.6, 14.8, 41.0])
+    assert large > 3 * small > 1_500
+    assert small_held == large_held == 1  # the one written while the next is made
+    assert large_peak < 1.5 * small_peak  # four times the cells, the same memory
+    equator = list(plan_bands(recipe({"bbox": [0.0, 0.0, 30.0, 0.005]}, distance_km=1), band_cells=500))
+    assert len(pd.concat(equator).grid_row_u.unique()) == 1  # one grid row of 3,300 cells, in tables of 500
+    assert [len(table) for table in equator[:-1]] == [500] * (len(equator) - 1) and len(equator) > 6
 
 
 def test_write_plan_streams_bands_into_one_geoparquet(tmp_path):

@@ -17,6 +17,7 @@ Conventions kept from the reference, quirks included:
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from dataclasses import dataclass
@@ -330,14 +331,19 @@ def transform_by_zone(
     epsg: NDArray[np.int64], a: NDArray[np.float64], b: NDArray[np.float64], *, to_utm: bool
 ) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
     """Coordinates moved between lon/lat and each point's own UTM zone ``epsg``, one transformer per zone."""
-    from pyproj import Transformer
-
     x, y = np.empty_like(a, dtype=np.float64), np.empty_like(b, dtype=np.float64)
     for code in np.unique(epsg):
         sel = epsg == code
         src, dst = (4326, int(code)) if to_utm else (int(code), 4326)
-        x[sel], y[sel] = Transformer.from_crs(src, dst, always_xy=True).transform(a[sel], b[sel])
+        x[sel], y[sel] = _transformer(src, dst).transform(a[sel], b[sel])
     return x, y
+
+
+@functools.lru_cache(maxsize=512)  # 120 UTM zones each way: a plan made in thousands of bands makes each once
+def _transformer(src: int, dst: int):
+    from pyproj import Transformer  # thread-safe since pyproj 3.1: one object serves every thread
+
+    return Transformer.from_crs(src, dst, always_xy=True)
 
 
 def utm_epsg(lat: ArrayLike, lon: ArrayLike) -> NDArray[np.int64]:

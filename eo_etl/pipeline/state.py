@@ -10,8 +10,10 @@ missing work and a later time window becomes a new version of the same dataset.
       versions/NNNN/samples/<source>/rows-AAAAAAAAA-BBBBBBBBB.npz    the ok cells' pixels of that range (one
                                            array per cell, by name), written before its records, kept until
                                            full shards hold every sample of the range
-      versions/NNNN/samples/<source>/<cell>.npy    a cell's pixels read back from the store (a rerun that
-                                           moved samples whose range was let go)
+      versions/NNNN/samples/<source>/<cell>.npy    a cell's pixels staged alone (eo_etl.beam's stage_sample:
+                                           samples that come one at a time), or read back from the store (a rerun
+                                           that moved samples whose range was let go); let go, as a range's are,
+                                           once full shards hold the sample
       index/<source>/rows-AAAAAAAAA-BBBBBBBBB.parquet   a part of the index: its rows of those plan rows, every
                                            version, written by a worker; the closing step merges the parts
       shards/<source>/shard-NNNNN.json     the samples a written shard holds, (version, cell) by position
@@ -237,6 +239,19 @@ class BuildState:
 
     def has_pixels(self, version: int, source: str, cell: str) -> bool:
         return self._sample(version, source, cell, ".npy").exists()
+
+    def staged_samples(self, source: str) -> dict[int, set[str]]:
+        """The samples of ``source`` staged one at a time (:meth:`stage`), by version: their staged names (one
+        listing per version; none in the build's own graph, which stages by range)."""
+        found = {}
+        for version in self.version_numbers():
+            paths = (self._version_dir(version) / "samples" / source).glob("*.npy")
+            if paths:
+                found[version] = {path.name.removesuffix(".npy") for path in paths}
+        return found
+
+    def drop_pixels(self, version: int, source: str, cell: str) -> None:
+        self._sample(version, source, cell, ".npy").remove()
 
     def save_pixels(self, version: int, source: str, cell: str, pixels: np.ndarray) -> None:
         buffer = io.BytesIO()

@@ -352,8 +352,9 @@ class WriteIndexPart(beam.DoFn):
 def finish(_shards_done: int, recipe: Recipe, root: Location, positions: Positions,
            parts: list[tuple[str, str, int, int]]) -> None:  # fmt: skip
     """The dataset's closing writes: store statistics (merged from the shards' own), STAC, exports, versions and,
-    last, the index merged from the workers' parts; then the staged pixels of ranges whose samples all lie in
-    full shards are let go (a partial last shard keeps them for the next version)."""
+    last, the index merged from the workers' parts; then the staged pixels of ranges (and of samples staged one at
+    a time) whose samples all lie in full shards are let go (a partial last shard keeps them for the next
+    version)."""
     root = Location.of(root)
     state = BuildState(root)
     size = recipe.outputs.shard_size
@@ -371,9 +372,22 @@ def finish(_shards_done: int, recipe: Recipe, root: Location, positions: Positio
         merge_parts(held, merged)
     else:
         write_index(index_frame([], gpd.GeoDataFrame()), merged)
-    index = gpd.read_parquet(merged.url, storage_options=merged.storage_options)
-    close_dataset(root, recipe, index, stored)
+    close_dataset(root, recipe, merged, stored)  # the exports read the merged index a batch at a time
     merged.fs.mv(merged.path, (root / INDEX_NAME).path)  # last: a dataset whose index exists is complete
     state.remove_index_parts()
     for source, version, first, stop in positions.ranges_in_full_shards(size):
         state.drop_range_pixels(version, source, first, stop)
+    for source, count in positions.counts.items():
+        _drop_staged_samples(state, source, count // size)
+
+
+def _drop_staged_samples(state: BuildState, source: str, full_shards: int) -> None:
+    """Pixels staged one sample at a time (eo_etl.beam's ``stage_sample``) of the samples the first ``full_shards``
+    shards hold: let go, as the ranges' are (a partial last shard's are kept for the next version)."""
+    staged = state.staged_samples(source)
+    if not staged:  # the build's own graph stages by range: nothing to look up
+        return
+    for k in range(full_shards):
+        for entry in state.shard_entries(source, k):
+            if entry.cell in staged.get(entry.version, ()):
+                state.drop_pixels(entry.version, source, entry.cell)

@@ -6,20 +6,32 @@ Items (id: the sample id) carry the Major TOM cell (``grid:code``: ``MAJORTOM-45
 (``proj:code``, ``proj:shape``, ``proj:transform``), cloud cover, the source scenes, a ``collection`` link and
 where the pixels are (``eo_etl:zarr_index`` in the ``pixels`` asset, with STAC 1.1 band objects). Both validate
 against the STAC 1.1 and extension schemas, and rustac and stac-geoparquet read ``items.parquet``.
+
+Written from the index a batch of rows at a time (``index_batches.py``): each batch's items are made, converted
+to Arrow (stac-geoparquet infers a schema per batch) and spilled to a local scratch file, the extent gathered on
+the way; then the batches' schemas are unified and the spilled tables read back one by one in that schema and
+written in row groups of ``ITEMS_ROW_GROUP`` items. So the writer holds a batch and a row group, and the file is
+the same whatever the batch size.
 """
 
 from __future__ import annotations
 
 import json
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import geopandas as gpd
 import pandas as pd
+import pyarrow as pa
+import pyarrow.feather as feather
 import pystac
 import shapely
 from stac_geoparquet.arrow import parse_stac_items_to_arrow, to_parquet
 
 from eo_etl.recipe import Recipe
+from eo_etl.store.index_batches import Index, index_batches
 from eo_etl.store.location import Location
 from eo_etl.store.zarr import STORE_NAME
 
@@ -32,6 +44,7 @@ EXTENSIONS = [
     "https://stac-extensions.github.io/grid/v1.1.0/schema.json",
     "https://stac-extensions.github.io/processing/v1.2.0/schema.json",
 ]
+ITEMS_ROW_GROUP = 8192  # items in a row group of items.parquet: about 10 MB of Arrow, what the writer holds
 
 
 def grid_prefix(distance_km: float) -> str:
@@ -79,16 +92,29 @@ def stac_items(index: gpd.GeoDataFrame, collection_id: str, distance_km: float =
 
 
 def write_catalog(
-    root: Location | Path | str, index: gpd.GeoDataFrame, recipe: Recipe, statistics: dict[str, dict]
+    root: Location | Path | str,
+    index: Index,
+    recipe: Recipe,
+    statistics: dict[str, dict],
+    batch_size: int | None = None,
 ) -> Path | str:
-    """Write ``items.parquet`` and ``collection.json``; ``statistics``: source → band → statistics."""
+    """Write ``items.parquet`` and ``collection.json`` from the index (in memory, or where it is written), read
+    ``batch_size`` rows at a time; ``statistics``: source → band → statistics."""
     root = Location.of(root)
-    stored = index[index.zarr_index.notna()]
-    if stored.empty:
-        bbox, interval = [-180.0, -90.0, 180.0, 90.0], [None, None]
-    else:
-        bbox = list(stored.total_bounds)
-        interval = [stored.timestamp.min().to_pydatetime(), stored.timestamp.max().to_pydatetime()]
+    with tempfile.TemporaryDirectory(prefix="eo-etl-items-") as scratch:
+        bbox, interval, tables = _survey(index, recipe, batch_size, Path(scratch))
+        if tables:
+            schema = pa.unify_schemas([table.schema for table in tables], promote_options="permissive")
+            conformed = (_conformed(feather.read_table(table.path), schema) for table in tables)
+            with (root / ITEMS_NAME).staged_file() as partial:
+                to_parquet(pa.RecordBatchReader.from_batches(schema, _row_groups(conformed, ITEMS_ROW_GROUP)), partial)
+    collection = _collection(recipe, bbox, interval, statistics)
+    target = root / COLLECTION_NAME
+    target.write_text(json.dumps(collection.to_dict(include_self_link=False, transform_hrefs=False), indent=2))
+    return target.native
+
+
+def _collection(recipe: Recipe, bbox: list, interval: list, statistics: dict[str, dict]) -> pystac.Collection:
     collection = pystac.Collection(
         id=recipe.name,
         description=recipe.description or f"{recipe.name}, built by eo-etl",
@@ -109,10 +135,52 @@ def write_catalog(
     collection.add_asset("pixels", pystac.Asset(f"./{STORE_NAME}", media_type=ZARR_TYPE, roles=["data"]))
     collection.add_asset("index", pystac.Asset("./index.parquet", media_type=PARQUET_TYPE, roles=["metadata"]))
     collection.add_link(pystac.Link("items", f"./{ITEMS_NAME}", media_type=PARQUET_TYPE, title="stac-geoparquet"))
-    items = stac_items(index, recipe.name, recipe.grid.distance_km)
-    if items:
-        with (root / ITEMS_NAME).staged_file() as partial:
-            to_parquet(parse_stac_items_to_arrow(items), partial)
-    target = root / COLLECTION_NAME
-    target.write_text(json.dumps(collection.to_dict(include_self_link=False, transform_hrefs=False), indent=2))
-    return target.native
+    return collection
+
+
+@dataclass(frozen=True)
+class _Spilled:
+    path: Path  # a batch's items as stac-geoparquet's Arrow table, in a scratch file
+    schema: pa.Schema  # as inferred from that batch alone
+
+
+def _survey(index: Index, recipe: Recipe, batch_size: int | None, scratch: Path):
+    """One pass over the index: the stored samples' bbox and time interval, and each batch's items spilled to
+    ``scratch``."""
+    bounds, times, tables = [], [], []
+    for rows in index_batches(index, batch_size=batch_size):
+        stored = rows[rows.zarr_index.notna()]
+        if stored.empty:
+            continue
+        bounds.append(stored.total_bounds)
+        times += [stored.timestamp.min(), stored.timestamp.max()]
+        table = parse_stac_items_to_arrow(stac_items(stored, recipe.name, recipe.grid.distance_km)).read_all()
+        tables.append(_Spilled(scratch / f"{len(tables):06d}.arrow", table.schema))
+        feather.write_feather(table, tables[-1].path)
+    if not bounds:
+        return [-180.0, -90.0, 180.0, 90.0], [None, None], []
+    bbox = [*map(min, *(b[:2] for b in bounds)), *map(max, *(b[2:] for b in bounds))] if len(bounds) > 1 else bounds[0]
+    return list(bbox), [min(times).to_pydatetime(), max(times).to_pydatetime()], tables
+
+
+def _conformed(table: pa.Table, schema: pa.Schema) -> pa.Table:
+    """A batch's items in the schema of all of them: a property no item of the batch has (``eo:cloud_cover`` of
+    radar) is null there, one null in all of them takes the type it has elsewhere."""
+    have = set(table.column_names)
+    columns = [table[f.name].cast(f.type) if f.name in have else pa.nulls(len(table), f.type) for f in schema]
+    return pa.Table.from_arrays(columns, schema=schema)
+
+
+def _row_groups(tables: Iterator[pa.Table], size: int) -> Iterator[pa.RecordBatch]:
+    """The tables' rows as contiguous batches of ``size`` (the last shorter): each one row group of the file."""
+    pending: list[pa.Table] = []
+    rows = 0
+    for table in tables:
+        pending.append(table)
+        rows += len(table)
+        while rows >= size:
+            whole = pa.concat_tables(pending).combine_chunks()
+            yield from whole.slice(0, size).to_batches()
+            pending, rows = [whole.slice(size)], rows - size
+    if rows:
+        yield from pa.concat_tables(pending).combine_chunks().to_batches()

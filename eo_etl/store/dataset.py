@@ -23,20 +23,22 @@ exports are written last by ``finish_dataset``, so a dataset whose index exists 
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import geopandas as gpd
 import numpy as np
+import zarr
 
 from eo_etl.recipe import Recipe
 from eo_etl.sample import Sample
 from eo_etl.sources.profile import find_profile
 from eo_etl.store.catalog import write_catalog
 from eo_etl.store.index import INDEX_NAME, index_frame, write_index
+from eo_etl.store.index_batches import Index, index_batches
 from eo_etl.store.index_row import IndexRow
 from eo_etl.store.location import Location
-from eo_etl.store.zarr import STORE_NAME, BandStatistics, PixelLayout, ZarrWriter
+from eo_etl.store.zarr import STORE_NAME, BandStatistics, PixelLayout, ZarrWriter, quiet_consolidated
 
 Root = Location | Path | str  # the dataset folder: a path or a URL
 
@@ -120,8 +122,9 @@ def finish_dataset(
     return index
 
 
-def close_dataset(root: Root, recipe: Recipe, index: gpd.GeoDataFrame, stored: dict[str, tuple[int, BandStatistics]]):
-    """All of ``finish_dataset`` but the index (which the caller writes last): the stores closed, STAC, exports."""
+def close_dataset(root: Root, recipe: Recipe, index: Index, stored: dict[str, tuple[int, BandStatistics]]):
+    """All of ``finish_dataset`` but the index (which the caller writes last): the stores closed, STAC, exports.
+    ``index``: the index in memory, or where it is written; the exports read it a batch of rows at a time."""
     root = Location.of(root)
     for source, (count, statistics) in stored.items():
         existing_pixel_store(root, source, tidy=True).close(count, statistics)
@@ -143,16 +146,28 @@ def _remove_video_shards_from(folder: Location, first: int) -> None:
             shard.remove(recursive=True)
 
 
-def _write_taco(root: Location, recipe: Recipe, index: gpd.GeoDataFrame, sources: list[str]) -> None:
+def _write_taco(root: Location, recipe: Recipe, index: Index, sources: list[str]) -> None:
     """A TACO per source, from what the Zarr store holds (one sample's pixels at a time)."""
-    from eo_etl.store.read import read_samples  # reading the store back, only for exports
     from eo_etl.store.taco import write_taco  # the taco extra
 
     for source in sources:
-        samples = read_samples(root.url, source, index=index, storage_options=root.storage_options)
         with (root / "taco" / source).staged_folder(last=(".tacocat",)) as path:  # what tacoreader.load finds
             write_taco(
-                path, samples, dataset_id=re.sub(r"[^a-z0-9_-]", "-", f"{recipe.name}-{source}".lower()),
+                path, stored_samples(root, source, index),
+                dataset_id=re.sub(r"[^a-z0-9_-]", "-", f"{recipe.name}-{source}".lower()),
                 description=recipe.description, licenses=(recipe.publish.license if recipe.publish else "other",),
                 overwrite=True,
             )  # fmt: skip
+
+
+def stored_samples(root: Location, source: str, index: Index, batch_size: int | None = None) -> Iterator[Sample]:
+    """``source``'s stored samples with their pixels, in the index's order, read a batch of index rows at a time and
+    each sample's pixels by its position (a TACO orders its samples itself)."""
+    from eo_etl.store.read import join_path, sample_of, stored_rows  # reading the store back, only for exports
+
+    with quiet_consolidated():
+        pixels = zarr.open_array(join_path(root.url, STORE_NAME, source, "pixels"), mode="r",
+                                 storage_options=root.storage_options)  # fmt: skip
+    for rows in index_batches(index, batch_size=batch_size):
+        for record in stored_rows(rows, source).drop(columns="geometry", errors="ignore").to_dict("records"):
+            yield sample_of(record, pixels[int(record["zarr_index"])])

@@ -44,6 +44,7 @@ from rasterio.io import MemoryFile
 
 from eo_etl.sample import Sample
 from eo_etl.sources.profile import CollectionProfile
+from eo_etl.store.index_batches import Index, index_batches
 from eo_etl.store.location import Location
 
 FOLDER, IMAGES, METADATA_NAME = "majortom", "images", "metadata.parquet"
@@ -222,9 +223,20 @@ def metadata_table(index: pd.DataFrame, source: str, shard_size: int) -> pa.Tabl
     return pa.Table.from_pydict(columns, schema=METADATA_SCHEMA)
 
 
-def write_metadata(folder: Location, index: pd.DataFrame, source: str, shard_size: int) -> Location:
-    """``folder/metadata.parquet`` from the index; parts past the last shard (a store that shrank) removed."""
-    table = metadata_table(index, source, shard_size)
+# what metadata_table reads of the index
+INDEX_COLUMNS = ["source", "zarr_index", *(name for name in METADATA_SCHEMA.names if not name.startswith("parquet_"))]
+
+
+def write_metadata(folder: Location, index: Index, source: str, shard_size: int, batch_size: int | None = None):
+    """``folder/metadata.parquet`` from the index (in memory, or where it is written), read ``batch_size`` rows and
+    the columns it needs at a time, and put in store order; parts past the last shard (a store that shrank)
+    removed."""
+    pieces = [metadata_table(rows, source, shard_size) for rows in index_batches(index, INDEX_COLUMNS, batch_size)]
+    table = pa.concat_tables(pieces) if pieces else METADATA_SCHEMA.empty_table()
+    # store order across the batches: by part, then row (a position's two halves)
+    parts = [part_number(url.rsplit("/", 1)[-1]) for url in table["parquet_url"].to_pylist()]
+    table = table.take(np.lexsort((table["parquet_row"].to_numpy(), np.array(parts, dtype=np.int64))))
+    table = table.combine_chunks()
     shards = -(-table.num_rows // shard_size)
     for part in (folder / IMAGES).glob("part_*.parquet"):
         if part_number(part.name) >= shards:

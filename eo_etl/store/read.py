@@ -179,5 +179,9 @@ def _samples(root, source: str, rows: pd.DataFrame, storage_options: dict | None
         first = int(block[0]["zarr_index"])
         stack = pixels[first : int(block[-1]["zarr_index"]) + 1]
         for record in block:
-            row = IndexRow.from_dict(record)
-            yield Sample.from_row(row, stack[row.zarr_index - first])
+            yield sample_of(record, stack[int(record["zarr_index"]) - first])
+
+
+def sample_of(record: dict, pixels: np.ndarray) -> Sample:
+    """A stored sample from its index row (as a dict, geometry left out) and its pixels."""
+    return Sample.from_row(IndexRow.from_dict(record), pixels)
