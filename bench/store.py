@@ -281,6 +281,7 @@ def main(parts: list[str]) -> None:
         if not parts or "throughput" in parts:
             throughput(stack, origin, Path(tmp))
             throughput(stack, origin, Path(tmp), size=528, count=32)  # larger samples: per-shard costs matter less
+            throughput(stack, origin, Path(tmp), size=192, count=480)  # a larger store: the close's fixed cost less
         if not parts or "compression" in parts:
             compression(stack, origin, Path(tmp))
         if not parts or "series" in parts:
