@@ -30,7 +30,7 @@ from eo_etl.stages.core import Stage, View, stage_settings
 from eo_etl.stages.registry import STAGES, find_stages
 from eo_etl.stages.run import assemble, plan_stage
 from eo_etl.stages.views import plan_view, write_view
-from eo_etl.store.index import INDEX_NAME
+from eo_etl.store.index import INDEX_NAME, INDEX_ROW_GROUP
 from eo_etl.store.location import Location
 
 
@@ -212,7 +212,7 @@ def _outcomes(index: Location, version: int | None) -> tuple[Counter, Counter]:
     read, a batch at a time)."""
     statuses, reasons = Counter(), Counter()
     with index.fs.open(index.path, "rb") as file:
-        for batch in pq.ParquetFile(file).iter_batches(columns=["status", "reason", "version"]):
+        for batch in pq.ParquetFile(file).iter_batches(INDEX_ROW_GROUP, columns=["status", "reason", "version"]):
             rows = batch.to_pandas()
             rows = rows[rows["version"] == version]
             statuses.update(rows["status"])

@@ -96,13 +96,13 @@ def index_table(index: gpd.GeoDataFrame) -> pa.Table:
     return table.select(schema.names).cast(schema)
 
 
-INDEX_ROW_GROUP = 100_000
+INDEX_ROW_GROUP = 16_384  # rows (~1 kB each): what a reader decodes to see the first rows; bounds the driver's report
 
 
 def write_index(index: gpd.GeoDataFrame, path: Location | Path | str) -> Path | str:
     target = Location.of(path)
     table = index_table(index)
     with target.staged_file() as partial:
-        # ~100 MB row groups at most (rows are ~1 kB): what the Hub's viewer and range readers take in one read
+        # ~16 MB row groups (rows are ~1 kB): one range read of the Hub viewer; all the driver decodes for its report
         pq.write_table(table, partial, row_group_size=INDEX_ROW_GROUP, write_page_index=True)
     return target.native
