@@ -245,7 +245,8 @@ def _stored_pixels(state: BuildState, root: Location, source: str, version: int,
     """Pixels of ``cells`` (of ``version``) as the store holds them, from the shards' records (a rerun that moved
     samples already let go: rare, and it reads one record per shard)."""
     wanted = {ShardEntry(version, cell) for cell in cells}
-    size = existing_pixel_store(root, source).shard_size
+    store = existing_pixel_store(root, source)
+    size = store.shard_size
     found = {}
     k = 0
     while len(found) < len(wanted) and (entries := state.shard_entries(source, k)) is not None:
@@ -255,8 +256,7 @@ def _stored_pixels(state: BuildState, root: Location, source: str, version: int,
     if lost:
         entry = min(lost, key=lambda e: e.cell)
         raise RuntimeError(f"{entry.cell}/{source} (version {entry.version}): pixels neither staged nor stored")
-    pixels = existing_pixel_store(root, source).pixels
-    return {entry.cell: pixels[position] for entry, position in found.items()}
+    return {entry.cell: store.pixels[position] for entry, position in found.items()}
 
 
 def open_store(first: tuple[str, ShardTask], recipe: Recipe, root: Location, positions: Positions) -> str:
@@ -275,11 +275,12 @@ def open_store(first: tuple[str, ShardTask], recipe: Recipe, root: Location, pos
 def _load_pixels(state: BuildState, key: RangeKey, cell: str, staged=None):
     """A sample's staged pixels, by its staged name (``cell``; state.staged_name)."""
     source, version, first, stop = key
-    if staged is not None and cell in staged:
+    if staged is None:  # the range's .npz, unless the caller holds it open already
+        with state.range_pixels(version, source, first, stop) as batch:
+            if cell in batch:
+                return batch[cell]
+    elif cell in staged:
         return staged[cell]
-    with state.range_pixels(version, source, first, stop) as batch:
-        if cell in batch:
-            return batch[cell]
     pixels = state.load_pixels(version, source, cell)
     if pixels is None:
         raise RuntimeError(f"{cell}/{source} (version {version}): pixels not staged")

@@ -17,7 +17,7 @@ cubes and TACO are written in a local scratch folder there and uploaded.
 Each source's ok samples have fixed positions (plan order, version after version) and fill shards of
 ``shard_size`` in that order, so the same build gives the same positions and bytes. Shards are written
 independently (by any process, in any order, each in one put); the index, the STAC files and the
-exports are written last by ``finish_dataset``, so a dataset whose index exists is complete.
+exports are written last (``close_dataset``, then the index), so a dataset whose index exists is complete.
 """
 
 from __future__ import annotations
@@ -26,7 +26,6 @@ import re
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-import geopandas as gpd
 import numpy as np
 import zarr
 
@@ -34,9 +33,7 @@ from eo_etl.recipe import Recipe
 from eo_etl.sample import Sample
 from eo_etl.sources.profile import find_profile
 from eo_etl.store.catalog import write_catalog
-from eo_etl.store.index import INDEX_NAME, index_frame, write_index
 from eo_etl.store.index_batches import Index, index_batches
-from eo_etl.store.index_row import IndexRow
 from eo_etl.store.location import Location
 from eo_etl.store.zarr import STORE_NAME, BandStatistics, PixelLayout, ZarrWriter, quiet_consolidated
 
@@ -107,23 +104,9 @@ def _masks(recipe: Recipe, source: str) -> set[str]:
     return {band for band in spec.bands if profile and profile.bands[band].categorical}
 
 
-def finish_dataset(
-    root: Root,
-    recipe: Recipe,
-    cells: gpd.GeoDataFrame,
-    records: list[IndexRow],
-    stored: dict[str, tuple[int, BandStatistics]],
-) -> gpd.GeoDataFrame:
-    """Close each source's pixel store at its sample count with its statistics (``stored``), then write the
-    STAC files, the exports and, last, the index of ``records``; return the index."""
-    index = index_frame(records, cells)
-    close_dataset(root, recipe, index, stored)
-    write_index(index, Location.of(root) / INDEX_NAME)
-    return index
-
-
 def close_dataset(root: Root, recipe: Recipe, index: Index, stored: dict[str, tuple[int, BandStatistics]]):
-    """All of ``finish_dataset`` but the index (which the caller writes last): the stores closed, STAC, exports.
+    """The dataset closed but for its index (which the caller writes last: pipeline.transforms.finish): the stores
+    closed, STAC, exports.
     ``index``: the index in memory, or where it is written; the exports read it a batch of rows at a time."""
     root = Location.of(root)
     for source, (count, statistics) in stored.items():
