@@ -53,7 +53,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -191,14 +191,18 @@ def _write(folder: Path, cube: np.ndarray, bands: list[str], masks, nodata, opti
     shutil.rmtree(tmp, ignore_errors=True)  # a killed writer's leftover
     tmp.mkdir(parents=True)
     try:
-        streams = [_write_stream(tmp, plan, k, options) for k in range(len(plan.groups))]
+        # With a target, the crf search encodes the lossy streams (each crf it tries once, the best one kept).
+        searched = options.target_psnr_db is not None
+        streams = [None if searched and lossy else _write_stream(tmp, plan, k, options)
+                   for k, (_, lossy, _) in enumerate(plan.groups)]  # fmt: skip
         sidecar = _sidecar(cube, nodata, options, streams, plan)
         if fallback:  # the target asked for, and why it was not used
             sidecar |= {"target_psnr_db": fallback["target_psnr_db"], "fallback": fallback}
-        if options.target_psnr_db is not None:
-            _fit_crf(tmp, sidecar, cube, plan, options)
+        decoded: dict[int, np.ndarray] = {}  # stream -> its codes, so that no stream is decoded twice
+        if searched:
+            _fit_crf(tmp, sidecar, cube, plan, options, decoded)
         _count_bits(sidecar, cube, plan)
-        _measure(sidecar, cube, _read(tmp, sidecar, None, None))
+        _measure(sidecar, cube, _read(tmp, sidecar, None, None, decoded))
         (tmp / SIDECAR).write_text(json.dumps(sidecar, indent=1, allow_nan=False))
         _replace(tmp, folder)
     except BaseException:
@@ -239,12 +243,13 @@ def _plan(cube: np.ndarray, bands: list[str], masks: Collection[str], nodata, lo
     return _Plan(info, codes, valid_planes, owner, groups)
 
 
-def _write_stream(tmp: Path, plan: _Plan, k: int, options: VideoOptions) -> dict:
-    """Encode stream ``k`` of the plan into ``tmp`` (lossy streams at ``options.crf``); returns its sidecar entry."""
+def _write_stream(tmp: Path, plan: _Plan, k: int, options: VideoOptions, file: str | None = None) -> dict:
+    """Encode stream ``k`` of the plan into ``tmp`` (lossy streams at ``options.crf``), as ``file`` (default
+    ``stream-<k>.mkv``); returns its sidecar entry."""
     kind, is_lossy, members = plan.groups[k]
     names = [plan.info[b]["name"] for b in members]
     planes = np.stack([plan.valid_planes[b] if kind == "valid" else plan.codes[b] for b in members], axis=1)
-    stream = {"file": f"stream-{k}.mkv", "kind": kind, "bands": names}
+    stream = {"file": file or f"stream-{k}.mkv", "kind": kind, "bands": names}
     return stream | _encode(tmp / stream["file"], planes, is_lossy, options, names)
 
 
@@ -289,39 +294,60 @@ def _count_bits(sidecar: dict, cube: np.ndarray, plan: _Plan) -> None:
     sidecar["bits_per_pixel_per_band"] = sidecar["bytes"] * 8 / max(cube.size, 1)
 
 
-def _fit_crf(tmp: Path, sidecar: dict, cube: np.ndarray, plan: _Plan, options: VideoOptions) -> None:
-    """Encode the lossy streams again at the highest crf (to CRF_STEP) whose cube meets options.target_psnr_db
-    (PSNR_FULL_RANGE): a bisection, PSNR falling as crf rises. TargetOutOfReach when even crf 0 misses it."""
+def _fit_crf(tmp: Path, sidecar: dict, cube: np.ndarray, plan: _Plan, options: VideoOptions, decoded: dict) -> None:
+    """Encode the lossy streams at the highest crf (to CRF_STEP) whose cube meets options.target_psnr_db
+    (PSNR_FULL_RANGE): a bisection, PSNR falling as crf rises. TargetOutOfReach when even crf 0 misses it.
+
+    Each crf tried is encoded once, into files of its own, and decoded once (the validity planes once for all
+    tries): the best try's files become the streams and its codes go into ``decoded``, for _measure."""
     lossy = [k for k, (_, is_lossy, _) in enumerate(plan.groups) if is_lossy]
     if not lossy:  # only masks
         return
     columns = [b for b, band in enumerate(plan.info) if not band["lossless"]]
     names, target = [plan.info[b]["name"] for b in columns], options.target_psnr_db
+    # The best try so far is the last that met the target (the search only asks above one that met): entries, codes.
+    best: dict[int, dict] = {}
+    best_codes: dict[int, np.ndarray] = {}
+    reached: dict[int, float] = {}  # step -> PSNR_FULL_RANGE
 
-    def meets(crf: float) -> bool:
+    def meets(step: int) -> bool:
+        tried = {}
         for k in lossy:
-            sidecar["streams"][k] = _write_stream(tmp, plan, k, replace(options, crf=crf))
-        decoded = _read(tmp, sidecar, names, None)
-        return _psnr_full_range(cube[:, columns], decoded, sidecar["nodata"]) >= target
+            crf_options = replace(options, crf=step * CRF_STEP)
+            tried[k] = sidecar["streams"][k] = _write_stream(tmp, plan, k, crf_options, f"stream-{k}.crf-{step}.mkv")
+            decoded.pop(k, None)
+        back = _read(tmp, sidecar, names, None, decoded)
+        reached[step] = _psnr_full_range(cube[:, columns], back, sidecar["nodata"])
+        met = reached[step] >= target
+        dropped = dict(best) if met else tried
+        if met:
+            best.update(tried)
+            best_codes.update((k, decoded[k]) for k in lossy)
+        for stream in dropped.values():
+            (tmp / stream["file"]).unlink()
+        return met
 
-    # Bisection over crf = i * CRF_STEP: ``high`` misses the target unless it is the best.
-    low, high, best = 0, round(CRF_MAX / CRF_STEP), None
-    if meets(high * CRF_STEP):
-        best = high
-    while best != high and high - low > 1:
+    if _highest_step(meets, round(CRF_MAX / CRF_STEP)) is None:
+        raise TargetOutOfReach(target, reached[0])
+    for k, stream in best.items():  # the best try's files are the streams: renamed, not encoded again
+        (tmp / stream["file"]).rename(tmp / f"stream-{k}.mkv")
+        sidecar["streams"][k] = stream | {"file": f"stream-{k}.mkv"}
+        decoded[k] = best_codes[k]
+
+
+def _highest_step(meets: Callable[[int], bool], top: int) -> int | None:
+    """The highest step of 0..top that ``meets`` (which holds up to some step, not above: PSNR falls as crf rises),
+    asking about each step once: top first, then a bisection below it, 0 last; None when none meets."""
+    low, high = 0, top  # ``high`` misses unless it is the best; ``low`` meets unless it is 0, not yet asked
+    if meets(high):
+        return high
+    while high - low > 1:
         middle = (low + high) // 2
-        if meets(middle * CRF_STEP):
-            best = low = middle
+        if meets(middle):
+            low = middle
         else:
             high = middle
-    if best is None:
-        if not meets(0.0):
-            reached = _psnr_full_range(cube[:, columns], _read(tmp, sidecar, names, None), sidecar["nodata"])
-            raise TargetOutOfReach(target, reached)
-        best = 0
-    best *= CRF_STEP
-    if sidecar["streams"][lossy[0]]["crf"] != best:  # the last try was another crf
-        meets(best)
+    return low if low > 0 or meets(0) else None
 
 
 def read_sidecar(folder: Path) -> dict:
@@ -527,7 +553,9 @@ def _frame_indices(frames, count: int) -> list[int]:
     return indices
 
 
-def _read(folder: Path, sidecar: dict, bands, frames) -> np.ndarray:
+def _read(folder: Path, sidecar: dict, bands, frames, decoded: dict | None = None) -> np.ndarray:
+    """read_cube's work; ``decoded``: streams already decoded (stream -> codes of every frame; only with ``frames``
+    None), which it adds the streams it decodes to."""
     count, _, height, width = sidecar["shape"]
     dtype, nodata = np.dtype(sidecar["dtype"]), sidecar["nodata"]
     info = {b["name"]: b for b in sidecar["bands"]}
@@ -538,8 +566,8 @@ def _read(folder: Path, sidecar: dict, bands, frames) -> np.ndarray:
     indices = _frame_indices(frames, count)
     wanted = sorted(set(indices))
     needed = {info[n]["stream"] for n in names} | {info[n]["valid"]["stream"] for n in names if info[n]["valid"]}
-    codes = {}
-    for k in sorted(needed):
+    codes = {} if decoded is None else decoded
+    for k in sorted(needed - set(codes)):
         stream = sidecar["streams"][k]
         codes[k] = _decode(folder / stream["file"], wanted, stream["keyframe_interval"], height, width)
     row = {index: k for k, index in enumerate(wanted)}
