@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import math
+from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -20,6 +21,7 @@ import zarr
 from rasterio.warp import transform_bounds
 
 from eo_etl.sample import OK
+from eo_etl.store import video
 from eo_etl.store.video import VideoOptions, read_cube, read_sidecar, write_cube
 from tests.imagery import SERIES_BANDS, SERIES_FILL, series_item, series_scenes, write_item_collection
 from tests.servers import file_server, stac_api
@@ -86,6 +88,52 @@ def test_a_target_psnr_is_met_by_the_highest_crf_that_meets_it(tmp_path, series)
     )
     assert finer["psnr_full_range_db"] >= 62.0 and finer["streams"][0]["crf"] < crf
     assert finer["bits_per_pixel_per_band"] > sidecar["bits_per_pixel_per_band"]
+
+
+@pytest.fixture
+def coder_calls(monkeypatch) -> tuple[Counter, Counter]:
+    """Spies (not mocks) on the real encoder and decoder: encodes per (codec, pixel format, crf), and decodes."""
+    encodes, decodes = Counter(), Counter()
+    real_mux, real_decode = video._mux, video._decode
+
+    def mux(path, planes, codec, names):
+        encodes[codec.name, codec.pix_fmt, codec.options.get("crf")] += 1
+        return real_mux(path, planes, codec, names)
+
+    def decode(*args):
+        decodes["streams"] += 1
+        return real_decode(*args)
+
+    monkeypatch.setattr(video, "_mux", mux)
+    monkeypatch.setattr(video, "_decode", decode)
+    return encodes, decodes
+
+
+def test_a_target_search_encodes_and_decodes_each_crf_once_and_keeps_the_best_bytes(tmp_path, series, coder_calls):
+    encodes, decodes = coder_calls
+    options = VideoOptions(lossy=True, target_psnr_db=56.0, keyframe_interval=4)
+    sidecar = write_cube(tmp_path / "cube", series, BANDS, nodata=NODATA, options=options)
+    crf = sidecar["streams"][0]["crf"]
+    tried = sorted(float(crf) for codec, _, crf in encodes if codec == "libx265")
+    # every crf tried once (51 first, then a bisection of 204 steps: 7 or 8 more), the validity plane once
+    assert set(encodes.values()) == {1} and len(encodes) == len(tried) + 1 and ("ffv1", "gray", None) in encodes
+    assert 51.0 in tried and crf in tried and 8 <= len(tried) <= 9
+    # each try decoded once, the validity plane once, and nothing again to measure the cube
+    assert decodes["streams"] == len(tried) + 1
+    assert sorted(p.name for p in (tmp_path / "cube").iterdir()) == ["stream-0.mkv", "stream-1.mkv", "video.json"]
+    # the stream kept is the best try's: the bytes a write at that crf makes
+    fixed = VideoOptions(lossy=True, crf=crf, keyframe_interval=4)
+    write_cube(tmp_path / "fixed", series, BANDS, nodata=NODATA, options=fixed)
+    assert (tmp_path / "cube/stream-0.mkv").read_bytes() == (tmp_path / "fixed/stream-0.mkv").read_bytes()
+
+    # out of reach: crf 0 encoded and decoded once too, then the cube lossless (one more encode and decode)
+    encodes.clear(), decodes.clear()
+    options = VideoOptions(lossy=True, target_psnr_db=80.0, keyframe_interval=4, out_of_reach="lossless")
+    sidecar = write_cube(tmp_path / "unreachable", series, BANDS, nodata=NODATA, options=options)
+    assert sidecar["fallback"]["to"] == "lossless" and ("libx265", "yuv444p12le", "0.0") in encodes
+    tried = [crf for codec, _, crf in encodes if codec == "libx265"]
+    assert set(encodes.values()) == {1} and len(encodes) == len(tried) + 2  # + the validity plane, the lossless cube
+    assert decodes["streams"] == len(tried) + 2  # the tries, the validity plane, the lossless cube
 
 
 def test_bits_per_pixel_per_band_count_every_file_needed_to_decode(tmp_path, series):
