@@ -193,8 +193,10 @@ def _write(folder: Path, cube: np.ndarray, bands: list[str], masks, nodata, opti
     try:
         # With a target, the crf search encodes the lossy streams (each crf it tries once, the best one kept).
         searched = options.target_psnr_db is not None
-        streams = [None if searched and lossy else _write_stream(tmp, plan, k, options)
-                   for k, (_, lossy, _) in enumerate(plan.groups)]  # fmt: skip
+        streams = [
+            None if searched and lossy else _write_stream(tmp, plan, k, options)
+            for k, (_, lossy, _) in enumerate(plan.groups)
+        ]
         sidecar = _sidecar(cube, nodata, options, streams, plan)
         if fallback:  # the target asked for, and why it was not used
             sidecar |= {"target_psnr_db": fallback["target_psnr_db"], "fallback": fallback}
