@@ -37,7 +37,7 @@ import apache_beam as beam
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from eo_etl.pipeline.graph import AcquirePlan, FinishAt, WriteShardsAt
+from eo_etl.pipeline.graph import AcquirePlan, FinishAt, WriteShardsAt, finished, first_to_write, index_ranges
 from eo_etl.pipeline.plan_rows import PlanReader, plan_length, plan_ranges, range_size, work_ranges
 from eo_etl.pipeline.shards import Positions
 from eo_etl.pipeline.state import BuildState
@@ -47,10 +47,8 @@ from eo_etl.pipeline.transforms import (
     WriteIndexPart,
     WriteShard,
     count_outcome,
-    finish,
     open_acquisitions,
     open_store,
-    ranges_of_plan,
     shard_tasks,
 )
 from eo_etl.plan import PLAN_NAME, check_buildable, plan_bands, write_plan
@@ -298,15 +296,15 @@ def positions_of(recipe: Recipe, root: Location | str) -> Positions:
 
 
 def write_shards(recipe: Recipe, root: Location | str) -> Positions:
-    """Positions for every recorded sample, then the shards not written yet, in this process: the positions
-    (which ``finish_dataset`` needs)."""
+    """Positions for every recorded sample, then the shards not written yet, in this process (``WriteShardsAt``'s
+    steps, one after the other): the positions (which ``finish_dataset`` needs)."""
     root = Location.of(root)
     positions = positions_of(recipe, root)
     checker, writer = CheckShard(root), WriteShard(recipe, root)
     checker.setup()
     writer.setup()
     pending = [task for task in shard_tasks(positions, recipe) for task in checker.process(task)]
-    opened = [open_store((source, min(tasks, key=lambda task: task.k)), recipe, root, positions)
+    opened = [open_store((source, first_to_write(tasks)), recipe, root, positions)
               for source, tasks in _by_source(pending).items()]  # fmt: skip
     for task in pending:
         list(writer.process(task, opened))
@@ -378,14 +376,13 @@ def _record(grouped: tuple[str, Iterable[IndexRow]], recipe: Recipe, root: Locat
 # --------------------------------------------------------------------------------------------- finish
 def finish_dataset(recipe: Recipe, root: Location | str, positions: Positions) -> str:
     """The dataset's closing writes (statistics, STAC, exports, versions, then the index: its parts written and
-    merged) once every shard of ``positions`` is written; the dataset's root."""
+    merged) once every shard of ``positions`` is written, in this process (``FinishAt``'s steps); the dataset's
+    root."""
     root = Location.of(root)
     writer = WriteIndexPart(recipe, root)
     writer.setup()
-    sources = [source.name for source in recipe.sources]
-    parts = [part for element in ranges_of_plan(sources, root, 1) for part in writer.process(element, positions)]
-    finish(0, recipe, root, positions, parts)
-    return str(root.native)
+    parts = [part for element in index_ranges(recipe, root, 1) for part in writer.process(element, positions)]
+    return finished(0, recipe, root, positions, parts)
 
 
 class FinishDataset(beam.PTransform):

@@ -1,10 +1,10 @@
 """Planning: the recipe's area of interest → the grid cells a build covers.
 
 A plan of any size is made in bounded memory: the cells are found in bands of whole grid rows, south to north,
-of about ``BAND_CELLS`` cells each, and made into tables of at most ``BAND_CELLS`` rows, each written as it comes
+of about ``BAND_CELLS`` cells each, and made into tables of at most ``TABLE_CELLS`` rows, each written as it comes
 (a world on the 1 km grid is 509 M cells, a legitimate plan; a build takes at most ``MAX_CELLS`` of them, and says
-so before it lists any). What the driver holds while planning is one such table and one band's cell numbers
-(16 bytes a cell, a row more at most), whatever the plan's size.
+so before it lists any). What the driver holds while planning is one such table and one band's cells (a grid row
+more at most), whatever the plan's size.
 """
 
 from __future__ import annotations
@@ -32,7 +32,11 @@ from eo_etl.store.location import Location
 PLAN_NAME = "plan.parquet"  # the plan beside a dataset: its cells, the rows the build's workers read
 # cells made into a table at once: their names, polygons and footprints take about 1.5 kB a cell at the peak (GEOS
 # and pyarrow's buffers included), so ~12 MB; and one row group of the plan, which workers read by ranges
-BAND_CELLS = PLAN_ROW_GROUP
+TABLE_CELLS = PLAN_ROW_GROUP
+# cells found at once, in a band of grid rows: for an AOI file, a box per candidate cell of the band tested against
+# it, about 500 bytes a cell at the peak (16 of them the cell numbers kept), so ~32 MB (a grid row more at most,
+# 40,000 cells on the 1 km grid). Larger than a table: every band walks all the AOI's parts once.
+BAND_CELLS = 8 * TABLE_CELLS
 
 
 def plan(recipe: Recipe) -> gpd.GeoDataFrame:
@@ -55,30 +59,48 @@ def check_buildable(recipe: Recipe) -> None:
         raise ValueError(too_many_cells(field, count, grid))
 
 
-def plan_bands(recipe: Recipe, band_cells: int = BAND_CELLS) -> Iterator[gpd.GeoDataFrame]:
-    """The cells of the recipe's AOI as tables of at most ``band_cells`` cells, south to north (found in bands of
-    whole grid rows of about as many): together they are :func:`plan`'s table, for an AOI of any size."""
+def plan_bands(
+    recipe: Recipe, band_cells: int = BAND_CELLS, table_cells: int = TABLE_CELLS
+) -> Iterator[gpd.GeoDataFrame]:
+    """The cells of the recipe's AOI as tables of ``table_cells`` cells (the last fewer), south to north, found in
+    bands of whole grid rows of about ``band_cells``: together they are :func:`plan`'s table, for an AOI of any
+    size, cut the same whatever ``band_cells``."""
     grid = get_grid(recipe.grid.kind, recipe.grid.distance_km)
     aoi = recipe.aoi
     if aoi.cells is not None or aoi.points is not None:
-        yield from _tables(grid, *aoi_cells(grid, aoi), band_cells)  # a list the recipe holds or a table: bounded
-        return
+        yield from _tables(grid, [aoi_cells(grid, aoi)], table_cells)  # a list the recipe holds or a table: bounded
+    else:
+        yield from _tables(grid, _banded_cells(grid, aoi, band_cells), table_cells)
+
+
+def _banded_cells(grid: MajorTomGrid, aoi: Aoi, band_cells: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """(row_u, col_r) of the cells of a bbox or file AOI, a band of whole grid rows at a time, south to north."""
     geometry = read_aoi_file(aoi) if aoi.file is not None else None
     boxes = [aoi.bbox] if geometry is None else [shapely.bounds(part) for part in shapely.get_parts(geometry)]
     area = None if geometry is None else _area(geometry)
     for first, last in row_bands(grid, boxes, band_cells):
         if geometry is None:
-            rows, cols = grid.cells_in_bbox(*_in_rows(grid, aoi.bbox, first, last))
+            yield grid.cells_in_bbox(*_in_rows(grid, aoi.bbox, first, last))
         else:
-            rows, cols = geometry_cells(grid, geometry, row_range=(first, last), area=area)
-        yield from _tables(grid, rows, cols, band_cells)
+            yield geometry_cells(grid, geometry, row_range=(first, last), area=area)
 
 
-def _tables(grid: MajorTomGrid, rows: np.ndarray, cols: np.ndarray, size: int) -> Iterator[gpd.GeoDataFrame]:
-    """The cells' table in pieces of at most ``size`` rows: a band of rows may hold more (one row of the 1 km grid
-    is up to 40,000 cells), and the table, not the cell numbers, is what takes the memory."""
-    for start in range(0, len(rows), size):
-        yield cells_frame(grid, rows[start : start + size], cols[start : start + size])
+def _tables(
+    grid: MajorTomGrid, bands: Iterable[tuple[np.ndarray, np.ndarray]], size: int
+) -> Iterator[gpd.GeoDataFrame]:
+    """The cells of consecutive bands as tables of ``size`` rows, the last one fewer: a band may hold more (one
+    row of the 1 km grid is up to 40,000 cells), and the table, not the cell numbers, is what takes the memory.
+    A band's last cells wait for the next band's, so the tables (the plan's row groups) are the same whatever
+    the bands."""
+    rows = cols = np.empty(0, dtype=np.int64)
+    for band_rows, band_cols in bands:
+        rows, cols = np.concatenate([rows, band_rows]), np.concatenate([cols, band_cols])
+        whole = len(rows) - len(rows) % size
+        for start in range(0, whole, size):
+            yield cells_frame(grid, rows[start : start + size], cols[start : start + size])
+        rows, cols = rows[whole:].copy(), cols[whole:].copy()
+    if len(rows):
+        yield cells_frame(grid, rows, cols)
 
 
 def write_plan(cells: gpd.GeoDataFrame | Iterable[gpd.GeoDataFrame], path: Location | Path | str) -> Path | str:

@@ -9,13 +9,18 @@ import geopandas as gpd
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+import zarr
 
 import eo_etl.store.catalog
+import eo_etl.store.dataset
 import eo_etl.store.index_batches
 from eo_etl.build import build
 from eo_etl.store.catalog import write_catalog
+from eo_etl.store.dataset import stored_samples
 from eo_etl.store.index import write_index
 from eo_etl.store.location import Location
+from eo_etl.store.read import stored_rows
+from eo_etl.store.zarr import STORE_NAME
 from tests.test_scale import synthetic_recipe
 
 BOX = [10.0, 45.0, 10.45, 45.3]  # about 15 cells of the 10 km grid
@@ -96,3 +101,26 @@ def test_items_of_batches_with_different_properties_are_written_as_the_whole_ind
     assert (tmp_path / "from-file" / "items.parquet").read_bytes() == written["whole"]["items.parquet"]
     items = pq.read_table(tmp_path / "whole" / "items.parquet").to_pandas()
     assert items["eo:cloud_cover"].isna().sum() == 4 and items["processing:version"].notna().sum() == len(items) - 7
+
+
+def test_an_export_reads_the_pixels_of_consecutive_samples_at_once_and_only_the_columns_it_needs(whole, monkeypatch):
+    recipe, root = whole
+    source = recipe.sources[0].name
+    index = gpd.read_parquet(root / "index.parquet")
+    pixels = zarr.open_array(str(root / STORE_NAME / source / "pixels"), mode="r")
+    expected = [(row.sample_id, pixels[int(row.zarr_index)]) for row in stored_rows(index, source).itertuples()]
+    reads, columns = [], []
+    get, batches = zarr.Array.__getitem__, eo_etl.store.dataset.index_batches
+    monkeypatch.setattr(zarr.Array, "__getitem__", lambda array, key: reads.append(key) or get(array, key))
+    monkeypatch.setattr(
+        eo_etl.store.dataset, "index_batches", lambda *a, **k: columns.append(k["columns"]) or batches(*a, **k)
+    )
+    sample_bytes = pixels.nbytes // pixels.shape[0]
+    monkeypatch.setattr(eo_etl.store.dataset, "PIXELS_AT_ONCE", 3 * sample_bytes)  # runs of three samples at most
+    samples = list(stored_samples(Location(root), source, Location(root / "index.parquet"), batch_size=8))
+    assert [(str(s.sample_id), s.pixels.tolist()) for s in samples] == [(i, p.tolist()) for i, p in expected]
+    # one source, one version: a batch's stored samples lie side by side in the store, read in runs of three
+    stored = [int(index.zarr_index.iloc[start : start + 8].notna().sum()) for start in range(0, len(index), 8)]
+    assert len(samples) > 10 and len(reads) == sum(-(-count // 3) for count in stored) < len(samples) / 2
+    assert all(key.stop - key.start <= 3 for key in reads)
+    assert "geometry" not in columns[0] and "zarr_index" in columns[0]

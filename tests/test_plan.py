@@ -6,6 +6,7 @@ import gc
 import itertools
 import tracemalloc
 import weakref
+from pathlib import Path
 
 import geopandas as gpd
 import numpy as np
@@ -15,9 +16,10 @@ import pytest
 import shapely
 from pyproj import Transformer
 
+import eo_etl.plan as plan_module
 from eo_etl.grid import get_grid
 from eo_etl.grid.table import CELL_COLUMNS, cells_frame
-from eo_etl.plan import BAND_CELLS, aoi_cells, plan, plan_bands, row_bands, write_plan
+from eo_etl.plan import BAND_CELLS, TABLE_CELLS, aoi_cells, geometry_cells, plan, plan_bands, row_bands, write_plan
 from eo_etl.recipe import parse_recipe
 
 
@@ -113,11 +115,13 @@ def test_an_empty_aoi_file_is_an_error(tmp_path):
         plan(recipe({"file": "empty.gpkg"}, base_dir=tmp_path))
 
 
-def banded(aoi, band_cells, base_dir=None, distance_km=1):
-    """The plan in bands of about ``band_cells`` cells, and the same AOI's cells listed at once."""
+def banded(aoi, band_cells, table_cells, base_dir=None, distance_km=1):
+    """The plan's tables of ``table_cells`` cells, found in bands of about ``band_cells``, and the same AOI's cells
+    listed at once."""
     r = recipe(aoi, base_dir=base_dir, distance_km=distance_km)
     grid = get_grid("majortom", distance_km)
-    return list(plan_bands(r, band_cells=band_cells)), cells_frame(grid, *aoi_cells(grid, r.aoi))
+    tables = list(plan_bands(r, band_cells=band_cells, table_cells=table_cells))
+    return tables, cells_frame(grid, *aoi_cells(grid, r.aoi))
 
 
 def test_a_plan_in_bands_of_grid_rows_is_the_plan_listed_at_once(tmp_path):
@@ -128,13 +132,13 @@ def test_a_plan_in_bands_of_grid_rows_is_the_plan_listed_at_once(tmp_path):
     lines = [shapely.LineString([(15.0, 40.9), (15.4, 40.9)])]  # no height
     gpd.GeoDataFrame(geometry=points + polygons + lines, crs=4326).to_file(tmp_path / "mixed.gpkg")
     for aoi in ({"bbox": [14.0, 40.6, 14.5, 41.0]}, {"bbox": [179.5, -17.2, -179.5, -16.5]}, {"file": "mixed.gpkg"}):
-        bands, whole = banded(aoi, band_cells=300, base_dir=tmp_path)
-        assert len(bands) > 3 and len(whole) > 1000
-        cells = pd.concat(bands, ignore_index=True)
-        assert cells.grid_cell.tolist() == whole.grid_cell.tolist()  # same cells, same order, no duplicates
-        assert cells.drop(columns="geometry").equals(whole.drop(columns="geometry"))
-        widest_row = int(grid.n_cols.max())
-        assert all(len(band) <= 300 + widest_row for band in bands)
+        for band_cells, table_cells in ((300, 300), (1000, 300), (300, 1000)):  # bands smaller, larger than tables
+            tables, whole = banded(aoi, band_cells, table_cells, base_dir=tmp_path)
+            assert len(tables) > 1 and len(whole) > 1000
+            cells = pd.concat(tables, ignore_index=True)
+            assert cells.grid_cell.tolist() == whole.grid_cell.tolist()  # same cells, same order, no duplicates
+            assert cells.drop(columns="geometry").equals(whole.drop(columns="geometry"))
+            assert [len(table) for table in tables[:-1]] == [table_cells] * (len(tables) - 1)  # full, but the last
     rows, cols, _ = grid.locate([edge, -20], [14.3, -60])
     assert set(grid.names(rows, cols)) <= set(cells.grid_cell)  # the points, on an edge and far away
     assert rows[0] == 4539  # the row below the edge
@@ -151,7 +155,7 @@ def test_a_world_on_the_1_km_grid_is_planned_in_bounded_tables_south_to_north():
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
     assert peak < 64 << 20  # not the 3.8 GiB of listing every cell
-    assert all(len(table) <= BAND_CELLS for table in first)
+    assert [len(table) for table in first] == [TABLE_CELLS] * 3
     rows = np.concatenate([table.grid_row_u.to_numpy() for table in first])
     assert (np.diff(rows) >= 0).all() and rows[0] == grid.row_u[0]
 
@@ -169,7 +173,7 @@ def test_planning_holds_one_table_of_cells_at_a_time_whatever_the_plan_size(tmp_
                 yield table
 
         tracemalloc.start()
-        target = write_plan(watched(plan_bands(recipe({"bbox": bbox}, distance_km=1), band_cells=500)), tmp_path / "p")
+        target = write_plan(watched(plan_bands(recipe({"bbox": bbox}, distance_km=1), 1000, 500)), tmp_path / "p")
         peak = tracemalloc.get_traced_memory()[1]
         tracemalloc.stop()
         return pq.ParquetFile(target).metadata.num_rows, most[0], peak
@@ -179,17 +183,34 @@ def test_planning_holds_one_table_of_cells_at_a_time_whatever_the_plan_size(tmp_
     assert large > 3 * small > 1_500
     assert small_held == large_held == 1  # the one written while the next is made
     assert large_peak < 1.5 * small_peak  # four times the cells, the same memory
-    equator = list(plan_bands(recipe({"bbox": [0.0, 0.0, 30.0, 0.005]}, distance_km=1), band_cells=500))
+    equator = list(plan_bands(recipe({"bbox": [0.0, 0.0, 30.0, 0.005]}, distance_km=1), table_cells=500))
     assert len(pd.concat(equator).grid_row_u.unique()) == 1  # one grid row of 3,300 cells, in tables of 500
     assert [len(table) for table in equator[:-1]] == [500] * (len(equator) - 1) and len(equator) > 6
 
 
 def test_write_plan_streams_bands_into_one_geoparquet(tmp_path):
     r = recipe({"bbox": [14.0, 40.6, 14.5, 41.0]}, distance_km=1)
-    target = write_plan(plan_bands(r, band_cells=500), tmp_path / "plan.parquet")
+    target = write_plan(plan_bands(r, table_cells=500), tmp_path / "plan.parquet")
     assert pq.ParquetFile(target).num_row_groups > 1
     written, whole = gpd.read_parquet(target), plan(r)
     assert written.crs.to_epsg() == 4326 and written.grid_cell.tolist() == whole.grid_cell.tolist()
     assert written.geometry.geom_equals(whole.geometry).all()
     empty = write_plan(plan_bands(recipe({"bbox": [0, 88, 1, 89]})), tmp_path / "none.parquet")  # beyond the grid
     assert gpd.read_parquet(empty).empty
+
+
+def test_a_plan_file_is_found_in_few_bands_and_written_the_same_whatever_the_band_size(tmp_path, monkeypatch):
+    coast = shapely.Polygon([(14.0, 40.6), (14.9, 40.7), (14.7, 41.1), (14.2, 41.0)])
+    coast = coast.difference(shapely.Point(14.4, 40.8).buffer(0.1))  # a bay
+    gpd.GeoDataFrame(geometry=[coast, shapely.box(15.2, 40.9, 15.3, 41.0)], crs=4326).to_file(tmp_path / "aoi.gpkg")
+    r = recipe({"file": "aoi.gpkg"}, base_dir=tmp_path, distance_km=1)
+    calls = []
+    monkeypatch.setattr(plan_module, "geometry_cells", lambda *a, **k: calls.append(1) or geometry_cells(*a, **k))
+    written = {}
+    for band_cells in (300, 3000):
+        calls.clear()
+        target = write_plan(plan_bands(r, band_cells=band_cells, table_cells=500), tmp_path / f"{band_cells}.parquet")
+        written[band_cells] = (len(calls), pq.ParquetFile(target).metadata.num_rows, Path(target).read_bytes())
+    (small_calls, cells, small_file), (large_calls, _, large_file) = written[300], written[3000]
+    assert cells > 2_000 and small_calls > 4 * large_calls > 1  # the AOI's parts walked in far fewer bands
+    assert small_file == large_file  # the same tables, the same row groups, byte for byte

@@ -13,13 +13,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from eo_etl.grid import get_grid
+from eo_etl.grid.table import cells_frame
+from eo_etl.pipeline import transforms
 from eo_etl.pipeline.shards import Positions, ShardTask, index_records, settle, shard_members, stored_statistics
 from eo_etl.pipeline.state import BuildState, ShardEntry
 from eo_etl.pipeline.transforms import shard_tasks
+from eo_etl.plan import PLAN_NAME, write_plan
 from eo_etl.recipe import load_recipe
 from eo_etl.sample import FAILED, OK, REJECTED
 from eo_etl.sources.patch import NO_SCENE, NO_SCENE_IN_SLICE
 from eo_etl.store.index_row import IndexRow
+from eo_etl.store.location import Location
 from eo_etl.store.zarr import BandStatistics
 from tests.datasets import place_sample
 
@@ -141,7 +146,6 @@ def test_the_state_records_ranges_of_cells_and_reads_them_back_in_order(tmp_path
     back = state.records()
     assert back == records  # the rows as staged, times datetimes again (not their text)
     assert state.range_records(1, "s2", 2, 3)[0].status == FAILED and state.range_records(1, "s2", 3, 4) == []
-    assert state.done_cells(1, "s2") == {samples[0].cell, samples[1].cell}  # failed cells are tried again
     with state.range_pixels(1, "s2", 0, 2) as staged:
         assert sorted(staged) == sorted(s.cell for s in samples[:2])
         np.testing.assert_array_equal(staged[samples[0].cell], samples[0].pixels)
@@ -254,3 +258,27 @@ def test_the_state_stages_a_sample_as_its_row_and_lists_every_versions_records_i
         (1, "s1", samples[0].cell), (1, "s2", samples[0].cell), (1, "s2", samples[2].cell),
         (2, "s2", samples[1].cell)]  # fmt: skip
     assert state.records()[1] == staged[0]  # the row as staged, typed again
+
+
+def test_a_worker_settles_each_range_once_however_many_shards_ask_for_it(tmp_path, monkeypatch):
+    plan = cells_frame(get_grid(), [454] * len(CELLS), range(120, 120 + len(CELLS)))
+    write_plan(plan, tmp_path / PLAN_NAME)
+    state = BuildState(tmp_path)
+    version = state.open_version(recipe())
+    names = plan.grid_cell.tolist()
+    for first, stop in RANGES:
+        state.stage_range(version, "s2", first, stop, [record(cell, version) for cell in names[first:stop]])
+    calls = []
+    monkeypatch.setattr(transforms, "settle", lambda *args: calls.append(args) or settle(*args))
+    reader = transforms.RangeReader(Location(tmp_path))
+    positions = Positions.of({("s2", version, first, stop): stop - first for first, stop in RANGES})
+    keys = [key for task in shard_tasks(positions, recipe(shard_size=1)) for key, _, _ in task.slices]
+    assert len(keys) == len(CELLS)  # a shard per sample: a range of two cells is asked for by two shards
+    # what a worker did before: settle the range for every shard that asks
+    before = [next(p for p in reader.settle(s, first, stop) if p.version == v) for s, v, first, stop in keys]
+    assert len(calls) == len(keys)
+    calls.clear()
+    after = [reader.part(key) for key in keys]
+    assert len(calls) == len(RANGES)  # once a range
+    assert after == before and [len(part.stored) for part in after] == [2, 2, 2, 2, 1]
+    assert [part.records[0].grid_cell for part in after] == [names[0], names[0], names[2], names[2], names[4]]

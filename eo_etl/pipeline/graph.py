@@ -18,9 +18,11 @@ state is skipped where it runs: cells finished before (by range), shards already
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import apache_beam as beam
 
-from eo_etl.pipeline.shards import Positions
+from eo_etl.pipeline.shards import Positions, ShardTask
 from eo_etl.pipeline.transforms import (
     AcquireRange,
     CheckShard,
@@ -92,22 +94,28 @@ class FinishAt(beam.PTransform):
         """Write the index's parts from the positions; finish once the shards are written too."""
         positions, shards_done = inputs
         recipe, root = self.recipe, self.root
-        sources = [source.name for source in recipe.sources]  # the index: every source's rows
         at = beam.pvalue.AsSingleton(positions)
         parts = (
             positions
-            | "ranges" >> beam.FlatMap(_ranges_of_plan, sources, root, recipe.runner.workers)
+            | "ranges" >> beam.FlatMap(_index_ranges, recipe, root, recipe.runner.workers)
             | "spread index" >> beam.Reshuffle()
             | "index parts" >> beam.ParDo(WriteIndexPart(recipe, root), at)
         )
-        return shards_done | "finish" >> beam.Map(_finish, recipe, root, at, beam.pvalue.AsList(parts))
+        return shards_done | "finish" >> beam.Map(finished, recipe, root, at, beam.pvalue.AsList(parts))
 
 
-def _ranges_of_plan(_positions, sources: list[str], root: Location, workers: int):
-    return ranges_of_plan(sources, root, workers)
+def index_ranges(recipe: Recipe, root: Location, workers: int) -> list[tuple[str, int, int]]:
+    """The elements the index's parts are written from: ranges of plan rows of every source (the index holds
+    every source's rows)."""
+    return ranges_of_plan([source.name for source in recipe.sources], root, workers)
 
 
-def _finish(shards_done, recipe: Recipe, root: Location, positions: Positions, parts: list) -> str:
+def _index_ranges(_positions, recipe: Recipe, root: Location, workers: int):
+    return index_ranges(recipe, root, workers)
+
+
+def finished(shards_done, recipe: Recipe, root: Location, positions: Positions, parts: list) -> str:
+    """The closing writes (``finish``) once the shards and the index's ``parts`` are written; the dataset's root."""
     finish(shards_done, recipe, root, positions, parts)
     return str(root.native)
 
@@ -131,7 +139,7 @@ class WriteShardsAt(beam.PTransform):
         opened = (
             pending
             | "by source" >> beam.Map(lambda task: (task.source, task))
-            | "first to write" >> beam.CombinePerKey(lambda tasks: min(tasks, key=lambda task: task.k))
+            | "first to write" >> beam.CombinePerKey(first_to_write)
             | "open stores" >> beam.Map(open_store, recipe, root, beam.pvalue.AsSingleton(positions))
         )
         return (
@@ -140,3 +148,8 @@ class WriteShardsAt(beam.PTransform):
             | "write shards" >> beam.ParDo(WriteShard(recipe, root), beam.pvalue.AsList(opened))
             | "all shards written" >> beam.combiners.Count.Globally()
         )
+
+
+def first_to_write(tasks: Iterable[ShardTask]) -> ShardTask:
+    """Of a source's shards to write, the one that opens its store (shaped like its first sample): the first."""
+    return min(tasks, key=lambda task: task.k)

@@ -39,7 +39,7 @@ from pathlib import Path
 import numpy as np
 
 from eo_etl.recipe import Recipe
-from eo_etl.sample import FAILED, OK, Sample
+from eo_etl.sample import OK, Sample
 from eo_etl.store.index_row import STAGED_COLUMNS, IndexRow
 from eo_etl.store.location import Location, read_each
 from eo_etl.store.zarr import BandStatistics
@@ -218,15 +218,9 @@ class BuildState:
     def remove_index_parts(self) -> None:
         (self.dir / "index").remove(recursive=True)
 
-    def done_cells(self, version: int, source: str) -> set[str]:
-        """Cells of ``source`` this version has finished; a cell with a failed sample (one of its time slices) is
-        tried again whole."""
-        paths = (self._version_dir(version) / "samples" / source).glob(f"{RANGE_PREFIX}*.json")
-        records = [record for data in read_each(paths) for record in _parse_records(data)]
-        return {r.grid_cell for r in records} - {r.grid_cell for r in records if r.status == FAILED}
-
     def records(self) -> list[IndexRow]:
-        """Every finished cell's record, all versions, in version, source and plan order (one read per range)."""
+        """Every finished cell's record, all versions, in version, source and plan order (one read per range): the
+        whole state read back, for tests and inspection; the build reads it a range at a time (``range_records``)."""
         paths = (self.dir / "versions").glob(f"*/samples/*/{RANGE_PREFIX}*.json")
         return [record for data in read_each(paths) for record in _parse_records(data)]
 

@@ -3,6 +3,7 @@ readers, thread pools, the store) open once per worker in ``setup``. Counters go
 
 from __future__ import annotations
 
+import functools
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import ExitStack
@@ -165,12 +166,17 @@ def count_outcome(sample: Sample) -> None:
 class RangeReader:
     """A worker's view of the build's ranges: the plan's rows and every version's records of a range, settled."""
 
+    PARTS_KEPT = 64  # ranges settled and kept for ``part``: a shard's, and its neighbours' (they share edge ranges)
+
     def __init__(self, root: Location):
         self.root = Location.of(root)
         self.state = BuildState(self.root)
         self.plan = PlanReader(self.root / PLAN_NAME)
         self.rows = plan_length(self.root / PLAN_NAME)
         self.versions = self.state.version_numbers()
+        # once the ranges are recorded, a range settles the same every time: settled once per worker, though every
+        # shard it spans (a range of 64 cells fills several small shards) asks for its part
+        self._settled = functools.lru_cache(maxsize=self.PARTS_KEPT)(self.settle)
 
     def order(self, first: int, stop: int) -> dict[str, int]:
         return {cell: first + i for i, cell in enumerate(self.plan.rows(first, stop)["grid_cell"])}
@@ -187,8 +193,9 @@ class RangeReader:
         return settle(by_version, self.order(first, stop) if order is None else order)
 
     def part(self, key: RangeKey) -> Settled:
+        """One version's part of a recorded range, settled (read-only: it is kept for the next call)."""
         source, version, first, stop = key
-        return next(part for part in self.settle(source, first, stop) if part.version == version)
+        return next(part for part in self._settled(source, first, stop) if part.version == version)
 
 
 def shard_tasks(positions: Positions, recipe: Recipe) -> Iterator[ShardTask]:

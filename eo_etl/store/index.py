@@ -28,9 +28,8 @@ from eo_etl.store.location import Location
 INDEX_NAME = "index.parquet"
 
 TIME_COLUMNS = ("timestamp", "slice_start", "slice_end")
-_TEXT = pa.string()
 _GAPPED_INTEGERS = [field.name for field in INDEX_SCHEMA if pa.types.is_integer(field.type) and field.nullable]
-_TEXT_COLUMNS = [field.name for field in INDEX_SCHEMA if field.type == _TEXT]
+_TEXT_COLUMNS = [field.name for field in INDEX_SCHEMA if pa.types.is_string(field.type)]
 _FRAME_COLUMNS = [name for name in INDEX_SCHEMA.names if name not in ("geometry", "bbox")]  # the frame makes those
 
 

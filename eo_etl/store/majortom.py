@@ -224,14 +224,20 @@ def metadata_table(index: pd.DataFrame, source: str, shard_size: int) -> pa.Tabl
 
 
 # what metadata_table reads of the index
-INDEX_COLUMNS = ["source", "zarr_index", *(name for name in METADATA_SCHEMA.names if not name.startswith("parquet_"))]
+METADATA_INDEX_COLUMNS = [
+    "source",
+    "zarr_index",
+    *(name for name in METADATA_SCHEMA.names if not name.startswith("parquet_")),
+]
 
 
 def write_metadata(folder: Location, index: Index, source: str, shard_size: int, batch_size: int | None = None):
     """``folder/metadata.parquet`` from the index (in memory, or where it is written), read ``batch_size`` rows and
     the columns it needs at a time, and put in store order; parts past the last shard (a store that shrank)
     removed."""
-    pieces = [metadata_table(rows, source, shard_size) for rows in index_batches(index, INDEX_COLUMNS, batch_size)]
+    pieces = [
+        metadata_table(rows, source, shard_size) for rows in index_batches(index, METADATA_INDEX_COLUMNS, batch_size)
+    ]
     table = pa.concat_tables(pieces) if pieces else METADATA_SCHEMA.empty_table()
     # store order across the batches: by part, then row (a position's two halves)
     parts = [part_number(url.rsplit("/", 1)[-1]) for url in table["parquet_url"].to_pylist()]

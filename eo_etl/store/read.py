@@ -14,10 +14,7 @@ from eo_etl.stages.core import STAGE_NAME
 from eo_etl.store.index import INDEX_NAME
 from eo_etl.store.index_row import IndexRow
 from eo_etl.store.series import cell_series, position_grid
-from eo_etl.store.zarr import STORE_NAME, quiet_consolidated
-
-# Index columns that describe a stored sample, attached to open_dataset's sample dimension.
-SAMPLE_COLUMNS = ("product_id", "cloud_cover", "nodata", "processing_baseline", "crs")
+from eo_etl.store.zarr import INDEX_COLUMNS, STORE_NAME, quiet_consolidated
 
 
 def join_path(root: str, *parts: str) -> str:
@@ -95,7 +92,7 @@ def open_dataset(
     except (KeyError, FileNotFoundError):
         choose_source(root, source, sources(root, storage_options))
         raise
-    missing = [column for column in SAMPLE_COLUMNS if column not in dataset.coords]  # stores before format 3
+    missing = [column for column in INDEX_COLUMNS if column not in dataset.coords]  # stores before format 3
     if not missing and not stages and not time_series:
         return dataset
     rows = stored_rows(read_index(root, storage_options), source)
