@@ -129,6 +129,19 @@ def test_rewriting_the_same_samples_skips_complete_shards_and_changes_no_byte(tm
     assert tree_bytes(tmp_path / "pixels.zarr") == before
 
 
+def test_a_shard_of_samples_all_nodata_is_written_whole_and_kept_on_rewrite(tmp_path):
+    samples = sentinel2_samples(4)
+    for sample in samples[2:]:
+        sample.pixels[:] = 0  # nothing but nodata (the fill value): zarr would leave such chunks out by default
+    write(tmp_path / "pixels.zarr", samples, shard_size=2)
+    shards = sorted(p.name for p in (tmp_path / "pixels.zarr/s2/pixels/c").iterdir())
+    assert shards == ["0", "1"]  # the empty shard exists, so it reads as complete
+    writer = ZarrWriter(tmp_path / "pixels.zarr", "s2", PixelLayout.of(samples[0]), capacity=4, shard_size=2)
+    assert writer.write_shard(1, samples[2:]) is False
+    pixels = zarr.open_array(tmp_path / "pixels.zarr", path="s2/pixels", mode="r")
+    np.testing.assert_array_equal(pixels[:], np.stack([s.pixels for s in samples]))
+
+
 def test_a_sample_of_another_shape_or_band_set_is_refused(tmp_path):
     samples = sentinel2_samples(2)
     writer = ZarrWriter(tmp_path / "p.zarr", "s2", PixelLayout.of(samples[0]), capacity=4, shard_size=2)
