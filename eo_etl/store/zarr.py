@@ -26,10 +26,13 @@ statistics of the valid pixels (for normalisation) are in the group's ``band_sta
 
 Layout choice (format 4), measured in ``bench/store.py``: a shard costs two files, its pixels and its
 ``records`` chunk, not one file per coordinate (format 3 wrote 17 small coordinate files a shard: a shard cost
-up to 1.5× bare zarr-python's on small samples; now 1.1–1.25× its CPU, the band statistics included).
+up to 1.5× bare zarr-python's on small samples). The pixels are written with ``write_empty_chunks`` (no scan of
+each chunk for the fill value): a shard, the band statistics and its record included, now costs about what bare
+zarr-python's default pixel write costs.
 ``close`` writes the coordinate arrays once, from the records, in chunks of many shards (``coordinate_chunk``),
 so ``open_zarr`` reads a coordinate in a few requests, not one per shard. That close is a fixed cost per store
-(17 array creations, the consolidated metadata: ~0.1 s of CPU), which weighs on a small store only. Rejected:
+(17 array creations and their chunks, the consolidated metadata: ~0.1 s of CPU, nearly all of it file
+creations), which weighs on a small store only. Rejected:
 zarr's sharding for the coordinates (still an object per array per shard); coordinates from the index at the
 end (the writer could no longer tell by itself which samples a shard holds). Until ``close`` the group has
 pixels and records only: readers open closed stores (a dataset is finished once its index exists).
