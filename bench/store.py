@@ -5,8 +5,9 @@ Prints:
   16 samples a shard; ``open_dataset`` to read) against bare zarr-python writing and reading the same pixels
   with the same codecs and shards, in the same run (medians of interleaved runs), and the ratio (target
   ≤ 1.2×); the CPU of our open, shards and close (open and close are per store, so they weigh less as a
-  store grows); bare zarr-python writing the pixels and 17 per-sample arrays a shard at a time (the layout
-  before format 4, which wrote 18 files a shard);
+  store grows); bare zarr-python with our pixel array's runtime config (``write_empty_chunks``: no scan of each
+  chunk for the fill value), to show what that setting alone buys; bare zarr-python writing the pixels and 17
+  per-sample arrays a shard at a time (the layout before format 4, which wrote 18 files a shard);
   96 samples of 6 × 192 × 192 px cut at scattered places of the scene, then 32 of 528 × 528 px (the scene
   tiled);
 - compression against quality for the same 6 non-overlapping 100 × 100 px samples (the scene tiled
@@ -46,7 +47,15 @@ from eo_etl.demo import S2_EPSG, sentinel2_bands  # noqa: E402
 from eo_etl.sample import Sample  # noqa: E402
 from eo_etl.store.read import open_dataset  # noqa: E402
 from eo_etl.store.video import VideoOptions, band_summary, write_cube  # noqa: E402
-from eo_etl.store.zarr import COMPRESSOR, STORE_NAME, PixelLayout, ZarrWriter, _coordinates, _records  # noqa: E402
+from eo_etl.store.zarr import (  # noqa: E402
+    COMPRESSOR,
+    PIXEL_CONFIG,
+    STORE_NAME,
+    PixelLayout,
+    ZarrWriter,
+    _coordinates,
+    _records,
+)
 
 BANDS = ("B02", "B03", "B04", "B08", "B11", "B12")
 SERIES_BANDS = ("b3", "b4", "b5")  # Landsat 5/7 red, near infrared, shortwave infrared 1
@@ -137,12 +146,13 @@ def throughput(stack: np.ndarray, origin: Affine, folder: Path, size: int = 192,
         for phase, start, end in zip(phases, cpu, cpu[1:]):
             phases[phase].append(end - start)
 
-    def write_bare(every_array: bool = False):
+    def write_bare(every_array: bool = False, config: dict | None = None):
         """zarr-python alone: the pixel array with the same codecs and shards (and, with ``every_array``, the
-        same per-sample arrays with the same chunks), a shard at a time."""
+        same per-sample arrays with the same chunks; with ``config``, that runtime setting), a shard at a time."""
         group = zarr.open_group(folder / "bare", mode="w", zarr_format=3)
         pixels = group.create_array("pixels", shape=shape, dtype="uint16", chunks=(1, *shape[1:]),
-                                    shards=(SHARD, *shape[1:]), compressors=COMPRESSOR, fill_value=0)  # fmt: skip
+                                    shards=(SHARD, *shape[1:]), compressors=COMPRESSOR, fill_value=0,
+                                    config=config)  # fmt: skip
         others = {}
         if every_array:
             for name, values in coordinates[0].items():
@@ -163,8 +173,10 @@ def throughput(stack: np.ndarray, origin: Affine, folder: Path, size: int = 192,
         return zarr.open_array(folder / "ours" / STORE_NAME, path="s2/pixels", mode="r")[:]
 
     writes = medians(
-        {"ours": write_ours, "bare": write_bare, "bare, every array": lambda: write_bare(True)}, before=remove_written
-    )
+        {"ours": write_ours, "bare": write_bare, "bare, every array": lambda: write_bare(True),
+         "bare, ours' config": lambda: write_bare(config=PIXEL_CONFIG)},
+        before=remove_written,
+    )  # fmt: skip
     write_ours()
     write_bare()
     assert np.array_equal(read_ours(), np.stack([s.pixels for s in samples]))
@@ -181,6 +193,9 @@ def throughput(stack: np.ndarray, origin: Affine, folder: Path, size: int = 192,
     print(f"         ours' CPU: open {cpu['open']:.0f} ms, {len(shards)} shards {cpu['shards']:.0f} ms (statistics "
           f"included), close {cpu['close']:.0f} ms (coordinate arrays, consolidated metadata); bare's CPU "
           f"{bare_cpu:.0f} ms: shards alone {cpu['shards'] / bare_cpu:.2f}×")  # fmt: skip
+    tuned = writes["bare, ours' config"]
+    print(f"         bare zarr-python with our pixel array's runtime config {PIXEL_CONFIG} "
+          f"{megabytes / tuned[0]:6.1f} MB/s → {_ratios(writes['ours'], tuned)}")  # fmt: skip
     every = writes["bare, every array"]
     print(f"         bare zarr-python writing pixels and {len(coordinates[0])} per-sample arrays a shard at a time "
           f"(our format 3 layout) {megabytes / every[0]:6.1f} MB/s → {_ratios(writes['ours'], every)}")  # fmt: skip

@@ -93,6 +93,18 @@ def test_plain_xarray_and_rioxarray_find_each_samples_crs_transform_and_index_co
     assert eo_etl.sample_array(ds, 0).rio.crs.to_epsg() == 32719
 
 
+def test_closing_again_over_samples_of_two_zones_drops_the_earlier_grid_mapping(tmp_path):
+    samples = sentinel2_samples(4)
+    write(tmp_path / "pixels.zarr", samples, shard_size=2)
+    assert xr.open_zarr(tmp_path / "pixels.zarr", group="s2").pixels.attrs["grid_mapping"] == "spatial_ref"
+    samples[3].crs, samples[3].cell = "EPSG:32720", "5330D_5050L"
+    write(tmp_path / "pixels.zarr", samples, shard_size=2)  # resumed: the second shard rewritten, closed again
+    ds = xr.open_zarr(tmp_path / "pixels.zarr", group="s2")
+    assert "spatial_ref" not in ds.variables and "grid_mapping" not in ds.pixels.attrs
+    assert list(ds.epsg.values) == [32719, 32719, 32719, 32720] and list(ds.sample.values)[3] == "5330D_5050L"
+    assert ds.pixels.shape[0] == 4  # the trim to 4 samples kept though the store was grown to 9 on reopening
+
+
 def test_band_statistics_are_those_of_the_valid_pixels(tmp_path):
     samples = sentinel2_samples(5)
     samples[0].pixels[:, :8] = 0  # nodata rows, left out of the statistics
@@ -127,6 +139,19 @@ def test_rewriting_the_same_samples_skips_complete_shards_and_changes_no_byte(tm
     assert [writer.write_shard(k, samples[2 * k : 2 * k + 2]) for k in range(3)] == [False, False, False]
     writer.close(5)
     assert tree_bytes(tmp_path / "pixels.zarr") == before
+
+
+def test_a_shard_of_samples_all_nodata_is_written_whole_and_kept_on_rewrite(tmp_path):
+    samples = sentinel2_samples(4)
+    for sample in samples[2:]:
+        sample.pixels[:] = 0  # nothing but nodata (the fill value): zarr would leave such chunks out by default
+    write(tmp_path / "pixels.zarr", samples, shard_size=2)
+    shards = sorted(p.name for p in (tmp_path / "pixels.zarr/s2/pixels/c").iterdir())
+    assert shards == ["0", "1"]  # the empty shard exists, so it reads as complete
+    writer = ZarrWriter(tmp_path / "pixels.zarr", "s2", PixelLayout.of(samples[0]), capacity=4, shard_size=2)
+    assert writer.write_shard(1, samples[2:]) is False
+    pixels = zarr.open_array(tmp_path / "pixels.zarr", path="s2/pixels", mode="r")
+    np.testing.assert_array_equal(pixels[:], np.stack([s.pixels for s in samples]))
 
 
 def test_a_sample_of_another_shape_or_band_set_is_refused(tmp_path):

@@ -26,10 +26,13 @@ statistics of the valid pixels (for normalisation) are in the group's ``band_sta
 
 Layout choice (format 4), measured in ``bench/store.py``: a shard costs two files, its pixels and its
 ``records`` chunk, not one file per coordinate (format 3 wrote 17 small coordinate files a shard: a shard cost
-up to 1.5× bare zarr-python's on small samples; now 1.1–1.25× its CPU, the band statistics included).
+up to 1.5× bare zarr-python's on small samples). The pixels are written with ``write_empty_chunks`` (no scan of
+each chunk for the fill value): a shard, the band statistics and its record included, now costs about what bare
+zarr-python's default pixel write costs.
 ``close`` writes the coordinate arrays once, from the records, in chunks of many shards (``coordinate_chunk``),
 so ``open_zarr`` reads a coordinate in a few requests, not one per shard. That close is a fixed cost per store
-(17 array creations, the consolidated metadata: ~0.1 s of CPU), which weighs on a small store only. Rejected:
+(17 array creations and their chunks, the consolidated metadata: ~0.1 s of CPU, nearly all of it file
+creations), which weighs on a small store only. Rejected:
 zarr's sharding for the coordinates (still an object per array per shard); coordinates from the index at the
 end (the writer could no longer tell by itself which samples a shard holds). Until ``close`` the group has
 pixels and records only: readers open closed stores (a dataset is finished once its index exists).
@@ -47,7 +50,6 @@ import json
 import math
 import warnings
 from collections.abc import Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -66,6 +68,9 @@ COMPRESSOR = BloscCodec(cname="zstd", clevel=3, shuffle="bitshuffle")  # level 5
 EPOCH_UNITS = "milliseconds since 1970-01-01T00:00:00"
 FORMAT_VERSION = 4  # 2: scale and offset per sample; 3: the index's sample columns, CF grid mapping;
 # 4: per-shard records, coordinates written at close
+# Every chunk written, nodata-only ones too: zarr otherwise compares each chunk to the fill value before encoding
+# (a pass over the pixels), and leaves out a shard of nodata-only samples, which then never reads as complete.
+PIXEL_CONFIG = {"write_empty_chunks": True}
 RECORDS = "records"  # the subgroup of the shards' records (xarray shows a group's arrays, not its subgroups)
 COORDINATE_CHUNK_BYTES = 4 << 20  # a chunk of the widest coordinate (x, y: 8 bytes a pixel column) at most
 
@@ -236,7 +241,7 @@ class ZarrWriter:
             _remove_partial_files(f"{self.root}/{source}")  # this source's group only: the others have their writers
         self._group = sync(self._open(capacity, storage_options))
         self.group = zarr.Group(self._group)
-        self.pixels = self.group["pixels"]  # looked up once: each lookup asks the store
+        self.pixels = self.group["pixels"].with_config(PIXEL_CONFIG)  # looked up once: each lookup asks the store
         self.records = self.group[f"{RECORDS}/sample"]
         self.statistics = BandStatistics(layout.bands, layout.dtype, layout.nodata)
 
@@ -305,15 +310,15 @@ class ZarrWriter:
         for sample in samples:
             self.layout.check(sample)
         pixels = np.stack([sample.pixels for sample in samples])
+        # counted here, not beside zarr's compression in a side thread: that shortens the wall time on idle cores
+        # but costs ~8% more CPU a shard (bench/store.py), and a worker of a build has no idle core to spare
+        self.statistics.add(pixels)
         start = k * self.shard_size
         rows = slice(start, start + len(samples))
         records = _records(samples)
-        with ThreadPoolExecutor(1) as counter:  # the statistics are counted while zarr compresses and writes
-            counted = counter.submit(self.statistics.add, pixels)
-            kept = self.shard_complete(k) and np.array_equal(self.records[rows], records)
-            if not kept:
-                sync(self._write(rows, records, pixels))
-            counted.result()
+        kept = self.shard_complete(k) and np.array_equal(self.records[rows], records)
+        if not kept:
+            sync(self._write(rows, records, pixels))
         return not kept
 
     async def _write(self, rows: slice, records: np.ndarray, pixels: np.ndarray) -> None:
@@ -327,14 +332,15 @@ class ZarrWriter:
         widest = 8 * max(self.layout.width, self.layout.height, len(self.layout.bands))
         return max(1, min(count, COORDINATE_CHUNK_BYTES // widest))
 
-    async def _write_coordinates(self, count: int) -> set[int]:
+    async def _write_coordinates(self, count: int, existing: set[str]) -> set[int]:
         """Every coordinate array at ``count`` samples, from the records, a chunk of samples at a time (bounded
-        memory however many there are); the EPSG codes of the samples."""
+        memory however many there are); the EPSG codes of the samples. ``existing``: the group's members (only
+        those are overwritten: an overwrite first deletes, a walk of the folder)."""
         chunk = self.coordinate_chunk(count)
         group, specs = self._group, _coordinate_specs(self.layout)
         arrays = await asyncio.gather(*(
             group.create_array(name, shape=(count, *other[1:]), dtype=dtype, chunks=(chunk, *other[1:]),
-                               dimension_names=("sample", *other[:1]), attributes=attrs, overwrite=True)
+                               dimension_names=("sample", *other[:1]), attributes=attrs, overwrite=name in existing)
             for name, (dtype, other, attrs) in specs.items()
         ))  # fmt: skip
         records = await (await group.getitem(RECORDS)).getitem("sample")  # as resized (a handle keeps its shape)
@@ -346,20 +352,24 @@ class ZarrWriter:
             await asyncio.gather(*(array.setitem(rows, values[name]) for name, array in zip(specs, arrays)))
         return zones
 
-    def _grid_mapping(self, zones: set[int]) -> None:
+    async def _grid_mapping(self, zones: set[int], existing: set[str]) -> None:
         """CF grid mapping (what rioxarray reads) when the samples share one CRS; none when zones differ."""
-        pixels = self.group["pixels"]  # fresh: writing attrs through a handle from before the resize undoes it
+        group = self._group
+        pixels = await group.getitem("pixels")  # fresh: writing attrs through a handle from before a resize undoes it
         if len(zones) == 1:
             crs = pyproj.CRS.from_epsg(zones.pop())
             attrs = {**crs.to_cf(), "spatial_ref": crs.to_wkt()}  # spatial_ref: GDAL's name, rioxarray reads it
-            self.group.create_array("spatial_ref", shape=(), dtype="int32", attributes=attrs, overwrite=True)
-            pixels.attrs.update(grid_mapping="spatial_ref", coordinates=" ".join([*SAMPLE_COORDINATES, "spatial_ref"]))
-        else:
-            if "spatial_ref" in self.group:
-                del self.group["spatial_ref"]
-            pixels.attrs.update(coordinates=" ".join(SAMPLE_COORDINATES))
-            if "grid_mapping" in pixels.attrs:
-                del pixels.attrs["grid_mapping"]
+            await asyncio.gather(
+                group.create_array("spatial_ref", shape=(), dtype="int32", attributes=attrs,
+                                   overwrite="spatial_ref" in existing),
+                pixels.update_attributes({"grid_mapping": "spatial_ref",
+                                          "coordinates": " ".join([*SAMPLE_COORDINATES, "spatial_ref"])}),
+            )  # fmt: skip
+            return
+        if "spatial_ref" in existing:
+            await group.delitem("spatial_ref")
+        pixels.metadata.attributes.pop("grid_mapping", None)  # written with the update below
+        await pixels.update_attributes({"coordinates": " ".join(SAMPLE_COORDINATES)})
 
     def empty_statistics(self) -> BandStatistics:
         """Statistics of this store's layout with nothing counted yet."""
@@ -373,13 +383,21 @@ class ZarrWriter:
     def close(self, count: int, statistics: BandStatistics | None = None) -> None:
         """Trim to ``count`` samples, write the coordinate arrays from the shards' records, record the statistics
         (``statistics``, else those of the shards this writer wrote), consolidate the metadata for quick opens."""
-        sync(_resize(self._group, count))
-        zones = sync(self._write_coordinates(count))
-        statistics = statistics or self.statistics
-        self.group.attrs.update({"band_statistics": statistics.as_dict(), "samples": count})
-        self._grid_mapping(zones)
+        sync(self._close(count, (statistics or self.statistics).as_dict()))
+
+    async def _close(self, count: int, band_statistics: dict) -> None:
+        """``close`` in one pass of zarr's event loop: the independent metadata writes concurrently."""
+        group = self._group
+        if self.pixels.shape[0] != count:  # pixels and records are created and resized together
+            await _resize(group, count)
+        existing = {name async for name in group.store_path.store.list_dir(group.path)}
+        zones = await self._write_coordinates(count, existing)
+        await asyncio.gather(
+            group.update_attributes({"band_statistics": band_statistics, "samples": count}),
+            self._grid_mapping(zones, existing),
+        )
         with quiet_consolidated():
-            zarr.consolidate_metadata(self.group.store)  # the store's root: pixels.zarr
+            await zarr.api.asynchronous.consolidate_metadata(group.store)  # the store's root: pixels.zarr
 
 
 @contextmanager
