@@ -193,8 +193,10 @@ def _cells_shown(plan: Location, planned: int) -> gpd.GeoDataFrame:
     if planned <= SHOWN_CELLS:
         return gpd.read_parquet(plan.url, storage_options=plan.storage_options)
     with plan.fs.open(plan.path, "rb") as file:
-        table = next(pq.ParquetFile(file).iter_batches(batch_size=SHOWN_CELLS))
-    return gpd.GeoDataFrame(table.to_pandas().drop(columns="geometry"))
+        source = pq.ParquetFile(file)
+        columns = [name for name in source.schema_arrow.names if name != "geometry"]  # not shown: not read
+        table = next(source.iter_batches(batch_size=SHOWN_CELLS, columns=columns))
+    return gpd.GeoDataFrame(table.to_pandas())
 
 
 def _samples_shown(index: Location) -> list[dict]:
