@@ -12,6 +12,7 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import geopandas as gpd
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from eo_etl.extras import require_extras
@@ -206,8 +207,15 @@ def _samples_shown(index: Location) -> list[dict]:
         source = pq.ParquetFile(file)
         if source.metadata.num_rows <= SHOWN_CELLS:
             return gpd.read_parquet(index.url, storage_options=index.storage_options).to_dict("records")
-        # one thread: decoding the columns of its first row group in the pool's threads left 6 MB more behind
-        return next(source.iter_batches(batch_size=SHOWN_CELLS, use_threads=False)).to_pandas().to_dict("records")
+        # a column at a time, in one thread: decoding every column of its first row group (16,384 rows) at once
+        # raised the driver's peak by 28 MB at 100 k cells (17 at 2 k); a column at a time, by 18 (15 at 2 k)
+        schema = source.schema_arrow
+        columns = [_first_rows(source, name) for name in schema.names]
+        return pa.RecordBatch.from_arrays(columns, schema=schema).to_pandas().to_dict("records")
+
+
+def _first_rows(source: pq.ParquetFile, column: str) -> pa.Array:
+    return next(source.iter_batches(batch_size=SHOWN_CELLS, columns=[column], use_threads=False)).column(0)
 
 
 def _outcomes(index: Location, version: int | None) -> tuple[Counter, Counter]:
