@@ -12,6 +12,7 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import geopandas as gpd
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from eo_etl.extras import require_extras
@@ -193,8 +194,10 @@ def _cells_shown(plan: Location, planned: int) -> gpd.GeoDataFrame:
     if planned <= SHOWN_CELLS:
         return gpd.read_parquet(plan.url, storage_options=plan.storage_options)
     with plan.fs.open(plan.path, "rb") as file:
-        table = next(pq.ParquetFile(file).iter_batches(batch_size=SHOWN_CELLS))
-    return gpd.GeoDataFrame(table.to_pandas().drop(columns="geometry"))
+        source = pq.ParquetFile(file)
+        columns = [name for name in source.schema_arrow.names if name != "geometry"]  # not shown: not read
+        table = next(source.iter_batches(batch_size=SHOWN_CELLS, columns=columns))
+    return gpd.GeoDataFrame(table.to_pandas())
 
 
 def _samples_shown(index: Location) -> list[dict]:
@@ -204,7 +207,15 @@ def _samples_shown(index: Location) -> list[dict]:
         source = pq.ParquetFile(file)
         if source.metadata.num_rows <= SHOWN_CELLS:
             return gpd.read_parquet(index.url, storage_options=index.storage_options).to_dict("records")
-        return next(source.iter_batches(batch_size=SHOWN_CELLS)).to_pandas().to_dict("records")
+        # a column at a time, in one thread: decoding every column of its first row group (16,384 rows) at once
+        # raised the driver's peak by 28 MB at 100 k cells (17 at 2 k); a column at a time, by 18 (15 at 2 k)
+        schema = source.schema_arrow
+        columns = [_first_rows(source, name) for name in schema.names]
+        return pa.RecordBatch.from_arrays(columns, schema=schema).to_pandas().to_dict("records")
+
+
+def _first_rows(source: pq.ParquetFile, column: str) -> pa.Array:
+    return next(source.iter_batches(batch_size=SHOWN_CELLS, columns=[column], use_threads=False)).column(0)
 
 
 def _outcomes(index: Location, version: int | None) -> tuple[Counter, Counter]:

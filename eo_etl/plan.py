@@ -3,8 +3,9 @@
 A plan of any size is made in bounded memory: the cells are found in bands of whole grid rows, south to north,
 of about ``BAND_CELLS`` cells each, and made into tables of at most ``TABLE_CELLS`` rows, each written as it comes
 (a world on the 1 km grid is 509 M cells, a legitimate plan; a build takes at most ``MAX_CELLS`` of them, and says
-so before it lists any). What the driver holds while planning is one such table and one band's cells (a grid row
-more at most), whatever the plan's size.
+so before it lists any), joined into row groups of ``PLAN_ROW_GROUP`` rows. What the driver holds while planning
+is one such table, one row group's Arrow columns and one band's cells (see ``BAND_CELLS``), whatever the plan's
+size.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from pathlib import Path
 import geopandas as gpd
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pyarrow.parquet as pq
 import shapely
 from geopandas.io.arrow import _geopandas_to_arrow
@@ -31,12 +33,15 @@ from eo_etl.store.location import Location
 
 PLAN_NAME = "plan.parquet"  # the plan beside a dataset: its cells, the rows the build's workers read
 # cells made into a table at once: their names, polygons and footprints take about 1.5 kB a cell at the peak (GEOS
-# and pyarrow's buffers included), so ~12 MB; and one row group of the plan, which workers read by ranges
-TABLE_CELLS = PLAN_ROW_GROUP
+# and pyarrow's buffers included), so ~3 MB. A quarter of the plan's row group (PLAN_ROW_GROUP, which workers read
+# by ranges; write_plan joins the tables into them): the driver's peak stops growing at 2 k cells (at 8 k, a table a
+# row group, it grew by 25 MB from 1 k to 8 k cells), for 4 % more planning time
+TABLE_CELLS = 2048
 # cells found at once, in a band of grid rows: for an AOI file, a box per candidate cell of the band tested against
-# it, about 500 bytes a cell at the peak (16 of them the cell numbers kept), so ~32 MB (a grid row more at most,
-# 40,000 cells on the 1 km grid). Larger than a table: every band walks all the AOI's parts once.
-BAND_CELLS = 8 * TABLE_CELLS
+# it, about 500 bytes a cell at the peak (16 of them the cell numbers kept), so ~32 MB at most (a grid row more at
+# most, 40,000 cells on the 1 km grid): bounded, reached from ~65 k cells on. Larger than a table: every band walks
+# all the AOI's parts once (France at 1 km: 17 walks, not 135 in bands of 8,192).
+BAND_CELLS = 65_536
 
 
 def plan(recipe: Recipe) -> gpd.GeoDataFrame:
@@ -109,7 +114,7 @@ def write_plan(cells: gpd.GeoDataFrame | Iterable[gpd.GeoDataFrame], path: Locat
     target = Location.of(path)
     bands = [cells] if isinstance(cells, gpd.GeoDataFrame) else cells
     with target.staged_file() as partial:
-        writer = None
+        writer, pending = None, []
         for band in bands:
             table = _geopandas_to_arrow(band, index=False)
             if writer is None:
@@ -120,13 +125,27 @@ def write_plan(cells: gpd.GeoDataFrame | Iterable[gpd.GeoDataFrame], path: Locat
                     column.pop("bbox", None)
                 schema = table.schema.with_metadata({**table.schema.metadata, b"geo": json.dumps(geo).encode()})
                 writer = pq.ParquetWriter(partial, schema)
-            # small row groups: a worker reads the rows around its range of cells, not the band (plan_rows.py)
-            writer.write_table(table.replace_schema_metadata(schema.metadata), row_group_size=PLAN_ROW_GROUP)
+            pending.append(table.replace_schema_metadata(schema.metadata))
+            pending = _write_row_groups(writer, pending, whole=False)
+            pa.default_memory_pool().release_unused()  # mimalloc keeps freed pages: held, they grew to +25 MB
         if writer is None:  # no bands: an empty plan
             cells_frame(get_grid(), [], []).to_parquet(partial, index=False, row_group_size=PLAN_ROW_GROUP)
         else:
+            _write_row_groups(writer, pending, whole=True)
             writer.close()
     return target.native
+
+
+def _write_row_groups(writer: pq.ParquetWriter, tables: list[pa.Table], *, whole: bool) -> list[pa.Table]:
+    """The tables' rows written in row groups of ``PLAN_ROW_GROUP`` (small: a worker reads the rows around its range
+    of cells, not the plan: plan_rows.py); what is left for a whole row group, unless ``whole``: the rest."""
+    rows = sum(table.num_rows for table in tables)
+    cut = rows if whole else rows - rows % PLAN_ROW_GROUP
+    if not cut:
+        return tables
+    joined = pa.concat_tables(tables)
+    writer.write_table(joined.slice(0, cut), row_group_size=PLAN_ROW_GROUP)
+    return [joined.slice(cut)] if cut < rows else []
 
 
 def estimate_cells(grid: MajorTomGrid, aoi: Aoi) -> int:

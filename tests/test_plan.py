@@ -188,10 +188,13 @@ def test_planning_holds_one_table_of_cells_at_a_time_whatever_the_plan_size(tmp_
     assert [len(table) for table in equator[:-1]] == [500] * (len(equator) - 1) and len(equator) > 6
 
 
-def test_write_plan_streams_bands_into_one_geoparquet(tmp_path):
+def test_write_plan_streams_bands_into_one_geoparquet(tmp_path, monkeypatch):
+    monkeypatch.setattr(plan_module, "PLAN_ROW_GROUP", 700)  # tables of 500 joined into row groups of 700
     r = recipe({"bbox": [14.0, 40.6, 14.5, 41.0]}, distance_km=1)
     target = write_plan(plan_bands(r, table_cells=500), tmp_path / "plan.parquet")
-    assert pq.ParquetFile(target).num_row_groups > 1
+    meta = pq.ParquetFile(target).metadata
+    sizes = [meta.row_group(i).num_rows for i in range(meta.num_row_groups)]
+    assert len(sizes) > 1 and set(sizes[:-1]) == {700} and 0 < sizes[-1] <= 700
     written, whole = gpd.read_parquet(target), plan(r)
     assert written.crs.to_epsg() == 4326 and written.grid_cell.tolist() == whole.grid_cell.tolist()
     assert written.geometry.geom_equals(whole.geometry).all()

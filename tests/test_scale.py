@@ -10,13 +10,15 @@ from dataclasses import replace
 import apache_beam as beam
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
 
 import eo_etl.pipeline.index_parts
 import eo_etl.plan
 import eo_etl.store.index
-from eo_etl.build import build
+from eo_etl.build import SHOWN_CELLS, _cells_shown, _samples_shown, build
 from eo_etl.pipeline.graph import build_graph
 from eo_etl.pipeline.index_parts import grid_row, merge_parts, write_part
 from eo_etl.pipeline.plan_rows import PlanReader, plan_length, plan_ranges, range_size, work_ranges
@@ -181,3 +183,19 @@ def test_a_build_resumed_from_half_its_ranges_and_shards_equals_a_clean_one_byte
     assert file_digests(out) == file_digests(tmp_path / "clean" / "out")
     kept = [cell for path in samples.glob("*.npz") for cell in np.load(path).files]
     assert len(kept) < 16 + 2 * 2  # staged pixels let go once in full shards: a partial shard's and its ranges' left
+
+
+def test_the_report_shows_the_first_rows_of_a_large_index_and_plan_as_written(tmp_path):
+    rows = SHOWN_CELLS + 700  # past what a report shows: read column by column, the first rows only
+    table = pa.table({
+        "sample_id": [f"{i}U_1R.s2.20240601" for i in range(rows)], "version": np.arange(rows, dtype=np.int32),
+        "bands": [["B02", "B03"][: 1 + i % 2] for i in range(rows)],
+        "reason": [None if i % 3 else "cloudy" for i in range(rows)],
+        "bbox": [{"xmin": float(i), "ymax": i + 0.5} for i in range(rows)], "geometry": [b"\x01" * 5] * rows,
+    })  # fmt: skip
+    pq.write_table(table, tmp_path / "index.parquet", row_group_size=SHOWN_CELLS + 300)
+    shown = pd.DataFrame(_samples_shown(Location(tmp_path / "index.parquet")))
+    written = pd.read_parquet(tmp_path / "index.parquet").head(SHOWN_CELLS).to_dict("records")
+    pd.testing.assert_frame_equal(shown, pd.DataFrame(written))
+    cells = _cells_shown(Location(tmp_path / "index.parquet"), rows)
+    assert "geometry" not in cells and cells.sample_id.tolist() == table["sample_id"].to_pylist()[:SHOWN_CELLS]
