@@ -75,6 +75,9 @@ RESET, EMPTY, SLOW = "reset", "empty", "slow"  # faults that are not a status: a
 RANDOM_FAULTS = (503, 429, RESET, EMPTY, SLOW)
 
 
+STALL_MAX_S = 30.0  # how long a stalled answer waits at most (clients give up after 60 s)
+
+
 class Faults:
     """Planned failures by URL path: each request to a path takes the next fault from its list (then OK). A
     fault is a status, or RESET (the connection reset), EMPTY (closed without a reply) or SLOW (answered
@@ -86,6 +89,10 @@ class Faults:
         self.sent: dict[str, list[int | str]] = defaultdict(list)
         self.rate, self.seed, self.kinds, self.slow_s = rate, seed, tuple(kinds), slow_s
         self.delay_s = 0.0  # before every answer: a slow network
+        # cleared: every answer waits until it is set again (a stalled network), STALL_MAX_S at most, under the
+        # clients' timeout, so that a test can hold a build mid-run for as long as another step takes
+        self.flowing = threading.Event()
+        self.flowing.set()
         self.requests: list[tuple[float, str]] = []  # (monotonic time, path) of every request
         self.asked: Counter = Counter()  # (path, range) → times asked
         self.lock = threading.Lock()
@@ -119,6 +126,7 @@ def _answer_fault(handler: BaseHTTPRequestHandler, faults: Faults, key: str | No
     path = handler.path.split("?")[0]
     with faults.lock:
         faults.requests.append((time.monotonic(), path))
+    faults.flowing.wait(timeout=STALL_MAX_S)
     time.sleep(faults.delay_s)
     fault = faults.next(key or path, handler.headers.get("Range", ""))
     if fault is None:
