@@ -28,7 +28,6 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
-import zarr
 
 from eo_etl.recipe import Recipe
 from eo_etl.sample import Sample
@@ -37,7 +36,7 @@ from eo_etl.store.catalog import write_catalog
 from eo_etl.store.index_batches import Index, index_batches
 from eo_etl.store.index_row import SAMPLE_COLUMNS
 from eo_etl.store.location import Location
-from eo_etl.store.zarr import STORE_NAME, BandStatistics, PixelLayout, ZarrWriter, quiet_consolidated
+from eo_etl.store.zarr import STORE_NAME, BandStatistics, PixelLayout, ZarrWriter
 
 Root = Location | Path | str  # the dataset folder: a path or a URL
 PIXELS_AT_ONCE = 64 << 20  # bytes of consecutive samples' pixels an export reads back at once
@@ -150,25 +149,9 @@ def stored_samples(root: Location, source: str, index: Index, batch_size: int | 
     """``source``'s stored samples with their pixels, in the index's order, read a batch of index rows at a time (the
     columns a sample is made of) and the pixels of consecutive samples together, ``PIXELS_AT_ONCE`` bytes at most
     (a TACO orders its samples itself)."""
-    from eo_etl.store.read import join_path, sample_of, stored_rows  # reading the store back, only for exports
+    from eo_etl.store.read import samples_at, stored_pixels, stored_rows  # reading the store back, only for exports
 
-    with quiet_consolidated():
-        pixels = zarr.open_array(join_path(root.url, STORE_NAME, source, "pixels"), mode="r",
-                                 storage_options=root.storage_options)  # fmt: skip
+    pixels = stored_pixels(root.url, source, root.storage_options)
     most = max(1, PIXELS_AT_ONCE // (pixels.dtype.itemsize * math.prod(pixels.shape[1:])))
     for rows in index_batches(index, columns=[*SAMPLE_COLUMNS, "zarr_index"], batch_size=batch_size):
-        records = stored_rows(rows, source).to_dict("records")
-        positions = [int(record["zarr_index"]) for record in records]
-        for start, stop in _runs(positions, most):
-            block = pixels[positions[start] : positions[stop - 1] + 1]  # one read: each shard's index once
-            for i in range(start, stop):
-                yield sample_of(records[i], block[i - start])
-
-
-def _runs(positions: list[int], most: int) -> Iterator[tuple[int, int]]:
-    """(start, stop) of the runs of consecutive ``positions``, each of ``most`` at most."""
-    start = 0
-    for i in range(1, len(positions) + 1):
-        if i == len(positions) or positions[i] != positions[i - 1] + 1 or i - start == most:
-            yield start, i
-            start = i
+        yield from samples_at(pixels, stored_rows(rows, source).to_dict("records"), most)

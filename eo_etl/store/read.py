@@ -165,18 +165,33 @@ def _cell_lists(root, source: str, rows: pd.DataFrame, storage_options: dict | N
 
 
 def _samples(root, source: str, rows: pd.DataFrame, storage_options: dict | None) -> Iterator[Sample]:
+    pixels = stored_pixels(root, source, storage_options)
+    yield from samples_at(pixels, rows.drop(columns="geometry", errors="ignore").to_dict("records"), pixels.shards[0])
+
+
+def stored_pixels(root, source: str, storage_options: dict | None = None) -> zarr.Array:
+    """``source``'s pixel array, opened to read."""
     with quiet_consolidated():
-        pixels = zarr.open_array(
-            join_path(root, STORE_NAME, source, "pixels"), mode="r", storage_options=storage_options
-        )
-    records = rows.drop(columns="geometry", errors="ignore").to_dict("records")
-    shard = pixels.shards[0]
-    for start in range(0, len(records), shard):
-        block = records[start : start + shard]
-        first = int(block[0]["zarr_index"])
-        stack = pixels[first : int(block[-1]["zarr_index"]) + 1]
-        for record in block:
-            yield sample_of(record, stack[int(record["zarr_index"]) - first])
+        return zarr.open_array(join_path(root, STORE_NAME, source, "pixels"), mode="r", storage_options=storage_options)
+
+
+def samples_at(pixels: zarr.Array, records: list[dict], most: int) -> Iterator[Sample]:
+    """The samples of ``records`` (index rows as dicts, geometry left out) with their pixels: those at consecutive
+    positions read together, ``most`` at a time (each shard's index read once, not once a sample)."""
+    positions = [int(record["zarr_index"]) for record in records]
+    for start, stop in _runs(positions, most):
+        block = pixels[positions[start] : positions[stop - 1] + 1]
+        for i in range(start, stop):
+            yield sample_of(records[i], block[i - start])
+
+
+def _runs(positions: list[int], most: int) -> Iterator[tuple[int, int]]:
+    """(start, stop) of the runs of consecutive ``positions``, each of ``most`` at most."""
+    start = 0
+    for i in range(1, len(positions) + 1):
+        if i == len(positions) or positions[i] != positions[i - 1] + 1 or i - start == most:
+            yield start, i
+            start = i
 
 
 def sample_of(record: dict, pixels: np.ndarray) -> Sample:
