@@ -30,6 +30,7 @@ from eo_etl.pipeline.plan_rows import PLAN_ROW_GROUP
 from eo_etl.recipe import Recipe
 from eo_etl.recipe.models import MAX_CELLS, Aoi, too_many_cells
 from eo_etl.store.location import Location
+from eo_etl.store.row_groups import row_groups
 
 PLAN_NAME = "plan.parquet"  # the plan beside a dataset: its cells, the rows the build's workers read
 # cells made into a table at once: their names, polygons and footprints take about 1.5 kB a cell at the peak (GEOS
@@ -113,39 +114,30 @@ def write_plan(cells: gpd.GeoDataFrame | Iterable[gpd.GeoDataFrame], path: Locat
     run never leaves half. Bands are written as they come, so the plan never has to fit in memory."""
     target = Location.of(path)
     bands = [cells] if isinstance(cells, gpd.GeoDataFrame) else cells
+    tables = (_geopandas_to_arrow(band, index=False) for band in bands)
     with target.staged_file() as partial:
-        writer, pending = None, []
-        for band in bands:
-            table = _geopandas_to_arrow(band, index=False)
+        writer = None
+        # small row groups: a worker reads the rows around its range of cells, not the plan (plan_rows.py)
+        for group in row_groups(tables, PLAN_ROW_GROUP):
             if writer is None:
-                # The GeoParquet metadata of the first band, less its bbox (optional): that of the whole is
-                # only known at the end, after the schema is written.
-                geo = json.loads(table.schema.metadata[b"geo"])
-                for column in geo["columns"].values():
-                    column.pop("bbox", None)
-                schema = table.schema.with_metadata({**table.schema.metadata, b"geo": json.dumps(geo).encode()})
+                schema = _plan_schema(group.schema)
                 writer = pq.ParquetWriter(partial, schema)
-            pending.append(table.replace_schema_metadata(schema.metadata))
-            pending = _write_row_groups(writer, pending, whole=False)
+            writer.write_table(group.replace_schema_metadata(schema.metadata), row_group_size=PLAN_ROW_GROUP)
             pa.default_memory_pool().release_unused()  # mimalloc keeps freed pages: held, they grew to +25 MB
         if writer is None:  # no bands: an empty plan
             cells_frame(get_grid(), [], []).to_parquet(partial, index=False, row_group_size=PLAN_ROW_GROUP)
         else:
-            _write_row_groups(writer, pending, whole=True)
             writer.close()
     return target.native
 
 
-def _write_row_groups(writer: pq.ParquetWriter, tables: list[pa.Table], *, whole: bool) -> list[pa.Table]:
-    """The tables' rows written in row groups of ``PLAN_ROW_GROUP`` (small: a worker reads the rows around its range
-    of cells, not the plan: plan_rows.py); what is left for a whole row group, unless ``whole``: the rest."""
-    rows = sum(table.num_rows for table in tables)
-    cut = rows if whole else rows - rows % PLAN_ROW_GROUP
-    if not cut:
-        return tables
-    joined = pa.concat_tables(tables)
-    writer.write_table(joined.slice(0, cut), row_group_size=PLAN_ROW_GROUP)
-    return [joined.slice(cut)] if cut < rows else []
+def _plan_schema(first: pa.Schema) -> pa.Schema:
+    """The GeoParquet metadata of the first row group, less its bbox (optional): that of the whole is only known at
+    the end, after the schema is written."""
+    geo = json.loads(first.metadata[b"geo"])
+    for column in geo["columns"].values():
+        column.pop("bbox", None)
+    return first.with_metadata({**first.metadata, b"geo": json.dumps(geo).encode()})
 
 
 def estimate_cells(grid: MajorTomGrid, aoi: Aoi) -> int:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
+from collections.abc import Iterator
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -21,6 +22,7 @@ import pyarrow.parquet as pq
 
 from eo_etl.store.index import INDEX_ROW_GROUP, INDEX_SCHEMA
 from eo_etl.store.location import Location
+from eo_etl.store.row_groups import row_groups
 
 
 def grid_row(cell: str) -> str:
@@ -84,42 +86,32 @@ def merge_parts(parts: dict[tuple[str, str], list[Location]], target: Location) 
     for held in parts.values():
         for part in held:
             uses[part] += 1
-    cache: dict[Location, pa.Table] = {}
-    pending: list[pa.Table] = []
-    rows = written = 0
+    written = 0
     with target.staged_file() as partial:
         writer = None
-        for source, row in sorted(parts):
-            tables = []
-            for part in parts[source, row]:
-                table = cache[part] if part in cache else cache.setdefault(part, _read(part))
-                uses[part] -= 1
-                if not uses[part]:
-                    del cache[part]
-                mine = pc.and_(pc.equal(table["source"], source), pc.starts_with(table["grid_cell"], f"{row}_"))
-                tables.append(table.filter(mine))
-            block = pa.concat_tables(tables).sort_by(
-                [("grid_cell", "ascending"), ("version", "ascending"), ("sample_id", "ascending")]
-            )
-            pending.append(block)
-            rows += len(block)
-            while rows >= INDEX_ROW_GROUP:
-                writer = _write_group(writer, partial, metadata, pending, INDEX_ROW_GROUP)
-                rows -= INDEX_ROW_GROUP
-                written += INDEX_ROW_GROUP
-        if rows or writer is None:
-            writer = _write_group(writer, partial, metadata, pending, rows)
-            written += rows
+        for group in row_groups(_blocks(parts, uses), INDEX_ROW_GROUP):
+            group = group.replace_schema_metadata(metadata)
+            if writer is None:
+                writer = pq.ParquetWriter(partial, group.schema, write_page_index=True)
+            writer.write_table(group, row_group_size=INDEX_ROW_GROUP)  # one row group, as pq.write_table cuts it
+            written += len(group)
         writer.close()
     return written
 
 
-def _write_group(writer, path, metadata, pending: list[pa.Table], size: int):
-    """The first ``size`` pending rows as one row group, as ``pq.write_table`` cuts one (a contiguous table)."""
-    table = pa.concat_tables(pending).combine_chunks()
-    table = table.replace_schema_metadata(metadata)
-    if writer is None:
-        writer = pq.ParquetWriter(path, table.schema, write_page_index=True)
-    writer.write_table(table.slice(0, size), row_group_size=INDEX_ROW_GROUP)
-    pending[:] = [table.slice(size)] if size < len(table) else []
-    return writer
+def _blocks(parts: dict[tuple[str, str], list[Location]], uses: dict[Location, int]) -> Iterator[pa.Table]:
+    """Each (source, grid row)'s rows from the parts holding it, in the index's order; a part is read once and
+    kept until its last grid row is taken (``uses``: how many it holds)."""
+    cache: dict[Location, pa.Table] = {}
+    for source, row in sorted(parts):
+        tables = []
+        for part in parts[source, row]:
+            table = cache[part] if part in cache else cache.setdefault(part, _read(part))
+            uses[part] -= 1
+            if not uses[part]:
+                del cache[part]
+            mine = pc.and_(pc.equal(table["source"], source), pc.starts_with(table["grid_cell"], f"{row}_"))
+            tables.append(table.filter(mine))
+        yield pa.concat_tables(tables).sort_by(
+            [("grid_cell", "ascending"), ("version", "ascending"), ("sample_id", "ascending")]
+        )

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import tempfile
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,6 +32,7 @@ from stac_geoparquet.arrow import parse_stac_items_to_arrow, to_parquet
 from eo_etl.recipe import Recipe
 from eo_etl.store.index_batches import Index, index_batches
 from eo_etl.store.location import Location
+from eo_etl.store.row_groups import row_groups
 from eo_etl.store.zarr import STORE_NAME
 
 ZARR_TYPE = "application/vnd+zarr"
@@ -107,7 +107,8 @@ def write_catalog(
             schema = pa.unify_schemas([table.schema for table in tables], promote_options="permissive")
             conformed = (_conformed(feather.read_table(table.path), schema) for table in tables)
             with (root / ITEMS_NAME).staged_file() as partial:
-                to_parquet(pa.RecordBatchReader.from_batches(schema, _row_groups(conformed, ITEMS_ROW_GROUP)), partial)
+                batches = (batch for group in row_groups(conformed, ITEMS_ROW_GROUP) for batch in group.to_batches())
+                to_parquet(pa.RecordBatchReader.from_batches(schema, batches), partial)
     collection = _collection(recipe, bbox, interval, statistics)
     target = root / COLLECTION_NAME
     target.write_text(json.dumps(collection.to_dict(include_self_link=False, transform_hrefs=False), indent=2))
@@ -169,18 +170,3 @@ def _conformed(table: pa.Table, schema: pa.Schema) -> pa.Table:
     have = set(table.column_names)
     columns = [table[f.name].cast(f.type) if f.name in have else pa.nulls(len(table), f.type) for f in schema]
     return pa.Table.from_arrays(columns, schema=schema)
-
-
-def _row_groups(tables: Iterator[pa.Table], size: int) -> Iterator[pa.RecordBatch]:
-    """The tables' rows as contiguous batches of ``size`` (the last shorter): each one row group of the file."""
-    pending: list[pa.Table] = []
-    rows = 0
-    for table in tables:
-        pending.append(table)
-        rows += len(table)
-        while rows >= size:
-            whole = pa.concat_tables(pending).combine_chunks()
-            yield from whole.slice(0, size).to_batches()
-            pending, rows = [whole.slice(size)], rows - size
-    if rows:
-        yield from pa.concat_tables(pending).combine_chunks().to_batches()
