@@ -59,7 +59,9 @@ import numpy as np
 import pyproj
 import zarr
 from zarr.codecs import BloscCodec
+from zarr.core.buffer import default_buffer_prototype
 from zarr.core.sync import sync  # zarr's own bridge to its async store API (there is no sync exists())
+from zarr.storage import MemoryStore, StorePath
 
 from eo_etl.sample import OK, Sample
 
@@ -219,6 +221,26 @@ async def _root_group(root: str, storage_options: dict | None) -> zarr.AsyncGrou
                                                       storage_options=storage_options)  # fmt: skip
 
 
+async def _in_memory(attributes: dict | None = None) -> zarr.AsyncGroup:
+    """An empty group in memory, where a writer builds arrays before ``_write_built`` stores their files."""
+    return await zarr.api.asynchronous.open_group(MemoryStore(), mode="w", zarr_format=3, attributes=attributes)
+
+
+async def _write_built(built: zarr.AsyncGroup, target: StorePath, *, with_group: bool) -> None:
+    """The files of ``built`` (a group made in memory) under ``target``, one request a file, concurrently.
+
+    Creating an array in place costs about six requests: zarr checks that it does not exist and, for each parent
+    group, that it is no array and that its metadata exists (a write that fails when it does). That was most of
+    a store's fixed cost here, and on an object store each request is a round trip. With ``with_group`` the group's
+    own metadata is written after the rest (a group that has its attributes is whole), else not at all."""
+    memory, prototype = built.store_path.store, default_buffer_prototype()
+    keys = [key async for key in memory.list() if key != "zarr.json"]
+    values = await asyncio.gather(*(memory.get(key, prototype) for key in keys))
+    await asyncio.gather(*((target / key).set(value) for key, value in zip(keys, values)))
+    if with_group:
+        await (target / "zarr.json").set(await memory.get("zarr.json", prototype))
+
+
 class ZarrWriter:
     """Writes one source's samples into ``<root>/<source>``, a shard at a time.
 
@@ -254,9 +276,12 @@ class ZarrWriter:
                 if (await existing.getitem("pixels")).shape[0] < capacity:
                     await _resize(existing, capacity)
                 return existing
-        created = await group.create_group(self.source, overwrite=True, attributes={"layout": self._layout_attrs()})
-        await self._create_arrays(created, max(capacity, 1))
-        return created
+            await existing.store_path.delete_dir()  # another layout or build: afresh
+        built = await _in_memory(attributes={"layout": self._layout_attrs()})
+        await self._create_arrays(built, max(capacity, 1))
+        target = group.store_path / self.source
+        await _write_built(built, target, with_group=True)  # the group's layout last: a group that has it is whole
+        return zarr.AsyncGroup(metadata=built.metadata, store_path=target)
 
     @classmethod
     def existing(
@@ -332,18 +357,17 @@ class ZarrWriter:
         widest = 8 * max(self.layout.width, self.layout.height, len(self.layout.bands))
         return max(1, min(count, COORDINATE_CHUNK_BYTES // widest))
 
-    async def _write_coordinates(self, count: int, existing: set[str]) -> set[int]:
-        """Every coordinate array at ``count`` samples, from the records, a chunk of samples at a time (bounded
-        memory however many there are); the EPSG codes of the samples. ``existing``: the group's members (only
-        those are overwritten: an overwrite first deletes, a walk of the folder)."""
+    async def _write_coordinates(self, built: zarr.AsyncGroup, count: int) -> set[int]:
+        """Every coordinate array at ``count`` samples into ``built``, from the records, a chunk of samples at a time;
+        the EPSG codes of the samples."""
         chunk = self.coordinate_chunk(count)
-        group, specs = self._group, _coordinate_specs(self.layout)
+        specs = _coordinate_specs(self.layout)
         arrays = await asyncio.gather(*(
-            group.create_array(name, shape=(count, *other[1:]), dtype=dtype, chunks=(chunk, *other[1:]),
-                               dimension_names=("sample", *other[:1]), attributes=attrs, overwrite=name in existing)
+            built.create_array(name, shape=(count, *other[1:]), dtype=dtype, chunks=(chunk, *other[1:]),
+                               dimension_names=("sample", *other[:1]), attributes=attrs)
             for name, (dtype, other, attrs) in specs.items()
         ))  # fmt: skip
-        records = await (await group.getitem(RECORDS)).getitem("sample")  # as resized (a handle keeps its shape)
+        records = await (await self._group.getitem(RECORDS)).getitem("sample")  # as resized (a handle keeps its shape)
         zones = set()
         for start in range(0, count, chunk):
             rows = slice(start, min(start + chunk, count))
@@ -352,24 +376,15 @@ class ZarrWriter:
             await asyncio.gather(*(array.setitem(rows, values[name]) for name, array in zip(specs, arrays)))
         return zones
 
-    async def _grid_mapping(self, zones: set[int], existing: set[str]) -> None:
-        """CF grid mapping (what rioxarray reads) when the samples share one CRS; none when zones differ."""
-        group = self._group
-        pixels = await group.getitem("pixels")  # fresh: writing attrs through a handle from before a resize undoes it
-        if len(zones) == 1:
-            crs = pyproj.CRS.from_epsg(zones.pop())
-            attrs = {**crs.to_cf(), "spatial_ref": crs.to_wkt()}  # spatial_ref: GDAL's name, rioxarray reads it
-            await asyncio.gather(
-                group.create_array("spatial_ref", shape=(), dtype="int32", attributes=attrs,
-                                   overwrite="spatial_ref" in existing),
-                pixels.update_attributes({"grid_mapping": "spatial_ref",
-                                          "coordinates": " ".join([*SAMPLE_COORDINATES, "spatial_ref"])}),
-            )  # fmt: skip
-            return
-        if "spatial_ref" in existing:
-            await group.delitem("spatial_ref")
-        pixels.metadata.attributes.pop("grid_mapping", None)  # written with the update below
-        await pixels.update_attributes({"coordinates": " ".join(SAMPLE_COORDINATES)})
+    async def _grid_mapping(self, built: zarr.AsyncGroup, zones: set[int]) -> dict:
+        """CF grid mapping (what rioxarray reads) into ``built`` when the samples share one CRS, none when zones
+        differ; the pixels' attributes that name it."""
+        if len(zones) != 1:
+            return {"coordinates": " ".join(SAMPLE_COORDINATES)}
+        crs = pyproj.CRS.from_epsg(zones.pop())
+        attrs = {**crs.to_cf(), "spatial_ref": crs.to_wkt()}  # spatial_ref: GDAL's name, rioxarray reads it
+        await built.create_array("spatial_ref", shape=(), dtype="int32", attributes=attrs)
+        return {"grid_mapping": "spatial_ref", "coordinates": " ".join([*SAMPLE_COORDINATES, "spatial_ref"])}
 
     def empty_statistics(self) -> BandStatistics:
         """Statistics of this store's layout with nothing counted yet."""
@@ -386,15 +401,23 @@ class ZarrWriter:
         sync(self._close(count, (statistics or self.statistics).as_dict()))
 
     async def _close(self, count: int, band_statistics: dict) -> None:
-        """``close`` in one pass of zarr's event loop: the independent metadata writes concurrently."""
+        """``close`` in one pass of zarr's event loop: the coordinate arrays built in memory, then stored with the
+        independent metadata writes concurrently."""
         group = self._group
         if self.pixels.shape[0] != count:  # pixels and records are created and resized together
             await _resize(group, count)
-        existing = {name async for name in group.store_path.store.list_dir(group.path)}
-        zones = await self._write_coordinates(count, existing)
+        built = await _in_memory()
+        zones = await self._write_coordinates(built, count)
+        pixel_attrs = await self._grid_mapping(built, zones)
+        names = {name async for name in built.store_path.store.list_dir("")} - {"zarr.json"}
+        stale = {name async for name in group.store_path.store.list_dir(group.path)} & (names | {"spatial_ref"})
+        await asyncio.gather(*((group.store_path / name).delete_dir() for name in stale))  # an earlier close's
+        pixels = await group.getitem("pixels")  # fresh: writing attrs through a handle from before a resize undoes it
+        pixels.metadata.attributes.pop("grid_mapping", None)  # an earlier close's, if zones now differ
         await asyncio.gather(
+            _write_built(built, group.store_path, with_group=False),
             group.update_attributes({"band_statistics": band_statistics, "samples": count}),
-            self._grid_mapping(zones, existing),
+            pixels.update_attributes(pixel_attrs),
         )
         with quiet_consolidated():
             await zarr.api.asynchronous.consolidate_metadata(group.store)  # the store's root: pixels.zarr
