@@ -16,7 +16,7 @@ import xarray as xr
 import zarr
 
 import eo_etl
-from eo_etl.store.zarr import PixelLayout, ZarrWriter
+from eo_etl.store.zarr import SAMPLE_COORDINATES, PixelLayout, ZarrWriter
 from tests.imagery import sentinel2_samples
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -290,3 +290,59 @@ def test_a_shard_writes_its_pixels_and_one_record_and_close_writes_each_coordina
         assert len([p for p in (root / "s2" / name / "c").rglob("*") if p.is_file()]) == 1
     assert list(ds.sample_id.values) == [s.record()["sample_id"] for s in samples]
     assert "records" not in ds.variables  # the writer's records are a subgroup: no variable of plain xarray's
+
+
+class _Requests:
+    """Counts the store requests a writer makes (each is a round trip on an object store); ``fail_at``: the
+    request that fails, as a killed process or a dead server ends a write."""
+
+    def __init__(self, monkeypatch, fail_at: int | None = None):
+        self.calls: list[str] = []
+        self.fail_at = fail_at
+        for name in ("get", "set", "set_if_not_exists", "exists"):
+            original = getattr(zarr.storage.LocalStore, name)
+            monkeypatch.setattr(zarr.storage.LocalStore, name, self._counted(name, original))
+
+    def _counted(self, name, original):
+        async def call(store, key, *args, **kwargs):
+            self.calls.append(name)
+            if len(self.calls) == self.fail_at:
+                raise OSError("the writer is killed here")
+            return await original(store, key, *args, **kwargs)
+
+        return call
+
+
+def test_a_writer_killed_while_creating_its_store_leaves_nothing_a_resume_takes_for_whole(tmp_path, monkeypatch):
+    """The group's layout is written after its arrays: a resumed writer keeps a group only when it is whole."""
+    samples = sentinel2_samples(4)
+    write(tmp_path / "uninterrupted.zarr", samples, shard_size=2)
+    with monkeypatch.context() as patched:
+        requests = _Requests(patched)
+        ZarrWriter(tmp_path / "counted.zarr", "s2", PixelLayout.of(samples[0]), capacity=9, shard_size=2)
+    creation = len(requests.calls)
+    for k in range(1, creation + 1):  # killed at each request of the creation in turn
+        root = tmp_path / f"killed{k}.zarr"
+        with monkeypatch.context() as patched, pytest.raises(OSError, match="killed"):
+            _Requests(patched, fail_at=k)
+            ZarrWriter(root, "s2", PixelLayout.of(samples[0]), capacity=9, shard_size=2)
+        write(root, samples, shard_size=2)  # the same command again
+        assert tree_bytes(root) == tree_bytes(tmp_path / "uninterrupted.zarr"), f"killed at request {k}"
+
+
+def test_close_writes_each_file_in_one_request(tmp_path, monkeypatch):
+    """No existence checks or parent rewrites per coordinate array: on an object store each is a round trip."""
+    samples = sentinel2_samples(5)
+    root = tmp_path / "p.zarr"
+    writer = ZarrWriter(root, "s2", PixelLayout.of(samples[0]), capacity=5, shard_size=5)
+    writer.write_shard(0, samples)
+    before = {p for p in root.rglob("*") if p.is_file()}
+    with monkeypatch.context() as patched:
+        requests = _Requests(patched)
+        writer.close(5)
+    written = {p for p in root.rglob("*") if p.is_file()} - before
+    metadata = sorted(p.parent.name for p in written if p.name == "zarr.json")
+    assert metadata == sorted([*SAMPLE_COORDINATES, "sample", "spatial_ref"])  # and their chunks (not fill alone)
+    rewritten = 3  # the group's attributes, the pixels' attributes, the consolidated metadata at the root
+    assert requests.calls.count("set") == len(written) + rewritten
+    assert "set_if_not_exists" not in requests.calls and "exists" not in requests.calls
