@@ -149,8 +149,9 @@ class BuildState:
     @contextmanager
     def staging(self, version: int, source: str, first: int, stop: int, *, keep: set[str]) -> Iterator[PixelSink]:
         """Stage a range's pixels as they come, one array at a time into one file (after those staged before that
-        ``keep`` names: a rerun's, less the samples of cells it acquires again), so that a worker holds one cell's
-        pixels at a time; the file is put in place when the block ends. :meth:`stage_range` then records the range."""
+        ``keep`` names: a rerun's, less the samples of cells it acquires again, or all when it adds samples read back
+        from the store), so that a worker holds one cell's pixels at a time; the file is put in place when the block
+        ends. :meth:`stage_range` then records the range."""
         target = self._range(version, source, first, stop, ".npz")
         with target.staged_file() as path, zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as archive:
 
@@ -193,20 +194,8 @@ class BuildState:
         with handle, np.load(handle, allow_pickle=False) as arrays:
             yield arrays
 
-    def restage_range(self, version: int, source: str, first: int, stop: int, pixels: dict[str, np.ndarray]):
-        """Add ``pixels`` (new cells', or some read back from the store by a rerun that moved them) to a range's
-        staged ones, in one file."""
-        with self.range_pixels(version, source, first, stop) as staged:
-            pixels = {cell: staged[cell] for cell in staged if cell not in pixels} | pixels
-        self._save_batch(self._range(version, source, first, stop, ".npz"), pixels)
-
     def drop_range_pixels(self, version: int, source: str, first: int, stop: int) -> None:
         self._range(version, source, first, stop, ".npz").remove()
-
-    def _save_batch(self, target: Location, pixels: dict[str, np.ndarray]) -> None:
-        buffer = io.BytesIO()
-        np.savez(buffer, **{cell: pixels[cell] for cell in sorted(pixels)})
-        target.write_bytes(buffer.getvalue())
 
     def version_numbers(self) -> list[int]:
         """Every version begun, oldest first."""

@@ -234,10 +234,12 @@ class CheckShard(beam.DoFn):
             with state.range_pixels(version, source, first, stop) as staged:
                 cells = [staged_name(part.records[i]) for i in part.stored]
                 missing = [cell for cell in cells if cell not in staged]
+                held = set(staged)
             missing = [cell for cell in missing if not state.has_pixels(version, source, cell)]
-            if missing:
-                moved = _stored_pixels(state, self.root, source, version, missing)
-                state.restage_range(version, source, first, stop, moved)
+            if missing:  # read back from the store into the range's file, after the pixels staged there
+                with state.staging(version, source, first, stop, keep=held) as add:
+                    for cell, pixels in _stored_pixels(state, self.root, source, version, missing).items():
+                        add(cell, pixels)
         yield task
 
 
