@@ -11,7 +11,7 @@ so a step of yours is any transform from samples to samples::
             | PlanCells(recipe, root)             # the plan's cells                  (plan_cells, cells_in_rows)
             | AcquireCells(recipe, "s2l2a")       # one Sample per cell, ok or not    (acquire_cells)
             | SampleColumns("mean", mean, root)   # a table keyed by sample_id        (column_row, write_table)
-            | WriteShards(recipe, root)           # pixels into the stores            (stage_sample, write_shards)
+            | WriteShards(recipe, root)           # pixels into the stores            (stage_samples, write_shards)
             | FinishDataset(recipe, root)         # index, STAC, exports: the root    (finish_dataset)
             | StageAfterStore(landcover, recipe)  # a registered stage on the stored samples (run_stage)
         )
@@ -61,7 +61,6 @@ from eo_etl.sources.cell import Cell, cells_of
 from eo_etl.sources.remote import RetryPolicy
 from eo_etl.stages.core import STAGE_NAME, Stage
 from eo_etl.stages.run import run_stage
-from eo_etl.store.index_row import IndexRow
 from eo_etl.store.location import Location
 
 __all__ = [
@@ -80,8 +79,7 @@ __all__ = [
     "finish_dataset",
     "plan_cells",
     "positions_of",
-    "record_samples",
-    "stage_sample",
+    "stage_samples",
     "write_shards",
     "write_table",
 ]
@@ -255,32 +253,48 @@ def _same(sample: Sample) -> Sample:
 
 
 # ---------------------------------------------------------------------------------------------- store
-def stage_sample(sample: Sample, recipe: Recipe, root: Location | str, version: int) -> IndexRow:
-    """Stage a sample's pixels in the build's state (an ok one's, in a file of its own: samples come one at a time,
-    in any order); its record (index row, version, recipe hash)."""
-    return BuildState(root).stage(version, sample, recipe.fingerprint())
+def stage_samples(samples: Iterable[Sample], recipe: Recipe, root: Location | str, version: int) -> int:
+    """Stage ``samples`` (of any sources, in any order) in the build's state as the build does, range by range of
+    plan rows: each range's ok pixels in one file, then its records (so ``eo-etl build`` resumes from them); a
+    cell's samples replace those it had. The number staged. Samples of cells not in the plan are refused."""
+    plan, recipe_hash = _PlanRanges(Location.of(root)), recipe.fingerprint()
+    samples = sorted(samples, key=lambda sample: (sample.source, plan.row(sample)))  # plan order, each range whole
+    for (source, *_), group in itertools.groupby(samples, key=lambda sample: (sample.source, *plan.range_of(sample))):
+        _stage_range(plan, source, list(group), recipe_hash, version)
+    return len(samples)
 
 
-def record_samples(source: str, records: Iterable[IndexRow], root: Location | str, version: int) -> int:
-    """Record ``source``'s finished cells in the build's state, range by range of plan rows as the build does
-    (so ``eo-etl build`` resumes from them); the number recorded. Records of cells not in the plan are refused."""
-    root = Location.of(root)
-    state = BuildState(root)
-    rows = plan_length(root / PLAN_NAME)
-    order = {cell: i for i, cell in enumerate(PlanReader(root / PLAN_NAME, ["grid_cell"]).rows(0, rows).grid_cell)}
-    records = list(records)
-    unknown = [record.grid_cell for record in records if record.grid_cell not in order]
-    if unknown:
-        raise ValueError(f"cell {unknown[0]!r} of {source} is not in {root / PLAN_NAME}")
-    ranges, size = plan_ranges(rows), range_size(rows)
-    parts: dict[tuple[int, int], list[IndexRow]] = {}
-    for record in sorted(records, key=lambda record: order[record.grid_cell]):
-        parts.setdefault(ranges[order[record.grid_cell] // size], []).append(record)
-    for (first, stop), part in parts.items():
-        new = {record.grid_cell for record in part}
-        kept = [r for r in state.range_records(version, source, first, stop) if r.grid_cell not in new]
-        state.stage_range(version, source, first, stop, kept + part)
-    return len(records)
+class _PlanRanges:
+    """The plan's cells by row and range of rows (the unit the build stages and records), read once."""
+
+    def __init__(self, root: Location):
+        self.root, self.path = root, root / PLAN_NAME
+        rows = plan_length(self.path)
+        cells = PlanReader(self.path, ["grid_cell"]).rows(0, rows).grid_cell
+        self.rows = {cell: i for i, cell in enumerate(cells)}
+        self.ranges, self.size = plan_ranges(rows), range_size(rows)
+
+    def row(self, sample: Sample) -> int:
+        if sample.cell not in self.rows:
+            raise ValueError(f"cell {sample.cell!r} of {sample.source} is not in {self.path}")
+        return self.rows[sample.cell]
+
+    def range_of(self, sample: Sample) -> tuple[int, int]:
+        return self.ranges[self.row(sample) // self.size]
+
+
+def _stage_range(plan: _PlanRanges, source: str, samples: Iterable[Sample], recipe_hash: str, version: int) -> int:
+    """One range's samples of ``source`` staged (``BuildState.stage_samples``, as the build's workers do), after
+    those of its other cells staged before; how many. ``samples`` is read twice: their cells, then their pixels."""
+    part_of, count = {}, 0
+    for sample in samples:
+        part_of[sample.cell] = plan.range_of(sample)
+        count += 1
+    state = BuildState(plan.root)
+    kept = {part: [r for r in state.range_records(version, source, *part) if r.grid_cell not in part_of]
+            for part in set(part_of.values())}  # fmt: skip
+    state.stage_samples(version, source, samples, part_of, kept, recipe_hash)
+    return count
 
 
 def positions_of(recipe: Recipe, root: Location | str) -> Positions:
@@ -318,23 +332,39 @@ def _by_source(tasks) -> dict:
     return grouped
 
 
-class _StageSample(beam.DoFn):
-    """Stages each sample in the version its window builds (looked up once, after the plan opened it)."""
+class _KeyByRange(beam.DoFn):
+    """Each sample keyed by its source and range of plan rows (the plan read once, after PlanCells wrote it)."""
+
+    def __init__(self, root: Location):
+        self.root, self.plan = root, None
+
+    def process(self, sample: Sample) -> Iterator[tuple[tuple[str, int, int], Sample]]:
+        if self.plan is None:
+            self.plan = _PlanRanges(self.root)
+        yield (sample.source, *self.plan.range_of(sample)), sample
+
+
+class _StageRange(beam.DoFn):
+    """Stages a range's samples in the version its window builds (looked up once, after the plan opened it); how
+    many."""
 
     def __init__(self, recipe: Recipe, root: Location):
-        self.recipe, self.root, self.version = recipe, root, None
+        self.recipe, self.root, self.plan = recipe, root, None
 
-    def process(self, sample: Sample) -> Iterator[tuple[str, IndexRow]]:
-        if self.version is None:
+    def process(self, grouped: tuple[tuple[str, int, int], Iterable[Sample]]) -> Iterator[int]:
+        if self.plan is None:
+            self.plan = _PlanRanges(self.root)
             self.version = BuildState(self.root).open_version(self.recipe)  # the one PlanCells opened
-        yield sample.source, stage_sample(sample, self.recipe, self.root, self.version)
+            self.recipe_hash = self.recipe.fingerprint()
+        (source, _, _), samples = grouped
+        yield _stage_range(self.plan, source, samples, self.recipe_hash, self.version)
 
 
 class WriteShards(beam.PTransform):
     """Samples into the dataset's stores: staged and recorded, given positions, written shard by shard in every
-    format of ``outputs.formats``; the positions (one element) that ``FinishDataset`` takes. A source's records
-    (index rows, no pixels: the pixels are staged one by one) meet on one worker to be recorded; the build's own
-    graph (``eo_etl.pipeline.graph``) records them range by range where they are acquired instead.
+    format of ``outputs.formats``; the positions (one element) that ``FinishDataset`` takes. The samples of a range
+    of plan rows meet on one worker to be staged and recorded as the build's own graph (``eo_etl.pipeline.graph``)
+    does where it acquires them: the range's pixels in one file, one sample's held at a time, then its records.
 
     Args:
         recipe: the recipe (its outputs and sources).
@@ -350,9 +380,9 @@ class WriteShards(beam.PTransform):
         recipe, root = self.recipe, self.root
         recorded = (
             samples
-            | "stage samples" >> beam.ParDo(_StageSample(recipe, root))
-            | "by source" >> beam.GroupByKey()
-            | "record samples" >> beam.Map(_record, recipe, root)
+            | "by range" >> beam.ParDo(_KeyByRange(root))
+            | "range's samples" >> beam.GroupByKey()
+            | "stage and record" >> beam.ParDo(_StageRange(recipe, root))
             | "all samples recorded" >> beam.CombineGlobally(sum)
         )
         positions = recorded | "positions" >> beam.Map(_positions, recipe, root)
@@ -366,11 +396,6 @@ def _positions(_recorded: int, recipe: Recipe, root: Location) -> Positions:
 
 def _second(_first, second):
     return second
-
-
-def _record(grouped: tuple[str, Iterable[IndexRow]], recipe: Recipe, root: Location) -> int:
-    source, records = grouped
-    return record_samples(source, records, root, BuildState(root).open_version(recipe))
 
 
 # --------------------------------------------------------------------------------------------- finish

@@ -268,7 +268,7 @@ def test_an_anchor_from_a_recorded_row_equals_the_one_from_its_sample(catalog, t
     samples = list(acquired(recipe)["s2"].values())
     assert {s.status for s in samples} == {OK, REJECTED}
     state = BuildState(tmp_path)
-    state.stage_range(1, "s2", 0, len(samples), [state.stage(1, sample, "hash") for sample in samples])
+    state.stage_range(1, "s2", 0, len(samples), [sample.row(1, "hash") for sample in samples])
     records = state.range_records(1, "s2", 0, len(samples))
     assert [Anchor.of_record(record) for record in records] == [Anchor.of(sample) for sample in samples]
 
@@ -338,7 +338,7 @@ def test_with_time_slices_an_anchor_from_a_recorded_row_equals_the_one_from_its_
     samples = [s for s in acquire_sources(recipe, cells_of(recipe, plan(recipe)))]
     assert {s.status for s in samples} == {OK, REJECTED} and len({s.window_start for s in samples}) == 6
     state = BuildState(tmp_path)
-    state.stage_range(1, "s2", 0, len(samples), [state.stage(1, sample, "hash") for sample in samples])
+    state.stage_range(1, "s2", 0, len(samples), [sample.row(1, "hash") for sample in samples])
     records = state.range_records(1, "s2", 0, len(samples))
     assert [Anchor.of_record(record) for record in records] == [Anchor.of(sample) for sample in samples]
 

@@ -18,7 +18,7 @@ import eo_etl
 from eo_etl import beam as eo_beam
 from eo_etl.pipeline.state import BuildState
 from eo_etl.recipe import parse_recipe
-from eo_etl.sample import OK, SampleId
+from eo_etl.sample import OK, Sample, SampleId
 from eo_etl.sources.acquire import SourceAcquisition
 from eo_etl.stages.core import Output, Stage
 from eo_etl.store.index_row import IndexRow
@@ -69,8 +69,7 @@ def test_the_plain_functions_plan_acquire_stage_record_write_and_finish_without_
     finally:
         acquisition.close()
     assert [sample.cell for sample in samples] == [cell.name for cell in cells]
-    records = [eo_beam.stage_sample(sample, recipe, root, version) for sample in samples]
-    assert eo_beam.record_samples("s2l2a", records[::-1], root, version) == len(cells)  # any order in
+    assert eo_beam.stage_samples(samples[::-1], recipe, root, version) == len(cells)  # any order in
     assert [r.grid_cell for r in BuildState(root).records()] == [cell.name for cell in cells]  # plan order out
     positions = eo_beam.write_shards(recipe, root)
     ok = [sample for sample in samples if sample.status == OK]
@@ -106,13 +105,14 @@ def test_the_builds_own_transforms_compose_into_the_dataset_eo_etl_build_then_fi
     pd.testing.assert_frame_equal(eo_etl.read_index(root), index)
 
 
-def test_record_samples_refuses_cells_outside_the_plan_and_tables_refuse_bad_names(tmp_path):
+def test_stage_samples_refuses_cells_outside_the_plan_and_tables_refuse_bad_names(tmp_path):
     recipe = eo_etl.load_recipe(ROOT / "pipelines" / "demo.yaml")
     eo_beam.plan_cells(recipe, tmp_path)
     with pytest.raises(ValueError, match=r"cell '999U_999R' of s2l2a is not in"):
         outside = IndexRow(sample_id="999U_999R.s2l2a.20190101", grid_cell="999U_999R", grid_row_u=999,
                            grid_col_r=999, source="s2l2a", crs="EPSG:32632", status="ok")  # fmt: skip
-        eo_beam.record_samples("s2l2a", [outside], tmp_path, 1)
+        eo_beam.stage_samples([Sample.from_row(outside, np.zeros((1, 2, 2)))], recipe, tmp_path, 1)
+    assert not (tmp_path / "_build" / "versions" / "0001" / "samples").exists()  # nothing staged
     with pytest.raises(ValueError, match=r"table name '\.\./up'"):
         eo_beam.write_table(tmp_path, "../up", [])
     with pytest.raises(ValueError, match=r"table name 'Bad'"):
@@ -176,7 +176,7 @@ def test_a_stage_after_the_store_runs_on_a_finished_dataset_in_a_pipeline(tmp_pa
     assert list(dataset["brightest.brightest"].values) == want
 
 
-def test_samples_staged_one_at_a_time_are_let_go_once_full_shards_hold_them(tmp_path):
+def test_samples_staged_by_range_as_the_build_does_are_let_go_once_full_shards_hold_them(tmp_path):
     recipe = synthetic_recipe(tmp_path, [10.0, 45.0, 10.2, 45.2], shard_size=4)  # 9 cells: shards of 4, 4 and 1
     root = tmp_path / "out"
     cells = [cell for rows in eo_beam.plan_cells(recipe, root) for cell in eo_beam.cells_in_rows(rows, recipe, root)]
@@ -186,15 +186,20 @@ def test_samples_staged_one_at_a_time_are_let_go_once_full_shards_hold_them(tmp_
         samples = list(eo_beam.acquire_cells(acquisition, cells))
     finally:
         acquisition.close()
-    records = [eo_beam.stage_sample(sample, recipe, root, version) for sample in samples]
+    assert eo_beam.stage_samples(samples, recipe, root, version) == len(samples) == 9
     staged = root / "_build" / "versions" / "0001" / "samples" / "sentinel-2-l2a"
-    assert len(list(staged.glob("*.npy"))) == len(samples) == 9  # a file each
-    eo_beam.record_samples("sentinel-2-l2a", records, root, version)
+    # the build's one format: a file per range of plan rows (one cell each in a plan this small), then its records
+    files = {path.stem: np.load(path).files for path in staged.glob("*.npz")}
+    ranges = [f"rows-{i:09d}-{i + 1:09d}" for i in range(9)]
+    assert sorted(files) == sorted(path.stem for path in staged.glob("*.json")) == ranges
+    assert sorted(cell for names in files.values() for cell in names) == sorted(cell.name for cell in cells)
+    assert not list(staged.glob("*.npy"))
     positions = eo_beam.write_shards(recipe, root)
-    assert len(list(staged.glob("*.npy"))) == 9  # kept until the dataset is finished
+    assert len(list(staged.glob("*.npz"))) == 9  # kept until the dataset is finished
     eo_beam.finish_dataset(recipe, root, positions)
     index = eo_etl.read_index(root).sort_values("zarr_index")
-    assert {path.stem for path in staged.glob("*.npy")} == {index.grid_cell.iloc[-1]}  # the partial shard's alone
+    left = [cell for path in staged.glob("*.npz") for cell in np.load(path).files]
+    assert left == [index.grid_cell.iloc[-1]]  # the partial shard's alone
     by_cell = {sample.cell: sample.pixels for sample in samples}
     stored = eo_etl.open_dataset(root).pixels.values
     np.testing.assert_array_equal(stored, np.stack([by_cell[cell] for cell in index.grid_cell]))

@@ -241,23 +241,35 @@ def test_shard_tasks_cover_each_sources_positions_once_in_shards_of_shard_size()
         )
 
 
-def test_the_state_stages_a_sample_as_its_row_and_lists_every_versions_records_in_order(tmp_path):
+def test_the_state_stages_samples_by_range_as_they_come_and_lists_every_versions_records_in_order(tmp_path):
     state = BuildState(tmp_path)
-    samples = [place_sample(k, 10.0 + k, 45.0) for k in range(3)]
+    samples = [place_sample(k, 10.0 + k, 45.0) for k in range(4)]
     samples[1].fail(RuntimeError("read timed out"))
-    staged = [state.stage(1 + k % 2, sample, "hash") for k, sample in enumerate(samples)]
-    assert [(r.version, r.recipe_hash, r.grid_cell) for r in staged] == [(1, "hash", s.cell) for s in samples[:1]] + [
-        (2, "hash", samples[1].cell), (1, "hash", samples[2].cell)]  # fmt: skip
-    np.testing.assert_array_equal(state.load_pixels(1, "s2", samples[0].cell), samples[0].pixels)
-    assert not state.has_pixels(2, "s2", samples[1].cell)  # a failed sample has no pixels to stage
-    state.stage_range(2, "s2", 0, 2, [staged[1]])
-    state.stage_range(1, "s2", 2, 3, [staged[2]])
-    state.stage_range(1, "s2", 0, 2, [staged[0]])
-    state.stage_range(1, "s1", 0, 2, [replace(staged[0], source="s1")])
+    names = [sample.cell for sample in samples]
+    part_of = {names[0]: (0, 3), names[1]: (0, 3), names[2]: (0, 3), names[3]: (3, 4)}
+    # in any order, across ranges; a failed sample is recorded, with no pixels
+    first = state.stage_samples(1, "s2", [samples[3], samples[1], samples[0]], part_of, {}, "hash")
+    assert {part: [r.grid_cell for r in records] for part, records in first.items()} == {
+        (3, 4): [names[3]], (0, 3): [names[1], names[0]]}  # fmt: skip
+    with state.range_pixels(1, "s2", 0, 3) as staged:
+        assert list(staged) == [names[0]]
+        np.testing.assert_array_equal(staged[names[0]], samples[0].pixels)
+    # a rerun: the failed cell tried again and a new one; the kept cell's pixels copied over, in one file again
+    again = place_sample(1, 11.0, 45.0)
+    second = state.stage_samples(1, "s2", [samples[2], again], part_of, {(0, 3): [first[(0, 3)][1]]}, "hash")
+    assert [(r.grid_cell, r.status, r.version, r.recipe_hash) for r in second[(0, 3)]] == [
+        (names[0], OK, 1, "hash"), (names[2], OK, 1, "hash"), (names[1], OK, 1, "hash")]  # fmt: skip
+    with state.range_pixels(1, "s2", 0, 3) as staged:
+        assert sorted(staged) == sorted(names[:3])
+        for sample in (samples[0], again, samples[2]):
+            np.testing.assert_array_equal(staged[sample.cell], sample.pixels)
+    assert state.range_records(1, "s2", 0, 3) == second[(0, 3)]  # the rows as staged, typed again
+    assert not list(tmp_path.rglob("*.npy"))  # one file per range, nothing per sample
+    state.stage_samples(2, "s2", [samples[1]], part_of, {}, "hash")  # a later version's
+    state.stage_range(1, "s1", 0, 3, [replace(second[(0, 3)][0], source="s1")])
     assert [(r.version, r.source, r.grid_cell) for r in state.records()] == [
-        (1, "s1", samples[0].cell), (1, "s2", samples[0].cell), (1, "s2", samples[2].cell),
-        (2, "s2", samples[1].cell)]  # fmt: skip
-    assert state.records()[1] == staged[0]  # the row as staged, typed again
+        (1, "s1", names[0]), (1, "s2", names[0]), (1, "s2", names[2]), (1, "s2", names[1]), (1, "s2", names[3]),
+        (2, "s2", names[1])]  # fmt: skip
 
 
 def test_a_worker_settles_each_range_once_however_many_shards_ask_for_it(tmp_path, monkeypatch):

@@ -30,7 +30,7 @@ from shapely.geometry import box
 
 from eo_etl import extras
 from eo_etl.build import build
-from eo_etl.pipeline.state import BuildState
+from eo_etl.pipeline.state import BuildState, staged_name
 from eo_etl.recipe import load_recipe, parse_recipe
 from eo_etl.sample import Sample
 from eo_etl.sources.profile import find_profile
@@ -261,8 +261,18 @@ def test_a_resumed_build_writes_the_missing_part_and_every_file_comes_out_the_sa
     # As a build killed after shard 1's Zarr write leaves it: no part (a half-written one), no shard record, no
     # index, and the shard's pixels still staged (they are let go only once the index is written).
     state, (_, pixels) = BuildState(demo), stored(demo)
-    for position, entry in enumerate(state.shard_entries(SOURCE, 1), start=SHARD):
-        state.save_pixels(entry.version, SOURCE, entry.cell, pixels[position])
+    shard = {entry: pixels[position] for position, entry in enumerate(state.shard_entries(SOURCE, 1), start=SHARD)}
+    for path in (demo / "_build" / "versions").glob(f"*/samples/{SOURCE}/rows-*.json"):  # back into their ranges
+        version, (first, stop) = int(path.parts[-4]), map(int, path.stem.removeprefix("rows-").split("-"))
+        names = {staged_name(record) for record in state.range_records(version, SOURCE, first, stop)}
+        back = {entry.cell: array for entry, array in shard.items() if entry.version == version and entry.cell in names}
+        if not back:
+            continue
+        with state.range_pixels(version, SOURCE, first, stop) as staged:
+            held = set(staged)
+        with state.staging(version, SOURCE, first, stop, keep=held) as add:
+            for cell, array in back.items():
+                add(cell, array)
     (folder / "images" / part_name(1)).rename(folder / "images" / f"{part_name(1)}.4242.partial")
     for suffix in (".json", ".npz"):
         (demo / "_build" / "shards" / SOURCE / f"shard-00001{suffix}").unlink()

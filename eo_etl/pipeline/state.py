@@ -9,11 +9,8 @@ missing work and a later time window becomes a new version of the same dataset.
                                            range of rows (plan_rows.py), written once all its cells are done
       versions/NNNN/samples/<source>/rows-AAAAAAAAA-BBBBBBBBB.npz    the ok cells' pixels of that range (one
                                            array per cell, by name), written before its records, kept until
-                                           full shards hold every sample of the range
-      versions/NNNN/samples/<source>/<cell>.npy    a cell's pixels staged alone (eo_etl.beam's stage_sample:
-                                           samples that come one at a time), or read back from the store (a rerun
-                                           that moved samples whose range was let go); let go, as a range's are,
-                                           once full shards hold the sample
+                                           full shards hold every sample of the range (a rerun that moved samples
+                                           whose range was let go adds them again, read back from the store)
       index/<source>/rows-AAAAAAAAA-BBBBBBBBB.parquet   a part of the index: its rows of those plan rows, every
                                            version, written by a worker; the closing step merges the parts
       shards/<source>/shard-NNNNN.json     the samples a written shard holds, (version, cell) by position
@@ -30,8 +27,8 @@ from __future__ import annotations
 import io
 import json
 import zipfile
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -46,6 +43,7 @@ from eo_etl.store.zarr import BandStatistics
 
 STATE_DIR = "_build"
 PixelSink = Callable[[str, np.ndarray], None]  # (staged name, pixels): stage one sample's pixels
+Range = tuple[int, int]  # (first, stop): a range of plan rows (plan_rows.py), the unit of staging and resuming
 RANGE_PREFIX = "rows-"
 
 
@@ -132,9 +130,6 @@ class BuildState:
         return self.dir / "shards"
 
     # -------------------------------------------------------------------------------------- samples
-    def _sample(self, version: int, source: str, cell: str, suffix: str) -> Location:
-        return self._version_dir(version) / "samples" / source / f"{cell}{suffix}"
-
     def _range(self, version: int, source: str, first: int, stop: int, suffix: str = ".json") -> Location:
         return self._version_dir(version) / "samples" / source / f"{RANGE_PREFIX}{first:09d}-{stop:09d}{suffix}"
 
@@ -149,8 +144,9 @@ class BuildState:
     @contextmanager
     def staging(self, version: int, source: str, first: int, stop: int, *, keep: set[str]) -> Iterator[PixelSink]:
         """Stage a range's pixels as they come, one array at a time into one file (after those staged before that
-        ``keep`` names: a rerun's, less the samples of cells it acquires again), so that a worker holds one cell's
-        pixels at a time; the file is put in place when the block ends. :meth:`stage_range` then records the range."""
+        ``keep`` names: a rerun's, less the samples of cells it acquires again, or all when it adds samples read back
+        from the store), so that a worker holds one cell's pixels at a time; the file is put in place when the block
+        ends. :meth:`stage_range` then records the range."""
         target = self._range(version, source, first, stop, ".npz")
         with target.staged_file() as path, zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as archive:
 
@@ -165,13 +161,36 @@ class BuildState:
                             add(cell, staged[cell])
             yield add
 
-    def stage(self, version: int, sample: Sample, recipe_hash: str) -> IndexRow:
-        """Stage one finished sample's pixels (an ok one's) in a file of its own, for samples that come one at a time
-        in any order (eo_etl.beam); its record, which :meth:`stage_range` writes with the others of its range."""
-        record = sample.row(version, recipe_hash)
-        if sample.status == OK:
-            self.save_pixels(version, sample.source, staged_name(record), sample.pixels)
-        return record
+    def stage_samples(
+        self,
+        version: int,
+        source: str,
+        samples: Iterable[Sample],
+        part_of: Mapping[str, Range],
+        kept: Mapping[Range, list[IndexRow]],
+        recipe_hash: str,
+    ) -> dict[Range, list[IndexRow]]:
+        """Stage ``samples`` of ``source``, which come in any order, and record their ranges (``part_of``: each cell's
+        range of plan rows): an ok sample's pixels go into its range's file as it comes (:meth:`staging`, after the
+        pixels of the range's ``kept`` records, finished before), so that one sample's pixels are held at a time;
+        then each range's records, ``kept`` and the new ones, which say it is done (:meth:`stage_range`). Those
+        records, by range."""
+        new: dict[Range, list[IndexRow]] = {}
+        with ExitStack() as files:
+            sinks: dict[Range, PixelSink] = {}
+            for sample in samples:
+                part = part_of[sample.cell]
+                record = sample.row(version, recipe_hash)
+                new.setdefault(part, []).append(record)
+                if sample.status == OK:
+                    if part not in sinks:
+                        keep = {staged_name(r) for r in kept.get(part, ()) if r.status == OK}
+                        sinks[part] = files.enter_context(self.staging(version, source, *part, keep=keep))
+                    sinks[part](staged_name(record), sample.pixels)
+        recorded = {part: [*kept.get(part, ()), *records] for part, records in new.items()}
+        for part, records in recorded.items():  # once every pixel is in place
+            self.stage_range(version, source, *part, records)
+        return recorded
 
     def stage_range(self, version: int, source: str, first: int, stop: int, records: list[IndexRow]) -> None:
         """Record a range of cells as finished, once its ok cells' pixels are staged (:meth:`staging`): one file
@@ -193,20 +212,8 @@ class BuildState:
         with handle, np.load(handle, allow_pickle=False) as arrays:
             yield arrays
 
-    def restage_range(self, version: int, source: str, first: int, stop: int, pixels: dict[str, np.ndarray]):
-        """Add ``pixels`` (new cells', or some read back from the store by a rerun that moved them) to a range's
-        staged ones, in one file."""
-        with self.range_pixels(version, source, first, stop) as staged:
-            pixels = {cell: staged[cell] for cell in staged if cell not in pixels} | pixels
-        self._save_batch(self._range(version, source, first, stop, ".npz"), pixels)
-
     def drop_range_pixels(self, version: int, source: str, first: int, stop: int) -> None:
         self._range(version, source, first, stop, ".npz").remove()
-
-    def _save_batch(self, target: Location, pixels: dict[str, np.ndarray]) -> None:
-        buffer = io.BytesIO()
-        np.savez(buffer, **{cell: pixels[cell] for cell in sorted(pixels)})
-        target.write_bytes(buffer.getvalue())
 
     def version_numbers(self) -> list[int]:
         """Every version begun, oldest first."""
@@ -223,34 +230,6 @@ class BuildState:
         whole state read back, for tests and inspection; the build reads it a range at a time (``range_records``)."""
         paths = (self.dir / "versions").glob(f"*/samples/*/{RANGE_PREFIX}*.json")
         return [record for data in read_each(paths) for record in _parse_records(data)]
-
-    def load_pixels(self, version: int, source: str, cell: str) -> np.ndarray | None:
-        try:
-            data = self._sample(version, source, cell, ".npy").read_bytes()
-        except FileNotFoundError:
-            return None
-        return np.load(io.BytesIO(data), allow_pickle=False)
-
-    def has_pixels(self, version: int, source: str, cell: str) -> bool:
-        return self._sample(version, source, cell, ".npy").exists()
-
-    def staged_samples(self, source: str) -> dict[int, set[str]]:
-        """The samples of ``source`` staged one at a time (:meth:`stage`), by version: their staged names (one
-        listing per version; none in the build's own graph, which stages by range)."""
-        found = {}
-        for version in self.version_numbers():
-            paths = (self._version_dir(version) / "samples" / source).glob("*.npy")
-            if paths:
-                found[version] = {path.name.removesuffix(".npy") for path in paths}
-        return found
-
-    def drop_pixels(self, version: int, source: str, cell: str) -> None:
-        self._sample(version, source, cell, ".npy").remove()
-
-    def save_pixels(self, version: int, source: str, cell: str, pixels: np.ndarray) -> None:
-        buffer = io.BytesIO()
-        np.save(buffer, pixels, allow_pickle=False)
-        self._sample(version, source, cell, ".npy").write_bytes(buffer.getvalue())
 
     # --------------------------------------------------------------------------------------- shards
     def _shard(self, source: str, k: int, suffix: str) -> Location:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import functools
 from collections import Counter
 from collections.abc import Iterator
-from contextlib import ExitStack
 
 import apache_beam as beam
 import geopandas as gpd
@@ -24,7 +23,7 @@ from eo_etl.pipeline.shards import (
     shard_members,
     stored_statistics,
 )
-from eo_etl.pipeline.state import BuildState, PixelSink, ShardEntry, staged_name
+from eo_etl.pipeline.state import BuildState, ShardEntry, staged_name
 from eo_etl.plan import PLAN_NAME
 from eo_etl.recipe import Recipe
 from eo_etl.sample import FAILED, OK, REJECTED, Sample
@@ -115,23 +114,8 @@ class AcquireRange(beam.DoFn):
         counter("cells already finished").inc(len(done))
         part_of = {cell.name: ranges[i // range_size(self.rows)] for i, cell in enumerate(cells)}
         todo = [cell for cell in cells if cell.name not in done]
-        new: dict[tuple[int, int], list[IndexRow]] = {}
-        with ExitStack() as staging:  # a range's pixels go to its file as they come: one cell's held at a time
-            sinks: dict[tuple[int, int], PixelSink] = {}
-            for sample in self.acquisitions[source].acquire(todo, anchors):
-                count_outcome(sample)
-                part = part_of[sample.cell]
-                record = sample.row(self.version, self.recipe_hash)
-                new.setdefault(part, []).append(record)
-                if sample.status == OK:
-                    if part not in sinks:
-                        keep = {staged_name(r) for r in kept[part] if r.status == OK}  # a rerun's: staged before
-                        sinks[part] = staging.enter_context(self.state.staging(self.version, source, *part, keep=keep))
-                    sinks[part](staged_name(record), sample.pixels)
-                    counter("pixel bytes staged").inc(sample.pixels.nbytes)
-        for part, records in new.items():  # then the records, which say the range is done
-            found[part] = kept[part] + records
-            self.state.stage_range(self.version, source, *part, found[part])
+        acquired = _counted(self.acquisitions[source].acquire(todo, anchors))
+        found |= self.state.stage_samples(self.version, source, acquired, part_of, kept, self.recipe_hash)
         if todo:
             self._count_retries(source)
         return found
@@ -151,6 +135,15 @@ class AcquireRange(beam.DoFn):
     def teardown(self):
         for acquisition in getattr(self, "acquisitions", {}).values():
             acquisition.close()
+
+
+def _counted(samples: Iterator[Sample]) -> Iterator[Sample]:
+    """``samples`` as they come, each outcome counted, and the pixel bytes of the ok ones."""
+    for sample in samples:
+        count_outcome(sample)
+        if sample.status == OK:
+            counter("pixel bytes staged").inc(sample.pixels.nbytes)
+        yield sample
 
 
 def count_outcome(sample: Sample) -> None:
@@ -234,10 +227,11 @@ class CheckShard(beam.DoFn):
             with state.range_pixels(version, source, first, stop) as staged:
                 cells = [staged_name(part.records[i]) for i in part.stored]
                 missing = [cell for cell in cells if cell not in staged]
-            missing = [cell for cell in missing if not state.has_pixels(version, source, cell)]
-            if missing:
-                moved = _stored_pixels(state, self.root, source, version, missing)
-                state.restage_range(version, source, first, stop, moved)
+                held = set(staged)
+            if missing:  # read back from the store into the range's file, after the pixels staged there
+                with state.staging(version, source, first, stop, keep=held) as add:
+                    for cell, pixels in _stored_pixels(state, self.root, source, version, missing).items():
+                        add(cell, pixels)
         yield task
 
 
@@ -284,14 +278,10 @@ def _load_pixels(state: BuildState, key: RangeKey, cell: str, staged=None):
     source, version, first, stop = key
     if staged is None:  # the range's .npz, unless the caller holds it open already
         with state.range_pixels(version, source, first, stop) as batch:
-            if cell in batch:
-                return batch[cell]
-    elif cell in staged:
-        return staged[cell]
-    pixels = state.load_pixels(version, source, cell)
-    if pixels is None:
+            return _load_pixels(state, key, cell, batch)
+    if cell not in staged:
         raise RuntimeError(f"{cell}/{source} (version {version}): pixels not staged")
-    return pixels
+    return staged[cell]
 
 
 class WriteShard(beam.DoFn):
@@ -360,9 +350,8 @@ class WriteIndexPart(beam.DoFn):
 def finish(_shards_done: int, recipe: Recipe, root: Location, positions: Positions,
            parts: list[tuple[str, str, int, int]]) -> None:  # fmt: skip
     """The dataset's closing writes: store statistics (merged from the shards' own), STAC, exports, versions and,
-    last, the index merged from the workers' parts; then the staged pixels of ranges (and of samples staged one at
-    a time) whose samples all lie in full shards are let go (a partial last shard keeps them for the next
-    version)."""
+    last, the index merged from the workers' parts; then the staged pixels of ranges whose samples all lie in full
+    shards are let go (a partial last shard keeps them for the next version)."""
     root = Location.of(root)
     state = BuildState(root)
     size = recipe.outputs.shard_size
@@ -385,17 +374,3 @@ def finish(_shards_done: int, recipe: Recipe, root: Location, positions: Positio
     state.remove_index_parts()
     for source, version, first, stop in positions.ranges_in_full_shards(size):
         state.drop_range_pixels(version, source, first, stop)
-    for source, count in positions.counts.items():
-        _drop_staged_samples(state, source, count // size)
-
-
-def _drop_staged_samples(state: BuildState, source: str, full_shards: int) -> None:
-    """Pixels staged one sample at a time (eo_etl.beam's ``stage_sample``) of the samples the first ``full_shards``
-    shards hold: let go, as the ranges' are (a partial last shard's are kept for the next version)."""
-    staged = state.staged_samples(source)
-    if not staged:  # the build's own graph stages by range: nothing to look up
-        return
-    for k in range(full_shards):
-        for entry in state.shard_entries(source, k):
-            if entry.cell in staged.get(entry.version, ()):
-                state.drop_pixels(entry.version, source, entry.cell)
