@@ -23,6 +23,7 @@ from eo_etl.captions.stage import STAGE as CAPTIONS
 from eo_etl.captions.templates import TemplateError, load_templates, noun, template_captions
 from eo_etl.labels.landcover import STAGE as LANDCOVER
 from eo_etl.recipe import parse_recipe
+from eo_etl.stages.core import Item
 from eo_etl.stages.run import run_stage
 from tests.datasets import place_sample, write_dataset
 
@@ -221,6 +222,27 @@ def test_the_captions_stage_writes_several_captions_per_sample_with_provenance_b
                            env={"PYTHONHASHSEED": "123", "PATH": ""})  # fmt: skip
     assert [tuple(c) for c in json.loads(other.stdout)] == template_captions(json.loads(f))
     assert [c["text"] for c in table.iloc[2]["captions"]] == [text for _, text in template_captions(json.loads(f))]
+
+
+def test_a_label_only_sources_samples_get_no_captions_and_the_imagerys_do():
+    # the demo's layout: land cover (MODIS classes, every band a class map) aligned to Sentinel-2
+    recipe = parse_recipe({
+        "name": "captions", "aoi": {"bbox": [0, 0, 1, 1]}, "time": {"start": "2019-01-01", "end": "2019-12-31"},
+        "sources": [{"name": "s2", "url": "http://127.0.0.1:9/stac", "collection": "sentinel-2-l2a"},
+                    {"name": "lc", "url": "http://127.0.0.1:9/stac", "collection": "modis-mcd12c1",
+                     "align": {"to": "s2", "within_days": 0}}],
+        "captions": {"kind": "template", "place": False},
+    })  # fmt: skip
+    caption = CAPTIONS.open(recipe.captions, recipe)
+    ids = [f"454U_120R.{source}.20190101" for source in ("lc", "s2", "lc")]
+    items = [Item(sid, {**INDEX_ROW, "source": sid.split(".")[1], "sample_id": sid}, {"landcover": LANDCOVER_ROW})
+             for sid in ids]  # fmt: skip
+    lc, s2, lc_again = caption(items)
+    assert lc.row == lc_again.row == {"captions": [], "facts": None, "attribution": None}
+    said = json.loads(s2.row["facts"])
+    assert said["sensor"] == "Sentinel-2 L2A" and said["land_cover"][0]["class"] == "Grasslands"
+    assert [c["text"] for c in s2.row["captions"]] == [text for _, text in template_captions(said)]
+    assert caption([items[0]])[0].row["captions"] == []  # a batch of labels alone: nothing to caption
 
 
 def test_eo_etl_build_runs_the_captions_stage_through_beam_and_shows_some(tmp_path):

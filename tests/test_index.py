@@ -3,6 +3,8 @@ builds concatenate; readers (pyarrow, pandas) see the same types with failures, 
 
 from __future__ import annotations
 
+import warnings
+
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -48,3 +50,17 @@ def test_the_index_has_one_schema_with_failures_without_them_or_with_only_them(t
     assert clean[1]["height"] == "Int64" and mixed[1]["reason"] == "str"
     both = pd.concat([pd.read_parquet(tmp_path / "clean.parquet"), pd.read_parquet(tmp_path / "failed.parquet")])
     assert both["height"].isna().sum() == 2 and both["height"].dropna().tolist() == [s.pixels.shape[1] for s in samples]
+
+
+def test_the_index_is_written_without_deprecated_pandas_calls_and_its_times_stay_utc(tmp_path):
+    samples = sentinel2_samples(2)
+    with warnings.catch_warnings():  # pandas 3.1 deprecates Series.values of a zoned column, which pyarrow < 26 used
+        warnings.simplefilter("error", DeprecationWarning)
+        warnings.simplefilter("error", FutureWarning)
+        schema, dtypes = written(samples, tmp_path / "index.parquet")
+    assert (
+        schema.field("timestamp").type == pa.timestamp("us", tz="UTC") and dtypes["timestamp"] == "datetime64[us, UTC]"
+    )
+    index = pd.read_parquet(tmp_path / "index.parquet")
+    assert index["timestamp"].tolist() == [pd.Timestamp(s.timestamp).tz_convert("UTC") for s in samples]
+    assert index["slice_start"].isna().all()

@@ -13,6 +13,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import zarr
 from apache_beam.options.pipeline_options import PipelineOptions
 
 import eo_etl.pipeline.index_parts
@@ -27,8 +28,10 @@ from eo_etl.plan import plan, plan_bands, write_plan
 from eo_etl.recipe.load import parse_recipe
 from eo_etl.sources.acquire import acquire_source
 from eo_etl.sources.cell import cells_of
+from eo_etl.sources.profile import CollectionProfile, find_profile
 from eo_etl.store.index import index_frame, index_table, write_index
 from eo_etl.store.location import Location
+from eo_etl.store.zarr import STORE_NAME
 
 EUROPE = [-25.0, 34.0, 45.0, 72.0]  # 83,659 cells on the 10 km grid
 
@@ -95,6 +98,38 @@ def test_the_synthetic_source_makes_the_same_pixels_from_a_cells_name_without_io
     assert not np.array_equal(first[0].pixels, first[1].pixels)  # each cell its own
     assert first[0].pixels.shape == (2, 8, 8) and first[0].pixels.dtype == np.uint16 and first[0].pixels.min() > 0
     assert first[0].product_id == f"synthetic-{cells[0].name}" and first[0].timestamp.day == 16  # mid-window
+
+
+@pytest.mark.parametrize(
+    ("collection", "bands", "dtype"),
+    [("sentinel-1-rtc", ["vv", "vh"], np.float32), ("cop-dem-glo-30", ["data"], np.float32),
+     ("modis-mcd12c1", ["LC_Type1"], np.uint8), ("sentinel-2-l2a", ["B02"], np.uint16)],
+)  # fmt: skip
+def test_synthetic_pixels_take_the_profiles_dtype_and_nodata_and_are_never_nodata(tmp_path, collection, bands, dtype):
+    recipe = synthetic_recipe(tmp_path, [10.0, 45.0, 10.1, 45.1])
+    source = recipe.sources[0].model_copy(update={"collection": collection, "profile": collection, "bands": bands})
+    samples = list(acquire_source(recipe, source, cells_of(recipe, plan(recipe))))
+    nodata = find_profile(collection).nodata
+    assert samples and all(s.status == "ok" and s.pixels.dtype == dtype and s.nodata == nodata for s in samples)
+    assert not any((s.pixels == nodata).any() for s in samples)  # -32768, -32767, 255, 0: never a made pixel
+
+
+def test_a_profile_whose_nodata_is_no_value_of_its_dtype_is_refused():
+    data = find_profile("sentinel-1-rtc").model_dump() | {"dtype": "uint16"}
+    with pytest.raises(ValueError, match="sentinel-1-rtc: nodata -32768 is not a value of uint16"):
+        CollectionProfile.model_validate(data)
+
+
+def test_a_synthetic_sentinel_1_build_stores_float32_with_its_nodata(tmp_path):
+    # uint16 pixels once met Sentinel-1's nodata -32768 in the store: "-32768 out of bounds for uint16"
+    recipe = synthetic_recipe(tmp_path, [10.0, 45.0, 10.1, 45.1], formats=["zarr", "majortom"])
+    source = recipe.sources[0].model_copy(update={"collection": "sentinel-1-rtc", "profile": "sentinel-1-rtc",
+                                                  "name": "s1", "bands": ["vv", "vh"]})  # fmt: skip
+    report = build(recipe.model_copy(update={"sources": [source]}), options={"direct_running_mode": "in_memory"})
+    assert report.metrics["samples written"] == 4
+    pixels = zarr.open_group(tmp_path / "out" / STORE_NAME, mode="r")["s1"]["pixels"]
+    assert pixels.dtype == np.float32 and pixels.fill_value == -32768 and pixels.attrs["nodata"] == -32768
+    assert float(pixels[:].min()) >= 1.0
 
 
 def test_a_build_records_its_cells_by_range_and_a_rerun_acquires_none(tmp_path):

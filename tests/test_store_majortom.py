@@ -41,6 +41,7 @@ from eo_etl.store.majortom import (
     cloud_mask,
     part_name,
     thumbnail,
+    write_metadata,
     write_part,
 )
 from tests.servers import file_server
@@ -354,6 +355,24 @@ def test_the_same_samples_give_the_same_bytes(tmp_path):
     again = write_part(Location(tmp_path / "b"), 3, items, profile)
     assert Path(first.url).name == "part_00004.parquet"
     assert Path(first.url).read_bytes() == Path(again.url).read_bytes()
+
+
+def test_metadata_is_in_store_order_whatever_order_the_index_batches_come_in(tmp_path):
+    # the index is sorted by cell, not by position: its batches of 2 rows hold positions out of order
+    positions = [7, None, 2, 5, 0, None, 6, 1, 4, 3]
+    index = pd.DataFrame({
+        "source": ["s", "s", "s", "other", *["s"] * 6], "zarr_index": pd.array(positions, dtype="Int64"),
+        "grid_cell": [f"{n}U_1R" for n in range(10)], "grid_row_u": range(10), "grid_col_r": 1,
+        "product_id": "p", "timestamp": pd.Timestamp("2022-07-19T09:55:59Z"), "cloud_cover": 1.0, "nodata": 0.0,
+        "centre_lat": 45.0, "centre_lon": 10.0, "crs": "EPSG:32632", "sample_id": [f"id{n}" for n in range(10)],
+    })  # fmt: skip
+    target = write_metadata(Location(tmp_path), index, "s", shard_size=3, batch_size=2)
+    meta = pq.read_table(target.url)
+    assert meta.schema == METADATA_SCHEMA  # Core's columns: the position only put them in order
+    stored = {p: f"id{n}" for n, p in enumerate(positions) if p is not None and index.source[n] == "s"}
+    assert meta["sample_id"].to_pylist() == [stored[p] for p in sorted(stored)]
+    assert meta["parquet_url"].to_pylist() == [f"images/{part_name(p // 3)}" for p in sorted(stored)]
+    assert meta["parquet_row"].to_pylist() == [p % 3 for p in sorted(stored)]
 
 
 def test_absolute_urls_join_relative_ones_to_where_the_folder_is_served():

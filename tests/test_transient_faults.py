@@ -104,6 +104,21 @@ def test_one_fault_fails_one_cell_at_most(faulty, fault):
     )
 
 
+def test_a_refused_read_that_gdal_words_without_its_status_fails_at_once_and_not_as_transient(faulty):
+    # The header's HEAD passes and GDAL's two GETs are refused: GDAL says "not recognized as being in a supported
+    # file format", no status; the check's GET is refused too. A retry would ask again for what was refused.
+    fresh(faulty)
+    r = recipe(faulty["api"])
+    faulty["faults"].plan("/S2B_west/B02.tif", None, 403, 403, 403)
+    policy = quick()
+    samples = list(acquire_source(r, r.sources[0], cells_of(r, plan(r)), workers=1, policy=policy))
+    assert faulty["faults"].sent["/S2B_west/B02.tif"] == [403] * 3  # every planned answer was asked for
+    [failed] = [s for s in samples if s.status == FAILED]
+    assert failed.reason.startswith(f"ReadError: band B02 of {faulty['files']}/S2B_west/B02.tif: ")
+    assert failed.reason.endswith("(the server answers HTTP 403)")  # not "transient: …", which a rerun retries
+    assert policy.retries == 0 and not policy.by_host
+
+
 def test_a_file_that_is_not_a_raster_fails_at_once_with_its_reason(tmp_path):
     with file_server(tmp_path) as files:
         item = sentinel2_item(tmp_path, "html", WHEN, href_base=files)

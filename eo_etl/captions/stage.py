@@ -1,6 +1,8 @@
 """The ``captions`` stage: several captions per sample, each with its provenance, in ``captions.parquet``.
 
-One row per sample (keyed by ``sample_id`` by the stage mechanism, eo_etl/stages/):
+One row per sample (keyed by ``sample_id`` by the stage mechanism, eo_etl/stages/); captions describe imagery, so
+the samples of a label-only source (every band a class map, such as aligned land cover) have none (an empty list,
+no facts):
 
 - ``captions``: a list, one entry per caption: ``variant`` (a template variant, or ``llm-<n>``), ``text``
   (null when flagged), ``flag`` (why no text: ``rejected: …`` by the checks), ``model`` ("template" or the
@@ -31,6 +33,7 @@ from eo_etl.captions.facts import canonical, make_facts
 from eo_etl.captions.llm import CaptionError, LlmCaptioner
 from eo_etl.captions.templates import load_templates, template_captions
 from eo_etl.pipeline.state import STATE_DIR
+from eo_etl.sources.profile import find_profile
 from eo_etl.stages.core import Item, Output, Stage
 from eo_etl.store.location import Location
 
@@ -46,14 +49,30 @@ def facts_of(item: Item, sensors: dict[str, str], with_place: bool) -> dict:
                       place=town)  # fmt: skip
 
 
+def label_sources(recipe) -> set[str]:
+    """The recipe's sources that are labels, not imagery: every band a class map (its profile's role ``classes``,
+    such as land cover aligned to the imagery). Captions describe imagery, so these samples get none."""
+    return {source.name for source in recipe.sources
+            if all(find_profile(source.profile).bands[band].role == "classes" for band in source.bands)}  # fmt: skip
+
+
 def open_captioner(settings, recipe):
-    """The stage's function: per batch of samples, their captions."""
+    """The stage's function: per batch of samples, their captions (none for a label-only source's samples)."""
     sensors = {source.name: source.collection for source in recipe.sources}
     with_place = settings.place and place.available()
     attribution = place.ATTRIBUTION if with_place else None
     if settings.kind == "template":
-        return _template_captioner(settings, sensors, with_place, attribution)
-    return _model_captioner(settings, recipe, sensors, with_place, attribution)
+        caption = _template_captioner(settings, sensors, with_place, attribution)
+    else:
+        caption = _model_captioner(settings, recipe, sensors, with_place, attribution)
+    labels = label_sources(recipe)
+
+    def imagery_only(items: Sequence[Item]) -> list[Output]:
+        imagery = [item for item in items if item.row["source"] not in labels]
+        captioned = iter(caption(imagery) if imagery else [])
+        return [_uncaptioned() if item.row["source"] in labels else next(captioned) for item in items]
+
+    return imagery_only
 
 
 def _template_captioner(settings, sensors: dict[str, str], with_place: bool, attribution: str | None):
@@ -108,6 +127,11 @@ def _model_captioner(settings, recipe, sensors: dict[str, str], with_place: bool
     return caption
 
 
+def _uncaptioned() -> Output:
+    """A label-only source's sample: no captions, no facts."""
+    return Output({"captions": [], "facts": None, "attribution": None})
+
+
 def _row(captions: list[dict], facts: dict, attribution: str | None) -> dict:
     return {"captions": captions, "facts": json.dumps(facts, sort_keys=True, ensure_ascii=False),
             "attribution": attribution}  # fmt: skip
@@ -130,6 +154,6 @@ STAGE = Stage(
         ]
     ),  # fmt: skip
     reads=("landcover", "osm"),  # their tables, never their modules
-    version="1",
+    version="2",  # 2: no captions for label-only sources
     batch_size=16,  # an LLM batch is seconds to minutes of requests: a small unit of resuming
 )

@@ -10,6 +10,7 @@ from functools import cache
 from importlib.resources import files
 from typing import Literal
 
+import numpy as np
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -64,6 +65,9 @@ class CollectionProfile(BaseModel):
     default_resolution_m: float = Field(gt=0)
     bands: dict[str, Band]
     nodata: float | None = Field(None, description="Nodata of the assets when neither the item nor the file says.")
+    dtype: Literal["uint8", "uint16", "int16", "float32"] = Field(
+        "uint16", description="The assets' pixel type (the synthetic source makes its pixels in it)."
+    )
     quality: QualityRule | None = None
     cloud_property: str | None = Field(
         "eo:cloud_cover", description="The items' cloud cover property; null for collections without (radar, DEM)."
@@ -80,6 +84,10 @@ class CollectionProfile(BaseModel):
         unknown = [band for band in named if band not in self.bands]
         if unknown:
             raise ValueError(f"{self.name}: bands {unknown} are named but not listed under bands")
+        if self.nodata is not None and np.dtype(self.dtype).kind in "iu":
+            info = np.iinfo(self.dtype)
+            if not (self.nodata.is_integer() and info.min <= self.nodata <= info.max):
+                raise ValueError(f"{self.name}: nodata {self.nodata:g} is not a value of {self.dtype}")
         return self
 
     def asset_keys(self, band: str) -> tuple[str, ...]:

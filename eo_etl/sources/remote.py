@@ -3,15 +3,17 @@ host), a concurrency limit per host, and GDAL settings for reading cloud-optimis
 requests.
 
 An error is *transient* when trying again can help (429, 5xx, timeouts, dropped connections, empty replies);
-anything else (404, a file that is not a raster) fails at once, and the caller records it.
+anything else (403, 404, a file that is not a raster) fails at once, and the caller records it. A refused read is
+refused again: a signed href is signed right before its read, with a token valid for a minute more at least.
 
 GDAL words a failed HTTP request as the open or the block read it broke ("not recognized as being in a
 supported file format", "Read failed"), the status only in a debug message. So a GDAL failure on a remote
 path that names no status or network error is checked against the server with one small ranged GET: a
-failing or throttling server is transient, a 404 or bytes that are no raster are permanent, and a server
-that serves a raster now means the read met a fault that has passed (retried; if every attempt ends so,
-the file itself is at fault). After any failure GDAL's memory of the URL (existence, size, blocks) is
-dropped, so the next read, a retry or another cell's, asks the server again.
+failing or throttling server is transient, a refusal (401, 403), a 404 or bytes that are no raster are
+permanent (as when GDAL names the status), and a server that serves a raster now means the read met a fault
+that has passed (retried; if every attempt ends so, the file itself is at fault). After any failure GDAL's
+memory of the URL (existence, size, blocks) is dropped, so the next read, a retry or another cell's, asks the
+server again.
 """
 
 from __future__ import annotations
@@ -281,9 +283,9 @@ def classify(error: BaseException, path: str, what: str) -> ReadError:
             head = next(answer.iter_content(16), b"") if answer.ok else b""
     except requests.RequestException as probe_error:
         return ReadError(f"{said} (and the server failed a check: {type(probe_error).__name__})", transient=True)
-    if answer.status_code in (401, 403, 407):  # GDAL may send credentials (headers, cookies) this check lacks
+    if answer.status_code == 407:  # the check's proxy wants credentials (GDAL's may have them): no evidence
         return ReadError(said, transient=True, unexplained=True)
-    if not answer.ok:
+    if not answer.ok:  # a refusal (401, 403) too: the check asks for the URL GDAL read, a signed href's token and all
         transient = answer.status_code in TRANSIENT_STATUS
         return ReadError(f"{said} (the server answers HTTP {answer.status_code})", transient=transient)
     if not head.lstrip().startswith(RASTER_SIGNATURES):

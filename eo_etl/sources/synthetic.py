@@ -2,8 +2,9 @@
 the pipeline's own costs (planning, state, shards, the index) are measured apart from any network.
 
 The same cell, source and time window always give the same sample: pixels drawn from a generator seeded by a
-hash of the cell and source names, in the profile's bands on the cell's UTM patch grid, dated at the middle of
-the window. Nothing in it is imagery: never publish a dataset built from it.
+hash of the cell and source names, in the profile's bands and pixel type (``dtype``: Sentinel-1 and the DEM are
+float32, land cover uint8) on the cell's UTM patch grid, with its nodata, dated at the middle of the window.
+Nothing in it is imagery: never publish a dataset built from it.
 """
 
 from __future__ import annotations
@@ -18,7 +19,16 @@ from eo_etl.sources.patch import SourceReader
 from eo_etl.sources.patch_grid import patch_grid
 
 PRODUCT_PREFIX = "synthetic-"
-VALUES = (1, 10_000)  # a reflectance-like range above the profile's nodata (0)
+VALUES = (1, 10_000)  # a reflectance-like range: above every profile's nodata (0 or negative), below uint8's 255
+
+
+def synthetic_pixels(rng: np.random.Generator, shape: tuple[int, ...], dtype: str) -> np.ndarray:
+    """Pixels of the profile's ``dtype`` within ``VALUES``; integers also below the type's largest value (a class
+    map's nodata, such as MODIS's 255), so that no pixel is nodata."""
+    kind = np.dtype(dtype)
+    if kind.kind == "f":
+        return rng.uniform(*VALUES, size=shape).astype(kind)
+    return rng.integers(VALUES[0], min(VALUES[1], np.iinfo(kind).max - 1), size=shape, dtype=kind, endpoint=True)
 
 
 class SyntheticReader(SourceReader):
@@ -30,7 +40,7 @@ class SyntheticReader(SourceReader):
         seed = hashlib.sha256(f"{cell.name}/{self.source.name}".encode()).digest()[:8]
         rng = np.random.default_rng(int.from_bytes(seed, "little"))
         shape = (len(self.bands), grid.height, grid.width)
-        sample.pixels = rng.integers(*VALUES, size=shape, dtype=np.uint16, endpoint=True)
+        sample.pixels = synthetic_pixels(rng, shape, self.profile.dtype)
         sample.nodata = self.profile.nodata
         sample.bands = self.bands
         sample.transform = tuple(grid.transform)[:6]

@@ -81,8 +81,9 @@ def index_table(index: gpd.GeoDataFrame) -> pa.Table:
         frame[name] = frame[name].astype("Int64")
     for name in _TEXT_COLUMNS:  # text or None (pandas 2's astype(str) would make None "None")
         frame[name] = frame[name].astype(object).where(frame[name].notna(), None)
-    for name in TIME_COLUMNS:
-        frame[name] = pd.to_datetime(frame[name], utc=True).astype("datetime64[us, UTC]")
+    for name in TIME_COLUMNS:  # UTC, handed to Arrow without its zone (the cast below gives INDEX_SCHEMA's): Arrow
+        # < 26 reads a zoned column by Series.values, which pandas 3.1 deprecates (it would keep the zone)
+        frame[name] = pd.to_datetime(frame[name], utc=True).dt.tz_convert(None).astype("datetime64[us]")
     table = _geopandas_to_arrow(frame[[n for n in INDEX_SCHEMA.names if n != "bbox"]], index=False,
                                 write_covering_bbox=True)  # fmt: skip
     produced = {field.name: field for field in table.schema}

@@ -207,7 +207,8 @@ def _sar(vv: np.ndarray, vh: np.ndarray, vv_valid: np.ndarray, vh_valid: np.ndar
 
 
 def metadata_table(index: pd.DataFrame, source: str, shard_size: int) -> pa.Table:
-    """Core's metadata for ``source``'s stored samples (index rows with a ``zarr_index``), in store order."""
+    """Core's metadata for ``source``'s stored samples (index rows with a ``zarr_index``), in store order, with
+    their ``zarr_index`` last (what puts batches in store order; ``write_metadata`` drops it)."""
     rows = index[(index["source"] == source) & index["zarr_index"].notna()].sort_values("zarr_index")
     position = rows["zarr_index"].astype("int64")
     timestamps = pd.to_datetime(rows["timestamp"], utc=True).dt.tz_convert(None).astype("datetime64[us]")
@@ -219,8 +220,9 @@ def metadata_table(index: pd.DataFrame, source: str, shard_size: int) -> pa.Tabl
         "parquet_url": [f"{IMAGES}/{part_name(k)}" for k in position // shard_size],
         "parquet_row": (position % shard_size).to_numpy(),
         "sample_id": rows["sample_id"].to_numpy(),
+        "zarr_index": position.to_numpy(),
     }
-    return pa.Table.from_pydict(columns, schema=METADATA_SCHEMA)
+    return pa.Table.from_pydict(columns, schema=METADATA_SCHEMA.append(pa.field("zarr_index", pa.int64())))
 
 
 # what metadata_table reads of the index
@@ -238,11 +240,10 @@ def write_metadata(folder: Location, index: Index, source: str, shard_size: int,
     pieces = [
         metadata_table(rows, source, shard_size) for rows in index_batches(index, METADATA_INDEX_COLUMNS, batch_size)
     ]
-    table = pa.concat_tables(pieces) if pieces else METADATA_SCHEMA.empty_table()
-    # store order across the batches: by part, then row (a position's two halves)
-    parts = [part_number(url.rsplit("/", 1)[-1]) for url in table["parquet_url"].to_pylist()]
-    table = table.take(np.lexsort((table["parquet_row"].to_numpy(), np.array(parts, dtype=np.int64))))
-    table = table.combine_chunks()
+    if not pieces:
+        table = METADATA_SCHEMA.empty_table()
+    else:  # store order across the batches
+        table = pa.concat_tables(pieces).sort_by("zarr_index").drop_columns("zarr_index").combine_chunks()
     shards = -(-table.num_rows // shard_size)
     for part in (folder / IMAGES).glob("part_*.parquet"):
         if part_number(part.name) >= shards:
