@@ -9,7 +9,6 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Optional, get_args
 
-import pandas as pd
 import typer
 from rich.console import Console
 from rich.markup import escape
@@ -18,8 +17,7 @@ from rich.text import Text
 
 from eo_etl import __version__
 from eo_etl.extras import MissingExtras
-from eo_etl.grid import CellNameError, get_grid
-from eo_etl.grid.points import PointsError, locate_points, read_points, write_points
+from eo_etl.grid import get_grid
 from eo_etl.recipe import Recipe, RecipeError, load_recipe
 from eo_etl.recipe.load import parse_section
 from eo_etl.recipe.models import MAX_CELLS, Publish, Runner
@@ -28,7 +26,12 @@ from eo_etl.store.location import Location, local_file_problem, local_folder_pro
 from eo_etl.text import printable
 
 if TYPE_CHECKING:
+    import pandas as pd
+
     from eo_etl.build import BuildReport
+
+# pandas, geopandas (the points table), Beam and the stages are imported by the commands that use them: `--help`,
+# `--version` and `grid cell` start without them.
 
 app = typer.Typer(
     help="Build and curate ML-ready Earth observation datasets from a recipe.",
@@ -82,7 +85,7 @@ def user_errors() -> Iterator[None]:
         for problem in error.problems:
             say_error(problem)
         raise typer.Exit(2) from None
-    except (PointsError, CellNameError, ValueError) as error:
+    except ValueError as error:  # the commands' own, CellNameError, PointsError
         say_error(error)
         raise typer.Exit(2) from None
 
@@ -122,6 +125,8 @@ def plan(
 ) -> None:
     """List the grid cells of the recipe's AOI into a GeoParquet file (Major TOM columns + geometry); an AOI of
     any size, in bands of grid rows."""
+    import pandas as pd
+
     from eo_etl.plan import PLAN_NAME, plan_bands, write_plan
 
     with user_errors():
@@ -345,6 +350,10 @@ def grid_locate(
     ] = None,
 ) -> None:
     """Add grid_cell, grid_row_u, grid_col_r to a table of points, e.g. to map your samples onto Major TOM."""
+    import pandas as pd
+
+    from eo_etl.grid.points import locate_points, read_points, write_points
+
     with user_errors():
         if (points is None) == (lat is None or lon is None):
             raise ValueError("give a POINTS file, or both --lat and --lon")
@@ -460,6 +469,8 @@ def _print_cells(cells: pd.DataFrame, limit: int = 8, total: int | None = None) 
 def _print_captions(output: Path | str, first: dict[str, int], limit: int = 3) -> None:
     """A few of the captions just made, as text from the dataset: escaped (OSM names are untrusted); samples of
     the sources ranked first in ``first`` (a source's name → its rank) first."""
+    import pandas as pd
+
     table = Location.of(output) / "captions.parquet"
     rows = pd.read_parquet(table.url, storage_options=table.storage_options, columns=["sample_id", "captions"])
     rank = rows.sample_id.map(lambda text: first.get(SampleId.parse(text).source, len(first)))
@@ -473,6 +484,8 @@ def _print_captions(output: Path | str, first: dict[str, int], limit: int = 3) -
 
 
 def _print_samples(records: list[dict], output: Path | str, limit: int = 8) -> None:
+    import pandas as pd
+
     made = [r for r in records if r["status"] == "ok"]
     if not made:
         return

@@ -18,7 +18,6 @@ import importlib
 from collections.abc import Iterator
 
 import apache_beam as beam
-from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
 from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
 
 from eo_etl.pipeline.run import beam_scratch, counters
@@ -87,6 +86,14 @@ def model_handler(stage: Stage, recipe: Recipe):
     return getattr(importlib.import_module(module), name)(stage_settings(stage, recipe))
 
 
+def run_model(stage: Stage, recipe: Recipe) -> beam.PTransform:
+    """The stage's model as a Beam step: RunInference, keyed by batch. Imported here, for stages with a model
+    only: Beam's inference module imports torch (and scipy) whenever torch is installed, 300 MB in the driver."""
+    from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
+
+    return RunInference(KeyedModelHandler(model_handler(stage, recipe)))
+
+
 class RunStage(beam.PTransform):
     """The batches of a stage's plan, spread and run: the count of samples done."""
 
@@ -108,7 +115,7 @@ class RunStage(beam.PTransform):
             done = (
                 batches
                 | f"read {name} batches" >> beam.ParDo(PrepareBatch(name, self.recipe, self.root))
-                | f"{name} model" >> RunInference(KeyedModelHandler(model_handler(stage, self.recipe)))
+                | f"{name} model" >> run_model(stage, self.recipe)
                 | f"record {name} batches" >> beam.ParDo(RecordBatch(name, self.recipe, self.root))
             )
         return done | f"{name} done" >> beam.combiners.Count.Globally()
