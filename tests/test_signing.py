@@ -31,7 +31,7 @@ from eo_etl.sample import FAILED, OK
 from eo_etl.sources import signing
 from eo_etl.sources.acquire import acquire_source
 from eo_etl.sources.cell import cells_of
-from eo_etl.sources.remote import RetryPolicy
+from eo_etl.sources.remote import HostLimiter, RetryPolicy
 from eo_etl.text import REDACTED, public_href, redacted
 from tests.imagery import read_on_grid, write_item_collection
 from tests.servers import BlobStorage, stac_api
@@ -154,6 +154,26 @@ def test_a_token_endpoint_that_never_answers_costs_retries_and_a_recorded_failur
     assert time.monotonic() - started < 20
     assert sample.status == FAILED and "timed out" in sample.reason.lower(), sample.reason
     assert policy.retries >= 1 and pc["storage"].requests == []  # retried, and no blob read went out unsigned
+
+
+def test_a_token_that_could_expire_during_a_read_and_its_retries_is_renewed_before_the_read(pc):
+    """A read retried for a minute or two must not outlive its signature: the expired token would turn a transient
+    fault into a refused (permanent) read."""
+    policy = RetryPolicy()  # the default budget: up to about two minutes of waits
+    sign = signing.PlanetaryComputerSigner(policy, HostLimiter())
+    href = f"{BLOB}/S1A_middle/vv.tif"
+    cached = f"{pc['storage'].token_url}/{ACCOUNT}/{CONTAINER}"
+
+    def cache_token(seconds_left: float, tag: str) -> None:
+        expiry = datetime.fromtimestamp(time.time() + seconds_left, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        sas.TOKEN_CACHE[cached] = sas.SASToken(**{"msft:expiry": expiry, "token": f"sig={tag}"})
+
+    cache_token(3000, "plenty-left")
+    assert sign(href).endswith("sig=plenty-left") and pc["storage"].token_requests == []
+    needed = policy.longest_wait_s(f"{ACCOUNT}.blob.core.windows.net") + signing.READ_MARGIN_S
+    cache_token(needed - 30, "expires-mid-retries")  # more than a minute left, less than a read with its retries
+    assert sign(href).endswith(f"sig={SECRET}")  # a fresh token from the endpoint
+    assert pc["storage"].token_requests == [f"/api/sas/v1/token/{ACCOUNT}/{CONTAINER}"]
 
 
 def test_a_build_with_signed_reads_records_no_token_in_the_index_or_the_stac_output(pc):

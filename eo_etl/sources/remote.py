@@ -159,6 +159,11 @@ class RetryPolicy:
     def budget(self, host: str) -> tuple[int, float, float]:
         return self.hosts.get(host, (self.attempts, self.initial_s, self.max_s))
 
+    def longest_wait_s(self, host: str = "") -> float:
+        """The most a call to ``host`` can wait between its attempts, all waits together."""
+        attempts, initial_s, max_s = self.budget(host)
+        return sum(min(max_s, initial_s * 2 ** (k + 1)) for k in range(attempts - 1))
+
     def call(self, fn: Callable[..., T], *args, host: str = "", **kwargs) -> T:
         attempts, initial_s, max_s = self.budget(host)
 

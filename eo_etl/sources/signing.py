@@ -7,7 +7,9 @@ urllib3 each request, in DEBUG log records: a filter on their loggers redacts qu
 
 Planetary Computer: ``planetary_computer.sas.get_token`` (the planetary-computer extra) asks the token endpoint
 (``PC_SDK_SAS_URL``, with ``PC_SDK_SUBSCRIPTION_KEY`` if set) for a token per storage account and container and
-caches it until a minute before it expires. The request is ours, not the package's ``get_token`` (which has no
+caches it while it has time left for a read and all its retries (``RetryPolicy.longest_wait_s`` and
+``READ_MARGIN_S``, at most ``TOKEN_MIN_TTL_CAP_S``): a token that expired between two attempts would turn a
+transient fault into a refused read. The request is ours, not the package's ``get_token`` (which has no
 timeout: a token endpoint that stops answering would hang a worker): it has a timeout, goes through the one retry
 policy and host limit, and fills the package's token cache. Hrefs outside Azure Blob Storage, or signed already,
 are read as they are.
@@ -26,6 +28,8 @@ from eo_etl.text import redacted
 
 BLOB_STORAGE_DOMAIN = ".blob.core.windows.net"
 TOKEN_TIMEOUT_S = 30.0  # a token request that takes longer is a transient failure (retried), not a hung worker
+READ_MARGIN_S = 300.0  # a token's time left beyond its read's retry waits: the reads themselves
+TOKEN_MIN_TTL_CAP_S = 1800.0  # PC's tokens last about an hour: a longer retry budget must not renew on every read
 LOGGERS = ("rasterio", "urllib3")  # they log the URLs they open or request, query strings and all
 
 Signer = Callable[[str], str]
@@ -58,15 +62,17 @@ class PlanetaryComputerSigner:
         if not parsed.netloc.endswith(BLOB_STORAGE_DOMAIN) or parsed.query:
             return href
         account, container = self._parse(parsed)
-        return self.token(account, container).sign(href).href
+        return self.token(account, container, parsed.netloc).sign(href).href
 
-    def token(self, account: str, container: str):
-        """The cached token for the container, or a new one when it has less than a minute left."""
+    def token(self, account: str, container: str, host: str = ""):
+        """The cached token for the container, or a new one when it could expire before a read of ``host`` and
+        its retries are over."""
         from planetary_computer.sas import TOKEN_CACHE
 
         url = f"{self.token_url}/{account}/{container}"
         token = TOKEN_CACHE.get(url)
-        if token is None or token.ttl() < 60:
+        needed = min(self.policy.longest_wait_s(host) + READ_MARGIN_S, TOKEN_MIN_TTL_CAP_S)
+        if token is None or token.ttl() < needed:
             token = TOKEN_CACHE[url] = limited_call(self.policy, self.limiter, url, self._request_token, url)
         return token
 
