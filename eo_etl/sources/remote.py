@@ -4,7 +4,8 @@ requests.
 
 An error is *transient* when trying again can help (429, 5xx, timeouts, dropped connections, empty replies);
 anything else (403, 404, a file that is not a raster) fails at once, and the caller records it. A refused read is
-refused again: a signed href is signed right before its read, with a token valid for a minute more at least.
+refused again: a signed href is signed right before its read, with a token that outlasts the read and its
+retries (signing.py).
 
 GDAL words a failed HTTP request as the open or the block read it broke ("not recognized as being in a
 supported file format", "Read failed"), the status only in a debug message. So a GDAL failure on a remote
