@@ -410,9 +410,9 @@ class ZarrWriter:
         built = await _in_memory()
         zones = await self._write_coordinates(built, count)
         pixel_attrs = await self._grid_mapping(built, zones)
-        names = {name async for name in built.store_path.store.list_dir("")} - {"zarr.json"}
-        stale = {name async for name in group.store_path.store.list_dir(group.path)} & (names | {"spatial_ref"})
-        await asyncio.gather(*((group.store_path / name).delete_dir() for name in stale))  # an earlier close's
+        replaced = {*_coordinate_specs(self.layout), "spatial_ref"}  # an earlier close's (spatial_ref: if zones differ)
+        stale = {name async for name in group.store_path.store.list_dir(group.path)} & replaced
+        await asyncio.gather(*((group.store_path / name).delete_dir() for name in stale))
         pixels = await group.getitem("pixels")  # fresh: writing attrs through a handle from before a resize undoes it
         pixels.metadata.attributes.pop("grid_mapping", None)  # an earlier close's, if zones now differ
         await asyncio.gather(
