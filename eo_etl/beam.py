@@ -40,7 +40,7 @@ import pyarrow.parquet as pq
 from eo_etl.pipeline.graph import AcquirePlan, FinishAt, WriteShardsAt, finished, first_to_write, index_ranges
 from eo_etl.pipeline.plan_rows import PlanReader, plan_length, plan_ranges, range_size, work_ranges
 from eo_etl.pipeline.shards import Positions
-from eo_etl.pipeline.state import BuildState
+from eo_etl.pipeline.state import BuildState, Range
 from eo_etl.pipeline.transforms import (
     CheckShard,
     RangeReader,
@@ -259,8 +259,8 @@ def stage_samples(samples: Iterable[Sample], recipe: Recipe, root: Location | st
     cell's samples replace those it had. The number staged. Samples of cells not in the plan are refused."""
     plan, recipe_hash = _PlanRanges(Location.of(root)), recipe.fingerprint()
     samples = sorted(samples, key=lambda sample: (sample.source, plan.row(sample)))  # plan order, each range whole
-    for (source, *_), group in itertools.groupby(samples, key=lambda sample: (sample.source, *plan.range_of(sample))):
-        _stage_range(plan, source, list(group), recipe_hash, version)
+    for (source, *part), group in itertools.groupby(samples, key=lambda s: (s.source, *plan.range_of(s))):
+        _stage_range(plan.root, source, tuple(part), list(group), recipe_hash, version)
     return len(samples)
 
 
@@ -283,17 +283,18 @@ class _PlanRanges:
         return self.ranges[self.row(sample) // self.size]
 
 
-def _stage_range(plan: _PlanRanges, source: str, samples: Iterable[Sample], recipe_hash: str, version: int) -> int:
-    """One range's samples of ``source`` staged (``BuildState.stage_samples``, as the build's workers do), after
-    those of its other cells staged before; how many. ``samples`` is read twice: their cells, then their pixels."""
-    part_of, count = {}, 0
+def _stage_range(root: Location, source: str, part: Range, samples: Iterable[Sample], recipe_hash: str,
+                 version: int) -> int:  # fmt: skip
+    """The samples of ``source`` in one range of plan rows staged (``BuildState.stage_samples``, as the build's
+    workers do), after those of its other cells staged before; how many. ``samples`` is read twice: their cells,
+    then their pixels."""
+    cells, count = set(), 0
     for sample in samples:
-        part_of[sample.cell] = plan.range_of(sample)
+        cells.add(sample.cell)
         count += 1
-    state = BuildState(plan.root)
-    kept = {part: [r for r in state.range_records(version, source, *part) if r.grid_cell not in part_of]
-            for part in set(part_of.values())}  # fmt: skip
-    state.stage_samples(version, source, samples, part_of, kept, recipe_hash)
+    state = BuildState(root)
+    kept = [record for record in state.range_records(version, source, *part) if record.grid_cell not in cells]
+    state.stage_samples(version, source, samples, dict.fromkeys(cells, part), {part: kept}, recipe_hash)
     return count
 
 
@@ -345,19 +346,18 @@ class _KeyByRange(beam.DoFn):
 
 
 class _StageRange(beam.DoFn):
-    """Stages a range's samples in the version its window builds (looked up once, after the plan opened it); how
-    many."""
+    """Stages a range's samples (keyed by ``_KeyByRange``) in the version its window builds (looked up once, after
+    the plan opened it); how many."""
 
     def __init__(self, recipe: Recipe, root: Location):
-        self.recipe, self.root, self.plan = recipe, root, None
+        self.recipe, self.root, self.version = recipe, root, None
 
     def process(self, grouped: tuple[tuple[str, int, int], Iterable[Sample]]) -> Iterator[int]:
-        if self.plan is None:
-            self.plan = _PlanRanges(self.root)
+        if self.version is None:
             self.version = BuildState(self.root).open_version(self.recipe)  # the one PlanCells opened
             self.recipe_hash = self.recipe.fingerprint()
-        (source, _, _), samples = grouped
-        yield _stage_range(self.plan, source, samples, self.recipe_hash, self.version)
+        (source, first, stop), samples = grouped
+        yield _stage_range(self.root, source, (first, stop), samples, self.recipe_hash, self.version)
 
 
 class WriteShards(beam.PTransform):
